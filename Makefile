@@ -1,0 +1,74 @@
+# roadwatch: `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DURATION ?= 60
+WORKERS ?= 1
+
+.DEFAULT_GOAL := help
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create the venv and install roadwatch with its dev tools
+	@bash .ci/system-deps.sh --check || echo "system packages missing: run 'bash .ci/system-deps.sh' (as root)"
+
+run: $(STAMP) ## run broker, Redis, sim VLM, a worker and a producer on 4 simulated cameras (Ctrl-C stops)
+	@bash .ci/system-deps.sh --quiet
+	$(BIN)/python -m ops.stack run
+
+test: $(STAMP) ## unit and integration tests (starts its own Kafka broker, Redis and sim VLM)
+	$(BIN)/python -m pytest -q -ra
+
+test-unit: $(STAMP) ## unit tests only (no broker)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+check: $(STAMP) ## ruff and mypy --strict on the product packages
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP) ## benchmarks; results under bench/results/
+	$(BIN)/python -m bench.pipeline
+
+up: $(STAMP) ## start the whole stack in the background (logs and PIDs under .state/)
+	$(BIN)/python -m ops.stack up --workers $(WORKERS)
+
+down: ## stop what `make up` started (SIGTERM, then SIGKILL)
+	@$(BIN)/python -m ops.stack down
+
+status: ## show what runs
+	@$(BIN)/python -m ops.stack status
+
+topics: $(STAMP) ## create the topics with partitions and replication (ROADWATCH_TOPIC_* env)
+	$(BIN)/python -m ops.stack topics
+
+e2e: $(STAMP) ## run the pipeline DURATION seconds with a live view, then verify exactly-once results
+	$(BIN)/python -m ops.stack e2e --duration $(DURATION) --workers $(WORKERS)
+
+broker: $(STAMP) ## run one Kafka broker on 127.0.0.1:9092 in the foreground
+	$(BIN)/python -m ops.kafka start --port 9092
+
+worker: $(STAMP) ## run one Faust worker against ROADWATCH_KAFKA_URL
+	$(BIN)/python -m streams worker -l info
+
+producer: $(STAMP) ## run the detection producer on deploy/cameras.sim.yaml
+	$(BIN)/python -m models.producer --cameras deploy/cameras.sim.yaml --detector motion
+
+vlm: $(STAMP) ## run the simulated VLM on 127.0.0.1:8089
+	$(BIN)/python -m sim.vlm --port 8089
+
+dashboard: ## print the dashboard URL
+	@echo "dashboard: http://127.0.0.1:$${ROADWATCH_WEB_PORT:-6066}/"
+
+clean: ## remove state, caches and the venv
+	rm -rf .state .mypy_cache .ruff_cache .pytest_cache $(VENV) *.egg-info
+
+.PHONY: help install run test test-unit check bench up down status topics e2e broker worker producer vlm dashboard clean

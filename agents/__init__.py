@@ -1,0 +1,1 @@
+"""The Faust agents of roadwatch: task generator, LLM scheduler, result aggregator."""

@@ -1,0 +1,114 @@
+"""Reading the VLM's answer: the JSON risk assessment the prompt asks for.
+
+Models wrap JSON in code fences or prose, write ``"High"`` for ``"high"`` or a score of 80
+for 0.8; this parser accepts those and nothing looser. Anything else raises
+:class:`UnparseableAnswer`, which becomes a clear failed result rather than a guessed one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from streams.errors import UnparseableAnswer
+from streams.records import RISK_LEVELS
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+_LEVEL_SCORE = {"none": 0.05, "low": 0.25, "medium": 0.5, "high": 0.75, "critical": 0.95}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The parsed answer."""
+
+    risk_level: str
+    risk_score: float
+    summary: str
+
+
+def _json_objects(text: str) -> list[str]:
+    """Candidate JSON objects: fenced blocks first, then every balanced {...} span."""
+    candidates = [m.group(1).strip() for m in _FENCE.finditer(text)]
+    depth, start = 0, -1
+    in_string, escaped = False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                candidates.append(text[start : i + 1])
+    return candidates
+
+
+def _level_from_score(score: float) -> str:
+    if score < 0.15:
+        return "none"
+    if score < 0.4:
+        return "low"
+    if score < 0.65:
+        return "medium"
+    if score < 0.85:
+        return "high"
+    return "critical"
+
+
+def parse_answer(text: str) -> Assessment:
+    """Parse the model's message content into an Assessment, or raise UnparseableAnswer."""
+    if not text or not text.strip():
+        raise UnparseableAnswer("empty answer")
+    for candidate in _json_objects(text):
+        try:
+            data = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and ("risk_level" in data or "risk_score" in data):
+            return _from_dict(data)
+    raise UnparseableAnswer(f"no JSON risk assessment in answer: {text[:160]!r}")
+
+
+def _from_dict(data: dict[str, object]) -> Assessment:
+    raw_level = data.get("risk_level")
+    raw_score = data.get("risk_score")
+    score: float | None = None
+    if raw_score is not None:
+        if isinstance(raw_score, bool) or not isinstance(raw_score, int | float | str):
+            raise UnparseableAnswer(f"risk_score is not a number: {raw_score!r}")
+        try:
+            score = float(raw_score)
+        except ValueError as exc:
+            raise UnparseableAnswer(f"risk_score is not a number: {raw_score!r}") from exc
+        if not math.isfinite(score):
+            raise UnparseableAnswer(f"risk_score is not finite: {raw_score!r}")
+        if 1 < score <= 100:
+            score /= 100.0  # a percentage
+        if not 0 <= score <= 1:
+            raise UnparseableAnswer(f"risk_score {raw_score!r} outside 0..1")
+    level: str | None = None
+    if raw_level is not None:
+        level = str(raw_level).strip().lower()
+        if level not in RISK_LEVELS:
+            raise UnparseableAnswer(f"risk_level {raw_level!r} not one of {RISK_LEVELS}")
+    if level is None and score is None:
+        raise UnparseableAnswer("answer has neither risk_level nor risk_score")
+    if level is None:
+        assert score is not None
+        level = _level_from_score(score)
+    if score is None:
+        score = _LEVEL_SCORE[level]
+    summary = str(data.get("summary") or data.get("description") or "").strip()[:500]
+    return Assessment(risk_level=level, risk_score=round(score, 4), summary=summary)

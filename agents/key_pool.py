@@ -1,0 +1,322 @@
+"""The pool of VLM API keys: selection, limits, failover and adaptive cooldowns.
+
+Each worker keeps an in-memory :class:`KeyPool` for its fast decisions (which key is free
+right now, how many calls are in flight) and persists every state change to the ``key_pool``
+GlobalTable, so cooldowns and disables survive restarts and reach every worker.
+
+Per-key limits across workers: *partition-proportional shares*. A worker that owns ``k`` of the
+``P`` partitions of ``assessment-tasks`` may use ``k / P`` of every key's requests-per-minute,
+tokens-per-minute and in-flight cap. Shares add up to at most 1 across the group, so the limits
+hold for all workers together without a round trip per call, and load follows the same
+partitions, so capacity goes where the tasks are. The share is recomputed on every rebalance.
+
+Cooldown policy: a 429 cools the key for the server's Retry-After (or the adaptive time); a
+server error cools it only when the key looks unhealthy (two failures in a row, or a recent
+failure rate of 30% or more), because a healthy key hit by one transient 5xx loses more capacity
+cooling than it saves. The adaptive time grows from ``cooldown_min_s`` to ``cooldown_max_s``
+with the recent failure rate. 401/403 and arrears disable the key until re-enabled; an exhausted
+quota disables it until the window resets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams import metrics
+from streams.errors import NoKeyAvailable
+from streams.settings import ApiKeyConfig, KeyStrategy
+
+logger = logging.getLogger(__name__)
+
+AVAILABLE, IN_USE, COOLING, DISABLED = "AVAILABLE", "IN_USE", "COOLING", "DISABLED"
+STATES = (AVAILABLE, IN_USE, COOLING, DISABLED)
+WINDOW_S = 60.5  # a little over a minute, so arrival jitter never crosses a server's 60 s window
+RECENT = 20
+
+
+@dataclass
+class KeySlot:
+    """One key's live state in this worker."""
+
+    cfg: ApiKeyConfig
+    in_flight: int = 0
+    calls: int = 0
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    latency_ewma_ms: float = 0.0
+    cooldown_until: float = 0.0
+    disabled: bool = False
+    disabled_reason: str = ""
+    disabled_until: float | None = None
+    updated_at: float = 0.0
+    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
+    starts: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    current_weight: float = 0.0
+
+    @property
+    def alias(self) -> str:
+        return self.cfg.alias
+
+    def failure_rate(self) -> float:
+        return 0.0 if not self.recent else 1.0 - sum(self.recent) / len(self.recent)
+
+    def state(self, now: float) -> str:
+        if self.disabled and (self.disabled_until is None or now < self.disabled_until):
+            return DISABLED
+        if now < self.cooldown_until:
+            return COOLING
+        return IN_USE if self.in_flight else AVAILABLE
+
+
+@dataclass
+class Lease:
+    """A key handed to one call; give it back with :meth:`KeyPool.release`."""
+
+    slot: KeySlot
+    started: float
+    waited_s: float
+
+    @property
+    def alias(self) -> str:
+        return self.slot.alias
+
+    @property
+    def secret(self) -> str:
+        return self.slot.cfg.key.get_secret_value()
+
+
+class KeyPool:
+    """Chooses a key per call and learns from each outcome."""
+
+    def __init__(
+        self,
+        keys: Iterable[ApiKeyConfig],
+        *,
+        strategy: KeyStrategy = "least_loaded",
+        cooldown_min_s: float = 10.0,
+        cooldown_max_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[KeySlot], None] | None = None,
+    ) -> None:
+        self.slots = [KeySlot(cfg) for cfg in keys]
+        self.by_alias = {s.alias: s for s in self.slots}
+        self.strategy = strategy
+        self.cooldown_min_s = cooldown_min_s
+        self.cooldown_max_s = cooldown_max_s
+        self.clock = clock
+        self.on_change = on_change
+        self.share = 1.0
+        self._rr = itertools.count()
+        self._changed = asyncio.Event()
+
+    # --- limits ----------------------------------------------------------------------------
+    def set_share(self, share: float) -> None:
+        """This worker's fraction of every key's limits (partitions owned / partitions)."""
+        self.share = max(0.0, min(1.0, share))
+        self._changed.set()
+
+    def _cap(self, limit: int | None) -> float:
+        return float("inf") if limit is None else limit * self.share
+
+    def _prune(self, slot: KeySlot, now: float) -> None:
+        while slot.starts and slot.starts[0] <= now - WINDOW_S:
+            slot.starts.popleft()
+        while slot.tokens and slot.tokens[0][0] <= now - WINDOW_S:
+            slot.tokens.popleft()
+
+    def _free_at(self, slot: KeySlot, now: float) -> float:
+        """When ``slot`` can take one more call (now if it can)."""
+        state = slot.state(now)
+        if state == DISABLED:
+            return slot.disabled_until if slot.disabled_until is not None else float("inf")
+        at = max(now, slot.cooldown_until)
+        self._prune(slot, now)
+        rpm = self._cap(slot.cfg.rpm)
+        if rpm < 1:
+            return float("inf")
+        if len(slot.starts) >= rpm:
+            at = max(at, slot.starts[len(slot.starts) - int(rpm)] + WINDOW_S)
+        tpm = self._cap(slot.cfg.tpm)
+        if slot.tokens and sum(t for _, t in slot.tokens) >= tpm:
+            at = max(at, slot.tokens[0][0] + WINDOW_S)
+        cap = self._cap(slot.cfg.max_in_flight)
+        if slot.in_flight >= max(1.0, cap):
+            at = float("inf")  # frees on release, which wakes waiters
+        return at
+
+    # --- choosing --------------------------------------------------------------------------
+    def _choose(self, ready: list[KeySlot]) -> KeySlot:
+        if self.strategy == "round_robin":
+            return ready[next(self._rr) % len(ready)]
+        if self.strategy == "weighted":  # smooth weighted round robin (nginx)
+            total = sum(s.cfg.weight for s in ready)
+            for s in ready:
+                s.current_weight += s.cfg.weight
+            best = max(ready, key=lambda s: s.current_weight)
+            best.current_weight -= total
+            return best
+        if self.strategy == "latency":
+            return min(ready, key=lambda s: (s.latency_ewma_ms if s.calls else 0.0, s.in_flight))
+        return min(ready, key=lambda s: (s.in_flight, len(s.starts), s.calls))
+
+    def try_acquire(self, exclude: frozenset[str] = frozenset()) -> Lease | None:
+        """A lease on the best key free right now, or None.
+
+        Keys in ``exclude`` (those a task already failed on) are used only when every other
+        key is disabled or capped, so failover moves to another key whenever one exists.
+        """
+        now = self.clock()
+        others = [s for s in self.slots if s.alias not in exclude]
+        if all(self._free_at(s, now) == float("inf") for s in others):
+            others = self.slots
+        ready = [s for s in others if self._free_at(s, now) <= now]
+        if not ready:
+            return None
+        slot = self._choose(ready)
+        slot.in_flight += 1
+        slot.calls += 1
+        slot.starts.append(now)
+        self._publish(slot)
+        return Lease(slot=slot, started=now, waited_s=0.0)
+
+    def next_free_at(self) -> float:
+        now = self.clock()
+        return min((self._free_at(s, now) for s in self.slots), default=float("inf"))
+
+    async def acquire(self, deadline: float, exclude: frozenset[str] = frozenset()) -> Lease:
+        """Wait for a key until ``deadline`` (epoch s); raises NoKeyAvailable after it."""
+        started = self.clock()
+        while True:
+            lease = self.try_acquire(exclude)
+            if lease is not None:
+                lease.waited_s = self.clock() - started
+                return lease
+            now = self.clock()
+            if now >= deadline:
+                raise NoKeyAvailable(f"no key free before the deadline (waited {now - started:.1f}s)")
+            wake = min(self.next_free_at(), deadline)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=max(0.005, min(wake - now, 1.0)))
+            except TimeoutError:
+                pass
+
+    # --- outcomes --------------------------------------------------------------------------
+    def release(self, lease: Lease, *, ok: bool, kind: str = "", latency_ms: float = 0.0,
+                tokens: int = 0, retry_after: float | None = None, reason: str = "") -> None:
+        """Record the outcome of the call made with ``lease``."""
+        slot, now = lease.slot, self.clock()
+        slot.in_flight = max(0, slot.in_flight - 1)
+        if tokens:
+            slot.tokens.append((now, tokens))
+        if ok or kind in ("content", "request", "parse"):  # the key worked; the request did not
+            slot.successes += ok
+            slot.failures += not ok
+            slot.consecutive_failures = 0
+            slot.recent.append(True)
+            if latency_ms:
+                a = 0.2
+                slot.latency_ewma_ms = latency_ms if not slot.latency_ewma_ms else (
+                    (1 - a) * slot.latency_ewma_ms + a * latency_ms)
+        else:
+            slot.failures += 1
+            slot.consecutive_failures += 1
+            slot.recent.append(False)
+            self._react(slot, kind, retry_after, reason, now)
+        self._publish(slot)
+
+    def adaptive_cooldown(self, slot: KeySlot) -> float:
+        span = self.cooldown_max_s - self.cooldown_min_s
+        return self.cooldown_min_s + span * min(1.0, slot.failure_rate() * 1.5)
+
+    def _react(self, slot: KeySlot, kind: str, retry_after: float | None, reason: str, now: float) -> None:
+        if kind == "auth":
+            self.disable(slot.alias, reason or "key rejected (401/403)")
+        elif kind == "arrearage":
+            logger.error("key %s: account in arrears; key disabled until re-enabled", slot.alias)
+            self.disable(slot.alias, reason or "account in arrears")
+        elif kind == "quota":
+            until = now + (retry_after if retry_after is not None else 3600.0)
+            self.disable(slot.alias, reason or "quota exhausted", until=until)
+        elif kind == "rate":
+            wait = retry_after if retry_after is not None else self.adaptive_cooldown(slot)
+            slot.cooldown_until = max(slot.cooldown_until, now + wait)
+        elif kind == "server" and (slot.consecutive_failures >= 2 or slot.failure_rate() >= 0.3):
+            wait = retry_after if retry_after is not None else self.adaptive_cooldown(slot)
+            slot.cooldown_until = max(slot.cooldown_until, now + wait)
+
+    def disable(self, alias: str, reason: str, *, until: float | None = None) -> None:
+        slot = self.by_alias[alias]
+        slot.disabled, slot.disabled_reason, slot.disabled_until = True, reason, until
+        logger.warning("key %s disabled: %s", alias, reason)
+        self._publish(slot)
+
+    def enable(self, alias: str) -> None:
+        slot = self.by_alias[alias]
+        slot.disabled, slot.disabled_reason, slot.disabled_until = False, "", None
+        slot.cooldown_until, slot.consecutive_failures = 0.0, 0
+        slot.recent.clear()
+        logger.info("key %s enabled", alias)
+        self._publish(slot)
+
+    def _publish(self, slot: KeySlot) -> None:
+        slot.updated_at = self.clock()
+        self._changed.set()
+        if self.on_change is not None:
+            self.on_change(slot)
+
+    # --- sharing state ---------------------------------------------------------------------
+    def persisted(self, slot: KeySlot) -> dict[str, Any]:
+        """What the key_pool table keeps of a key (never the key itself)."""
+        return {
+            "alias": slot.alias, "cooldown_until": slot.cooldown_until, "disabled": slot.disabled,
+            "disabled_reason": slot.disabled_reason, "disabled_until": slot.disabled_until,
+            "updated_at": slot.updated_at,
+        }
+
+    def merge(self, alias: str, data: dict[str, Any]) -> None:
+        """Apply another worker's (or an earlier run's) newer state of a key."""
+        slot = self.by_alias.get(alias)
+        if slot is None or float(data.get("updated_at", 0)) <= slot.updated_at:
+            return
+        slot.cooldown_until = max(slot.cooldown_until, float(data.get("cooldown_until") or 0))
+        slot.disabled = bool(data.get("disabled"))
+        slot.disabled_reason = str(data.get("disabled_reason") or "")
+        until = data.get("disabled_until")
+        slot.disabled_until = float(until) if until is not None else None
+        slot.updated_at = float(data["updated_at"])
+        self._changed.set()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per-key view for /keys/ and metrics: aliases and numbers only."""
+        now = self.clock()
+        rows = []
+        for s in self.slots:
+            state = s.state(now)
+            for st in STATES:
+                metrics.key_state.labels(key_alias=s.alias, state=st).set(1 if st == state else 0)
+            rows.append({
+                "alias": s.alias,
+                "state": state,
+                "cooldown_remaining_s": round(max(0.0, s.cooldown_until - now), 1),
+                "disabled_reason": s.disabled_reason if state == DISABLED else "",
+                "in_flight": s.in_flight,
+                "calls": s.calls,
+                "successes": s.successes,
+                "failures": s.failures,
+                "success_rate": round(s.successes / s.calls, 4) if s.calls else None,
+                "latency_ewma_ms": round(s.latency_ewma_ms, 1),
+                "weight": s.cfg.weight,
+                "rpm": s.cfg.rpm,
+                "calls_last_min": len(s.starts),
+            })
+        return rows

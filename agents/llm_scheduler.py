@@ -1,0 +1,194 @@
+"""Agent ``assess_tasks``: assessment-tasks -> risk-assessment-results, through the key pool.
+
+``vlm_concurrency`` Faust actors share the topic's stream; each handles one task at a time, so
+the number of calls in flight is bounded without a queue of our own. Faust commits an offset
+only when every earlier event of the partition has been acknowledged, and an actor
+acknowledges a task only after its result is handed to the producer (which Faust flushes
+before committing): a killed worker's successor re-runs the unfinished tasks, and the
+aggregator drops the duplicates by task_id. The consumer thread keeps polling while calls are
+slow, so a slow VLM never trips ``max.poll.interval``.
+
+A failed call is retried on another key (up to ``vlm_max_retries``) after a jittered backoff of
+``vlm_backoff_base_s ** attempt`` seconds, never past the task's deadline. A task that cannot
+get a key or an answer before its deadline becomes an ``expired`` result: nothing vanishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from faust.types import EventT
+from mode import Service
+
+from agents.key_pool import KeyPool, KeySlot
+from agents.vlm_client import RETRYABLE, VlmClient
+from streams import metrics
+from streams.app import app, settings
+from streams.dlq import guarded
+from streams.errors import ImageMissing, NoKeyAvailable, VlmError
+from streams.images import open_store, resolve
+from streams.records import AssessmentTask, RiskAssessment, decode, to_bytes
+from streams.tables import key_pool
+from streams.topics import assessment_tasks_topic, risk_results_topic
+
+logger = logging.getLogger(__name__)
+
+
+def _persist(slot: KeySlot) -> None:
+    """Every key state change goes to the key_pool GlobalTable (seen by all workers)."""
+    try:
+        key_pool[slot.alias] = pool.persisted(slot)
+    except Exception:  # the producer is not started (unit tests, shutdown): keep going
+        logger.debug("key_pool not persisted for %s", slot.alias, exc_info=True)
+
+
+pool = KeyPool(
+    settings.api_keys(),
+    strategy=settings.key_strategy,
+    cooldown_min_s=settings.cooldown_min_s,
+    cooldown_max_s=settings.cooldown_max_s,
+    on_change=_persist,
+)
+client = VlmClient(
+    settings.vlm_base_url,
+    settings.vlm_model,
+    timeout_s=settings.vlm_timeout_s,
+    pool_size=settings.vlm_concurrency,
+    max_tokens=settings.vlm_max_tokens,
+)
+image_store = open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s)
+calls_gate = asyncio.Semaphore(settings.vlm_concurrency)
+
+
+def describe(task: AssessmentTask) -> str:
+    """The text part of the prompt: what the detector knows about the group."""
+    group = task.group
+    gap = "n/a" if group.min_gap is None else f"{group.min_gap:.2f} pedestrian heights"
+    return (
+        f"Camera {task.camera_id}, group kind {group.kind}, {len(group.track_ids)} road users, "
+        f"closest pedestrian-vehicle gap {gap}. Ref {task.task_id}."
+    )
+
+
+def _result(task: AssessmentTask, status: str, *, level: str = "none", score: float = 0.0, summary: str = "",
+            key_alias: str = "", attempts: int = 0, latency_ms: float = 0.0, queue_ms: float = 0.0,
+            model: str = "", error: str | None = None) -> RiskAssessment:
+    return RiskAssessment(
+        task_id=task.task_id, camera_id=task.camera_id, detection_id=task.detection_id,
+        group_id=task.group.group_id, status=status, risk_level=level, risk_score=score, summary=summary,
+        model=model or settings.vlm_model, key_alias=key_alias, attempts=attempts, latency_ms=latency_ms,
+        captured_at=task.captured_at, completed_at=time.time() * 1000.0, queue_ms=queue_ms, error=error,
+    )
+
+
+async def assess(task: AssessmentTask, *, vlm: VlmClient | None = None, keys: KeyPool | None = None,
+                 max_retries: int | None = None) -> RiskAssessment:
+    """Assess one task with failover across keys; always returns a result."""
+    vlm, keys = vlm or client, keys or pool
+    retries = settings.vlm_max_retries if max_retries is None else max_retries
+    deadline = task.deadline / 1000.0
+    try:
+        jpeg = resolve(task.image, image_store)
+    except ImageMissing as exc:
+        return _result(task, "failed", error=f"image missing: {exc}")
+    context = describe(task)
+    queue_s, last_error, attempt = 0.0, "", 0
+    tried: set[str] = set()
+    while attempt <= retries:
+        try:
+            lease = await keys.acquire(deadline, exclude=frozenset(tried))
+        except NoKeyAvailable as exc:
+            return _result(task, "expired", attempts=attempt, queue_ms=queue_s * 1000,
+                           error=f"{exc}; last error: {last_error or 'none'}")
+        queue_s += lease.waited_s
+        metrics.queue_wait_seconds.observe(lease.waited_s)
+        attempt += 1
+        tried.add(lease.alias)
+        metrics.vlm_in_flight.inc()
+        try:
+            async with calls_gate:
+                answer = await asyncio.wait_for(
+                    vlm.assess(lease.secret, jpeg, context), timeout=max(0.1, deadline - time.time())
+                )
+        except (VlmError, TimeoutError) as exc:
+            err = exc if isinstance(exc, VlmError) else VlmError("server", "task deadline reached during call")
+            keys.release(lease, ok=False, kind=err.kind, retry_after=err.retry_after, reason=str(err))
+            metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome=err.kind).inc()
+            last_error = f"{lease.alias}: {err}"
+            logger.info("task %s camera %s: %s (attempt %d)", task.task_id, task.camera_id, last_error, attempt)
+            if err.kind not in RETRYABLE:
+                return _result(task, "failed", key_alias=lease.alias, attempts=attempt,
+                               queue_ms=queue_s * 1000, error=last_error)
+            backoff = settings.vlm_backoff_base_s ** attempt * random.uniform(0.5, 1.0) if attempt else 0
+            if time.time() + backoff >= deadline:
+                return _result(task, "expired", attempts=attempt, queue_ms=queue_s * 1000, error=last_error)
+            if attempt <= retries:
+                await asyncio.sleep(backoff * 0.25 if err.kind in ("auth", "quota") else backoff)
+            continue
+        finally:
+            metrics.vlm_in_flight.dec()
+        keys.release(lease, ok=True, latency_ms=answer.latency_ms,
+                     tokens=answer.prompt_tokens + answer.completion_tokens)
+        metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome="ok").inc()
+        metrics.vlm_latency_seconds.observe(answer.latency_ms / 1000.0)
+        a = answer.assessment
+        return _result(task, "ok", level=a.risk_level, score=a.risk_score, summary=a.summary,
+                       key_alias=lease.alias, attempts=attempt, latency_ms=answer.latency_ms,
+                       queue_ms=queue_s * 1000, model=answer.model)
+    return _result(task, "failed", attempts=attempt, queue_ms=queue_s * 1000,
+                   error=f"gave up after {attempt} attempts; last error: {last_error}")
+
+
+@app.agent(assessment_tasks_topic, name="assess_tasks", concurrency=settings.vlm_concurrency)
+async def assess_tasks(stream):  # type: ignore[no-untyped-def]
+    """One task in, exactly one result out (ok, failed or expired)."""
+    async for event in stream.events():
+        await guarded(event, handle_task)
+
+
+async def handle_task(event: EventT) -> None:
+    task = decode(AssessmentTask, event.value)
+    if time.time() * 1000.0 > task.deadline:
+        result = _result(task, "expired", error="deadline passed before the task was picked up")
+    else:
+        try:
+            result = await assess(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not lose the task: it becomes a failed result
+            logger.exception("task %s: unexpected error", task.task_id)
+            result = _result(task, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+    await risk_results_topic.send(key=task.camera_id.encode(), value=to_bytes(result))
+
+
+def sync_key_pool() -> None:
+    """Adopt newer key states other workers wrote, and this worker's share of the limits."""
+    for alias, data in list(key_pool.items()):
+        if isinstance(data, dict):
+            pool.merge(str(alias), data)
+    assigned = app.assignor.assigned_actives() if app.assignor else set()
+    owned = sum(1 for tp in assigned if tp.topic == assessment_tasks_topic.get_topic_name())
+    if assigned:
+        pool.set_share(owned / settings.topic_partitions)
+    pool.snapshot()  # refreshes the key-state gauges
+
+
+@app.timer(interval=1.0)
+async def sync_key_pool_often() -> None:
+    sync_key_pool()
+
+
+@app.on_rebalance_complete.connect
+async def _reshare(app_: object, **kwargs: object) -> None:
+    sync_key_pool()
+
+
+@app.service
+class VlmSession(Service):
+    """Closes the worker's aiohttp session when the worker stops."""
+
+    async def on_stop(self) -> None:
+        await client.close()

@@ -1,0 +1,176 @@
+"""The VLM call: OpenAI-compatible chat completions with the crop as a base64 data URL.
+
+Works unchanged against DashScope's compatible mode (``.../compatible-mode/v1``, models
+``qwen-vl-plus`` / ``qwen-vl-max``), OpenAI, vLLM and Ollama, and the simulated endpoint in
+``sim.vlm``. One aiohttp session per worker with a bounded connection pool. Every failure is a
+:class:`VlmError` whose ``kind`` tells the key pool how to react, following DashScope's error
+codes (see ``shared/DESIGN.md``):
+
+========== ============================================= ==================================
+kind       answer                                        pool's reaction
+========== ============================================= ==================================
+auth       401 InvalidApiKey, 403                        disable the key
+quota      429 Throttling.AllocationQuota / quota        disable until the window resets
+arrearage  400 Arrearage                                 disable, loudly
+rate       429 Throttling.RateQuota / Throttling         cool down (Retry-After wins)
+content    400 DataInspectionFailed                      failed result, no retry
+request    other 4xx                                     failed result, no retry
+server     5xx, timeout, connection reset                retry on another key
+parse      2xx but no JSON assessment                    failed result, no retry
+========== ============================================= ==================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from agents.answer_parser import Assessment, parse_answer
+from streams.errors import UnparseableAnswer, VlmError
+
+SYSTEM_PROMPT = (
+    "You are a traffic safety analyst looking at a crop from a fixed traffic camera. "
+    "Judge the collision risk between the road users in the image. Answer with one JSON object "
+    'and nothing else: {"risk_level": "none|low|medium|high|critical", "risk_score": <0..1>, '
+    '"summary": "<one sentence>"}.'
+)
+
+#: Error kinds after which another key may succeed.
+RETRYABLE = frozenset({"server", "rate", "auth", "quota", "arrearage"})
+
+
+@dataclass(frozen=True)
+class VlmAnswer:
+    """A successful call: the assessment and what it cost."""
+
+    assessment: Assessment
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+
+
+def build_request(model: str, jpeg: bytes, context: str, max_tokens: int) -> dict[str, Any]:
+    """The chat-completions body: system prompt, context text and the crop as a data URL."""
+    data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_url}},
+                    {"type": "text", "text": context},
+                ],
+            },
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0.1,
+    }
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
+    """Map an HTTP error answer to a VlmError kind (OpenAI and DashScope bodies alike)."""
+    code, message = "", body[:300]
+    try:
+        data = json.loads(body)
+        err = data.get("error", data) if isinstance(data, dict) else {}
+        if isinstance(err, dict):
+            code = str(err.get("code") or err.get("type") or "")
+            message = str(err.get("message") or message)[:300]
+    except ValueError:
+        pass  # an HTML error page or plain text: classify by status alone
+    text = f"{code} {message}".lower()
+    retry_after = _retry_after(headers)
+    label = f"HTTP {status} {code}".strip()
+    if status in (401, 403):
+        return VlmError("auth", f"{label}: key rejected", status=status)
+    if status == 429:
+        if "allocationquota" in text or "quota exceeded" in text or "insufficient_quota" in text:
+            return VlmError("quota", f"{label}: quota exhausted", status=status, retry_after=retry_after)
+        return VlmError("rate", f"{label}: rate limited", status=status, retry_after=retry_after)
+    if status == 400 and "arrearage" in text:
+        return VlmError("arrearage", f"{label}: account in arrears", status=status)
+    if status == 400 and "datainspectionfailed" in text:
+        return VlmError("content", f"{label}: content moderation blocked the request", status=status)
+    if 400 <= status < 500:
+        return VlmError("request", f"{label}: {message}", status=status)
+    return VlmError("server", f"{label}: server error", status=status, retry_after=retry_after)
+
+
+class VlmClient:
+    """One per worker: a pooled aiohttp session against an OpenAI-compatible base URL."""
+
+    def __init__(self, base_url: str, model: str, *, timeout_s: float, pool_size: int, max_tokens: int) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.pool_size = pool_size
+        self.max_tokens = max_tokens
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.pool_size, ttl_dns_cache=300),
+                timeout=self.timeout,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def assess(self, api_key: str, jpeg: bytes, context: str) -> VlmAnswer:
+        """Call the VLM once with ``api_key``; raises VlmError with the kind of failure."""
+        body = build_request(self.model, jpeg, context, self.max_tokens)
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        started = time.perf_counter()
+        try:
+            async with self.session().post(self.url, json=body, headers=headers) as resp:
+                text = await resp.text(errors="replace")
+                if resp.status != 200:
+                    raise classify_error(resp.status, text, resp.headers)
+        except TimeoutError as exc:
+            raise VlmError("server", f"timeout after {self.timeout.total}s") from exc
+        except asyncio.CancelledError:
+            raise
+        except aiohttp.ClientError as exc:
+            raise VlmError("server", f"connection error: {type(exc).__name__}: {exc}") from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            data = json.loads(text)
+            content = data["choices"][0]["message"]["content"]
+            if isinstance(content, list):  # some servers return content parts
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            usage = data.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise VlmError("parse", f"not a chat completion: {text[:160]!r}", status=200) from exc
+        try:
+            assessment = parse_answer(str(content))
+        except UnparseableAnswer as exc:
+            raise VlmError("parse", str(exc), status=200) from exc
+        return VlmAnswer(
+            assessment=assessment,
+            latency_ms=latency_ms,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            model=str(data.get("model") or self.model),
+        )

@@ -1,0 +1,194 @@
+"""The detection producer: cameras -> detector -> tracker -> traffic groups -> detection-results.
+
+``python -m models.producer --cameras cameras.yaml --detector {motion,yolo,replay}``
+
+One grabber per camera keeps the newest frame; every ``1/fps`` seconds a camera's newest frame
+is analysed on a thread pool (OpenCV and torch release the GIL), so grabbing, inference and
+producing overlap. Records go out through an idempotent aiokafka producer (acks=all, linger
+10 ms, 32 KB batches, lz4). When Kafka is slow the producer drops *frames* (counted), never
+records already queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import start_http_server
+
+from models.cameras import CameraConfig, load_cameras
+from models.crops import crop_group
+from models.detectors import Detector, DetectorKind, make_detector
+from models.grouping import cluster
+from models.sources import Frame, Grabber, OnDemandGrabber, SimulatedSource, open_source
+from models.tracking import Tracker
+from streams import metrics
+from streams.images import ImageStore, make_ref, open_store
+from streams.records import DetectedObject, DetectionResult, ImageRef, to_bytes
+from streams.settings import Settings, get_settings
+from streams.topics import DETECTION_RESULTS
+
+logger = logging.getLogger("roadwatch.producer")
+
+
+class CameraPipeline:
+    """Everything per camera: its grabber, its tracker, its sequence numbers."""
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        self.cfg = cfg
+        source = open_source(cfg.url)
+        self.grabber: Grabber | OnDemandGrabber = (
+            OnDemandGrabber(cfg.id, source) if isinstance(source, SimulatedSource) else Grabber(cfg.id, source)
+        )
+        self.tracker = Tracker()
+        self.frame_seq = 0
+
+
+def analyse(cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageStore,
+            settings: Settings) -> DetectionResult:
+    """Detect, track, group and crop one frame (runs on the thread pool)."""
+    started = time.perf_counter()
+    found = detector.detect(cam.cfg.id, frame.image, frame.seq)
+    metrics.detector_seconds.labels(backend=detector.name).observe(time.perf_counter() - started)
+    tracks = cam.tracker.update(found, frame.captured_at)
+    objects = [
+        DetectedObject(track_id=tr.track_id, cls=det.cls, conf=det.conf,
+                       bbox=[round(v, 1) for v in det.bbox], speed=round(tr.speed, 1))
+        for det, tr in zip(found, tracks, strict=True)
+    ]
+    groups = cluster(objects)
+    crops: dict[str, ImageRef] = {}
+    for group in groups:
+        if group.interest >= settings.min_group_score:
+            jpeg, w, h = crop_group(frame.image, group.bbox)
+            crops[group.group_id] = make_ref(jpeg, w, h, store, settings.inline_image_limit)
+    h_img, w_img = frame.image.shape[:2]
+    seq = cam.frame_seq
+    cam.frame_seq += 1
+    return DetectionResult(
+        camera_id=cam.cfg.id, frame_seq=seq, captured_at=round(frame.captured_at * 1000.0, 1),
+        frame_w=w_img, frame_h=h_img, model=detector.name, objects=objects, groups=groups, crops=crops,
+        produced_at=round(time.time() * 1000.0, 1),
+    )
+
+
+class Producer:
+    """Runs every camera's loop and the Kafka producer."""
+
+    def __init__(self, cameras: list[CameraConfig], detector: Detector, settings: Settings, *,
+                 max_pending: int = 200, workers: int = 2) -> None:
+        self.cams = [CameraPipeline(c) for c in cameras]
+        self.detector = detector
+        self.settings = settings
+        self.store = open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detect")
+        self.max_pending = max_pending
+        self.pending = 0
+        self.sent = 0
+        self.stopping = asyncio.Event()
+        self.kafka = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all",
+            linger_ms=10, max_batch_size=32768, compression_type="lz4", request_timeout_ms=30000,
+        )
+
+    def _sent(self, fut: asyncio.Future[Any]) -> None:
+        self.pending -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            logger.warning("send failed: %s", fut.exception() if not fut.cancelled() else "cancelled")
+        else:
+            self.sent += 1
+
+    async def run_camera(self, cam: CameraPipeline) -> None:
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / cam.cfg.fps
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            next_at += interval
+            frame = cam.grabber.latest()
+            if frame is not None:
+                if self.pending >= self.max_pending:
+                    metrics.frames_dropped_total.labels(camera_id=cam.cfg.id, reason="kafka_slow").inc()
+                else:
+                    try:
+                        result = await loop.run_in_executor(
+                            self.pool, analyse, cam, frame, self.detector, self.store, self.settings)
+                    except Exception:
+                        logger.exception("camera %s: analysis failed", cam.cfg.id)
+                    else:
+                        metrics.frames_total.labels(camera_id=cam.cfg.id).inc()
+                        self.pending += 1
+                        fut = await self.kafka.send(DETECTION_RESULTS, key=cam.cfg.id.encode(), value=to_bytes(result))
+                        fut.add_done_callback(self._sent)
+            delay = next_at - time.monotonic()
+            if delay < -interval:  # fell behind: skip, never queue up
+                next_at = time.monotonic()
+                metrics.frames_dropped_total.labels(camera_id=cam.cfg.id, reason="behind").inc()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, delay))
+            except TimeoutError:
+                pass
+
+    async def run(self, duration_s: float | None = None) -> None:
+        await self.kafka.start()
+        for cam in self.cams:
+            cam.grabber.start()
+        logger.info("producing %d cameras with %s to %s", len(self.cams), self.detector.name,
+                    self.settings.bootstrap_servers)
+        tasks = [asyncio.ensure_future(self.run_camera(c)) for c in self.cams]
+        try:
+            if duration_s is not None:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), timeout=duration_s)
+                except TimeoutError:
+                    self.stopping.set()
+            await asyncio.gather(*tasks)
+        finally:
+            self.stopping.set()
+            for cam in self.cams:
+                cam.grabber.stop()
+            await self.kafka.flush()
+            await self.kafka.stop()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            logger.info("producer stopped after %d records", self.sent)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m models.producer", description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=Path, default=Path("deploy/cameras.sim.yaml"))
+    parser.add_argument("--detector", choices=["motion", "yolo", "replay"], default="motion")
+    parser.add_argument("--model", default="", help="yolo: weights file (.pt/.onnx) or model yaml")
+    parser.add_argument("--device", default="cpu", help="yolo: cpu or cuda:N")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--replay", type=Path, default=None, help="replay: JSON-lines detections")
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--workers", type=int, default=2, help="analysis threads")
+    parser.add_argument("-l", "--loglevel", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    kind: DetectorKind = args.detector
+    cameras = load_cameras(args.cameras)
+    detector = make_detector(kind, model=args.model, device=args.device, imgsz=args.imgsz, replay=args.replay)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.REGISTRY)
+
+    async def runner() -> None:
+        producer = Producer(cameras, detector, settings, workers=args.workers)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, producer.stopping.set)
+        await producer.run(args.duration)
+
+    asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()

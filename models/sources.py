@@ -1,0 +1,198 @@
+"""Frame sources and the per-camera grabber that keeps only the newest frame.
+
+* ``sim://scene?seed=N&vehicles=R&pedestrians=R``: the synthetic scene of :mod:`sim.scene`,
+  rendered at the moment a frame is asked for (a camera that never lags).
+* ``rtsp://...``: OpenCV's FFMPEG backend over TCP with open and read timeouts (OpenCV's
+  defaults block ~90 s on a hung server); a failed read releases the capture and reopens it
+  with backoff, since a failed ``VideoCapture`` never recovers by itself.
+* a file path: decoded in a loop at the file's own frame rate.
+
+A :class:`Grabber` thread per camera reads continuously and keeps just the latest frame, so
+detection never works on stale frames and one bad camera never stalls the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlparse
+
+import cv2
+import numpy as np
+
+from sim.scene import Scene
+from streams import metrics
+from streams.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+os.environ.setdefault(
+    "OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;500000|probesize;100000"
+)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured frame."""
+
+    image: np.ndarray
+    captured_at: float  # epoch seconds
+    seq: int
+
+
+class FrameSource(ABC):
+    """Something that yields frames; ``read`` returns None on failure."""
+
+    @abstractmethod
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the source holds."""
+
+    #: Seconds between frames when reading as fast as the source allows (0: no pacing).
+    interval_s: float = 0.0
+
+
+class SimulatedSource(FrameSource):
+    """The synthetic scene, at wall-clock time since the source opened."""
+
+    def __init__(self, scene: Scene, *, start_s: float = 0.0) -> None:
+        self.scene = scene
+        self.opened = time.time() - start_s
+
+    def read(self) -> np.ndarray | None:
+        frame, _ = self.scene.render(time.time() - self.opened)
+        return frame
+
+
+class VideoSource(FrameSource):
+    """An RTSP stream or a video file through OpenCV; files loop."""
+
+    def __init__(self, url: str, *, open_timeout_ms: int = 5000, read_timeout_ms: int = 5000) -> None:
+        self.url = url
+        self.is_file = not url.startswith(("rtsp://", "rtsps://", "http://", "https://"))
+        if self.is_file and not os.path.isfile(url):
+            raise ConfigError(f"video file {url!r} not found")
+        self.open_timeout_ms, self.read_timeout_ms = open_timeout_ms, read_timeout_ms
+        self.cap: cv2.VideoCapture | None = None
+
+    def _open(self) -> cv2.VideoCapture | None:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                  self.read_timeout_ms]
+        cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        if self.is_file:
+            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            self.interval_s = 1.0 / fps if fps > 0 else 0.04
+        return cap
+
+    def read(self) -> np.ndarray | None:
+        if self.cap is None:
+            self.cap = self._open()
+            if self.cap is None:
+                return None
+        ok, frame = self.cap.read()
+        if ok and frame is not None:
+            return frame
+        if self.is_file:  # loop
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.cap.read()
+            if ok:
+                return frame
+        self.close()
+        return None
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+def open_source(url: str) -> FrameSource:
+    """The source for a camera URL."""
+    if url.startswith("sim://"):
+        parsed = urlparse(url)
+        q = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+        try:
+            scene = Scene(seed=int(q.get("seed", 1)), vehicle_rate=float(q.get("vehicles", 0.5)),
+                          pedestrian_rate=float(q.get("pedestrians", 0.25)),
+                          width=int(q.get("width", 640)), height=int(q.get("height", 360)))
+            return SimulatedSource(scene, start_s=float(q.get("start", 20)))
+        except ValueError as exc:
+            raise ConfigError(f"bad simulated camera URL {url!r}: {exc}") from exc
+    return VideoSource(url)
+
+
+class Grabber(threading.Thread):
+    """Reads one camera continuously, keeps the newest frame, reconnects with backoff."""
+
+    def __init__(self, camera_id: str, source: FrameSource, *, max_backoff_s: float = 10.0) -> None:
+        super().__init__(name=f"grab-{camera_id}", daemon=True)
+        self.camera_id, self.source, self.max_backoff_s = camera_id, source, max_backoff_s
+        self._latest: Frame | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.seq = 0
+        self.reconnects = 0
+        self.up = False
+
+    def latest(self) -> Frame | None:
+        """The newest frame not yet taken, or None (each frame is taken once)."""
+        with self._lock:
+            frame, self._latest = self._latest, None
+            return frame
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            image = self.source.read()
+            if image is None:
+                if self.up:
+                    logger.warning("camera %s: read failed, reconnecting", self.camera_id)
+                self.up = False
+                metrics.camera_up.labels(camera_id=self.camera_id).set(0)
+                self.reconnects += 1
+                self._stop.wait(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+                continue
+            if not self.up:
+                logger.info("camera %s: receiving frames", self.camera_id)
+            self.up, backoff = True, 0.5
+            metrics.camera_up.labels(camera_id=self.camera_id).set(1)
+            with self._lock:
+                if self._latest is not None:
+                    metrics.frames_dropped_total.labels(camera_id=self.camera_id, reason="superseded").inc()
+                self._latest = Frame(image, time.time(), self.seq)
+                self.seq += 1
+            if self.source.interval_s:
+                self._stop.wait(self.source.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.source.close()
+
+
+class OnDemandGrabber:
+    """For simulated cameras: render a frame when asked, no thread needed."""
+
+    def __init__(self, camera_id: str, source: FrameSource) -> None:
+        self.camera_id, self.source, self.seq, self.up = camera_id, source, 0, True
+
+    def latest(self) -> Frame | None:
+        image = self.source.read()
+        if image is None:
+            return None
+        self.seq += 1
+        return Frame(image, time.time(), self.seq - 1)
+
+    def start(self) -> None:
+        metrics.camera_up.labels(camera_id=self.camera_id).set(1)
+
+    def stop(self) -> None:
+        self.source.close()

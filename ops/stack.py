@@ -1,0 +1,342 @@
+"""The operator's commands: run, up, down, status, topics, e2e (``python -m ops.stack CMD``).
+
+A *stack* is a Kafka broker, Redis, the simulated VLM, Faust worker(s) and a detection
+producer on simulated cameras, all on loopback. ``run`` keeps them in the foreground until
+Ctrl-C; ``up`` starts them in the background with logs and PID files under ``.state/``;
+``down`` stops them (SIGTERM, then SIGKILL after a timeout); ``e2e`` runs the pipeline for a
+while with a live view of the flow and verifies that every task produced exactly one result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ops.kafka import port_open
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("ROADWATCH_STATE", ROOT / ".state"))
+PY = sys.executable
+SIM_KEYS = [f"sim-key-{i:02d}-{'abcdefghij'[i % 10]}{i * 7919 % 10000:04d}" for i in range(1, 11)]
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = int(os.environ.get("ROADWATCH_KAFKA_PORT", 9092))
+    redis: int = int(os.environ.get("ROADWATCH_REDIS_PORT", 6399))
+    vlm: int = int(os.environ.get("ROADWATCH_VLM_PORT", 8089))
+    web: int = int(os.environ.get("ROADWATCH_WEB_PORT", 6066))
+
+
+def stack_env(ports: Ports, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every roadwatch process of the stack runs with."""
+    env = dict(os.environ)
+    env.update({
+        "PYTHONUNBUFFERED": "1",
+        "ROADWATCH_KAFKA_URL": f"kafka://127.0.0.1:{ports.kafka}",
+        "ROADWATCH_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+        "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{ports.vlm}/v1",
+        "ROADWATCH_WEB_PORT": str(ports.web),
+        "ROADWATCH_DATA_DIR": str(STATE / "faust"),
+        "ROADWATCH_IMAGE_STORE": f"file://{STATE / 'images'}",
+    })
+    env.setdefault("ROADWATCH_VLM_KEYS", ",".join(SIM_KEYS))
+    env.update(extra or {})
+    return env
+
+
+def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 1) -> list[tuple[str, list[str]]]:
+    """Name and command of each process, in start order."""
+    redis_server = shutil.which("redis-server")
+    procs: list[tuple[str, list[str]]] = [
+        ("kafka", [PY, "-m", "ops.kafka", "start", "--port", str(ports.kafka), "--dir", str(STATE / "kafka")]),
+    ]
+    if redis_server:
+        procs.append(("redis", [redis_server, "--port", str(ports.redis), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(STATE)]))
+    procs.append(("vlm", [PY, "-m", "sim.vlm", "--port", str(ports.vlm), "--keys", ",".join(SIM_KEYS), *vlm_args]))
+    for i in range(workers):
+        procs.append((f"worker-{i + 1}" if workers > 1 else "worker", [PY, "-m", "streams", "worker", "-l", "info"]))
+    procs.append(("producer", [PY, "-m", "models.producer", "--cameras", cameras, "--detector", "motion"]))
+    return procs
+
+
+class Stack:
+    """Starts, watches and stops the processes of one stack."""
+
+    def __init__(self, ports: Ports, *, cameras: str = "deploy/cameras.sim.yaml", workers: int = 1,
+                 vlm_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.ports = ports
+        self.env = stack_env(ports, env)
+        self.plan = services(ports, cameras=cameras, vlm_args=vlm_args or ["--rpm", "120"], workers=workers)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers = workers
+
+    def check_ports(self) -> None:
+        busy = [f"{name} port {p}" for name, p in (("kafka", self.ports.kafka), ("redis", self.ports.redis),
+                                                    ("vlm", self.ports.vlm), ("web", self.ports.web)) if port_open(p)]
+        if busy:
+            raise SystemExit(f"ports in use: {', '.join(busy)}. Is a stack already up? (`make down`), "
+                             "or set ROADWATCH_*_PORT.")
+
+    def start(self, *, say: bool = True) -> None:
+        self.check_ports()
+        for sub in ("faust", "kafka", "images"):
+            shutil.rmtree(STATE / sub, ignore_errors=True)
+        (STATE / "logs").mkdir(parents=True, exist_ok=True)
+        (STATE / "pids").mkdir(parents=True, exist_ok=True)
+        if not shutil.which("redis-server"):
+            print("redis: redis-server not found: running degraded (no result cache)", flush=True)
+        for name, cmd in self.plan:
+            if name.startswith("worker") and name in ("worker", "worker-1"):
+                create_topics(f"127.0.0.1:{self.ports.kafka}")
+            env = dict(self.env)
+            if name.startswith("worker-"):
+                index = int(name.split("-")[1]) - 1
+                env["ROADWATCH_WEB_PORT"] = str(self.ports.web + index)
+                env["ROADWATCH_DATA_DIR"] = str(STATE / "faust" / name)
+            log = open(STATE / "logs" / f"{name}.log", "wb")
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            self.procs[name] = proc
+            (STATE / "pids" / f"{name}.pid").write_text(str(proc.pid))
+            if say:
+                print(f"started {name:9s} pid {proc.pid:<7d} log {STATE / 'logs' / (name + '.log')}", flush=True)
+            self._ready(name, proc)
+
+    def _ready(self, name: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+        port = {"kafka": self.ports.kafka, "redis": self.ports.redis, "vlm": self.ports.vlm}.get(name)
+        if name.startswith("worker"):
+            port = self.ports.web + (int(name.split("-")[1]) - 1 if "-" in name else 0)
+        if port is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log = (STATE / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"{name} exited with {proc.returncode}:\n{log}")
+            if port_open(port) and (name != "kafka" or _kafka_ready(name)):
+                return
+            time.sleep(0.3)
+        raise SystemExit(f"{name} did not come up within {timeout_s:.0f}s; see .state/logs/{name}.log")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        stop_pids([(name, proc.pid) for name, proc in reversed(list(self.procs.items()))], timeout_s)
+        for proc in self.procs.values():
+            proc.poll()
+
+    def alive(self) -> list[str]:
+        return [name for name, proc in self.procs.items() if proc.poll() is None]
+
+
+def _kafka_ready(name: str) -> bool:
+    return b"kafka: kafka://" in (STATE / "logs" / f"{name}.log").read_bytes()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def stop_pids(named: list[tuple[str, int]], timeout_s: float = 15.0) -> None:
+    """SIGTERM each process group in order, SIGKILL it if still alive after ``timeout_s``."""
+    for name, pid in named:
+        if not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            print(f"{name} (pid {pid}) did not stop in {timeout_s:.0f}s: SIGKILL", flush=True)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        else:
+            try:  # children left in the group (e.g. java under ops.kafka)
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def create_topics(bootstrap: str, partitions: int | None = None, replicas: int | None = None) -> list[str]:
+    """Create every topic of the app (see streams.admin); existing ones are kept."""
+    from streams.admin import create_topics as create
+
+    return asyncio.run(create(bootstrap, partitions, replicas))
+
+
+def _get_json(url: str, timeout: float = 3.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+        return json.loads(resp.read())
+
+
+def wait_for_results(web: int, cameras: int, timeout_s: float) -> float | None:
+    """Seconds until /cameras/ shows ``cameras`` cameras with a result, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            body = _get_json(f"http://127.0.0.1:{web}/cameras/")
+            if sum(1 for c in body["cameras"] if c.get("latest_result")) >= cameras:
+                return time.monotonic() - started
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            pass
+        time.sleep(1.0)
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    stack = Stack(Ports())
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        print(f"dashboard: http://127.0.0.1:{stack.ports.web}/", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        ready_said = False
+        started = time.monotonic()
+        while not stopping:
+            dead = [n for n, p in stack.procs.items() if p.poll() is not None]
+            if dead:
+                print(f"{', '.join(dead)} exited unexpectedly; see .state/logs/. Stopping.", flush=True)
+                return 1
+            if not ready_said and int(time.monotonic() - started) % 2 == 0:
+                took = wait_for_results(stack.ports.web, 4, 0.1)
+                if took is not None:
+                    print(f"results flowing: 4+ cameras assessed {time.monotonic() - started:.0f}s after start",
+                          flush=True)
+                    ready_said = True
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+        print("stopped: " + ("nothing left running" if not stack.alive() else f"still alive: {stack.alive()}"),
+              flush=True)
+
+
+def _pid_files() -> list[tuple[str, int]]:
+    order = ["producer", "worker", "worker-1", "worker-2", "worker-3", "worker-4", "vlm", "redis", "kafka"]
+    found = {p.stem: int(p.read_text()) for p in (STATE / "pids").glob("*.pid")} if (STATE / "pids").exists() else {}
+    return sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 50)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = Stack(Ports(), workers=args.workers)
+    try:
+        stack.start()
+    except SystemExit:
+        stack.stop()
+        raise
+    print(f"dashboard: http://127.0.0.1:{stack.ports.web}/  (`make status`, `make down`)", flush=True)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    named = _pid_files()
+    if not named:
+        print("nothing to stop (no PID files under .state/pids)")
+        return 0
+    stop_pids(named, timeout_s=args.timeout)
+    for name, pid in named:
+        (STATE / "pids" / f"{name}.pid").unlink(missing_ok=True)
+        print(f"stopped {name} (pid {pid})" if not _alive(pid) else f"FAILED to stop {name} (pid {pid})")
+    return 0 if not any(_alive(pid) for _, pid in named) else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    named = _pid_files()
+    if not named:
+        print("roadwatch is not running (no PID files under .state/pids)")
+        return 1
+    for name, pid in named:
+        print(f"{name:10s} pid {pid:<7d} {'running' if _alive(pid) else 'DEAD'}")
+    try:
+        health = _get_json(f"http://127.0.0.1:{Ports().web}/health")
+        print("worker health:", json.dumps(health))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"worker health: unreachable ({exc})")
+    return 0 if all(_alive(pid) for _, pid in named) else 1
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    created = create_topics(args.bootstrap, args.partitions, args.replicas)
+    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    return 0
+
+
+def cmd_e2e(args: argparse.Namespace) -> int:
+    from ops.verify import FlowWatcher, verify_exactly_once
+
+    stack = Stack(Ports(), workers=args.workers)
+    try:
+        stack.start(say=True)
+        bootstrap = f"127.0.0.1:{stack.ports.kafka}"
+        print(f"dashboard: http://127.0.0.1:{stack.ports.web}/  running for {args.duration:.0f}s", flush=True)
+        watcher = FlowWatcher(bootstrap)
+        watcher.watch(args.duration, every_s=5.0, web_port=stack.ports.web)
+        print("stopping the producer and draining the pipeline...", flush=True)
+        stop_pids([("producer", stack.procs["producer"].pid)])
+        report = verify_exactly_once(bootstrap, [stack.ports.web + i for i in range(args.workers)],
+                                     drain_timeout_s=90.0)
+        print(report.line(), flush=True)
+        return 0 if report.ok else 1
+    finally:
+        stack.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ops.stack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("run", help="start everything in the foreground; Ctrl-C stops it")
+    up = sub.add_parser("up", help="start everything in the background")
+    up.add_argument("--workers", type=int, default=1)
+    down = sub.add_parser("down", help="stop what `up` started")
+    down.add_argument("--timeout", type=float, default=15.0)
+    sub.add_parser("status", help="show what runs")
+    topics = sub.add_parser("topics", help="create the topics")
+    topics.add_argument("--bootstrap", default=f"127.0.0.1:{Ports().kafka}")
+    topics.add_argument("--partitions", type=int, default=None)
+    topics.add_argument("--replicas", type=int, default=None)
+    e2e = sub.add_parser("e2e", help="run the pipeline for a while and verify exactly-once results")
+    e2e.add_argument("--duration", type=float, default=60.0)
+    e2e.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    handler = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status, "topics": cmd_topics,
+               "e2e": cmd_e2e}[args.cmd]
+    sys.exit(handler(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Watching the flow and checking exactly-once results, for ``make e2e`` and the tests.
+
+:class:`FlowWatcher` prints messages per second on each topic from the brokers' end offsets.
+:func:`verify_exactly_once` reads every task from ``assessment-tasks`` and compares it with the
+aggregator's view (each worker's ``/results/``): every task must have exactly one final result
+there, none missing and none unknown. Duplicates on the results topic (redeliveries) are
+counted: the aggregator suppressed them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.topics import ASSESSMENT_TASKS, DETECTION_RESULTS, RISK_RESULTS
+
+FLOW_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS, "alerts")
+
+
+async def end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[str, int]:
+    """Total messages ever written per topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out: dict[str, int] = {}
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            out[topic] = sum((await consumer.end_offsets(tps)).values()) if tps else 0
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[bytes]:
+    """Every message value of ``topic`` from the beginning up to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all(await consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=5000)
+            for records in batch.values():
+                values.extend(r.value for r in records if r.value is not None)
+        return values
+    finally:
+        await consumer.stop()
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback URL we built
+        return json.loads(resp.read())
+
+
+@dataclass
+class Report:
+    """The outcome of an exactly-once check."""
+
+    tasks: int = 0
+    results_in_view: int = 0
+    missing: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    result_messages: int = 0
+    duplicates_suppressed: int = 0
+    not_joined: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    drain_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.tasks > 0 and not self.missing and not self.unknown
+
+    def line(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        return (f"e2e verification {verdict}: {self.tasks} tasks, {self.results_in_view} results in the "
+                f"aggregator's view, {len(self.missing)} missing, {len(self.unknown)} unknown, "
+                f"{self.duplicates_suppressed} duplicate deliveries suppressed, {self.not_joined} not joined; "
+                f"statuses {dict(self.statuses)}; drained in {self.drain_s:.1f}s")
+
+
+def aggregator_view(web_ports: list[int]) -> dict[str, dict[str, Any]]:
+    view: dict[str, dict[str, Any]] = {}
+    for port in web_ports:
+        try:
+            view.update(_get_json(f"http://127.0.0.1:{port}/results/")["results"])
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            continue
+    return view
+
+
+def verify_exactly_once(bootstrap: str, web_ports: list[int], *, drain_timeout_s: float = 60.0) -> Report:
+    """Wait until every task is aggregated (or the timeout), then compare."""
+    started = time.monotonic()
+    task_ids: set[str] = set()
+    view: dict[str, dict[str, Any]] = {}
+    while True:
+        task_ids = {json.loads(v)["task_id"] for v in asyncio.run(read_all(bootstrap, ASSESSMENT_TASKS))}
+        view = aggregator_view(web_ports)
+        if (task_ids and task_ids <= set(view)) or time.monotonic() - started > drain_timeout_s:
+            break
+        time.sleep(2.0)
+    results = [json.loads(v)["task_id"] for v in asyncio.run(read_all(bootstrap, RISK_RESULTS))]
+    report = Report(
+        tasks=len(task_ids),
+        results_in_view=len(set(view) & task_ids),
+        missing=sorted(task_ids - set(view)),
+        unknown=sorted(set(view) - task_ids),
+        result_messages=len(results),
+        duplicates_suppressed=len(results) - len(set(results)),
+        not_joined=sum(1 for t in task_ids if t in view and not view[t].get("joined")),
+        statuses=Counter(str(view[t].get("status")) for t in task_ids if t in view),
+        drain_s=time.monotonic() - started,
+    )
+    return report
+
+
+class FlowWatcher:
+    """Prints messages/s per topic, results and failures, every few seconds."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    def watch(self, duration_s: float, *, every_s: float = 5.0, web_port: int | None = None) -> None:
+        last = asyncio.run(end_offsets(self.bootstrap, FLOW_TOPICS))
+        last_t = time.monotonic()
+        end = last_t + duration_s
+        print("  t(s)  " + "  ".join(f"{t[:18]:>18s}" for t in FLOW_TOPICS) + "   results ok/failed/expired",
+              flush=True)
+        while time.monotonic() < end:
+            time.sleep(min(every_s, max(0.0, end - time.monotonic())))
+            now = asyncio.run(end_offsets(self.bootstrap, FLOW_TOPICS))
+            t = time.monotonic()
+            rates = [(now[k] - last.get(k, 0)) / max(1e-6, t - last_t) for k in FLOW_TOPICS]
+            statuses = Counter(str(v.get("status")) for v in aggregator_view([web_port]).values()) if web_port else {}
+            print(f"{t - end + duration_s:6.0f}  " + "  ".join(f"{r:14.1f}/s " for r in rates)
+                  + f"   {statuses.get('ok', 0)}/{statuses.get('failed', 0)}/{statuses.get('expired', 0)}",
+                  flush=True)
+            last, last_t = now, t

@@ -1,0 +1,35 @@
+"""The exceptions of roadwatch: one root, one class per way things go wrong."""
+
+
+class RoadwatchError(Exception):
+    """Root of every error roadwatch raises on purpose."""
+
+
+class ConfigError(RoadwatchError):
+    """Configuration is missing or wrong; the message says which setting and why."""
+
+
+class InvalidRecord(RoadwatchError):
+    """A message body is not a valid record of the expected type (it goes to the DLQ)."""
+
+
+class ImageMissing(RoadwatchError):
+    """A claim-check image reference no longer resolves (expired or never stored)."""
+
+
+class NoKeyAvailable(RoadwatchError):
+    """Every API key is cooling or disabled and the task's deadline passed while waiting."""
+
+
+class VlmError(RoadwatchError):
+    """A VLM call failed; ``kind`` says how, which decides the key pool's reaction."""
+
+    def __init__(self, kind: str, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+
+class UnparseableAnswer(RoadwatchError):
+    """The VLM answered, but not with the JSON risk assessment the prompt asked for."""

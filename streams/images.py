@@ -1,0 +1,128 @@
+"""Claim-check storage for crops: small JPEGs travel inline, larger ones by reference.
+
+The producer stores a crop above ``inline_image_limit`` bytes and puts only its URI on Kafka;
+the scheduler and the web views resolve it. ``file://DIR`` suits one machine (development),
+``redis://`` several (the crop lives under a key with a TTL). A reference that no longer
+resolves raises :class:`ImageMissing`, which the scheduler turns into a failed result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import redis
+
+from streams.errors import ConfigError, ImageMissing
+from streams.records import ImageRef
+
+NAME_CHARS = set("0123456789abcdef")
+
+
+class ImageStore(ABC):
+    """Where crops too big to travel inline are kept."""
+
+    @abstractmethod
+    def put(self, jpeg: bytes) -> str:
+        """Store a crop and return its URI."""
+
+    @abstractmethod
+    def get(self, uri: str) -> bytes:
+        """Return the crop stored under ``uri`` or raise ImageMissing."""
+
+    @staticmethod
+    def name_for(jpeg: bytes) -> str:
+        return hashlib.sha1(jpeg, usedforsecurity=False).hexdigest()
+
+
+class FileImageStore(ImageStore):
+    """Crops as files in one folder; old files are swept on write."""
+
+    def __init__(self, folder: Path, ttl_s: float) -> None:
+        self.folder = folder
+        self.ttl_s = ttl_s
+        self._last_sweep = 0.0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, jpeg: bytes) -> str:
+        name = self.name_for(jpeg)
+        path = self.folder / f"{name}.jpg"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(jpeg)
+        os.replace(tmp, path)
+        self._maybe_sweep()
+        return f"file://{name}"
+
+    def get(self, uri: str) -> bytes:
+        name = uri.removeprefix("file://")
+        if not name or set(name) - NAME_CHARS:
+            raise ImageMissing(f"malformed image reference {uri[:80]!r}")
+        try:
+            return (self.folder / f"{name}.jpg").read_bytes()
+        except FileNotFoundError as exc:
+            raise ImageMissing(f"image {uri} not found (expired or never stored)") from exc
+
+    def _maybe_sweep(self) -> None:
+        now = time.time()
+        if now - self._last_sweep < 30:
+            return
+        self._last_sweep = now
+        for path in self.folder.glob("*.jpg"):
+            try:
+                if now - path.stat().st_mtime > self.ttl_s:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class RedisImageStore(ImageStore):
+    """Crops in Redis with a TTL, for producers and workers on several machines."""
+
+    def __init__(self, url: str, ttl_s: int) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=2.0)
+        self.ttl_s = ttl_s
+
+    def put(self, jpeg: bytes) -> str:
+        name = self.name_for(jpeg)
+        self.client.set(f"roadwatch:img:{name}", jpeg, ex=self.ttl_s)
+        return f"redis://{name}"
+
+    def get(self, uri: str) -> bytes:
+        name = uri.removeprefix("redis://")
+        data = self.client.get(f"roadwatch:img:{name}")
+        if not isinstance(data, bytes):
+            raise ImageMissing(f"image {uri} not found in Redis (expired or never stored)")
+        return data
+
+
+def open_store(spec: str, *, redis_url: str, ttl_s: int) -> ImageStore:
+    """Build the store named by the ``image_store`` setting."""
+    if spec.startswith("file://"):
+        return FileImageStore(Path(spec.removeprefix("file://")), ttl_s)
+    if spec.startswith("redis://"):
+        return RedisImageStore(redis_url, ttl_s)
+    raise ConfigError(f"image_store must be file://DIR or redis://, got {spec!r}")
+
+
+def make_ref(jpeg: bytes, width: int, height: int, store: ImageStore, inline_limit: int) -> ImageRef:
+    """Inline the crop when small, otherwise store it and carry the reference."""
+    if len(jpeg) <= inline_limit:
+        return ImageRef(data_b64=base64.b64encode(jpeg).decode(), width=width, height=height, size=len(jpeg))
+    return ImageRef(uri=store.put(jpeg), width=width, height=height, size=len(jpeg))
+
+
+def resolve(ref: ImageRef, store: ImageStore) -> bytes:
+    """The JPEG bytes of a reference, inline or stored."""
+    if ref.data_b64:
+        try:
+            return base64.b64decode(ref.data_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageMissing(f"inline image is not valid base64: {exc}") from exc
+    if ref.uri:
+        return store.get(ref.uri)
+    raise ImageMissing("image reference has neither inline data nor a URI")

@@ -1,0 +1,72 @@
+"""Prometheus metrics of every stage, in one registry per process.
+
+Names carry their unit and labels stay bounded: camera ids and key aliases are labels, task ids
+never are. ``/metrics`` on the worker and the producer's own port serve :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
+
+frames_total = Counter(
+    "roadwatch_frames_total", "Frames analysed by the producer.", ["camera_id"], registry=REGISTRY
+)
+frames_dropped_total = Counter(
+    "roadwatch_frames_dropped_total",
+    "Frames dropped (grabbed but not analysed, or Kafka too slow).",
+    ["camera_id", "reason"],
+    registry=REGISTRY,
+)
+camera_up = Gauge("roadwatch_camera_up", "1 while the camera delivers frames.", ["camera_id"], registry=REGISTRY)
+detector_seconds = Histogram(
+    "roadwatch_detector_seconds", "Detector latency per frame.", ["backend"], registry=REGISTRY
+)
+detections_total = Counter(
+    "roadwatch_detections_total", "Detection results consumed.", ["camera_id"], registry=REGISTRY
+)
+groups_seen_total = Counter(
+    "roadwatch_groups_seen_total", "Traffic groups seen by the task generator.", ["camera_id"], registry=REGISTRY
+)
+tasks_total = Counter(
+    "roadwatch_tasks_total", "Assessment tasks made, by reason.", ["camera_id", "reason"], registry=REGISTRY
+)
+tasks_skipped_total = Counter(
+    "roadwatch_tasks_skipped_total", "Groups not made into tasks, by reason.", ["reason"], registry=REGISTRY
+)
+vlm_calls_total = Counter(
+    "roadwatch_vlm_calls_total", "VLM calls by outcome and key alias.", ["key_alias", "outcome"], registry=REGISTRY
+)
+vlm_latency_seconds = Histogram(
+    "roadwatch_vlm_latency_seconds", "VLM call latency.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
+)
+vlm_in_flight = Gauge("roadwatch_vlm_in_flight", "VLM calls in flight on this worker.", registry=REGISTRY)
+key_state = Gauge(
+    "roadwatch_key_state", "1 for the key's current state.", ["key_alias", "state"], registry=REGISTRY
+)
+queue_wait_seconds = Histogram(
+    "roadwatch_queue_wait_seconds", "Time a task waited for a key.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
+)
+results_total = Counter(
+    "roadwatch_results_total", "Risk results aggregated, by status and level.", ["status", "risk_level"],
+    registry=REGISTRY,
+)
+duplicates_total = Counter(
+    "roadwatch_duplicate_results_total", "Redelivered results ignored by task_id.", registry=REGISTRY
+)
+e2e_seconds = Histogram(
+    "roadwatch_e2e_seconds", "Capture to aggregated result.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
+)
+alerts_total = Counter("roadwatch_alerts_total", "Alerts raised.", ["camera_id", "level"], registry=REGISTRY)
+dlq_total = Counter("roadwatch_dlq_total", "Messages sent to a DLQ.", ["topic"], registry=REGISTRY)
+redis_degraded = Gauge("roadwatch_redis_degraded", "1 while Redis writes are skipped.", registry=REGISTRY)
+redis_skipped_total = Counter(
+    "roadwatch_redis_skipped_writes_total", "Cache writes skipped while Redis was down.", registry=REGISTRY
+)
+ws_clients = Gauge("roadwatch_ws_clients", "Connected WebSocket clients.", registry=REGISTRY)
+ws_dropped_total = Counter(
+    "roadwatch_ws_dropped_messages_total", "Messages not sent to slow WebSocket clients.", registry=REGISTRY
+)

@@ -1,0 +1,271 @@
+"""The records that travel on roadwatch's topics: the topic contract of ``shared/DESIGN.md``.
+
+Each record is declared once here and imported by the Faust agents and by the detection
+producer alike. Every record carries a schema version ``v``; a reader rejects versions it does
+not know (to the DLQ) instead of guessing. :func:`decode` is the one way a message body becomes
+a record: it checks JSON, schema version, required fields and numeric sanity, and raises
+:class:`~streams.errors.InvalidRecord` with a reason the DLQ keeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, TypeVar
+
+import faust
+
+from streams.errors import InvalidRecord
+
+SCHEMA_VERSION = 1
+RISK_LEVELS = ("none", "low", "medium", "high", "critical")
+MAX_MESSAGE_BYTES = 2_000_000
+
+
+class DetectedObject(faust.Record, serializer="json", include_metadata=False):
+    """One tracked object in a frame."""
+
+    #: Tracker id, stable across frames of one camera.
+    track_id: int
+    #: Class name: person, car, truck, bus, bicycle, motorcycle, object.
+    cls: str
+    #: Detector confidence 0..1.
+    conf: float
+    #: Box in pixels, [x1, y1, x2, y2].
+    bbox: list[float]
+    #: Speed in pixels per second from the tracker (0 for a new track).
+    speed: float = 0.0
+
+
+class TrafficGroup(faust.Record, serializer="json", include_metadata=False):
+    """A cluster of objects close enough to matter together."""
+
+    #: Stable id within the camera, derived from the sorted track ids.
+    group_id: str
+    #: pedestrian_vehicle, vehicle_cluster, pedestrian_cluster or single.
+    kind: str
+    #: Indexes into DetectionResult.objects.
+    members: list[int]
+    #: Sorted track ids of the members (the dedup key of the task generator).
+    track_ids: list[int]
+    #: Box around the members, [x1, y1, x2, y2].
+    bbox: list[float]
+    #: Smallest gap between a pedestrian and a vehicle, in units of the pedestrian's height.
+    min_gap: float | None = None
+    #: How interesting the group is for a VLM call, 0..1.
+    interest: float = 0.0
+
+
+class ImageRef(faust.Record, serializer="json", include_metadata=False):
+    """A JPEG crop, either inline (base64) or by reference to the image store (claim-check)."""
+
+    #: Base64 JPEG when small enough to travel inline.
+    data_b64: str | None = None
+    #: Reference into the image store (file://... or redis://...) otherwise.
+    uri: str | None = None
+    #: Width and height of the crop in pixels.
+    width: int = 0
+    height: int = 0
+    #: Size of the JPEG in bytes.
+    size: int = 0
+
+
+class DetectionResult(faust.Record, serializer="json", include_metadata=False):
+    """What the detection producer saw in one analysed frame of one camera."""
+
+    camera_id: str
+    frame_seq: int
+    #: Capture time, UTC epoch milliseconds.
+    captured_at: float
+    frame_w: int
+    frame_h: int
+    #: Detector backend and model, e.g. motion/mog2 or yolo/yolo11n.pt.
+    model: str
+    objects: list[DetectedObject]
+    groups: list[TrafficGroup]
+    #: Crops per group_id.
+    crops: dict[str, ImageRef]
+    #: When the producer sent it, UTC epoch milliseconds.
+    produced_at: float = 0.0
+    v: int = SCHEMA_VERSION
+
+    @property
+    def detection_id(self) -> str:
+        """Identity of the detection: camera and frame number."""
+        return f"{self.camera_id}:{self.frame_seq}"
+
+
+class AssessmentTask(faust.Record, serializer="json", include_metadata=False):
+    """One group worth a VLM call."""
+
+    #: Deterministic: the same camera, frame and group always give the same id.
+    task_id: str
+    camera_id: str
+    detection_id: str
+    frame_seq: int
+    captured_at: float
+    group: TrafficGroup
+    image: ImageRef
+    #: Why the task was made: new, changed or refresh.
+    reason: str
+    created_at: float
+    #: After this (epoch ms) the task is expired instead of assessed.
+    deadline: float
+    v: int = SCHEMA_VERSION
+
+
+class RiskAssessment(faust.Record, serializer="json", include_metadata=False):
+    """The outcome of one task; failed and expired tasks are results too."""
+
+    task_id: str
+    camera_id: str
+    detection_id: str
+    group_id: str
+    #: ok, failed or expired.
+    status: str
+    risk_level: str
+    risk_score: float
+    summary: str
+    model: str
+    #: Alias of the key that answered (never the key).
+    key_alias: str
+    attempts: int
+    #: Duration of the successful VLM call itself, ms.
+    latency_ms: float
+    captured_at: float
+    completed_at: float
+    #: Time spent waiting for a key, ms.
+    queue_ms: float = 0.0
+    error: str | None = None
+    v: int = SCHEMA_VERSION
+
+
+class Alert(faust.Record, serializer="json", include_metadata=False):
+    """A result at or above the alert level."""
+
+    task_id: str
+    camera_id: str
+    level: str
+    score: float
+    summary: str
+    group_id: str
+    detection_id: str
+    raised_at: float
+    v: int = SCHEMA_VERSION
+
+
+def make_task_id(camera_id: str, frame_seq: int, group_id: str) -> str:
+    """Deterministic task id, so a replayed detection makes the same task."""
+    digest = hashlib.sha1(f"{camera_id}|{frame_seq}|{group_id}".encode(), usedforsecurity=False)
+    return digest.hexdigest()[:20]
+
+
+def risk_rank(level: str) -> int:
+    """Order of a risk level; unknown levels rank below none."""
+    return RISK_LEVELS.index(level) if level in RISK_LEVELS else -1
+
+
+R = TypeVar("R", bound=faust.Record)
+
+
+def _check_numbers(value: Any, path: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRecord(f"{path}: not a finite number ({value})")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{path}[{i}]")
+
+
+def _check_box(box: list[float], where: str) -> None:
+    if len(box) != 4:
+        raise InvalidRecord(f"{where}: bbox needs 4 numbers, got {len(box)}")
+    x1, y1, x2, y2 = box
+    if x2 < x1 or y2 < y1 or min(box) < -1:
+        raise InvalidRecord(f"{where}: bbox {box} is not x1<=x2, y1<=y2, non-negative")
+
+
+def validate(record: faust.Record) -> None:
+    """Semantic checks Faust's type coercion does not make."""
+    if isinstance(record, DetectionResult):
+        if record.frame_w <= 0 or record.frame_h <= 0 or record.frame_seq < 0:
+            raise InvalidRecord(f"frame size/seq must be positive: {record.frame_w}x{record.frame_h}")
+        for i, obj in enumerate(record.objects):
+            _check_box(obj.bbox, f"objects[{i}]")
+            if not 0 <= obj.conf <= 1:
+                raise InvalidRecord(f"objects[{i}].conf {obj.conf} outside 0..1")
+        for group in record.groups:
+            _check_box(group.bbox, f"group {group.group_id}")
+            if any(m < 0 or m >= len(record.objects) for m in group.members):
+                raise InvalidRecord(f"group {group.group_id}: member index outside objects")
+    elif isinstance(record, RiskAssessment):
+        if record.risk_level not in RISK_LEVELS:
+            raise InvalidRecord(f"risk_level {record.risk_level!r} not one of {RISK_LEVELS}")
+        if not 0 <= record.risk_score <= 1:
+            raise InvalidRecord(f"risk_score {record.risk_score} outside 0..1")
+        if record.status not in ("ok", "failed", "expired"):
+            raise InvalidRecord(f"status {record.status!r} not ok/failed/expired")
+
+
+def decode(record_type: type[R], body: bytes | None) -> R:
+    """Turn a raw message body into a validated record, or raise InvalidRecord."""
+    if body is None:
+        raise InvalidRecord("empty message (tombstone)")
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidRecord(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(f"not UTF-8: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidRecord(f"invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InvalidRecord(f"schema version {version!r} not supported (expected {SCHEMA_VERSION})")
+    options = record_type._options  # type: ignore[attr-defined]
+    missing = [name for name in options.fields if name not in options.defaults and name not in data]
+    if missing:
+        raise InvalidRecord(f"{record_type.__name__}: missing fields {missing}")
+    _check_numbers(data, record_type.__name__)
+    try:
+        record = record_type.from_data(data)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidRecord(f"{record_type.__name__}: {exc}") from exc
+    _check_types(record)
+    validate(record)
+    return record
+
+
+def _check_types(record: faust.Record) -> None:
+    """Faust records do not enforce types (nor recurse); a string where a number belongs must not pass."""
+    try:
+        record.validate_or_raise()
+    except Exception as exc:
+        raise InvalidRecord(f"{type(record).__name__}: {exc}") from exc
+    for name in record._options.fields:  # type: ignore[attr-defined]
+        value = getattr(record, name)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        for child in children:
+            if isinstance(child, faust.Record):
+                _check_types(child)
+            elif isinstance(child, dict):
+                raise InvalidRecord(f"{type(record).__name__}.{name}: unexpected object {str(child)[:80]}")
+
+
+def to_bytes(record: faust.Record) -> bytes:
+    """Serialise a record exactly as the agents' topics carry it."""
+    body: bytes = record.dumps(serializer="json")
+    return body
+
+
+def record_to_dict(record: faust.Record) -> dict[str, Any]:
+    """A plain JSON-able dict of a (nested) record."""
+    data: dict[str, Any] = json.loads(record.dumps(serializer="json"))
+    return data

@@ -1,0 +1,160 @@
+"""The one configuration object of roadwatch.
+
+Every process (Faust worker, detection producer, operator commands) reads its settings from
+environment variables prefixed ``ROADWATCH_`` (or a ``.env`` file) through :class:`Settings`.
+It is frozen so that nothing mutates configuration at run time, and API keys are ``SecretStr``
+so that a stray ``repr`` or log line shows ``**********`` instead of the key.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KeyStrategy = Literal["least_loaded", "round_robin", "weighted", "latency"]
+RiskLevel = Literal["none", "low", "medium", "high", "critical"]
+
+
+class ApiKeyConfig(BaseModel):
+    """One VLM API key with its pool parameters; only ``alias`` is ever shown."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: SecretStr = Field(description="The secret API key.")
+    alias: str = Field(default="", description="Name shown in logs, metrics and web views.")
+    weight: float = Field(default=1.0, gt=0, description="Priority for the weighted strategy.")
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute allowed on this key.")
+    tpm: int | None = Field(default=None, gt=0, description="Tokens per minute allowed on this key.")
+    max_in_flight: int | None = Field(default=None, gt=0, description="Concurrent calls cap.")
+
+
+def parse_keys(raw: str) -> list[ApiKeyConfig]:
+    """Read keys as a JSON list (strings or objects) or as comma/newline separated strings.
+
+    Aliases default to ``key-N`` (1-based) so that an operator can tell keys apart without
+    ever seeing one.
+    """
+    raw = raw.strip()
+    if not raw:
+        return []
+    items: list[object]
+    if raw.startswith("["):
+        loaded = json.loads(raw)
+        if not isinstance(loaded, list):
+            raise ValueError("keys JSON must be a list of strings or objects")
+        items = loaded
+    else:
+        items = [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
+    keys: list[ApiKeyConfig] = []
+    for index, item in enumerate(items, start=1):
+        if isinstance(item, str):
+            keys.append(ApiKeyConfig(key=SecretStr(item), alias=f"key-{index}"))
+        elif isinstance(item, dict):
+            cfg = ApiKeyConfig.model_validate(item)
+            keys.append(cfg if cfg.alias else cfg.model_copy(update={"alias": f"key-{index}"}))
+        else:
+            raise ValueError(f"key #{index}: expected a string or an object, got {type(item).__name__}")
+    aliases = [k.alias for k in keys]
+    if len(set(aliases)) != len(aliases):
+        raise ValueError(f"duplicate key aliases: {sorted(a for a in aliases if aliases.count(a) > 1)}")
+    return keys
+
+
+class Settings(BaseSettings):
+    """All settings; each field maps to ``ROADWATCH_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROADWATCH_", env_file=".env", extra="forbid", frozen=True
+    )
+
+    # --- Faust / Kafka -------------------------------------------------------------------
+    app_id: str = Field(default="roadwatch", description="Faust app id: consumer group and table prefix.")
+    kafka_url: str = Field(default="kafka://127.0.0.1:9092", description="Broker URL(s), ';'-separated.")
+    store: str = Field(default="rocksdb://", description="Faust table store: rocksdb:// or memory://.")
+    data_dir: Path = Field(default=Path(".state/faust"), description="Faust datadir (RocksDB tables).")
+    topic_partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the main topics.")
+    topic_replicas: int = Field(default=1, ge=1, le=16, description="Replication factor of new topics.")
+    topic_min_insync: int = Field(default=1, ge=1, le=16, description="min.insync.replicas for new topics.")
+    session_timeout_s: float = Field(default=10.0, gt=0, description="Consumer session timeout.")
+    rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Consumer rebalance timeout.")
+    heartbeat_s: float = Field(default=3.0, gt=0, description="Consumer heartbeat interval.")
+    commit_interval_s: float = Field(default=1.0, gt=0, description="Offset commit interval.")
+    web_host: str = Field(default="127.0.0.1", description="Worker web server bind address.")
+    web_port: int = Field(default=6066, ge=0, le=65535, description="Worker web server port.")
+    web_token: SecretStr | None = Field(
+        default=None, description="If set, POSTs and /ws need this token (Bearer or ?token=)."
+    )
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for the result cache.")
+    redis_ttl_s: int = Field(default=300, gt=0, description="TTL of cached results.")
+    redis_retry_s: float = Field(default=5.0, gt=0, description="Pause after a Redis error (degrade).")
+
+    # --- images --------------------------------------------------------------------------
+    image_store: str = Field(
+        default="file://.state/images", description="Claim-check store: file://DIR or redis://."
+    )
+    inline_image_limit: int = Field(default=16_384, ge=0, description="Crops up to this many bytes travel inline.")
+    image_ttl_s: int = Field(default=600, gt=0, description="How long stored crops live.")
+
+    # --- task generation -----------------------------------------------------------------
+    refresh_s: float = Field(default=20.0, gt=0, description="Re-assess an unchanged group after this.")
+    camera_budget_per_min: float = Field(default=30.0, gt=0, description="Per-camera VLM token bucket rate.")
+    camera_budget_burst: float = Field(default=6.0, ge=1, description="Per-camera token bucket size.")
+    task_deadline_s: float = Field(default=30.0, gt=0, description="A task not assessed by then expires.")
+    min_group_score: float = Field(default=0.0, ge=0, le=1, description="Groups below this interest are skipped.")
+
+    # --- VLM -----------------------------------------------------------------------------
+    vlm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL.")
+    vlm_model: str = Field(default="qwen-vl-plus", description="Model name sent to the endpoint.")
+    vlm_keys: str = Field(default="", description="API keys: JSON list or comma-separated. Never logged.")
+    vlm_keys_file: Path | None = Field(default=None, description="File with keys (same format), e.g. a Secret.")
+    vlm_timeout_s: float = Field(default=20.0, gt=0, description="Per-request timeout.")
+    vlm_concurrency: int = Field(default=50, ge=1, le=1000, description="Concurrent VLM calls per worker.")
+    vlm_max_retries: int = Field(default=2, ge=0, le=10, description="Retries on another key.")
+    vlm_backoff_base_s: float = Field(default=2.0, ge=0, description="Backoff base: base**attempt seconds.")
+    vlm_max_tokens: int = Field(default=300, gt=0, description="max_tokens of each completion.")
+    key_strategy: KeyStrategy = Field(default="least_loaded", description="Key selection strategy.")
+    cooldown_min_s: float = Field(default=10.0, ge=0, description="Shortest cooldown after a failure.")
+    cooldown_max_s: float = Field(default=120.0, ge=0, description="Longest cooldown after a failure.")
+
+    # --- alerts --------------------------------------------------------------------------
+    alert_level: RiskLevel = Field(default="high", description="Results at or above this raise an alert.")
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _kafka_scheme(cls, value: str) -> str:
+        for url in value.split(";"):
+            if not url.startswith("kafka://"):
+                raise ValueError(f"kafka_url must start with kafka://, got {url!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _cooldowns_ordered(self) -> Settings:
+        if self.cooldown_min_s > self.cooldown_max_s:
+            raise ValueError(
+                f"cooldown_min_s ({self.cooldown_min_s}) must not exceed cooldown_max_s ({self.cooldown_max_s})"
+            )
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker list as aiokafka wants it (host:port,host:port)."""
+        return ",".join(url.removeprefix("kafka://") for url in self.kafka_url.split(";"))
+
+    def api_keys(self) -> list[ApiKeyConfig]:
+        """The configured keys: the file wins over the variable when both are set."""
+        if self.vlm_keys_file is not None:
+            return parse_keys(self.vlm_keys_file.read_text())
+        return parse_keys(self.vlm_keys)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,208 @@
+"""The worker's web views: dashboard, JSON views, WebSocket, metrics.
+
+``/cameras/{camera_id}/`` is routed with ``app.table_route`` to the worker that owns the
+camera's partition, so every worker gives the same answer. ``/cameras/`` lists this worker's
+cameras plus, from the Redis cache, the latest result of cameras other workers own. API keys
+never appear here: ``/keys/`` shows aliases and numbers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from agents.llm_scheduler import image_store, pool
+from agents.result_aggregator import cache
+from streams import metrics
+from streams.app import app, settings
+from streams.errors import ImageMissing
+from streams.live import hub
+from streams.tables import alerts, camera_state, camera_view, results
+
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+STARTED = time.time()
+
+
+def authorized(request: Any) -> bool:
+    """True when no token is configured or the request carries it (Bearer or ?token=)."""
+    if settings.web_token is None:
+        return True
+    expected = settings.web_token.get_secret_value()
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get(
+        "token", ""
+    )
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def camera_summary(camera_id: str, view: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any]:
+    view = view or {}
+    latest = (view.get("results") or [None])[0]
+    return {
+        "camera_id": camera_id,
+        "latest_result": latest,
+        "latest_detection": view.get("latest_detection"),
+        "counts": view.get("counts", {}),
+        "fps": round(float((state or {}).get("fps") or 0.0), 2),
+        "groups_seen": (state or {}).get("groups_seen", 0),
+        "tasks_made": (state or {}).get("tasks_made", 0),
+        "updated_at": view.get("updated_at"),
+    }
+
+
+@app.page("/")
+class Dashboard(View):
+    """The live dashboard (plain HTML and JS, served by the worker)."""
+
+    async def get(self, request: Request) -> Response:
+        return self.html(DASHBOARD.read_text())
+
+
+@app.page("/cameras/")
+class Cameras(View):
+    """Every camera with its latest result."""
+
+    async def get(self, request: Request) -> Response:
+        local = {str(k): v for k, v in camera_view.items()}
+        rows = [camera_summary(cid, view, camera_state.get(cid)) for cid, view in sorted(local.items())]
+        known = set(request.query.get("also", "").split(",")) - set(local) - {""}
+        for cid, latest in (await cache.latest(sorted(known))).items():
+            rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
+        return self.json({"cameras": rows, "count": len(rows)})
+
+
+@app.page("/cameras/{camera_id}/")
+class CameraDetail(View):
+    """One camera, answered by the worker that owns it."""
+
+    @app.table_route(table=camera_view, match_info="camera_id")
+    async def get(self, request: Request, camera_id: str) -> Response:
+        view = camera_view.get(camera_id)
+        if view is None:
+            return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
+        data = camera_summary(camera_id, view, camera_state.get(camera_id))
+        data["results"] = view.get("results", [])
+        data["alerts"] = (alerts.get(camera_id) or [])[:20]
+        return self.json(data)
+
+
+@app.page("/results/")
+class Results(View):
+    """The aggregator's view of finished tasks on this worker (for checks and tests)."""
+
+    async def get(self, request: Request) -> Response:
+        camera = request.query.get("camera_id")
+        rows = {str(k): v for k, v in results.items() if camera is None or v.get("camera_id") == camera}
+        return self.json({"count": len(rows), "results": rows})
+
+
+@app.page("/alerts/")
+class Alerts(View):
+    """The last 100 alerts, newest first, across this worker's cameras."""
+
+    async def get(self, request: Request) -> Response:
+        merged = [a for _, items in alerts.items() for a in (items or [])]
+        merged.sort(key=lambda a: -float(a.get("raised_at", 0)))
+        return self.json({"alerts": merged[:100]})
+
+
+@app.page("/keys/")
+class Keys(View):
+    """Key aliases, states and numbers; never a key."""
+
+    async def get(self, request: Request) -> Response:
+        rows = pool.snapshot()
+        return self.json({"strategy": pool.strategy, "share": round(pool.share, 3), "keys": rows,
+                          "available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in rows)})
+
+
+@app.page("/keys/{alias}/{action}")
+class KeyAction(View):
+    """POST /keys/key-3/disable or /keys/key-3/enable (token required when configured)."""
+
+    async def post(self, request: Request, alias: str, action: str) -> Response:
+        if not authorized(request):
+            return self.json({"error": "unauthorized"}, status=401)
+        if alias not in pool.by_alias:
+            return self.json({"error": f"unknown key alias {alias!r}"}, status=404)
+        if action == "disable":
+            pool.disable(alias, "disabled by operator")
+        elif action == "enable":
+            pool.enable(alias)
+        else:
+            return self.json({"error": "action must be enable or disable"}, status=400)
+        return self.json({"alias": alias, "state": pool.by_alias[alias].state(time.time())})
+
+
+@app.page("/health")
+class Health(View):
+    """Liveness and a few facts: partitions owned, Redis, keys."""
+
+    async def get(self, request: Request) -> Response:
+        assigned = app.assignor.assigned_actives() if app.assignor else set()
+        return self.json({
+            "status": "ok",
+            "uptime_s": round(time.time() - STARTED, 1),
+            "partitions": len(assigned),
+            "redis": "degraded" if cache.degraded else "ok",
+            "redis_skipped_writes": cache.skipped,
+            "keys_available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in pool.snapshot()),
+        })
+
+
+@app.page("/metrics")
+class Metrics(View):
+    """Prometheus text format."""
+
+    async def get(self, request: Request) -> Response:
+        pool.snapshot()
+        return self.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")
+
+
+@app.page("/images/{scheme}/{name}")
+class Images(View):
+    """Crops stored by reference (claim-check)."""
+
+    async def get(self, request: Request, scheme: str, name: str) -> Response:
+        try:
+            jpeg = await asyncio.to_thread(image_store.get, f"{scheme}://{name}")
+        except ImageMissing:
+            return self.json({"error": "image not found"}, status=404)
+        return self.bytes(jpeg, content_type="image/jpeg")
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """``/ws``: results and alerts as they are aggregated; ``?cameras=a,b`` to filter."""
+    if not authorized(request):
+        raise web.HTTPUnauthorized(text="token required")
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    cams = request.query.get("cameras")
+    sub = hub.subscribe(frozenset(c for c in cams.split(",") if c) if cams else None)
+
+    async def pump() -> None:
+        while True:
+            text = await sub.queue.get()
+            if text == "__close__":
+                await ws.close()
+                return
+            await ws.send_str(text)
+
+    sender = asyncio.ensure_future(pump())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        sender.cancel()
+        hub.unsubscribe(sub)
+    return ws
+
+
+app.web.web_app.router.add_get("/ws", websocket)
