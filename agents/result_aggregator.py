@@ -22,6 +22,7 @@ from streams.app import app, settings
 from streams.cache import ResultCache
 from streams.dlq import guarded
 from streams.errors import InvalidRecord
+from streams.images import image_url
 from streams.live import hub
 from streams.records import (
     Alert,
@@ -65,16 +66,10 @@ def compact_detection(det: DetectionResult, now_s: float) -> dict[str, Any]:
         "model": det.model,
         "objects": [record_to_dict(o) for o in det.objects],
         "groups": [record_to_dict(g) for g in det.groups],
+        # crops by reference only: inline ones would make every changelog write heavy
+        "crops": {gid: {"url": image_url(ref), "region": ref.region} for gid, ref in det.crops.items()
+                  if ref.uri},
     }
-
-
-def crop_url(det: DetectionResult, group_id: str) -> str | None:
-    ref = det.crops.get(group_id)
-    if ref is None:
-        return None
-    if ref.data_b64:
-        return "data:image/jpeg;base64," + ref.data_b64
-    return "/images/" + ref.uri.replace("://", "/", 1) if ref.uri else None
 
 
 @app.agent(detection_results_topic, name="record_detections")
@@ -112,9 +107,8 @@ def remember_detection(det: DetectionResult) -> None:
             }
             for g in det.groups
         ],
-        "crop": crop_url(det, best.group_id) if best else None,
+        "crop": image_url(det.crops[best.group_id]) if best and best.group_id in det.crops else None,
         "crop_group": best.group_id if best else None,
-        "crop_bbox": best.bbox if best else None,
     }
     view["updated_at"] = now
     camera_view[det.camera_id] = view
@@ -133,6 +127,7 @@ def joined_result(result: RiskAssessment, detection: dict[str, Any] | None) -> d
             "model": detection["model"],
             "objects": [detection["objects"][i] for i in (group or {}).get("members", [])],
             "group": group,
+            "crop": detection.get("crops", {}).get(result.group_id),
         }
     else:
         data["detection"] = None

@@ -67,8 +67,8 @@ def analyse(cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageS
     crops: dict[str, ImageRef] = {}
     for group in groups:
         if group.interest >= settings.min_group_score:
-            jpeg, w, h = crop_group(frame.image, group.bbox)
-            crops[group.group_id] = make_ref(jpeg, w, h, store, settings.inline_image_limit)
+            jpeg, w, h, region = crop_group(frame.image, group.bbox)
+            crops[group.group_id] = make_ref(jpeg, w, h, store, settings.inline_image_limit, region)
     h_img, w_img = frame.image.shape[:2]
     seq = cam.frame_seq
     cam.frame_seq += 1

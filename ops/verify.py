@@ -22,7 +22,26 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.topics import ASSESSMENT_TASKS, DETECTION_RESULTS, RISK_RESULTS
 
-FLOW_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS, "alerts")
+from streams.topics import ALERTS
+
+FLOW_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS, ALERTS)
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer; aiokafka 0.14 can raise CancelledError from its idle coordinator task here."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        pass
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions; a consumer that did not subscribe must ask for the metadata first."""
+    parts = consumer.partitions_for_topic(topic)
+    if parts is None:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 async def end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[str, int]:
@@ -32,15 +51,11 @@ async def end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[str, int]
     try:
         out: dict[str, int] = {}
         for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if parts is None:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
+            tps = await _partitions(consumer, topic)
             out[topic] = sum((await consumer.end_offsets(tps)).values()) if tps else 0
         return out
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def read_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[bytes]:
@@ -49,8 +64,7 @@ async def read_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[byte
                                 auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = await _partitions(consumer, topic)
         if not tps:
             return []
         consumer.assign(tps)
@@ -59,14 +73,14 @@ async def read_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[byte
         values: list[bytes] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if all(await consumer.position(tp) >= ends[tp] for tp in tps):
+            if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                 break
             batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=5000)
             for records in batch.values():
                 values.extend(r.value for r in records if r.value is not None)
         return values
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 def _get_json(url: str) -> Any:
@@ -110,18 +124,24 @@ def aggregator_view(web_ports: list[int]) -> dict[str, dict[str, Any]]:
     return view
 
 
-def verify_exactly_once(bootstrap: str, web_ports: list[int], *, drain_timeout_s: float = 60.0) -> Report:
-    """Wait until every task is aggregated (or the timeout), then compare."""
+def verify_exactly_once(bootstrap: str, web_ports: list[int], *, drain_timeout_s: float = 60.0,
+                        prefix: str = "") -> Report:
+    """Wait until every task is aggregated (or the timeout), then compare.
+
+    ``prefix`` is the deployment's topic prefix when it differs from this process's settings.
+    """
+    tasks_topic = prefix + "assessment-tasks" if prefix else ASSESSMENT_TASKS
+    results_topic = prefix + "risk-assessment-results" if prefix else RISK_RESULTS
     started = time.monotonic()
     task_ids: set[str] = set()
     view: dict[str, dict[str, Any]] = {}
     while True:
-        task_ids = {json.loads(v)["task_id"] for v in asyncio.run(read_all(bootstrap, ASSESSMENT_TASKS))}
+        task_ids = {json.loads(v)["task_id"] for v in asyncio.run(read_all(bootstrap, tasks_topic))}
         view = aggregator_view(web_ports)
         if (task_ids and task_ids <= set(view)) or time.monotonic() - started > drain_timeout_s:
             break
         time.sleep(2.0)
-    results = [json.loads(v)["task_id"] for v in asyncio.run(read_all(bootstrap, RISK_RESULTS))]
+    results = [json.loads(v)["task_id"] for v in asyncio.run(read_all(bootstrap, results_topic))]
     report = Report(
         tasks=len(task_ids),
         results_in_view=len(set(view) & task_ids),

@@ -109,11 +109,20 @@ def open_store(spec: str, *, redis_url: str, ttl_s: int) -> ImageStore:
     raise ConfigError(f"image_store must be file://DIR or redis://, got {spec!r}")
 
 
-def make_ref(jpeg: bytes, width: int, height: int, store: ImageStore, inline_limit: int) -> ImageRef:
+def make_ref(jpeg: bytes, width: int, height: int, store: ImageStore, inline_limit: int,
+             region: list[float] | None = None) -> ImageRef:
     """Inline the crop when small, otherwise store it and carry the reference."""
     if len(jpeg) <= inline_limit:
-        return ImageRef(data_b64=base64.b64encode(jpeg).decode(), width=width, height=height, size=len(jpeg))
-    return ImageRef(uri=store.put(jpeg), width=width, height=height, size=len(jpeg))
+        return ImageRef(data_b64=base64.b64encode(jpeg).decode(), width=width, height=height, size=len(jpeg),
+                        region=region)
+    return ImageRef(uri=store.put(jpeg), width=width, height=height, size=len(jpeg), region=region)
+
+
+def image_url(ref: ImageRef) -> str:
+    """Where a browser gets the crop: a data URL when inline, the worker's /images/ view otherwise."""
+    if ref.data_b64:
+        return "data:image/jpeg;base64," + ref.data_b64
+    return "/images/" + ref.uri.replace("://", "/", 1) if ref.uri else ""
 
 
 def resolve(ref: ImageRef, store: ImageStore) -> bytes:

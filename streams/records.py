@@ -69,6 +69,8 @@ class ImageRef(faust.Record, serializer="json", include_metadata=False):
     height: int = 0
     #: Size of the JPEG in bytes.
     size: int = 0
+    #: The frame region the crop shows, [x1, y1, x2, y2] in frame pixels (to draw boxes on it).
+    region: list[float] | None = None
 
 
 class DetectionResult(faust.Record, serializer="json", include_metadata=False):

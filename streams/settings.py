@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     # --- Faust / Kafka -------------------------------------------------------------------
     app_id: str = Field(default="roadwatch", description="Faust app id: consumer group and table prefix.")
     kafka_url: str = Field(default="kafka://127.0.0.1:9092", description="Broker URL(s), ';'-separated.")
+    topic_prefix: str = Field(default="", description="Prefix of every topic name (several deployments, one cluster).")
     store: str = Field(default="rocksdb://", description="Faust table store: rocksdb:// or memory://.")
     data_dir: Path = Field(default=Path(".state/faust"), description="Faust datadir (RocksDB tables).")
     topic_partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the main topics.")
@@ -85,7 +86,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=3.0, gt=0, description="Consumer heartbeat interval.")
     commit_interval_s: float = Field(default=1.0, gt=0, description="Offset commit interval.")
     web_host: str = Field(default="127.0.0.1", description="Worker web server bind address.")
-    web_port: int = Field(default=6066, ge=0, le=65535, description="Worker web server port.")
+    web_port: int = Field(default=6066, ge=1, le=65535, description="Worker web server port.")
     web_token: SecretStr | None = Field(
         default=None, description="If set, POSTs and /ws need this token (Bearer or ?token=)."
     )
@@ -99,7 +100,7 @@ class Settings(BaseSettings):
     image_store: str = Field(
         default="file://.state/images", description="Claim-check store: file://DIR or redis://."
     )
-    inline_image_limit: int = Field(default=16_384, ge=0, description="Crops up to this many bytes travel inline.")
+    inline_image_limit: int = Field(default=4_096, ge=0, description="Crops up to this many bytes travel inline.")
     image_ttl_s: int = Field(default=600, gt=0, description="How long stored crops live.")
 
     # --- task generation -----------------------------------------------------------------

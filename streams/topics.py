@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from streams.app import app, settings
 
-DETECTION_RESULTS = "detection-results"
-ASSESSMENT_TASKS = "assessment-tasks"
-RISK_RESULTS = "risk-assessment-results"
-ALERTS = "alerts"
-KEY_EVENTS = "key-pool-events"
+DETECTION_RESULTS = settings.topic_prefix + "detection-results"
+ASSESSMENT_TASKS = settings.topic_prefix + "assessment-tasks"
+RISK_RESULTS = settings.topic_prefix + "risk-assessment-results"
+ALERTS = settings.topic_prefix + "alerts"
 
 MAIN_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS)
 
@@ -36,6 +35,6 @@ detection_results_topic = _raw_topic(DETECTION_RESULTS)
 assessment_tasks_topic = _raw_topic(ASSESSMENT_TASKS)
 risk_results_topic = _raw_topic(RISK_RESULTS)
 alerts_topic = _raw_topic(ALERTS)
-key_events_topic = _raw_topic(KEY_EVENTS)
 
-dlq_topics = {name: _raw_topic(f"{name}.dlq", partitions=1) for name in (*MAIN_TOPICS, ALERTS, KEY_EVENTS)}
+#: One DLQ per consumed topic: ``<topic>.dlq``.
+dlq_topics = {name: _raw_topic(f"{name}.dlq", partitions=1) for name in MAIN_TOPICS}

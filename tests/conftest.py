@@ -1,0 +1,186 @@
+"""Test harness: one real Kafka broker per session, Redis and the simulated VLM on loopback,
+and factories for workers with their own topics and consumer group per test.
+
+Unit tests import the app with the memory store (set here, before anything imports
+``streams``); integration tests run real worker processes against the broker.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("ROADWATCH_STORE", "memory://")
+os.environ.setdefault("ROADWATCH_VLM_KEYS", "unit-test-key-aaaa,unit-test-key-bbbb")
+os.environ.setdefault("ROADWATCH_IMAGE_STORE", "file:///tmp/roadwatch-test-images")
+os.environ.setdefault("ROADWATCH_WEB_PORT", "6199")
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ops.kafka import KafkaCluster, free_port, port_open  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.25) -> Any:
+    """Poll ``predicate`` until truthy; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {str(last)[:300]})")
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+@dataclass
+class Proc:
+    """A process a test started; stopped (SIGTERM, then SIGKILL) by its fixture."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], log_dir: Path, port: int = 0) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    handle = open(log, "wb")  # noqa: SIM115 - the child owns it
+    popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return Proc(name, popen, log, port, env)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One real Apache Kafka broker (KRaft) for the whole test session."""
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka"), size=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """redis-server on loopback (skips the tests that need it when Redis is not installed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                           "--dir", str(folder)], dict(os.environ), folder, port)
+    wait_until(lambda: port_open(port), 15, "redis-server")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.stop()
+
+
+SIM_KEYS = [f"test-key-{i:02d}-{uuid.uuid4().hex[:8]}" for i in range(1, 5)]
+
+
+@pytest.fixture(scope="session")
+def sim_vlm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """The simulated VLM endpoint with four valid keys and fast answers."""
+    port = free_port()
+    proc = spawn("vlm", [sys.executable, "-m", "sim.vlm", "--port", str(port), "--keys", ",".join(SIM_KEYS),
+                         "--latency-ms", "60", "--p95-ms", "150"],
+                 dict(os.environ), tmp_path_factory.mktemp("vlm"), port)
+    wait_until(lambda: port_open(port), 20, "the simulated VLM")
+    yield proc
+    proc.stop()
+
+
+@dataclass
+class Deployment:
+    """Settings shared by the workers of one test: own topics, own group, own tables."""
+
+    prefix: str
+    app_id: str
+    env: dict[str, str]
+    workers: list[Proc] = field(default_factory=list)
+
+
+@pytest.fixture
+def deployment(kafka: KafkaCluster, sim_vlm: Proc, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    """A fresh set of topics and a consumer group for one test."""
+    tag = uuid.uuid4().hex[:8]
+    env = dict(os.environ)
+    env.update({
+        "PYTHONUNBUFFERED": "1",
+        "ROADWATCH_KAFKA_URL": kafka.url,
+        "ROADWATCH_APP_ID": f"rw-{tag}",
+        "ROADWATCH_TOPIC_PREFIX": f"t{tag}-",
+        "ROADWATCH_STORE": "memory://",
+        "ROADWATCH_REDIS_URL": redis_url,
+        "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{sim_vlm.port}/v1",
+        "ROADWATCH_VLM_KEYS": ",".join(SIM_KEYS),
+        "ROADWATCH_IMAGE_STORE": f"file://{tmp_path / 'images'}",
+        "ROADWATCH_TOPIC_PARTITIONS": "4",
+        "ROADWATCH_CAMERA_BUDGET_BURST": "1000",
+    })
+    dep = Deployment(prefix=f"t{tag}-", app_id=f"rw-{tag}", env=env)
+    yield dep
+    for worker in dep.workers:
+        worker.stop()
+
+
+@pytest.fixture
+def start_worker(deployment: Deployment, tmp_path: Path) -> Callable[..., Proc]:
+    """Start a Faust worker of the test's deployment; waits until its web port answers."""
+
+    def start(extra_env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> Proc:
+        port = free_port()
+        index = len(deployment.workers) + 1
+        env = {**deployment.env, "ROADWATCH_WEB_PORT": str(port),
+               "ROADWATCH_DATA_DIR": str(tmp_path / f"faust-{index}"), **(extra_env or {})}
+        proc = spawn(f"worker-{index}", [sys.executable, "-m", "streams", "worker", "-l", "info"], env,
+                     tmp_path / "logs", port)
+        deployment.workers.append(proc)
+        try:
+            wait_until(lambda: proc.popen.poll() is not None or (
+                port_open(port) and b"Worker ready" in proc.log.read_bytes()), ready_timeout_s, "worker ready")
+        except AssertionError:
+            raise AssertionError(f"worker did not become ready:\n{proc.tail()}") from None
+        assert proc.popen.poll() is None, f"worker exited:\n{proc.tail()}"
+        return proc
+
+    return start

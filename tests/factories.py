@@ -1,0 +1,56 @@
+"""Records for tests: detections with real JPEG crops of a synthetic scene."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from functools import lru_cache
+
+import cv2
+from aiokafka import AIOKafkaProducer
+
+from sim.scene import Scene
+from streams.records import DetectedObject, DetectionResult, ImageRef, TrafficGroup, to_bytes
+
+
+@lru_cache(maxsize=1)
+def crop_b64() -> str:
+    frame, _ = Scene(seed=2).render(30.0)
+    ok, buf = cv2.imencode(".jpg", frame[100:260, 200:400], [cv2.IMWRITE_JPEG_QUALITY, 60])
+    assert ok
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+def detection(camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | None = None) -> DetectionResult:
+    """A frame with one pedestrian next to one car: one pedestrian_vehicle group with an inline crop.
+
+    ``track_base`` picks the track ids; a new base makes a new group (and so a new task).
+    """
+    base = seq * 2 if track_base is None else track_base
+    person = DetectedObject(track_id=base + 1, cls="person", conf=0.9, bbox=[100.0, 100.0, 112.0, 134.0], speed=30.0)
+    car = DetectedObject(track_id=base + 2, cls="car", conf=0.8, bbox=[120.0, 100.0, 190.0, 134.0], speed=80.0)
+    group_id = f"g{base + 1}-{base + 2}"
+    group = TrafficGroup(group_id=group_id, kind="pedestrian_vehicle", members=[0, 1],
+                         track_ids=[base + 1, base + 2], bbox=[100.0, 100.0, 190.0, 134.0], min_gap=gap,
+                         interest=0.9)
+    return DetectionResult(
+        camera_id=camera_id, frame_seq=seq, captured_at=time.time() * 1000.0, frame_w=640, frame_h=360,
+        model="test", objects=[person, car], groups=[group],
+        crops={group_id: ImageRef(data_b64=crop_b64(), width=200, height=160, size=1000)},
+    )
+
+
+async def produce(bootstrap: str, topic: str, items: list[tuple[str, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send(topic, key=key.encode(), value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def produce_detections(bootstrap: str, topic: str, detections: list[DetectionResult]) -> None:
+    asyncio.run(produce(bootstrap, topic, [(d.camera_id, to_bytes(d)) for d in detections]))
