@@ -102,7 +102,7 @@ class Scene:
     def _spawn(self, rng: random.Random, duration_s: float, vehicle_rate: float, pedestrian_rate: float) -> None:
         next_id = 1
         t = 0.0
-        while t < duration_s:
+        while vehicle_rate > 0 and t < duration_s:
             t += rng.expovariate(vehicle_rate)
             lane = rng.randrange(4)
             cls = rng.choice(VEHICLE_CLASSES)
@@ -115,7 +115,7 @@ class Scene:
             self.actors.append(Actor(next_id, cls, t, x0, y0, speed, 0.0, w, h, color))
             next_id += 1
         t = 1.0
-        while t < duration_s:
+        while pedestrian_rate > 0 and t < duration_s:
             t += rng.expovariate(pedestrian_rate)
             down = rng.random() < 0.5
             w, h = rng.randint(11, 15), rng.randint(30, 38)

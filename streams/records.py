@@ -15,12 +15,16 @@ import math
 from typing import Any, TypeVar
 
 import faust
+from faust.models.fields import StringField
 
 from streams.errors import InvalidRecord
 
 SCHEMA_VERSION = 1
 RISK_LEVELS = ("none", "low", "medium", "high", "critical")
 MAX_MESSAGE_BYTES = 2_000_000
+
+#: Faust rejects empty strings unless told otherwise; these fields may be empty but must be present.
+BLANK_OK: str = StringField(allow_blank=True, required=True)
 
 
 class DetectedObject(faust.Record, serializer="json", include_metadata=False):
@@ -128,10 +132,11 @@ class RiskAssessment(faust.Record, serializer="json", include_metadata=False):
     status: str
     risk_level: str
     risk_score: float
-    summary: str
-    model: str
-    #: Alias of the key that answered (never the key).
-    key_alias: str
+    #: The model's one-sentence reason (may be empty: a failed task has none).
+    summary: str = BLANK_OK
+    model: str = StringField(required=True)
+    #: Alias of the key that answered (never the key); empty when no key was used.
+    key_alias: str = BLANK_OK
     attempts: int
     #: Duration of the successful VLM call itself, ms.
     latency_ms: float
@@ -150,8 +155,8 @@ class Alert(faust.Record, serializer="json", include_metadata=False):
     camera_id: str
     level: str
     score: float
-    summary: str
-    group_id: str
+    summary: str = BLANK_OK
+    group_id: str = StringField(required=True)
     detection_id: str
     raised_at: float
     v: int = SCHEMA_VERSION

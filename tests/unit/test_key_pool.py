@@ -1,0 +1,203 @@
+"""The key pool: strategies, limits, failover and cooldowns, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import SecretStr
+
+from agents.key_pool import AVAILABLE, COOLING, DISABLED, IN_USE, KeyPool
+from streams.errors import NoKeyAvailable
+from streams.settings import ApiKeyConfig, parse_keys
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pool(n: int = 3, strategy: str = "least_loaded", **cfg: object) -> tuple[KeyPool, Clock]:
+    clock = Clock()
+    keys = [ApiKeyConfig(key=SecretStr(f"secret-{i}"), alias=f"key-{i}", **cfg) for i in range(1, n + 1)]
+    return KeyPool(keys, strategy=strategy, clock=clock), clock  # type: ignore[arg-type]
+
+
+def test_least_loaded_spreads_in_flight_calls():
+    p, _ = pool(3)
+    leases = [p.try_acquire() for _ in range(3)]
+    assert sorted(lease.alias for lease in leases if lease) == ["key-1", "key-2", "key-3"]
+    assert {row["state"] for row in p.snapshot()} == {IN_USE}
+
+
+def test_round_robin_cycles():
+    p, _ = pool(3, "round_robin")
+    aliases = []
+    for _ in range(6):
+        lease = p.try_acquire()
+        assert lease is not None
+        aliases.append(lease.alias)
+        p.release(lease, ok=True)
+    assert aliases == ["key-1", "key-2", "key-3"] * 2
+
+
+def test_weighted_follows_weights():
+    clock = Clock()
+    keys = [ApiKeyConfig(key=SecretStr("a"), alias="heavy", weight=3), ApiKeyConfig(key=SecretStr("b"), alias="light")]
+    p = KeyPool(keys, strategy="weighted", clock=clock)
+    picks = []
+    for _ in range(8):
+        lease = p.try_acquire()
+        assert lease is not None
+        picks.append(lease.alias)
+        p.release(lease, ok=True)
+    assert picks.count("heavy") == 6 and picks.count("light") == 2
+
+
+def test_latency_strategy_prefers_the_fast_key():
+    p, _ = pool(2, "latency")
+    for alias, latency in (("key-1", 900.0), ("key-2", 100.0)):
+        lease = p.try_acquire()
+        assert lease is not None
+        lease.slot = p.by_alias[alias]
+        p.release(lease, ok=True, latency_ms=latency)
+    lease = p.try_acquire()
+    assert lease is not None and lease.alias == "key-2"
+
+
+def test_rpm_limit_is_never_exceeded_and_frees_after_the_window():
+    p, clock = pool(1, rpm=3)
+    for _ in range(3):
+        lease = p.try_acquire()
+        assert lease is not None
+        p.release(lease, ok=True)
+    assert p.try_acquire() is None
+    clock.now += 61
+    assert p.try_acquire() is not None
+
+
+def test_share_divides_the_limits_between_workers():
+    p, _ = pool(1, rpm=10)
+    p.set_share(0.5)
+    got = 0
+    while (lease := p.try_acquire()) is not None:
+        got += 1
+        p.release(lease, ok=True)
+    assert got == 5
+
+
+def test_rate_limit_cools_for_retry_after():
+    p, clock = pool(2)
+    lease = p.try_acquire()
+    assert lease is not None
+    p.release(lease, ok=False, kind="rate", retry_after=7)
+    assert p.by_alias[lease.alias].state(clock.now) == COOLING
+    clock.now += 7.1
+    assert p.by_alias[lease.alias].state(clock.now) == AVAILABLE
+
+
+def test_one_transient_server_error_does_not_cool_a_healthy_key_but_two_do():
+    p, clock = pool(1)
+    slot = p.by_alias["key-1"]
+    for _ in range(5):
+        lease = p.try_acquire()
+        assert lease is not None
+        p.release(lease, ok=True)
+    lease = p.try_acquire()
+    assert lease is not None
+    p.release(lease, ok=False, kind="server")
+    assert slot.state(clock.now) == AVAILABLE
+    lease = p.try_acquire()
+    assert lease is not None
+    p.release(lease, ok=False, kind="server")
+    assert slot.state(clock.now) == COOLING
+    assert 10 <= slot.cooldown_until - clock.now <= 120
+
+
+def test_cooldown_grows_with_the_failure_rate():
+    p, _ = pool(1, )
+    slot = p.by_alias["key-1"]
+    slot.recent.extend([True] * 9 + [False])
+    short = p.adaptive_cooldown(slot)
+    slot.recent.extend([False] * 10)
+    assert p.adaptive_cooldown(slot) > short >= 10
+
+
+@pytest.mark.parametrize("kind", ["auth", "arrearage"])
+def test_rejected_keys_are_disabled_until_enabled(kind: str):
+    p, clock = pool(2)
+    lease = p.try_acquire()
+    assert lease is not None
+    p.release(lease, ok=False, kind=kind)
+    assert p.by_alias[lease.alias].state(clock.now) == DISABLED
+    clock.now += 10_000
+    assert p.by_alias[lease.alias].state(clock.now) == DISABLED
+    p.enable(lease.alias)
+    assert p.by_alias[lease.alias].state(clock.now) == AVAILABLE
+
+
+def test_exhausted_quota_disables_until_reset():
+    p, clock = pool(1)
+    lease = p.try_acquire()
+    assert lease is not None
+    p.release(lease, ok=False, kind="quota", retry_after=30)
+    assert p.by_alias["key-1"].state(clock.now) == DISABLED
+    clock.now += 31
+    assert p.by_alias["key-1"].state(clock.now) == AVAILABLE
+
+
+def test_failover_prefers_a_key_not_yet_tried():
+    p, _ = pool(3)
+    lease = p.try_acquire(exclude=frozenset({"key-1", "key-2"}))
+    assert lease is not None and lease.alias == "key-3"
+
+
+def test_failover_falls_back_to_a_tried_key_when_the_others_are_disabled():
+    p, _ = pool(2)
+    p.disable("key-2", "test")
+    lease = p.try_acquire(exclude=frozenset({"key-1"}))
+    assert lease is not None and lease.alias == "key-1"
+
+
+def test_acquire_waits_for_the_first_key_to_recover_then_gives_up_at_the_deadline():
+    async def scenario() -> None:
+        p = KeyPool([ApiKeyConfig(key=SecretStr("s"), alias="k")])
+        lease = p.try_acquire()
+        assert lease is not None
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, lambda: p.release(lease, ok=True))
+        p.by_alias["k"].cfg = p.by_alias["k"].cfg.model_copy(update={"max_in_flight": 1})
+        import time
+
+        got = await p.acquire(time.time() + 2)
+        assert got.alias == "k" and got.waited_s > 0.03
+        with pytest.raises(NoKeyAvailable):
+            await p.acquire(time.time() + 0.1)
+
+    asyncio.run(scenario())
+
+
+def test_merge_adopts_newer_state_from_another_worker():
+    p, clock = pool(1)
+    p.merge("key-1", {"cooldown_until": clock.now + 50, "disabled": False, "updated_at": clock.now + 1})
+    assert p.by_alias["key-1"].state(clock.now) == COOLING
+    p.merge("key-1", {"cooldown_until": 0, "disabled": True, "updated_at": clock.now - 100})  # older: ignored
+    assert p.by_alias["key-1"].state(clock.now) == COOLING
+
+
+def test_snapshot_and_persisted_state_never_hold_the_key():
+    p, _ = pool(2)
+    text = repr(p.snapshot()) + repr([p.persisted(s) for s in p.slots]) + repr(p.slots[0].cfg)
+    assert "secret-" not in text
+
+
+def test_keys_parse_from_strings_and_objects():
+    keys = parse_keys('["k-one", {"key": "k-two", "alias": "backup", "weight": 2, "rpm": 60}]')
+    assert [k.alias for k in keys] == ["key-1", "backup"]
+    assert keys[1].rpm == 60 and keys[1].key.get_secret_value() == "k-two"
+    assert [k.alias for k in parse_keys("a, b,c")] == ["key-1", "key-2", "key-3"]
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_keys('[{"key": "a", "alias": "x"}, {"key": "b", "alias": "x"}]')

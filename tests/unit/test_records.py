@@ -1,0 +1,85 @@
+"""Records: round trips, and every way a message body can be wrong ends in InvalidRecord."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.errors import InvalidRecord
+from streams.records import DetectionResult, RiskAssessment, decode, make_task_id, to_bytes
+from tests.factories import detection
+
+
+def test_detection_round_trip_keeps_nested_records():
+    det = detection("cam-1", 3)
+    back = decode(DetectionResult, to_bytes(det))
+    assert back == det
+    assert back.detection_id == "cam-1:3"
+    assert back.groups[0].track_ids == [7, 8]
+
+
+def test_task_id_is_deterministic_and_distinct():
+    assert make_task_id("c", 1, "g1-2") == make_task_id("c", 1, "g1-2")
+    assert len({make_task_id("c", 1, "g1-2"), make_task_id("c", 2, "g1-2"), make_task_id("d", 1, "g1-2")}) == 3
+
+
+def _body(**changes: object) -> bytes:
+    data = json.loads(to_bytes(detection("cam-1", 1)))
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+def _without(field: str) -> bytes:
+    data = json.loads(to_bytes(detection("cam-1", 1)))
+    del data[field]
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b'{"camera_id": "c", "frame_seq": 1', "invalid JSON"),  # truncated
+        (b"[1, 2]", "expected a JSON object"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"<html><body>502 Bad Gateway</body></html>", "invalid JSON"),
+        (_body(v=2), "schema version"),
+        (_without("objects"), "missing fields"),
+        (_body(frame_w="wide"), "frame_w"),
+        (_body(frame_w=-5), "positive"),
+        (_body(captured_at=float("nan")), "not a finite number"),
+        (_body(captured_at=float("inf")), "not a finite number"),
+        (_body(objects=[{"track_id": 1, "cls": "car", "conf": 3.0, "bbox": [1, 2, 3, 4]}]), "conf"),
+        (_body(objects=[{"track_id": 1, "cls": "car", "conf": 0.5, "bbox": [5, 5, 1, 1]}]), "bbox"),
+        (_body(objects=[{"track_id": "x", "cls": "car", "conf": 0.5, "bbox": [1, 2, 3, 4]}]), "track_id"),
+        (_body(crops={"g1": "not an image ref"}), "ImageRef"),
+        (b"x" * 2_000_001, "exceeds"),
+        (None, "tombstone"),
+    ],
+)
+def test_bad_bodies_are_rejected_with_a_reason(body: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidRecord, match=reason):
+        decode(DetectionResult, body)
+
+
+def test_result_with_unknown_risk_level_is_rejected():
+    body = json.dumps({"task_id": "t", "camera_id": "c", "detection_id": "c:1", "group_id": "g", "status": "ok",
+                       "risk_level": "apocalyptic", "risk_score": 0.5, "summary": "", "model": "m", "key_alias": "k",
+                       "attempts": 1, "latency_ms": 1.0, "captured_at": 1.0, "completed_at": 2.0}).encode()
+    with pytest.raises(InvalidRecord, match="risk_level"):
+        decode(RiskAssessment, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
+       | st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
+                      lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=6),
+                      max_leaves=20).map(lambda v: json.dumps(v).encode()))
+def test_decoding_anything_either_succeeds_or_raises_invalid_record(body: bytes) -> None:
+    try:
+        decode(DetectionResult, body)
+    except InvalidRecord:
+        pass

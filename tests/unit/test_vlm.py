@@ -1,0 +1,165 @@
+"""The VLM client against the simulated endpoint (real HTTP on loopback), and the scheduler's failover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from agents.key_pool import DISABLED, KeyPool
+from agents.vlm_client import VlmClient, classify_error
+from sim.vlm import SimConfig, SimVlm
+from streams.errors import VlmError
+from streams.settings import ApiKeyConfig
+from tests.factories import crop_b64
+
+GOOD = "good-key-1111"
+OTHER = "good-key-2222"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[SimVlm, str]]:
+    sim = SimVlm(SimConfig(keys={GOOD, OTHER}, latency_ms=5, p95_ms=10))
+    runner = web.AppRunner(sim.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield sim, f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()
+
+
+def client(url: str, timeout_s: float = 5.0) -> VlmClient:
+    return VlmClient(url, "qwen-vl-plus", timeout_s=timeout_s, pool_size=10, max_tokens=100)
+
+
+JPEG = __import__("base64").b64decode(crop_b64())
+CONTEXT = "Camera c, group kind pedestrian_vehicle, 2 road users, closest pedestrian-vehicle gap 0.20 pedestrian heights. Ref abcdef123456."
+
+
+async def test_a_good_key_gets_a_parsed_assessment_echoing_the_ref(sim):
+    _, url = sim
+    vlm = client(url)
+    answer = await vlm.assess(GOOD, JPEG, CONTEXT)
+    await vlm.close()
+    assert answer.assessment.risk_level in ("high", "critical")
+    assert "abcdef123456" in answer.assessment.summary
+    assert answer.prompt_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "kind"),
+    [
+        ({"key": "wrong-key-0000"}, "auth"),
+        ({"rpm": 1, "calls": 2}, "rate"),
+        ({"quota": 1, "calls": 2}, "quota"),
+        ({"fail_rate": 1.0}, "server"),
+        ({"garbage_rate": 1.0}, "parse"),
+    ],
+)
+async def test_each_failure_has_the_kind_the_pool_reacts_to(sim, setup, kind):
+    simulator, url = sim
+    for name in ("rpm", "quota", "fail_rate", "garbage_rate"):
+        if name in setup:
+            setattr(simulator.cfg, name, setup[name])
+    vlm = client(url)
+    with pytest.raises(VlmError) as err:
+        for _ in range(setup.get("calls", 1)):
+            await vlm.assess(setup.get("key", GOOD), JPEG, CONTEXT)
+    await vlm.close()
+    assert err.value.kind == kind
+    if kind == "rate":
+        assert err.value.retry_after is not None and err.value.retry_after > 0
+
+
+async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
+    simulator, url = sim
+    simulator.cfg.timeout_rate, simulator.cfg.hang_s = 1.0, 5.0
+    vlm = client(url, timeout_s=0.3)
+    with pytest.raises(VlmError) as err:
+        await vlm.assess(GOOD, JPEG, CONTEXT)
+    await vlm.close()
+    assert err.value.kind == "server"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (401, '{"code": "InvalidApiKey", "message": "Invalid API-key provided."}', "auth"),
+        (403, "", "auth"),
+        (429, '{"error": {"code": "Throttling.RateQuota", "message": "Requests rate limit exceeded"}}', "rate"),
+        (429, '{"error": {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded"}}', "quota"),
+        (400, '{"code": "Arrearage", "message": "Access denied, please make sure your account is in good standing."}',
+         "arrearage"),
+        (400, '{"code": "DataInspectionFailed", "message": "Input data may contain inappropriate content."}', "content"),
+        (400, '{"code": "InvalidParameter", "message": "bad"}', "request"),
+        (502, "<html><body>Bad Gateway</body></html>", "server"),
+        (503, "", "server"),
+    ],
+)
+def test_dashscope_and_openai_error_bodies_are_classified(status, body, kind):
+    assert classify_error(status, body).kind == kind
+
+
+async def test_the_official_openai_client_talks_to_the_simulator(sim):
+    from openai import AsyncOpenAI
+
+    _, url = sim
+    oa = AsyncOpenAI(api_key=GOOD, base_url=url)
+    models = await oa.models.list()
+    assert "qwen-vl-plus" in [m.id for m in models.data]
+    reply = await oa.chat.completions.create(
+        model="qwen-vl-plus",
+        messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + crop_b64()}},
+            {"type": "text", "text": CONTEXT}]}],
+    )
+    assert '"risk_level"' in (reply.choices[0].message.content or "")
+    assert reply.usage is not None and reply.usage.total_tokens > 0
+    await oa.close()
+
+
+async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
+    from agents.llm_scheduler import assess
+    from tests.factories import detection
+    from streams.records import AssessmentTask
+
+    simulator, url = sim
+    simulator.revoked.add(OTHER)
+    keys = KeyPool([ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
+                   strategy="round_robin")
+    det = detection("cam", 1)
+    now = time.time() * 1000
+    task = AssessmentTask(task_id="t1", camera_id="cam", detection_id=det.detection_id, frame_seq=1,
+                          captured_at=det.captured_at, group=det.groups[0], image=det.crops[det.groups[0].group_id],
+                          reason="new", created_at=now, deadline=now + 10_000)
+    vlm = client(url)
+    result = await assess(task, vlm=vlm, keys=keys)
+    await vlm.close()
+    assert result.status == "ok" and result.key_alias == "key-2" and result.attempts == 2
+    assert keys.by_alias["key-1"].state(time.time()) == DISABLED
+
+
+async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
+    from agents.llm_scheduler import assess
+    from tests.factories import detection
+    from streams.records import AssessmentTask
+
+    _, url = sim
+    keys = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias="key-1")])
+    keys.disable("key-1", "test")
+    det = detection("cam", 2)
+    now = time.time() * 1000
+    task = AssessmentTask(task_id="t2", camera_id="cam", detection_id=det.detection_id, frame_seq=2,
+                          captured_at=det.captured_at, group=det.groups[0], image=det.crops[det.groups[0].group_id],
+                          reason="new", created_at=now, deadline=now + 300)
+    vlm = client(url)
+    started = time.monotonic()
+    result = await assess(task, vlm=vlm, keys=keys)
+    await vlm.close()
+    assert result.status == "expired" and time.monotonic() - started < 2
+    await asyncio.sleep(0)
