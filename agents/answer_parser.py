@@ -105,10 +105,11 @@ def _from_dict(data: dict[str, object]) -> Assessment:
             raise UnparseableAnswer(f"risk_level {raw_level!r} not one of {RISK_LEVELS}")
     if level is None and score is None:
         raise UnparseableAnswer("answer has neither risk_level nor risk_score")
-    if level is None:
-        assert score is not None
+    if level is None and score is not None:
         level = _level_from_score(score)
-    if score is None:
+    if score is None and level is not None:
         score = _LEVEL_SCORE[level]
+    if level is None or score is None:  # unreachable: one of them was given
+        raise UnparseableAnswer("answer has neither risk_level nor risk_score")
     summary = str(data.get("summary") or data.get("description") or "").strip()[:500]
     return Assessment(risk_level=level, risk_score=round(score, 4), summary=summary)

@@ -33,9 +33,7 @@ class ExpiringIndex:
         """Delete up to ``max_deletes`` expired keys; returns how many were deleted."""
         if self._stale:
             self._heap = [
-                (float(value.get("at", now_s)), key)
-                for key, value in table.items()
-                if isinstance(value, dict)
+                (float(value.get("at", now_s)), key) for key, value in table.items() if isinstance(value, dict)
             ]
             heapq.heapify(self._heap)
             self._stale = False

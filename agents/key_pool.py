@@ -211,8 +211,17 @@ class KeyPool:
                 pass
 
     # --- outcomes --------------------------------------------------------------------------
-    def release(self, lease: Lease, *, ok: bool, kind: str = "", latency_ms: float = 0.0,
-                tokens: int = 0, retry_after: float | None = None, reason: str = "") -> None:
+    def release(
+        self,
+        lease: Lease,
+        *,
+        ok: bool,
+        kind: str = "",
+        latency_ms: float = 0.0,
+        tokens: int = 0,
+        retry_after: float | None = None,
+        reason: str = "",
+    ) -> None:
         """Record the outcome of the call made with ``lease``."""
         slot, now = lease.slot, self.clock()
         slot.in_flight = max(0, slot.in_flight - 1)
@@ -225,8 +234,9 @@ class KeyPool:
             slot.recent.append(True)
             if latency_ms:
                 a = 0.2
-                slot.latency_ewma_ms = latency_ms if not slot.latency_ewma_ms else (
-                    (1 - a) * slot.latency_ewma_ms + a * latency_ms)
+                slot.latency_ewma_ms = (
+                    latency_ms if not slot.latency_ewma_ms else ((1 - a) * slot.latency_ewma_ms + a * latency_ms)
+                )
         else:
             slot.failures += 1
             slot.consecutive_failures += 1
@@ -278,8 +288,11 @@ class KeyPool:
     def persisted(self, slot: KeySlot) -> dict[str, Any]:
         """What the key_pool table keeps of a key (never the key itself)."""
         return {
-            "alias": slot.alias, "cooldown_until": slot.cooldown_until, "disabled": slot.disabled,
-            "disabled_reason": slot.disabled_reason, "disabled_until": slot.disabled_until,
+            "alias": slot.alias,
+            "cooldown_until": slot.cooldown_until,
+            "disabled": slot.disabled,
+            "disabled_reason": slot.disabled_reason,
+            "disabled_until": slot.disabled_until,
             "updated_at": slot.updated_at,
         }
 
@@ -304,19 +317,21 @@ class KeyPool:
             state = s.state(now)
             for st in STATES:
                 metrics.key_state.labels(key_alias=s.alias, state=st).set(1 if st == state else 0)
-            rows.append({
-                "alias": s.alias,
-                "state": state,
-                "cooldown_remaining_s": round(max(0.0, s.cooldown_until - now), 1),
-                "disabled_reason": s.disabled_reason if state == DISABLED else "",
-                "in_flight": s.in_flight,
-                "calls": s.calls,
-                "successes": s.successes,
-                "failures": s.failures,
-                "success_rate": round(s.successes / s.calls, 4) if s.calls else None,
-                "latency_ewma_ms": round(s.latency_ewma_ms, 1),
-                "weight": s.cfg.weight,
-                "rpm": s.cfg.rpm,
-                "calls_last_min": len(s.starts),
-            })
+            rows.append(
+                {
+                    "alias": s.alias,
+                    "state": state,
+                    "cooldown_remaining_s": round(max(0.0, s.cooldown_until - now), 1),
+                    "disabled_reason": s.disabled_reason if state == DISABLED else "",
+                    "in_flight": s.in_flight,
+                    "calls": s.calls,
+                    "successes": s.successes,
+                    "failures": s.failures,
+                    "success_rate": round(s.successes / s.calls, 4) if s.calls else None,
+                    "latency_ewma_ms": round(s.latency_ewma_ms, 1),
+                    "weight": s.cfg.weight,
+                    "rpm": s.cfg.rpm,
+                    "calls_last_min": len(s.starts),
+                }
+            )
         return rows

@@ -19,9 +19,10 @@ import asyncio
 import logging
 import random
 import time
+from typing import Any
 
 from faust.types import EventT
-from mode import Service
+from mode import BaseSignalT, Service
 
 from agents.key_pool import KeyPool, KeySlot
 from agents.vlm_client import RETRYABLE, VlmClient
@@ -73,19 +74,43 @@ def describe(task: AssessmentTask) -> str:
     )
 
 
-def _result(task: AssessmentTask, status: str, *, level: str = "none", score: float = 0.0, summary: str = "",
-            key_alias: str = "", attempts: int = 0, latency_ms: float = 0.0, queue_ms: float = 0.0,
-            model: str = "", error: str | None = None) -> RiskAssessment:
+def _result(
+    task: AssessmentTask,
+    status: str,
+    *,
+    level: str = "none",
+    score: float = 0.0,
+    summary: str = "",
+    key_alias: str = "",
+    attempts: int = 0,
+    latency_ms: float = 0.0,
+    queue_ms: float = 0.0,
+    model: str = "",
+    error: str | None = None,
+) -> RiskAssessment:
     return RiskAssessment(
-        task_id=task.task_id, camera_id=task.camera_id, detection_id=task.detection_id,
-        group_id=task.group.group_id, status=status, risk_level=level, risk_score=score, summary=summary,
-        model=model or settings.vlm_model, key_alias=key_alias, attempts=attempts, latency_ms=latency_ms,
-        captured_at=task.captured_at, completed_at=time.time() * 1000.0, queue_ms=queue_ms, error=error,
+        task_id=task.task_id,
+        camera_id=task.camera_id,
+        detection_id=task.detection_id,
+        group_id=task.group.group_id,
+        status=status,
+        risk_level=level,
+        risk_score=score,
+        summary=summary,
+        model=model or settings.vlm_model,
+        key_alias=key_alias,
+        attempts=attempts,
+        latency_ms=latency_ms,
+        captured_at=task.captured_at,
+        completed_at=time.time() * 1000.0,
+        queue_ms=queue_ms,
+        error=error,
     )
 
 
-async def assess(task: AssessmentTask, *, vlm: VlmClient | None = None, keys: KeyPool | None = None,
-                 max_retries: int | None = None) -> RiskAssessment:
+async def assess(
+    task: AssessmentTask, *, vlm: VlmClient | None = None, keys: KeyPool | None = None, max_retries: int | None = None
+) -> RiskAssessment:
     """Assess one task with failover across keys; always returns a result."""
     vlm, keys = vlm or client, keys or pool
     retries = settings.vlm_max_retries if max_retries is None else max_retries
@@ -101,8 +126,13 @@ async def assess(task: AssessmentTask, *, vlm: VlmClient | None = None, keys: Ke
         try:
             lease = await keys.acquire(deadline, exclude=frozenset(tried))
         except NoKeyAvailable as exc:
-            return _result(task, "expired", attempts=attempt, queue_ms=queue_s * 1000,
-                           error=f"{exc}; last error: {last_error or 'none'}")
+            return _result(
+                task,
+                "expired",
+                attempts=attempt,
+                queue_ms=queue_s * 1000,
+                error=f"{exc}; last error: {last_error or 'none'}",
+            )
         queue_s += lease.waited_s
         metrics.queue_wait_seconds.observe(lease.waited_s)
         attempt += 1
@@ -120,9 +150,10 @@ async def assess(task: AssessmentTask, *, vlm: VlmClient | None = None, keys: Ke
             last_error = f"{lease.alias}: {err}"
             logger.info("task %s camera %s: %s (attempt %d)", task.task_id, task.camera_id, last_error, attempt)
             if err.kind not in RETRYABLE:
-                return _result(task, "failed", key_alias=lease.alias, attempts=attempt,
-                               queue_ms=queue_s * 1000, error=last_error)
-            backoff = settings.vlm_backoff_base_s ** attempt * random.uniform(0.5, 1.0) if attempt else 0
+                return _result(
+                    task, "failed", key_alias=lease.alias, attempts=attempt, queue_ms=queue_s * 1000, error=last_error
+                )
+            backoff = settings.vlm_backoff_base_s**attempt * random.uniform(0.5, 1.0) if attempt else 0
             if time.time() + backoff >= deadline:
                 return _result(task, "expired", attempts=attempt, queue_ms=queue_s * 1000, error=last_error)
             if attempt <= retries:
@@ -130,16 +161,31 @@ async def assess(task: AssessmentTask, *, vlm: VlmClient | None = None, keys: Ke
             continue
         finally:
             metrics.vlm_in_flight.dec()
-        keys.release(lease, ok=True, latency_ms=answer.latency_ms,
-                     tokens=answer.prompt_tokens + answer.completion_tokens)
+        keys.release(
+            lease, ok=True, latency_ms=answer.latency_ms, tokens=answer.prompt_tokens + answer.completion_tokens
+        )
         metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome="ok").inc()
         metrics.vlm_latency_seconds.observe(answer.latency_ms / 1000.0)
         a = answer.assessment
-        return _result(task, "ok", level=a.risk_level, score=a.risk_score, summary=a.summary,
-                       key_alias=lease.alias, attempts=attempt, latency_ms=answer.latency_ms,
-                       queue_ms=queue_s * 1000, model=answer.model)
-    return _result(task, "failed", attempts=attempt, queue_ms=queue_s * 1000,
-                   error=f"gave up after {attempt} attempts; last error: {last_error}")
+        return _result(
+            task,
+            "ok",
+            level=a.risk_level,
+            score=a.risk_score,
+            summary=a.summary,
+            key_alias=lease.alias,
+            attempts=attempt,
+            latency_ms=answer.latency_ms,
+            queue_ms=queue_s * 1000,
+            model=answer.model,
+        )
+    return _result(
+        task,
+        "failed",
+        attempts=attempt,
+        queue_ms=queue_s * 1000,
+        error=f"gave up after {attempt} attempts; last error: {last_error}",
+    )
 
 
 @app.agent(assessment_tasks_topic, name="assess_tasks", concurrency=settings.vlm_concurrency)
@@ -149,7 +195,7 @@ async def assess_tasks(stream):  # type: ignore[no-untyped-def]
         await guarded(event, handle_task)
 
 
-async def handle_task(event: EventT) -> None:
+async def handle_task(event: EventT[bytes]) -> None:
     task = decode(AssessmentTask, event.value)
     if time.time() * 1000.0 > task.deadline:
         result = _result(task, "expired", error="deadline passed before the task was picked up")
@@ -176,13 +222,13 @@ def sync_key_pool() -> None:
     pool.snapshot()  # refreshes the key-state gauges
 
 
-@app.timer(interval=1.0)
+@app.timer(interval=1.0)  # type: ignore[untyped-decorator]
 async def sync_key_pool_often() -> None:
     sync_key_pool()
 
 
 @app.on_rebalance_complete.connect
-async def _reshare(app_: object, **kwargs: object) -> None:
+async def _reshare(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     sync_key_pool()
 
 

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from faust.types import EventT
+from mode import BaseSignalT
 
 from agents.expiry import ExpiringIndex
 from streams import metrics
@@ -49,7 +50,7 @@ result_expiry = ExpiringIndex(RESULT_TTL_S)
 
 
 @app.on_rebalance_complete.connect
-async def _rescan(app_: object, **kwargs: object) -> None:
+async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     detection_expiry.mark_stale()
     result_expiry.mark_stale()
 
@@ -67,8 +68,7 @@ def compact_detection(det: DetectionResult, now_s: float) -> dict[str, Any]:
         "objects": [record_to_dict(o) for o in det.objects],
         "groups": [record_to_dict(g) for g in det.groups],
         # crops by reference only: inline ones would make every changelog write heavy
-        "crops": {gid: {"url": image_url(ref), "region": ref.region} for gid, ref in det.crops.items()
-                  if ref.uri},
+        "crops": {gid: {"url": image_url(ref), "region": ref.region} for gid, ref in det.crops.items() if ref.uri},
     }
 
 
@@ -156,7 +156,7 @@ async def aggregate_results(stream):  # type: ignore[no-untyped-def]
         await guarded(event, handle_result)
 
 
-async def handle_result(event: EventT) -> None:
+async def handle_result(event: EventT[bytes]) -> None:
     result = decode(RiskAssessment, event.value)
     if results.get(result.task_id) is not None:
         metrics.duplicates_total.inc()

@@ -64,7 +64,7 @@ def tasks_for(det: DetectionResult, now_s: float) -> list[AssessmentTask]:
     return tasks
 
 
-async def handle_detection(event: EventT) -> None:
+async def handle_detection(event: EventT[bytes]) -> None:
     det = decode(DetectionResult, event.value)
     metrics.detections_total.labels(camera_id=det.camera_id).inc()
     for task in tasks_for(det, time.time()):

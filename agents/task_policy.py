@@ -45,8 +45,17 @@ def group_key(group: TrafficGroup) -> str:
 
 
 def new_state() -> dict[str, Any]:
-    return {"last_seq": -1, "last_at": 0.0, "fps": 0.0, "tokens": None, "tokens_at": 0.0,
-            "groups": {}, "groups_seen": 0, "tasks_made": 0, "skipped": {}}
+    return {
+        "last_seq": -1,
+        "last_at": 0.0,
+        "fps": 0.0,
+        "tokens": None,
+        "tokens_at": 0.0,
+        "groups": {},
+        "groups_seen": 0,
+        "tasks_made": 0,
+        "skipped": {},
+    }
 
 
 def _why(group: TrafficGroup, seen: dict[str, Any] | None, now_s: float, budget: Budget) -> str | None:

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 
 
-def crop_group(frame: np.ndarray, bbox: list[float], *, margin: float = 0.25, max_side: int = 448,
-               quality: int = 80) -> tuple[bytes, int, int, list[float]]:
+def crop_group(
+    frame: np.ndarray, bbox: list[float], *, margin: float = 0.25, max_side: int = 448, quality: int = 80
+) -> tuple[bytes, int, int, list[float]]:
     """JPEG of the region around ``bbox``; returns (bytes, width, height, region in the frame)."""
     h, w = frame.shape[:2]
     x1, y1, x2, y2 = bbox

@@ -129,8 +129,9 @@ class YoloDetector(Detector):
 
     def detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         """One model call for frames of several cameras (what a GPU wants)."""
-        outputs = self.model.predict(frames, device=self.device, imgsz=self.imgsz, conf=self.conf,
-                                     half=self.half, verbose=False)
+        outputs = self.model.predict(
+            frames, device=self.device, imgsz=self.imgsz, conf=self.conf, half=self.half, verbose=False
+        )
         batches: list[list[Detection]] = []
         for out in outputs:
             names = out.names
@@ -138,10 +139,12 @@ class YoloDetector(Detector):
             xyxy = boxes.xyxy.cpu().numpy() if boxes is not None else np.zeros((0, 4))
             confs = boxes.conf.cpu().numpy() if boxes is not None else np.zeros(0)
             classes = boxes.cls.cpu().numpy().astype(int) if boxes is not None else np.zeros(0, int)
-            batches.append([
-                Detection(str(names.get(int(c), "object")), float(p), tuple(float(v) for v in b))  # type: ignore[arg-type]
-                for b, p, c in zip(xyxy, confs, classes, strict=True)
-            ])
+            batches.append(
+                [
+                    Detection(str(names.get(int(c), "object")), float(p), tuple(float(v) for v in b))  # type: ignore[arg-type]
+                    for b, p, c in zip(xyxy, confs, classes, strict=True)
+                ]
+            )
         return batches
 
 
@@ -169,8 +172,9 @@ class ReplayDetector(Detector):
         return frames[frame_seq % len(frames)]
 
 
-def make_detector(kind: DetectorKind, *, model: str = "", device: str = "cpu", imgsz: int = 640,
-                  replay: Path | None = None) -> Detector:
+def make_detector(
+    kind: DetectorKind, *, model: str = "", device: str = "cpu", imgsz: int = 640, replay: Path | None = None
+) -> Detector:
     """Build the backend named by ``kind``."""
     if kind == "motion":
         return MotionDetector()

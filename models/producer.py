@@ -51,16 +51,22 @@ class CameraPipeline:
         self.frame_seq = 0
 
 
-def analyse(cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageStore,
-            settings: Settings) -> DetectionResult:
+def analyse(
+    cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageStore, settings: Settings
+) -> DetectionResult:
     """Detect, track, group and crop one frame (runs on the thread pool)."""
     started = time.perf_counter()
     found = detector.detect(cam.cfg.id, frame.image, frame.seq)
     metrics.detector_seconds.labels(backend=detector.name).observe(time.perf_counter() - started)
     tracks = cam.tracker.update(found, frame.captured_at)
     objects = [
-        DetectedObject(track_id=tr.track_id, cls=det.cls, conf=det.conf,
-                       bbox=[round(v, 1) for v in det.bbox], speed=round(tr.speed, 1))
+        DetectedObject(
+            track_id=tr.track_id,
+            cls=det.cls,
+            conf=det.conf,
+            bbox=[round(v, 1) for v in det.bbox],
+            speed=round(tr.speed, 1),
+        )
         for det, tr in zip(found, tracks, strict=True)
     ]
     groups = cluster(objects)
@@ -73,8 +79,15 @@ def analyse(cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageS
     seq = cam.frame_seq
     cam.frame_seq += 1
     return DetectionResult(
-        camera_id=cam.cfg.id, frame_seq=seq, captured_at=round(frame.captured_at * 1000.0, 1),
-        frame_w=w_img, frame_h=h_img, model=detector.name, objects=objects, groups=groups, crops=crops,
+        camera_id=cam.cfg.id,
+        frame_seq=seq,
+        captured_at=round(frame.captured_at * 1000.0, 1),
+        frame_w=w_img,
+        frame_h=h_img,
+        model=detector.name,
+        objects=objects,
+        groups=groups,
+        crops=crops,
         produced_at=round(time.time() * 1000.0, 1),
     )
 
@@ -82,8 +95,15 @@ def analyse(cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageS
 class Producer:
     """Runs every camera's loop and the Kafka producer."""
 
-    def __init__(self, cameras: list[CameraConfig], detector: Detector, settings: Settings, *,
-                 max_pending: int = 200, workers: int = 2) -> None:
+    def __init__(
+        self,
+        cameras: list[CameraConfig],
+        detector: Detector,
+        settings: Settings,
+        *,
+        max_pending: int = 200,
+        workers: int = 2,
+    ) -> None:
         self.cams = [CameraPipeline(c) for c in cameras]
         self.detector = detector
         self.settings = settings
@@ -94,8 +114,13 @@ class Producer:
         self.sent = 0
         self.stopping = asyncio.Event()
         self.kafka = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all",
-            linger_ms=10, max_batch_size=32768, compression_type="lz4", request_timeout_ms=30000,
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=10,
+            max_batch_size=32768,
+            compression_type="lz4",
+            request_timeout_ms=30000,
         )
 
     def _sent(self, fut: asyncio.Future[Any]) -> None:
@@ -118,7 +143,8 @@ class Producer:
                 else:
                     try:
                         result = await loop.run_in_executor(
-                            self.pool, analyse, cam, frame, self.detector, self.store, self.settings)
+                            self.pool, analyse, cam, frame, self.detector, self.store, self.settings
+                        )
                     except Exception:
                         logger.exception("camera %s: analysis failed", cam.cfg.id)
                     else:
@@ -139,8 +165,9 @@ class Producer:
         await self.kafka.start()
         for cam in self.cams:
             cam.grabber.start()
-        logger.info("producing %d cameras with %s to %s", len(self.cams), self.detector.name,
-                    self.settings.bootstrap_servers)
+        logger.info(
+            "producing %d cameras with %s to %s", len(self.cams), self.detector.name, self.settings.bootstrap_servers
+        )
         tasks = [asyncio.ensure_future(self.run_camera(c)) for c in self.cams]
         try:
             if duration_s is not None:

@@ -30,9 +30,7 @@ from streams.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-os.environ.setdefault(
-    "OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;500000|probesize;100000"
-)
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|analyzeduration;500000|probesize;100000")
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,12 @@ class VideoSource(FrameSource):
         self.cap: cv2.VideoCapture | None = None
 
     def _open(self) -> cv2.VideoCapture | None:
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                  self.read_timeout_ms]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            self.open_timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            self.read_timeout_ms,
+        ]
         cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
@@ -120,9 +122,13 @@ def open_source(url: str) -> FrameSource:
         parsed = urlparse(url)
         q = {k: v[0] for k, v in parse_qs(parsed.query).items()}
         try:
-            scene = Scene(seed=int(q.get("seed", 1)), vehicle_rate=float(q.get("vehicles", 0.5)),
-                          pedestrian_rate=float(q.get("pedestrians", 0.25)),
-                          width=int(q.get("width", 640)), height=int(q.get("height", 360)))
+            scene = Scene(
+                seed=int(q.get("seed", 1)),
+                vehicle_rate=float(q.get("vehicles", 0.5)),
+                pedestrian_rate=float(q.get("pedestrians", 0.25)),
+                width=int(q.get("width", 640)),
+                height=int(q.get("height", 360)),
+            )
             return SimulatedSource(scene, start_s=float(q.get("start", 20)))
         except ValueError as exc:
             raise ConfigError(f"bad simulated camera URL {url!r}: {exc}") from exc

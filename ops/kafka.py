@@ -61,8 +61,11 @@ def libs_dir(version: str = KAFKA_VERSION) -> Path:
         raise RuntimeError("Maven (mvn) is needed to fetch the Kafka broker jars: apt-get install maven")
     if libs.exists():
         shutil.rmtree(libs)
-    subprocess.run([mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
-                    "-DincludeScope=runtime"], cwd=home, check=True)
+    subprocess.run(
+        [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        cwd=home,
+        check=True,
+    )
     (home / "log4j2.properties").write_text(LOG4J)
     (home / ".complete").write_text(version)
     return libs
@@ -120,57 +123,77 @@ class KafkaCluster:
         if java is None:
             raise RuntimeError("Java 17+ is needed to run the Kafka broker: apt-get install openjdk-17-jre-headless")
         log4j = libs.parent / "log4j2.properties"
-        return [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+        return [
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{libs}/*",
+        ]
 
     def _properties(self, node: KafkaNode, voters: str) -> str:
         rf = min(3, self.size)
-        return "\n".join([
-            "process.roles=broker,controller",
-            f"node.id={node.node_id}",
-            f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={node.data_dir / 'log'}",
-            f"offsets.topic.replication.factor={rf}",
-            "offsets.topic.num.partitions=8",
-            f"transaction.state.log.replication.factor={rf}",
-            f"transaction.state.log.min.isr={min(2, rf)}",
-            f"default.replication.factor={rf}",
-            f"min.insync.replicas={min(2, rf)}",
-            "num.partitions=8",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "log.retention.hours=6",
-            "log.segment.bytes=67108864",
-            "num.network.threads=2",
-            "num.io.threads=2",
-            "background.threads=2",
-            "log.cleaner.threads=1",
-            "",
-        ])
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={node.node_id}",
+                f"controller.quorum.voters={voters}",
+                f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={node.data_dir / 'log'}",
+                f"offsets.topic.replication.factor={rf}",
+                "offsets.topic.num.partitions=8",
+                f"transaction.state.log.replication.factor={rf}",
+                f"transaction.state.log.min.isr={min(2, rf)}",
+                f"default.replication.factor={rf}",
+                f"min.insync.replicas={min(2, rf)}",
+                "num.partitions=8",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=6",
+                "log.segment.bytes=67108864",
+                "num.network.threads=2",
+                "num.io.threads=2",
+                "background.threads=2",
+                "log.cleaner.threads=1",
+                "",
+            ]
+        )
 
     def start(self, timeout_s: float = 60.0) -> KafkaCluster:
         """Format the log dirs and start every node; returns when all answer."""
         libs = libs_dir(self.version)
         java = self._java(libs)
         ports = self.ports or [free_port() for _ in range(self.size)]
-        self.nodes = [KafkaNode(i + 1, ports[i], free_port(), self.base_dir / f"node-{i + 1}")
-                      for i in range(self.size)]
+        self.nodes = [
+            KafkaNode(i + 1, ports[i], free_port(), self.base_dir / f"node-{i + 1}") for i in range(self.size)
+        ]
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        cluster_id = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"], capture_output=True,
-                                    text=True, check=True).stdout.strip().splitlines()[-1] or uuid.uuid4().hex
+        cluster_id = (
+            subprocess.run(
+                [*java, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+            or uuid.uuid4().hex
+        )
         for node in self.nodes:
             if node.data_dir.exists():
                 shutil.rmtree(node.data_dir)
             node.data_dir.mkdir(parents=True)
             props = node.data_dir / "server.properties"
             props.write_text(self._properties(node, voters))
-            subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                check=True,
+                capture_output=True,
+            )
         for node in self.nodes:
             self.start_node(node)
         deadline = time.monotonic() + timeout_s
@@ -184,14 +207,17 @@ class KafkaCluster:
         log = open(node.log_file, "ab")
         node.process = subprocess.Popen(
             [*java, "kafka.Kafka", str(node.data_dir / "server.properties")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def _wait(self, node: KafkaNode, deadline: float) -> None:
         while time.monotonic() < deadline:
             if node.process is not None and node.process.poll() is not None:
-                raise RuntimeError(f"Kafka node {node.node_id} exited; see {node.log_file}:\n"
-                                   + node.log_file.read_text()[-3000:])
+                raise RuntimeError(
+                    f"Kafka node {node.node_id} exited; see {node.log_file}:\n" + node.log_file.read_text()[-3000:]
+                )
             if port_open(node.port) and b"Kafka Server started" in node.log_file.read_bytes():
                 return
             time.sleep(0.2)

@@ -43,15 +43,17 @@ class Ports:
 def stack_env(ports: Ports, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment every roadwatch process of the stack runs with."""
     env = dict(os.environ)
-    env.update({
-        "PYTHONUNBUFFERED": "1",
-        "ROADWATCH_KAFKA_URL": f"kafka://127.0.0.1:{ports.kafka}",
-        "ROADWATCH_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
-        "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{ports.vlm}/v1",
-        "ROADWATCH_WEB_PORT": str(ports.web),
-        "ROADWATCH_DATA_DIR": str(STATE / "faust"),
-        "ROADWATCH_IMAGE_STORE": f"file://{STATE / 'images'}",
-    })
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "ROADWATCH_KAFKA_URL": f"kafka://127.0.0.1:{ports.kafka}",
+            "ROADWATCH_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+            "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{ports.vlm}/v1",
+            "ROADWATCH_WEB_PORT": str(ports.web),
+            "ROADWATCH_DATA_DIR": str(STATE / "faust"),
+            "ROADWATCH_IMAGE_STORE": f"file://{STATE / 'images'}",
+        }
+    )
     env.setdefault("ROADWATCH_VLM_KEYS", ",".join(SIM_KEYS))
     env.update(extra or {})
     return env
@@ -64,8 +66,24 @@ def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 
         ("kafka", [PY, "-m", "ops.kafka", "start", "--port", str(ports.kafka), "--dir", str(STATE / "kafka")]),
     ]
     if redis_server:
-        procs.append(("redis", [redis_server, "--port", str(ports.redis), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(STATE)]))
+        procs.append(
+            (
+                "redis",
+                [
+                    redis_server,
+                    "--port",
+                    str(ports.redis),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(STATE),
+                ],
+            )
+        )
     procs.append(("vlm", [PY, "-m", "sim.vlm", "--port", str(ports.vlm), "--keys", ",".join(SIM_KEYS), *vlm_args]))
     for i in range(workers):
         procs.append((f"worker-{i + 1}" if workers > 1 else "worker", [PY, "-m", "streams", "worker", "-l", "info"]))
@@ -76,8 +94,15 @@ def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 
 class Stack:
     """Starts, watches and stops the processes of one stack."""
 
-    def __init__(self, ports: Ports, *, cameras: str = "deploy/cameras.sim.yaml", workers: int = 1,
-                 vlm_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        ports: Ports,
+        *,
+        cameras: str = "deploy/cameras.sim.yaml",
+        workers: int = 1,
+        vlm_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.ports = ports
         self.env = stack_env(ports, env)
         self.plan = services(ports, cameras=cameras, vlm_args=vlm_args or ["--rpm", "120"], workers=workers)
@@ -85,11 +110,20 @@ class Stack:
         self.workers = workers
 
     def check_ports(self) -> None:
-        busy = [f"{name} port {p}" for name, p in (("kafka", self.ports.kafka), ("redis", self.ports.redis),
-                                                    ("vlm", self.ports.vlm), ("web", self.ports.web)) if port_open(p)]
+        busy = [
+            f"{name} port {p}"
+            for name, p in (
+                ("kafka", self.ports.kafka),
+                ("redis", self.ports.redis),
+                ("vlm", self.ports.vlm),
+                ("web", self.ports.web),
+            )
+            if port_open(p)
+        ]
         if busy:
-            raise SystemExit(f"ports in use: {', '.join(busy)}. Is a stack already up? (`make down`), "
-                             "or set ROADWATCH_*_PORT.")
+            raise SystemExit(
+                f"ports in use: {', '.join(busy)}. Is a stack already up? (`make down`), or set ROADWATCH_*_PORT."
+            )
 
     def start(self, *, say: bool = True) -> None:
         self.check_ports()
@@ -108,8 +142,9 @@ class Stack:
                 env["ROADWATCH_WEB_PORT"] = str(self.ports.web + index)
                 env["ROADWATCH_DATA_DIR"] = str(STATE / "faust" / name)
             log = open(STATE / "logs" / f"{name}.log", "wb")
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             self.procs[name] = proc
             (STATE / "pids" / f"{name}.pid").write_text(str(proc.pid))
             if say:
@@ -234,16 +269,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not ready_said and int(time.monotonic() - started) % 2 == 0:
                 took = wait_for_results(stack.ports.web, 4, 0.1)
                 if took is not None:
-                    print(f"results flowing: 4+ cameras assessed {time.monotonic() - started:.0f}s after start",
-                          flush=True)
+                    print(
+                        f"results flowing: 4+ cameras assessed {time.monotonic() - started:.0f}s after start",
+                        flush=True,
+                    )
                     ready_said = True
             time.sleep(0.5)
         return 0
     finally:
         print("stopping...", flush=True)
         stack.stop()
-        print("stopped: " + ("nothing left running" if not stack.alive() else f"still alive: {stack.alive()}"),
-              flush=True)
+        print(
+            "stopped: " + ("nothing left running" if not stack.alive() else f"still alive: {stack.alive()}"), flush=True
+        )
 
 
 def _pid_files() -> list[tuple[str, int]]:
@@ -308,8 +346,9 @@ def cmd_e2e(args: argparse.Namespace) -> int:
         watcher.watch(args.duration, every_s=5.0, web_port=stack.ports.web)
         print("stopping the producer and draining the pipeline...", flush=True)
         stop_pids([("producer", stack.procs["producer"].pid)])
-        report = verify_exactly_once(bootstrap, [stack.ports.web + i for i in range(args.workers)],
-                                     drain_timeout_s=90.0)
+        report = verify_exactly_once(
+            bootstrap, [stack.ports.web + i for i in range(args.workers)], drain_timeout_s=90.0
+        )
         print(report.line(), flush=True)
         return 0 if report.ok else 1
     finally:
@@ -333,8 +372,14 @@ def main(argv: list[str] | None = None) -> None:
     e2e.add_argument("--duration", type=float, default=60.0)
     e2e.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    handler = {"run": cmd_run, "up": cmd_up, "down": cmd_down, "status": cmd_status, "topics": cmd_topics,
-               "e2e": cmd_e2e}[args.cmd]
+    handler = {
+        "run": cmd_run,
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "topics": cmd_topics,
+        "e2e": cmd_e2e,
+    }[args.cmd]
     sys.exit(handler(args))
 
 

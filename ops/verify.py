@@ -20,9 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.topics import ASSESSMENT_TASKS, DETECTION_RESULTS, RISK_RESULTS
-
-from streams.topics import ALERTS
+from streams.topics import ALERTS, ASSESSMENT_TASKS, DETECTION_RESULTS, RISK_RESULTS
 
 FLOW_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS, ALERTS)
 
@@ -60,8 +58,9 @@ async def end_offsets(bootstrap: str, topics: tuple[str, ...]) -> dict[str, int]
 
 async def read_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[bytes]:
     """Every message value of ``topic`` from the beginning up to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     try:
         tps = await _partitions(consumer, topic)
@@ -108,10 +107,12 @@ class Report:
 
     def line(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
-        return (f"e2e verification {verdict}: {self.tasks} tasks, {self.results_in_view} results in the "
-                f"aggregator's view, {len(self.missing)} missing, {len(self.unknown)} unknown, "
-                f"{self.duplicates_suppressed} duplicate deliveries suppressed, {self.not_joined} not joined; "
-                f"statuses {dict(self.statuses)}; drained in {self.drain_s:.1f}s")
+        return (
+            f"e2e verification {verdict}: {self.tasks} tasks, {self.results_in_view} results in the "
+            f"aggregator's view, {len(self.missing)} missing, {len(self.unknown)} unknown, "
+            f"{self.duplicates_suppressed} duplicate deliveries suppressed, {self.not_joined} not joined; "
+            f"statuses {dict(self.statuses)}; drained in {self.drain_s:.1f}s"
+        )
 
 
 def aggregator_view(web_ports: list[int]) -> dict[str, dict[str, Any]]:
@@ -124,8 +125,9 @@ def aggregator_view(web_ports: list[int]) -> dict[str, dict[str, Any]]:
     return view
 
 
-def verify_exactly_once(bootstrap: str, web_ports: list[int], *, drain_timeout_s: float = 60.0,
-                        prefix: str = "") -> Report:
+def verify_exactly_once(
+    bootstrap: str, web_ports: list[int], *, drain_timeout_s: float = 60.0, prefix: str = ""
+) -> Report:
     """Wait until every task is aggregated (or the timeout), then compare.
 
     ``prefix`` is the deployment's topic prefix when it differs from this process's settings.
@@ -166,15 +168,19 @@ class FlowWatcher:
         last = asyncio.run(end_offsets(self.bootstrap, FLOW_TOPICS))
         last_t = time.monotonic()
         end = last_t + duration_s
-        print("  t(s)  " + "  ".join(f"{t[:18]:>18s}" for t in FLOW_TOPICS) + "   results ok/failed/expired",
-              flush=True)
+        print(
+            "  t(s)  " + "  ".join(f"{t[:18]:>18s}" for t in FLOW_TOPICS) + "   results ok/failed/expired", flush=True
+        )
         while time.monotonic() < end:
             time.sleep(min(every_s, max(0.0, end - time.monotonic())))
             now = asyncio.run(end_offsets(self.bootstrap, FLOW_TOPICS))
             t = time.monotonic()
             rates = [(now[k] - last.get(k, 0)) / max(1e-6, t - last_t) for k in FLOW_TOPICS]
             statuses = Counter(str(v.get("status")) for v in aggregator_view([web_port]).values()) if web_port else {}
-            print(f"{t - end + duration_s:6.0f}  " + "  ".join(f"{r:14.1f}/s " for r in rates)
-                  + f"   {statuses.get('ok', 0)}/{statuses.get('failed', 0)}/{statuses.get('expired', 0)}",
-                  flush=True)
+            print(
+                f"{t - end + duration_s:6.0f}  "
+                + "  ".join(f"{r:14.1f}/s " for r in rates)
+                + f"   {statuses.get('ok', 0)}/{statuses.get('failed', 0)}/{statuses.get('expired', 0)}",
+                flush=True,
+            )
             last, last_t = now, t

@@ -63,8 +63,17 @@ class TruthBox:
 class Scene:
     """A deterministic street scene; ``render(t)`` gives the frame and its ground truth."""
 
-    def __init__(self, seed: int = 1, width: int = 640, height: int = 360, *, duration_s: float = 3600.0,
-                 vehicle_rate: float = 0.35, pedestrian_rate: float = 0.12, noise: float = 3.0) -> None:
+    def __init__(
+        self,
+        seed: int = 1,
+        width: int = 640,
+        height: int = 360,
+        *,
+        duration_s: float = 3600.0,
+        vehicle_rate: float = 0.35,
+        pedestrian_rate: float = 0.12,
+        noise: float = 3.0,
+    ) -> None:
         self.seed, self.width, self.height, self.noise = seed, width, height, noise
         rng = random.Random(seed)
         self.background = self._background(rng)
@@ -83,8 +92,8 @@ class Scene:
         img[:] = (70, 110, 90)  # verge
         road_top, road_bottom = int(h * 0.36), int(h * 0.86)
         img[road_top:road_bottom] = (88, 88, 88)
-        img[int(h * 0.30):road_top] = (150, 150, 155)  # far sidewalk
-        img[road_bottom:int(h * 0.93)] = (150, 150, 155)  # near sidewalk
+        img[int(h * 0.30) : road_top] = (150, 150, 155)  # far sidewalk
+        img[road_bottom : int(h * 0.93)] = (150, 150, 155)  # near sidewalk
         texture = np.random.default_rng(rng.randrange(1 << 30)).normal(0, 6, (h, w, 1))
         img = np.clip(img.astype(np.float32) + texture, 0, 255).astype(np.uint8)
         mid = (road_top + road_bottom) // 2
@@ -106,10 +115,13 @@ class Scene:
             t += rng.expovariate(vehicle_rate)
             lane = rng.randrange(4)
             cls = rng.choice(VEHICLE_CLASSES)
-            w, h = {"car": (rng.randint(62, 80), rng.randint(30, 36)), "truck": (rng.randint(95, 120), 42),
-                    "bus": (rng.randint(130, 150), 46)}[cls]
+            w, h = {
+                "car": (rng.randint(62, 80), rng.randint(30, 36)),
+                "truck": (rng.randint(95, 120), 42),
+                "bus": (rng.randint(130, 150), 46),
+            }[cls]
             speed = rng.uniform(55, 120) * (1 if lane >= 2 else -1)
-            x0 = -w if speed > 0 else self.width
+            x0 = float(-w if speed > 0 else self.width)
             y0 = self.lanes[lane] - h / 2
             color = (rng.randint(30, 230), rng.randint(30, 230), rng.randint(30, 230))
             self.actors.append(Actor(next_id, cls, t, x0, y0, speed, 0.0, w, h, color))
@@ -124,8 +136,22 @@ class Scene:
             vy = rng.uniform(22, 38) * (1 if down else -1)
             color = (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255))
             pause = rng.uniform(0.5, 2.5) if rng.random() < 0.4 else 0.0
-            self.actors.append(Actor(next_id, "person", t, x0, y0 - h, 0.0, vy, w, h, color,
-                                     pause_at=1.0 if pause else -1.0, pause_s=pause))
+            self.actors.append(
+                Actor(
+                    next_id,
+                    "person",
+                    t,
+                    x0,
+                    y0 - h,
+                    0.0,
+                    vy,
+                    w,
+                    h,
+                    color,
+                    pause_at=1.0 if pause else -1.0,
+                    pause_s=pause,
+                )
+            )
             next_id += 1
 
     def truth(self, t: float) -> list[TruthBox]:
@@ -141,7 +167,9 @@ class Scene:
             x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(self.width - 1.0, x + a.w), min(self.height - 1.0, y + a.h)
             if x2 - x1 < a.w * 0.5 or y2 - y1 < a.h * 0.5:
                 continue  # mostly off screen
-            moving = a.vx != 0 or (a.vy != 0 and not (a.pause_at >= 0 and a.pause_at < t - a.t0 < a.pause_at + a.pause_s))
+            moving = a.vx != 0 or (
+                a.vy != 0 and not (a.pause_at >= 0 and a.pause_at < t - a.t0 < a.pause_at + a.pause_s)
+            )
             boxes.append(TruthBox(a.actor_id, a.cls, (x1, y1, x2, y2), moving))
         return boxes
 
@@ -153,13 +181,13 @@ class Scene:
             actor = self._by_id[box.actor_id]
             self._draw(frame, actor, box.bbox)
         if self.noise:
-            noise = self._noise_rng.normal(0, self.noise, frame.shape[:2] + (1,))
+            noise = self._noise_rng.normal(0, self.noise, (*frame.shape[:2], 1))
             frame = np.clip(frame.astype(np.float32) + noise, 0, 255).astype(np.uint8)
         return frame, boxes
 
     @staticmethod
     def _draw(frame: np.ndarray, actor: Actor, bbox: tuple[float, float, float, float]) -> None:
-        x1, y1, x2, y2 = (int(round(v)) for v in bbox)
+        x1, y1, x2, y2 = (round(v) for v in bbox)
         if actor.cls == "person":
             head = max(3, (x2 - x1) // 2)
             cv2.rectangle(frame, (x1, y1 + head * 2), (x2, y2), actor.color, -1)
@@ -184,7 +212,9 @@ class Scene:
         return events
 
 
-def box_gap(a: tuple[float, float, float, float] | list[float], b: tuple[float, float, float, float] | list[float]) -> float:
+def box_gap(
+    a: tuple[float, float, float, float] | list[float], b: tuple[float, float, float, float] | list[float]
+) -> float:
     """Euclidean distance between two boxes (0 when they overlap)."""
     dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
     dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))

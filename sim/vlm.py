@@ -102,8 +102,12 @@ class SimVlm:
             if self.quota_used[key] >= self.cfg.quota:
                 counters["429_quota"] += 1
                 reset = self.quota_since[key] + self.cfg.quota_reset_s - now
-                return self.error(429, "Throttling.AllocationQuota", "Allocated quota exceeded, please increase your quota limit.",
-                                  {"Retry-After": f"{max(1, math.ceil(reset))}"})
+                return self.error(
+                    429,
+                    "Throttling.AllocationQuota",
+                    "Allocated quota exceeded, please increase your quota limit.",
+                    {"Retry-After": f"{max(1, math.ceil(reset))}"},
+                )
             self.quota_used[key] += 1
         if self.cfg.rpm:
             window = self.windows[key]
@@ -112,8 +116,12 @@ class SimVlm:
             if len(window) >= self.cfg.rpm:
                 counters["429"] += 1
                 retry = window[0] + 60.0 - now
-                return self.error(429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later.",
-                                  {"Retry-After": f"{max(1, math.ceil(retry))}"})
+                return self.error(
+                    429,
+                    "Throttling.RateQuota",
+                    "Requests rate limit exceeded, please try again later.",
+                    {"Retry-After": f"{max(1, math.ceil(retry))}"},
+                )
             window.append(now)
         try:
             body = await request.json()
@@ -133,8 +141,11 @@ class SimVlm:
             if roll < self.cfg.timeout_rate + self.cfg.fail_rate:
                 status = 500 if self.rng.random() < 0.5 else 503
                 counters[str(status)] += 1
-                return self.error(status, "InternalError" if status == 500 else "ServiceUnavailable",
-                                  "An internal error has occurred, please try again later.")
+                return self.error(
+                    status,
+                    "InternalError" if status == 500 else "ServiceUnavailable",
+                    "An internal error has occurred, please try again later.",
+                )
             text = " ".join(_texts(messages))
             if roll < self.cfg.timeout_rate + self.cfg.fail_rate + self.cfg.garbage_rate:
                 counters["garbage"] += 1
@@ -142,26 +153,38 @@ class SimVlm:
             else:
                 content = assess_text(text, _image_digest(messages))
             counters["200"] += 1
-            return web.json_response({
-                "id": f"chatcmpl-sim-{time.time_ns()}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "qwen-vl-plus"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 400 + len(text) // 4, "completion_tokens": len(content) // 4,
-                          "total_tokens": 400 + len(text) // 4 + len(content) // 4},
-            })
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-sim-{time.time_ns()}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "qwen-vl-plus"),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    ],
+                    "usage": {
+                        "prompt_tokens": 400 + len(text) // 4,
+                        "completion_tokens": len(content) // 4,
+                        "total_tokens": 400 + len(text) // 4 + len(content) // 4,
+                    },
+                }
+            )
         finally:
             self.in_flight -= 1
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "sim"} for m in ("qwen-vl-plus", "qwen-vl-max")]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "sim"}
+                    for m in ("qwen-vl-plus", "qwen-vl-max")
+                ],
+            }
+        )
 
     async def admin_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"keys": self.stats, "in_flight": self.in_flight,
-                                  "max_in_flight": self.max_in_flight})
+        return web.json_response({"keys": self.stats, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight})
 
     async def admin_revoke(self, request: web.Request) -> web.Response:
         key = (await request.json())["key"]
@@ -225,8 +248,17 @@ def assess_text(text: str, image_digest: str) -> str:
     else:
         score = 0.05 + jitter
     score = round(max(0.0, min(1.0, score)), 3)
-    level = ("none" if score < 0.15 else "low" if score < 0.4 else "medium" if score < 0.65
-             else "high" if score < 0.85 else "critical")
+    level = (
+        "none"
+        if score < 0.15
+        else "low"
+        if score < 0.4
+        else "medium"
+        if score < 0.65
+        else "high"
+        if score < 0.85
+        else "critical"
+    )
     ref = REF.search(text)
     summary = {
         "none": "No road users in conflict.",
@@ -254,11 +286,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    cfg = SimConfig(keys={k for k in args.keys.split(",") if k}, rpm=args.rpm, quota=args.quota,
-                    latency_ms=args.latency_ms, p95_ms=args.p95_ms, fail_rate=args.fail_rate,
-                    timeout_rate=args.timeout_rate, garbage_rate=args.garbage_rate, seed=args.seed)
-    logger.info("simulated VLM on http://%s:%d/v1 (%d keys, rpm %s)", args.host, args.port, len(cfg.keys),
-                cfg.rpm or "unlimited")
+    cfg = SimConfig(
+        keys={k for k in args.keys.split(",") if k},
+        rpm=args.rpm,
+        quota=args.quota,
+        latency_ms=args.latency_ms,
+        p95_ms=args.p95_ms,
+        fail_rate=args.fail_rate,
+        timeout_rate=args.timeout_rate,
+        garbage_rate=args.garbage_rate,
+        seed=args.seed,
+    )
+    logger.info(
+        "simulated VLM on http://%s:%d/v1 (%d keys, rpm %s)",
+        args.host,
+        args.port,
+        len(cfg.keys),
+        cfg.rpm or "unlimited",
+    )
     web.run_app(SimVlm(cfg).app(), host=args.host, port=args.port, print=None, access_log=None)
 
 

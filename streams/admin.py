@@ -30,8 +30,14 @@ def planned_topics(partitions: int | None = None, replicas: int | None = None) -
     topics = [NewTopic(t, parts, rf, topic_configs=isr) for t in (*MAIN_TOPICS, ALERTS)]
     topics += [NewTopic(f"{t}.dlq", 1, rf, topic_configs=isr) for t in MAIN_TOPICS]
     for table in app.tables.values():
-        topics.append(NewTopic(table.changelog_topic.get_topic_name(), table.partitions or parts, rf,
-                               topic_configs={**isr, "cleanup.policy": "compact"}))
+        topics.append(
+            NewTopic(
+                table.changelog_topic.get_topic_name(),
+                table.partitions or parts,
+                rf,
+                topic_configs={**isr, "cleanup.policy": "compact"},
+            )
+        )
     return topics
 
 

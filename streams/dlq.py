@@ -18,7 +18,7 @@ from streams.topics import dlq_topics
 logger = logging.getLogger(__name__)
 
 
-async def send_to_dlq(event: EventT, reason: str) -> None:
+async def send_to_dlq(event: EventT[bytes], reason: str) -> None:
     """Forward the raw message of ``event`` to ``<topic>.dlq`` with the reason and its origin."""
     message = event.message
     raw = message.value if isinstance(message.value, bytes) else b""
@@ -30,14 +30,12 @@ async def send_to_dlq(event: EventT, reason: str) -> None:
         "failed_at": time.time() * 1000,
         "value_b64": base64.b64encode(raw[:1_000_000]).decode(),
     }
-    logger.warning(
-        "DLQ %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason[:300]
-    )
+    logger.warning("DLQ %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason[:300])
     metrics.dlq_total.labels(topic=message.topic).inc()
     await dlq_topics[message.topic].send(key=message.key, value=json.dumps(body).encode())
 
 
-async def guarded(event: EventT, handle: Callable[[EventT], Awaitable[None]]) -> None:
+async def guarded(event: EventT[bytes], handle: Callable[[EventT[bytes]], Awaitable[None]]) -> None:
     """Run an agent's handler for one event; a bad or unexpected message goes to the DLQ.
 
     An agent must never die on one message: Faust would stop consuming its partitions.
@@ -49,6 +47,7 @@ async def guarded(event: EventT, handle: Callable[[EventT], Awaitable[None]]) ->
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        logger.exception("unexpected error on %s[%s]@%s", event.message.topic, event.message.partition,
-                         event.message.offset)
+        logger.exception(
+            "unexpected error on %s[%s]@%s", event.message.topic, event.message.partition, event.message.offset
+        )
         await send_to_dlq(event, f"internal error: {type(exc).__name__}: {exc}")

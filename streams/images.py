@@ -109,12 +109,14 @@ def open_store(spec: str, *, redis_url: str, ttl_s: int) -> ImageStore:
     raise ConfigError(f"image_store must be file://DIR or redis://, got {spec!r}")
 
 
-def make_ref(jpeg: bytes, width: int, height: int, store: ImageStore, inline_limit: int,
-             region: list[float] | None = None) -> ImageRef:
+def make_ref(
+    jpeg: bytes, width: int, height: int, store: ImageStore, inline_limit: int, region: list[float] | None = None
+) -> ImageRef:
     """Inline the crop when small, otherwise store it and carry the reference."""
     if len(jpeg) <= inline_limit:
-        return ImageRef(data_b64=base64.b64encode(jpeg).decode(), width=width, height=height, size=len(jpeg),
-                        region=region)
+        return ImageRef(
+            data_b64=base64.b64encode(jpeg).decode(), width=width, height=height, size=len(jpeg), region=region
+        )
     return ImageRef(uri=store.put(jpeg), width=width, height=height, size=len(jpeg), region=region)
 
 

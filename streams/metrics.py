@@ -12,9 +12,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
 
-frames_total = Counter(
-    "roadwatch_frames_total", "Frames analysed by the producer.", ["camera_id"], registry=REGISTRY
-)
+frames_total = Counter("roadwatch_frames_total", "Frames analysed by the producer.", ["camera_id"], registry=REGISTRY)
 frames_dropped_total = Counter(
     "roadwatch_frames_dropped_total",
     "Frames dropped (grabbed but not analysed, or Kafka too slow).",
@@ -44,14 +42,14 @@ vlm_latency_seconds = Histogram(
     "roadwatch_vlm_latency_seconds", "VLM call latency.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
 )
 vlm_in_flight = Gauge("roadwatch_vlm_in_flight", "VLM calls in flight on this worker.", registry=REGISTRY)
-key_state = Gauge(
-    "roadwatch_key_state", "1 for the key's current state.", ["key_alias", "state"], registry=REGISTRY
-)
+key_state = Gauge("roadwatch_key_state", "1 for the key's current state.", ["key_alias", "state"], registry=REGISTRY)
 queue_wait_seconds = Histogram(
     "roadwatch_queue_wait_seconds", "Time a task waited for a key.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
 )
 results_total = Counter(
-    "roadwatch_results_total", "Risk results aggregated, by status and level.", ["status", "risk_level"],
+    "roadwatch_results_total",
+    "Risk results aggregated, by status and level.",
+    ["status", "risk_level"],
     registry=REGISTRY,
 )
 duplicates_total = Counter(

@@ -68,9 +68,7 @@ def parse_keys(raw: str) -> list[ApiKeyConfig]:
 class Settings(BaseSettings):
     """All settings; each field maps to ``ROADWATCH_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="ROADWATCH_", env_file=".env", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="ROADWATCH_", env_file=".env", extra="forbid", frozen=True)
 
     # --- Faust / Kafka -------------------------------------------------------------------
     app_id: str = Field(default="roadwatch", description="Faust app id: consumer group and table prefix.")
@@ -97,9 +95,7 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(default=5.0, gt=0, description="Pause after a Redis error (degrade).")
 
     # --- images --------------------------------------------------------------------------
-    image_store: str = Field(
-        default="file://.state/images", description="Claim-check store: file://DIR or redis://."
-    )
+    image_store: str = Field(default="file://.state/images", description="Claim-check store: file://DIR or redis://.")
     inline_image_limit: int = Field(default=4_096, ge=0, description="Crops up to this many bytes travel inline.")
     image_ttl_s: int = Field(default=600, gt=0, description="How long stored crops live.")
 

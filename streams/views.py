@@ -12,10 +12,11 @@ import asyncio
 import hmac
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 from faust.web import Request, Response, View
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import generate_latest
 
 from agents.llm_scheduler import image_store, pool
@@ -35,9 +36,7 @@ def authorized(request: Any) -> bool:
     if settings.web_token is None:
         return True
     expected = settings.web_token.get_secret_value()
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get(
-        "token", ""
-    )
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get("token", "")
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -81,7 +80,7 @@ class Cameras(View):
 class CameraDetail(View):
     """One camera, answered by the worker that owns it."""
 
-    @app.table_route(table=camera_view, match_info="camera_id")
+    @app.table_route(table=camera_view, match_info="camera_id")  # type: ignore[arg-type]
     async def get(self, request: Request, camera_id: str) -> Response:
         view = camera_view.get(camera_id)
         if view is None:
@@ -118,8 +117,14 @@ class Keys(View):
 
     async def get(self, request: Request) -> Response:
         rows = pool.snapshot()
-        return self.json({"strategy": pool.strategy, "share": round(pool.share, 3), "keys": rows,
-                          "available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in rows)})
+        return self.json(
+            {
+                "strategy": pool.strategy,
+                "share": round(pool.share, 3),
+                "keys": rows,
+                "available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in rows),
+            }
+        )
 
 
 @app.page("/keys/{alias}/{action}")
@@ -146,14 +151,16 @@ class Health(View):
 
     async def get(self, request: Request) -> Response:
         assigned = app.assignor.assigned_actives() if app.assignor else set()
-        return self.json({
-            "status": "ok",
-            "uptime_s": round(time.time() - STARTED, 1),
-            "partitions": len(assigned),
-            "redis": "degraded" if cache.degraded else "ok",
-            "redis_skipped_writes": cache.skipped,
-            "keys_available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in pool.snapshot()),
-        })
+        return self.json(
+            {
+                "status": "ok",
+                "uptime_s": round(time.time() - STARTED, 1),
+                "partitions": len(assigned),
+                "redis": "degraded" if cache.degraded else "ok",
+                "redis_skipped_writes": cache.skipped,
+                "keys_available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in pool.snapshot()),
+            }
+        )
 
 
 @app.page("/metrics")
@@ -205,4 +212,4 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-app.web.web_app.router.add_get("/ws", websocket)
+cast(AiohttpWeb, app.web).web_app.router.add_get("/ws", websocket)

@@ -14,22 +14,22 @@ os.environ.setdefault("ROADWATCH_VLM_KEYS", "unit-test-key-aaaa,unit-test-key-bb
 os.environ.setdefault("ROADWATCH_IMAGE_STORE", "file:///tmp/roadwatch-test-images")
 os.environ.setdefault("ROADWATCH_WEB_PORT", "6199")
 
-import json  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from ops.kafka import KafkaCluster, free_port, port_open  # noqa: E402
+from ops.kafka import KafkaCluster, free_port, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -85,7 +85,7 @@ class Proc:
 def spawn(name: str, cmd: list[str], env: dict[str, str], log_dir: Path, port: int = 0) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
-    handle = open(log, "wb")  # noqa: SIM115 - the child owns it
+    handle = open(log, "wb")
     popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     return Proc(name, popen, log, port, env)
 
@@ -107,8 +107,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("redis-server is not installed")
     port = free_port()
     folder = tmp_path_factory.mktemp("redis")
-    proc = spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                           "--dir", str(folder)], dict(os.environ), folder, port)
+    proc = spawn(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        dict(os.environ),
+        folder,
+        port,
+    )
     wait_until(lambda: port_open(port), 15, "redis-server")
     yield f"redis://127.0.0.1:{port}/0"
     proc.stop()
@@ -121,9 +126,25 @@ SIM_KEYS = [f"test-key-{i:02d}-{uuid.uuid4().hex[:8]}" for i in range(1, 5)]
 def sim_vlm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """The simulated VLM endpoint with four valid keys and fast answers."""
     port = free_port()
-    proc = spawn("vlm", [sys.executable, "-m", "sim.vlm", "--port", str(port), "--keys", ",".join(SIM_KEYS),
-                         "--latency-ms", "60", "--p95-ms", "150"],
-                 dict(os.environ), tmp_path_factory.mktemp("vlm"), port)
+    proc = spawn(
+        "vlm",
+        [
+            sys.executable,
+            "-m",
+            "sim.vlm",
+            "--port",
+            str(port),
+            "--keys",
+            ",".join(SIM_KEYS),
+            "--latency-ms",
+            "60",
+            "--p95-ms",
+            "150",
+        ],
+        dict(os.environ),
+        tmp_path_factory.mktemp("vlm"),
+        port,
+    )
     wait_until(lambda: port_open(port), 20, "the simulated VLM")
     yield proc
     proc.stop()
@@ -144,19 +165,21 @@ def deployment(kafka: KafkaCluster, sim_vlm: Proc, redis_url: str, tmp_path: Pat
     """A fresh set of topics and a consumer group for one test."""
     tag = uuid.uuid4().hex[:8]
     env = dict(os.environ)
-    env.update({
-        "PYTHONUNBUFFERED": "1",
-        "ROADWATCH_KAFKA_URL": kafka.url,
-        "ROADWATCH_APP_ID": f"rw-{tag}",
-        "ROADWATCH_TOPIC_PREFIX": f"t{tag}-",
-        "ROADWATCH_STORE": "memory://",
-        "ROADWATCH_REDIS_URL": redis_url,
-        "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{sim_vlm.port}/v1",
-        "ROADWATCH_VLM_KEYS": ",".join(SIM_KEYS),
-        "ROADWATCH_IMAGE_STORE": f"file://{tmp_path / 'images'}",
-        "ROADWATCH_TOPIC_PARTITIONS": "4",
-        "ROADWATCH_CAMERA_BUDGET_BURST": "1000",
-    })
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "ROADWATCH_KAFKA_URL": kafka.url,
+            "ROADWATCH_APP_ID": f"rw-{tag}",
+            "ROADWATCH_TOPIC_PREFIX": f"t{tag}-",
+            "ROADWATCH_STORE": "memory://",
+            "ROADWATCH_REDIS_URL": redis_url,
+            "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{sim_vlm.port}/v1",
+            "ROADWATCH_VLM_KEYS": ",".join(SIM_KEYS),
+            "ROADWATCH_IMAGE_STORE": f"file://{tmp_path / 'images'}",
+            "ROADWATCH_TOPIC_PARTITIONS": "4",
+            "ROADWATCH_CAMERA_BUDGET_BURST": "1000",
+        }
+    )
     dep = Deployment(prefix=f"t{tag}-", app_id=f"rw-{tag}", env=env)
     yield dep
     for worker in dep.workers:
@@ -170,14 +193,22 @@ def start_worker(deployment: Deployment, tmp_path: Path) -> Callable[..., Proc]:
     def start(extra_env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> Proc:
         port = free_port()
         index = len(deployment.workers) + 1
-        env = {**deployment.env, "ROADWATCH_WEB_PORT": str(port),
-               "ROADWATCH_DATA_DIR": str(tmp_path / f"faust-{index}"), **(extra_env or {})}
-        proc = spawn(f"worker-{index}", [sys.executable, "-m", "streams", "worker", "-l", "info"], env,
-                     tmp_path / "logs", port)
+        env = {
+            **deployment.env,
+            "ROADWATCH_WEB_PORT": str(port),
+            "ROADWATCH_DATA_DIR": str(tmp_path / f"faust-{index}"),
+            **(extra_env or {}),
+        }
+        proc = spawn(
+            f"worker-{index}", [sys.executable, "-m", "streams", "worker", "-l", "info"], env, tmp_path / "logs", port
+        )
         deployment.workers.append(proc)
         try:
-            wait_until(lambda: proc.popen.poll() is not None or (
-                port_open(port) and b"Worker ready" in proc.log.read_bytes()), ready_timeout_s, "worker ready")
+            wait_until(
+                lambda: proc.popen.poll() is not None or (port_open(port) and b"Worker ready" in proc.log.read_bytes()),
+                ready_timeout_s,
+                "worker ready",
+            )
         except AssertionError:
             raise AssertionError(f"worker did not become ready:\n{proc.tail()}") from None
         assert proc.popen.poll() is None, f"worker exited:\n{proc.tail()}"

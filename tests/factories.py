@@ -31,12 +31,24 @@ def detection(camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | N
     person = DetectedObject(track_id=base + 1, cls="person", conf=0.9, bbox=[100.0, 100.0, 112.0, 134.0], speed=30.0)
     car = DetectedObject(track_id=base + 2, cls="car", conf=0.8, bbox=[120.0, 100.0, 190.0, 134.0], speed=80.0)
     group_id = f"g{base + 1}-{base + 2}"
-    group = TrafficGroup(group_id=group_id, kind="pedestrian_vehicle", members=[0, 1],
-                         track_ids=[base + 1, base + 2], bbox=[100.0, 100.0, 190.0, 134.0], min_gap=gap,
-                         interest=0.9)
+    group = TrafficGroup(
+        group_id=group_id,
+        kind="pedestrian_vehicle",
+        members=[0, 1],
+        track_ids=[base + 1, base + 2],
+        bbox=[100.0, 100.0, 190.0, 134.0],
+        min_gap=gap,
+        interest=0.9,
+    )
     return DetectionResult(
-        camera_id=camera_id, frame_seq=seq, captured_at=time.time() * 1000.0, frame_w=640, frame_h=360,
-        model="test", objects=[person, car], groups=[group],
+        camera_id=camera_id,
+        frame_seq=seq,
+        captured_at=time.time() * 1000.0,
+        frame_w=640,
+        frame_h=360,
+        model="test",
+        objects=[person, car],
+        groups=[group],
         crops={group_id: ImageRef(data_b64=crop_b64(), width=200, height=160, size=1000)},
     )
 

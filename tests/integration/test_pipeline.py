@@ -9,7 +9,7 @@ import pytest
 
 from ops.verify import Report, read_all, verify_exactly_once
 from tests.conftest import get_json, wait_until
-from tests.factories import produce, produce_detections, detection
+from tests.factories import detection, produce, produce_detections
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,9 @@ def test_every_task_yields_exactly_one_joined_result(kafka, deployment, start_wo
     assert report.missing == [] and report.unknown == []
     assert report.not_joined == 0, "every result is joined with its detection"
     assert report.statuses == {"ok": 40}
-    results = [json.loads(v) for v in asyncio.run(read_all(kafka.bootstrap, deployment.prefix + "risk-assessment-results"))]
+    results = [
+        json.loads(v) for v in asyncio.run(read_all(kafka.bootstrap, deployment.prefix + "risk-assessment-results"))
+    ]
     assert len({r["task_id"] for r in results}) == 40
     assert all(r["key_alias"].startswith("key-") for r in results)
 
@@ -70,13 +72,19 @@ def test_bad_input_goes_to_the_dlq_and_the_worker_keeps_going(kafka, deployment,
     topic = deployment.prefix + "detection-results"
     asyncio.run(produce(kafka.bootstrap, topic, [("cam-bad", body) for body in BAD_INPUTS]))
     produce_detections(kafka.bootstrap, topic, [detection("cam-good", 0)])
-    dlq = wait_until(lambda: len(v := asyncio.run(read_all(kafka.bootstrap, topic + ".dlq"))) >= len(BAD_INPUTS) and v,
-                     60, "every bad message in the DLQ")
+    dlq = wait_until(
+        lambda: len(v := asyncio.run(read_all(kafka.bootstrap, topic + ".dlq"))) >= len(BAD_INPUTS) and v,
+        60,
+        "every bad message in the DLQ",
+    )
     reasons = [json.loads(v)["error"] for v in dlq]
     assert len(reasons) == len(BAD_INPUTS), reasons
     assert all(json.loads(v)["source_topic"] == topic for v in dlq)
-    wait_until(lambda: len(get_json(f"http://127.0.0.1:{worker.port}/results/")["results"]) == 1, 60,
-               "the good detection still assessed")
+    wait_until(
+        lambda: len(get_json(f"http://127.0.0.1:{worker.port}/results/")["results"]) == 1,
+        60,
+        "the good detection still assessed",
+    )
     assert worker.popen.poll() is None
     metrics = urllib_text(f"http://127.0.0.1:{worker.port}/metrics")
     assert f'roadwatch_dlq_total{{topic="{topic}"}} {float(len(BAD_INPUTS))}' in metrics

@@ -15,8 +15,11 @@ from streams.errors import UnparseableAnswer
     [
         ('{"risk_level": "high", "risk_score": 0.8, "summary": "close"}', "high", 0.8),
         ('```json\n{"risk_level": "low", "risk_score": 0.2, "summary": "ok"}\n```', "low", 0.2),
-        ('Here is my assessment:\n{"risk_level": "Critical", "risk_score": 0.97, "summary": "x"}\nStay safe.',
-         "critical", 0.97),
+        (
+            'Here is my assessment:\n{"risk_level": "Critical", "risk_score": 0.97, "summary": "x"}\nStay safe.',
+            "critical",
+            0.97,
+        ),
         ('{"risk_level": "medium", "risk_score": 55, "summary": "percent"}', "medium", 0.55),
         ('{"risk_score": 0.9}', "critical", 0.9),
         ('{"risk_level": "none"}', "none", 0.05),

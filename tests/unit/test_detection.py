@@ -91,5 +91,7 @@ def test_shipped_simulated_cameras_file_is_valid():
 
 def test_replay_detector_reads_recorded_detections(tmp_path: Path):
     path = tmp_path / "replay.jsonl"
-    path.write_text('{"camera_id": "c", "frame_seq": 0, "objects": [{"cls": "car", "conf": 0.9, "bbox": [1, 2, 30, 20]}]}\n')
+    path.write_text(
+        '{"camera_id": "c", "frame_seq": 0, "objects": [{"cls": "car", "conf": 0.9, "bbox": [1, 2, 30, 20]}]}\n'
+    )
     assert ReplayDetector(path).detect("c", None, 0)[0].cls == "car"  # type: ignore[arg-type]

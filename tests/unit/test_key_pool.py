@@ -118,7 +118,9 @@ def test_one_transient_server_error_does_not_cool_a_healthy_key_but_two_do():
 
 
 def test_cooldown_grows_with_the_failure_rate():
-    p, _ = pool(1, )
+    p, _ = pool(
+        1,
+    )
     slot = p.by_alias["key-1"]
     slot.recent.extend([True] * 9 + [False])
     short = p.adaptive_cooldown(slot)

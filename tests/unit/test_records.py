@@ -66,18 +66,38 @@ def test_bad_bodies_are_rejected_with_a_reason(body: bytes | None, reason: str) 
 
 
 def test_result_with_unknown_risk_level_is_rejected():
-    body = json.dumps({"task_id": "t", "camera_id": "c", "detection_id": "c:1", "group_id": "g", "status": "ok",
-                       "risk_level": "apocalyptic", "risk_score": 0.5, "summary": "", "model": "m", "key_alias": "k",
-                       "attempts": 1, "latency_ms": 1.0, "captured_at": 1.0, "completed_at": 2.0}).encode()
+    body = json.dumps(
+        {
+            "task_id": "t",
+            "camera_id": "c",
+            "detection_id": "c:1",
+            "group_id": "g",
+            "status": "ok",
+            "risk_level": "apocalyptic",
+            "risk_score": 0.5,
+            "summary": "",
+            "model": "m",
+            "key_alias": "k",
+            "attempts": 1,
+            "latency_ms": 1.0,
+            "captured_at": 1.0,
+            "completed_at": 2.0,
+        }
+    ).encode()
     with pytest.raises(InvalidRecord, match="risk_level"):
         decode(RiskAssessment, body)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
-       | st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
-                      lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=6),
-                      max_leaves=20).map(lambda v: json.dumps(v).encode()))
+@given(
+    st.binary(max_size=300)
+    | st.text(max_size=300).map(str.encode)
+    | st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=6),
+        max_leaves=20,
+    ).map(lambda v: json.dumps(v).encode())
+)
 def test_decoding_anything_either_succeeds_or_raises_invalid_record(body: bytes) -> None:
     try:
         decode(DetectionResult, body)

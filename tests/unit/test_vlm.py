@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator
 
@@ -37,8 +38,11 @@ def client(url: str, timeout_s: float = 5.0) -> VlmClient:
     return VlmClient(url, "qwen-vl-plus", timeout_s=timeout_s, pool_size=10, max_tokens=100)
 
 
-JPEG = __import__("base64").b64decode(crop_b64())
-CONTEXT = "Camera c, group kind pedestrian_vehicle, 2 road users, closest pedestrian-vehicle gap 0.20 pedestrian heights. Ref abcdef123456."
+JPEG = base64.b64decode(crop_b64())
+CONTEXT = (
+    "Camera c, group kind pedestrian_vehicle, 2 road users, "
+    "closest pedestrian-vehicle gap 0.20 pedestrian heights. Ref abcdef123456."
+)
 
 
 async def test_a_good_key_gets_a_parsed_assessment_echoing_the_ref(sim):
@@ -93,9 +97,16 @@ async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
         (403, "", "auth"),
         (429, '{"error": {"code": "Throttling.RateQuota", "message": "Requests rate limit exceeded"}}', "rate"),
         (429, '{"error": {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded"}}', "quota"),
-        (400, '{"code": "Arrearage", "message": "Access denied, please make sure your account is in good standing."}',
-         "arrearage"),
-        (400, '{"code": "DataInspectionFailed", "message": "Input data may contain inappropriate content."}', "content"),
+        (
+            400,
+            '{"code": "Arrearage", "message": "Access denied, please make sure your account is in good standing."}',
+            "arrearage",
+        ),
+        (
+            400,
+            '{"code": "DataInspectionFailed", "message": "Input data may contain inappropriate content."}',
+            "content",
+        ),
         (400, '{"code": "InvalidParameter", "message": "bad"}', "request"),
         (502, "<html><body>Bad Gateway</body></html>", "server"),
         (503, "", "server"),
@@ -114,9 +125,15 @@ async def test_the_official_openai_client_talks_to_the_simulator(sim):
     assert "qwen-vl-plus" in [m.id for m in models.data]
     reply = await oa.chat.completions.create(
         model="qwen-vl-plus",
-        messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + crop_b64()}},
-            {"type": "text", "text": CONTEXT}]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + crop_b64()}},
+                    {"type": "text", "text": CONTEXT},
+                ],
+            }
+        ],
     )
     assert '"risk_level"' in (reply.choices[0].message.content or "")
     assert reply.usage is not None and reply.usage.total_tokens > 0
@@ -125,18 +142,29 @@ async def test_the_official_openai_client_talks_to_the_simulator(sim):
 
 async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
     from agents.llm_scheduler import assess
-    from tests.factories import detection
     from streams.records import AssessmentTask
+    from tests.factories import detection
 
     simulator, url = sim
     simulator.revoked.add(OTHER)
-    keys = KeyPool([ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
-                   strategy="round_robin")
+    keys = KeyPool(
+        [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
+        strategy="round_robin",
+    )
     det = detection("cam", 1)
     now = time.time() * 1000
-    task = AssessmentTask(task_id="t1", camera_id="cam", detection_id=det.detection_id, frame_seq=1,
-                          captured_at=det.captured_at, group=det.groups[0], image=det.crops[det.groups[0].group_id],
-                          reason="new", created_at=now, deadline=now + 10_000)
+    task = AssessmentTask(
+        task_id="t1",
+        camera_id="cam",
+        detection_id=det.detection_id,
+        frame_seq=1,
+        captured_at=det.captured_at,
+        group=det.groups[0],
+        image=det.crops[det.groups[0].group_id],
+        reason="new",
+        created_at=now,
+        deadline=now + 10_000,
+    )
     vlm = client(url)
     result = await assess(task, vlm=vlm, keys=keys)
     await vlm.close()
@@ -146,17 +174,26 @@ async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
 
 async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
     from agents.llm_scheduler import assess
-    from tests.factories import detection
     from streams.records import AssessmentTask
+    from tests.factories import detection
 
     _, url = sim
     keys = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias="key-1")])
     keys.disable("key-1", "test")
     det = detection("cam", 2)
     now = time.time() * 1000
-    task = AssessmentTask(task_id="t2", camera_id="cam", detection_id=det.detection_id, frame_seq=2,
-                          captured_at=det.captured_at, group=det.groups[0], image=det.crops[det.groups[0].group_id],
-                          reason="new", created_at=now, deadline=now + 300)
+    task = AssessmentTask(
+        task_id="t2",
+        camera_id="cam",
+        detection_id=det.detection_id,
+        frame_seq=2,
+        captured_at=det.captured_at,
+        group=det.groups[0],
+        image=det.crops[det.groups[0].group_id],
+        reason="new",
+        created_at=now,
+        deadline=now + 300,
+    )
     vlm = client(url)
     started = time.monotonic()
     result = await assess(task, vlm=vlm, keys=keys)
