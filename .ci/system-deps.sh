@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # System packages roadwatch needs: Java (Kafka broker), Maven (fetches the broker jars),
-# redis-server (result cache). Installs what is missing when run as root; --check only reports.
+# redis-server (result cache), and with --with-browser Debian's chromium (dashboard browser tests).
+# Installs what is missing when run as root. --check only reports; --quiet says less.
 set -euo pipefail
-mode="${1:-}"
+check=0; quiet=0; browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=1 ;;
+    --quiet) quiet=1 ;;
+    --with-browser) browser=1 ;;
+  esac
+done
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-if [ "$mode" = "--check" ]; then echo "missing: ${missing[*]}"; exit 1; fi
+if [ "$browser" = 1 ]; then command -v chromium >/dev/null || missing+=(chromium); fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$check" = 1 ]; then echo "missing: ${missing[*]}"; exit 1; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${missing[*]} (install them, or run this script as root)"
-  [[ " ${missing[*]} " == *" redis-server "* ]] && [ ${#missing[@]} -eq 1 ] && exit 0  # redis optional: degraded
-  exit 1
+  # without redis-server roadwatch runs degraded (no cache); Java and Maven are required
+  for m in "${missing[@]}"; do [ "$m" = redis-server ] || [ "$m" = chromium ] || exit 1; done
+  exit 0
 fi
-[ "$mode" = "--quiet" ] || echo "installing: ${missing[*]}"
+[ "$quiet" = 1 ] || echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

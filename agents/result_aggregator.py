@@ -34,7 +34,7 @@ from streams.records import (
     risk_rank,
     to_bytes,
 )
-from streams.tables import alerts, camera_view, detections, results
+from streams.tables import alerts, camera_key, camera_view, detections, results
 from streams.topics import alerts_topic, detection_results_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def remember_detection(det: DetectionResult) -> None:
     detections[det.detection_id] = compact
     detection_expiry.add(det.detection_id, now)
     detection_expiry.expire(detections, now)
-    view = camera_view.get(det.camera_id) or {"camera_id": det.camera_id, "results": [], "counts": {}}
+    view = camera_view.get(camera_key(det.camera_id)) or {"camera_id": det.camera_id, "results": [], "counts": {}}
     best = max(det.groups, key=lambda g: g.interest, default=None)
     view["latest_detection"] = {
         **{k: compact[k] for k in ("frame_seq", "captured_at", "frame_w", "frame_h", "model")},
@@ -111,7 +111,7 @@ def remember_detection(det: DetectionResult) -> None:
         "crop_group": best.group_id if best else None,
     }
     view["updated_at"] = now
-    camera_view[det.camera_id] = view
+    camera_view[camera_key(det.camera_id)] = view
 
 
 def joined_result(result: RiskAssessment, detection: dict[str, Any] | None) -> dict[str, Any]:
@@ -175,12 +175,12 @@ async def handle_result(event: EventT[bytes]) -> None:
     metrics.results_total.labels(status=result.status, risk_level=result.risk_level).inc()
     metrics.e2e_seconds.observe(max(0.0, now - result.captured_at / 1000.0))
 
-    view = camera_view.get(result.camera_id) or {"camera_id": result.camera_id, "results": [], "counts": {}}
+    view = camera_view.get(camera_key(result.camera_id)) or {"camera_id": result.camera_id, "results": [], "counts": {}}
     view["results"] = [data, *view.get("results", [])][:LATEST_RESULTS]
     counts = view.setdefault("counts", {})
     counts[result.status] = counts.get(result.status, 0) + 1
     view["updated_at"] = now
-    camera_view[result.camera_id] = view
+    camera_view[camera_key(result.camera_id)] = view
 
     cache.put(result.camera_id, result.task_id, data)
     hub.publish("result", result.camera_id, data)
@@ -188,7 +188,9 @@ async def handle_result(event: EventT[bytes]) -> None:
     alert = _alert_for(result, now)
     if alert is not None:
         alert_data = {**record_to_dict(alert), "detection": data["detection"]}
-        alerts[result.camera_id] = [alert_data, *(alerts.get(result.camera_id) or [])][:ALERTS_KEPT]
+        alerts[camera_key(result.camera_id)] = [alert_data, *(alerts.get(camera_key(result.camera_id)) or [])][
+            :ALERTS_KEPT
+        ]
         metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
         hub.publish("alert", result.camera_id, alert_data)
         await alerts_topic.send(key=result.camera_id.encode(), value=to_bytes(alert))

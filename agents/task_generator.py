@@ -18,7 +18,7 @@ from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
 from streams.records import AssessmentTask, DetectionResult, decode, make_task_id, to_bytes
-from streams.tables import camera_state
+from streams.tables import camera_key, camera_state
 from streams.topics import assessment_tasks_topic, detection_results_topic
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ BUDGET = Budget(
 
 def tasks_for(det: DetectionResult, now_s: float) -> list[AssessmentTask]:
     """Plan tasks for ``det`` against its camera's table state, and update that state."""
-    state, decisions, skipped = plan_tasks(camera_state.get(det.camera_id), det, now_s, BUDGET)
-    camera_state[det.camera_id] = state
+    state, decisions, skipped = plan_tasks(camera_state.get(camera_key(det.camera_id)), det, now_s, BUDGET)
+    camera_state[camera_key(det.camera_id)] = state
     metrics.groups_seen_total.labels(camera_id=det.camera_id).inc(len(det.groups))
     for reason, count in skipped.items():
         metrics.tasks_skipped_total.labels(reason=reason).inc(count)

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     camera_budget_per_min: float = Field(default=30.0, gt=0, description="Per-camera VLM token bucket rate.")
     camera_budget_burst: float = Field(default=6.0, ge=1, description="Per-camera token bucket size.")
     task_deadline_s: float = Field(default=30.0, gt=0, description="A task not assessed by then expires.")
-    min_group_score: float = Field(default=0.0, ge=0, le=1, description="Groups below this interest are skipped.")
+    min_group_score: float = Field(default=0.3, ge=0, le=1, description="Groups below this interest get no task.")
 
     # --- VLM -----------------------------------------------------------------------------
     vlm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL.")

@@ -10,35 +10,40 @@ loop with several instances.
 
 from __future__ import annotations
 
-from typing import Any
-
-import faust
-
 from streams.app import app, settings
 
-#: Keys are strings, values plain JSON (dicts and lists): readable in the changelog topics.
-JSON: faust.Schema[str, Any] = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+#: Values are plain JSON (dicts and lists), readable in the changelog topics. Camera-keyed tables
+#: have bytes keys, which Faust serializes raw, exactly as the topics key their records, so that
+#: ``app.table_route`` hashes a camera id to the same partition (and worker) as its records; with
+#: ``str`` keys Faust picks JSON and would hash ``"cam-1"`` with its quotes. Faust derives a
+#: table's serializers from its ``key_type``/``value_type`` arguments, not from a schema.
+
+
+def camera_key(camera_id: str) -> bytes:
+    """The key of a camera in the camera-keyed tables."""
+    return camera_id.encode()
+
 
 #: camera_id -> task-generator state: last frame, fps, groups assessed, VLM token bucket.
-camera_state = app.Table("camera_state", default=None, schema=JSON, partitions=settings.topic_partitions)
+camera_state = app.Table("camera_state", default=None, key_type=bytes, partitions=settings.topic_partitions)
 
 #: detection_id -> compact detection (objects, groups, frame size) for the result join.
-detections = app.Table("detections", default=None, schema=JSON, partitions=settings.topic_partitions)
+detections = app.Table("detections", default=None, key_type=str, partitions=settings.topic_partitions)
 
 #: task_id -> the final aggregated result (idempotence: a task_id seen here is a duplicate).
-results = app.Table("results", default=None, schema=JSON, partitions=settings.topic_partitions)
+results = app.Table("results", default=None, key_type=str, partitions=settings.topic_partitions)
 
 #: camera_id -> what the web views show: latest detection, latest results, counters.
-camera_view = app.Table("camera_view", default=None, schema=JSON, partitions=settings.topic_partitions)
+camera_view = app.Table("camera_view", default=None, key_type=bytes, partitions=settings.topic_partitions)
 
 #: camera_id -> the last 100 alerts of the camera (list, newest first).
-alerts = app.Table("alerts", default=None, schema=JSON, partitions=settings.topic_partitions)
+alerts = app.Table("alerts", default=None, key_type=bytes, partitions=settings.topic_partitions)
 
 #: key alias -> persisted key state (state, cooldown_until, disabled reason, totals).
 key_pool = app.GlobalTable(
     "key_pool",
     default=None,
-    schema=JSON,
+    key_type=str,
     partitions=1,
     recovery_buffer_size=1,
     use_partitioner=True,

@@ -25,7 +25,7 @@ from streams import metrics
 from streams.app import app, settings
 from streams.errors import ImageMissing
 from streams.live import hub
-from streams.tables import alerts, camera_state, camera_view, results
+from streams.tables import alerts, camera_key, camera_state, camera_view, results
 
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 STARTED = time.time()
@@ -38,6 +38,10 @@ def authorized(request: Any) -> bool:
     expected = settings.web_token.get_secret_value()
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get("token", "")
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _camera_id(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def camera_summary(camera_id: str, view: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -68,8 +72,8 @@ class Cameras(View):
     """Every camera with its latest result."""
 
     async def get(self, request: Request) -> Response:
-        local = {str(k): v for k, v in camera_view.items()}
-        rows = [camera_summary(cid, view, camera_state.get(cid)) for cid, view in sorted(local.items())]
+        local = {_camera_id(k): v for k, v in camera_view.items()}
+        rows = [camera_summary(cid, view, camera_state.get(camera_key(cid))) for cid, view in sorted(local.items())]
         known = set(request.query.get("also", "").split(",")) - set(local) - {""}
         for cid, latest in (await cache.latest(sorted(known))).items():
             rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
@@ -82,12 +86,12 @@ class CameraDetail(View):
 
     @app.table_route(table=camera_view, match_info="camera_id")  # type: ignore[arg-type]
     async def get(self, request: Request, camera_id: str) -> Response:
-        view = camera_view.get(camera_id)
+        view = camera_view.get(camera_key(camera_id))
         if view is None:
             return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
-        data = camera_summary(camera_id, view, camera_state.get(camera_id))
+        data = camera_summary(camera_id, view, camera_state.get(camera_key(camera_id)))
         data["results"] = view.get("results", [])
-        data["alerts"] = (alerts.get(camera_id) or [])[:20]
+        data["alerts"] = (alerts.get(camera_key(camera_id)) or [])[:20]
         return self.json(data)
 
 

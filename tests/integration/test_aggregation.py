@@ -1,0 +1,142 @@
+"""The end of the pipeline: Redis outages, routing between workers, redelivered results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import pytest
+import redis
+
+from ops.kafka import free_port, port_open
+from streams.records import RiskAssessment, to_bytes
+from tests.conftest import get_json, spawn, wait_until
+from tests.factories import detection, produce, produce_detections
+
+pytestmark = pytest.mark.integration
+
+
+def metric(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def results(port: int) -> dict[str, dict[str, object]]:
+    return get_json(f"http://127.0.0.1:{port}/results/")["results"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_down_for_30s_loses_nothing_and_the_cache_resumes(kafka, deployment, start_worker, tmp_path):
+    port = free_port()
+    cmd = [
+        shutil.which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+    own_redis = spawn("redis-own", cmd, {}, tmp_path, port)
+    wait_until(lambda: port_open(port), 15, "redis")
+    worker = start_worker({"ROADWATCH_REDIS_URL": f"redis://127.0.0.1:{port}/0", "ROADWATCH_REDIS_RETRY_S": "2"})
+    topic = deployment.prefix + "detection-results"
+    client = redis.Redis(port=port)
+
+    produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(3)])
+    wait_until(lambda: len(results(worker.port)) == 3, 60, "3 results")
+    wait_until(lambda: len(client.keys("roadwatch:task:*")) == 3, 20, "3 cached results")
+
+    own_redis.stop()
+    outage_started = time.monotonic()
+    produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(3, 8)])
+    wait_until(lambda: len(results(worker.port)) == 8, 60, "results keep flowing while Redis is down")
+    wait_until(lambda: metric(worker.port, "roadwatch_redis_skipped_writes_total") >= 1, 20, "skipped writes counted")
+    assert get_json(f"http://127.0.0.1:{worker.port}/health")["redis"] == "degraded"
+    assert get_json(f"http://127.0.0.1:{worker.port}/cameras/cam-x/")["counts"]["ok"] == 8
+    time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+
+    own_redis = spawn("redis-own-2", cmd, {}, tmp_path, port)
+    wait_until(lambda: port_open(port), 15, "redis again")
+    produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(8, 10)])
+    wait_until(lambda: len(results(worker.port)) == 10, 60, "10 results")
+    client = redis.Redis(port=port)
+    wait_until(lambda: len(client.keys("roadwatch:task:*")) == 2, 30, "the cache written again after Redis returns")
+    assert json.loads(client.get("roadwatch:camera:cam-x:latest") or b"{}")["camera_id"] == "cam-x"
+    skipped = metric(worker.port, "roadwatch_redis_skipped_writes_total")
+    print(f"redis outage: 10/10 results aggregated, {skipped:.0f} cache writes skipped, cache resumed")
+    assert worker.popen.poll() is None
+    own_redis.stop()
+
+
+def test_two_workers_answer_the_same_for_every_camera(kafka, deployment, start_worker):
+    first = start_worker()
+    second = start_worker()
+    cameras = [f"cam-{i}" for i in range(8)]
+    produce_detections(
+        kafka.bootstrap,
+        deployment.prefix + "detection-results",
+        [detection(cam, seq) for cam in cameras for seq in range(2)],
+    )
+
+    def total() -> int:
+        return len(results(first.port)) + len(results(second.port))
+
+    wait_until(lambda: total() == 16, 90, "16 results over two workers")
+    assert results(first.port) and results(second.port), "both workers own cameras"
+    for cam in cameras:
+        a = get_json(f"http://127.0.0.1:{first.port}/cameras/{cam}/")
+        b = get_json(f"http://127.0.0.1:{second.port}/cameras/{cam}/")
+        assert a == b and a["camera_id"] == cam and a["counts"] == {"ok": 2}
+
+
+def test_redelivering_results_changes_no_alert_count_or_cache_entry(kafka, deployment, start_worker, redis_url):
+    worker = start_worker()
+    now = time.time() * 1000
+    batch = [
+        RiskAssessment(
+            task_id=f"redeliver-{i}",
+            camera_id="cam-d",
+            detection_id=f"cam-d:{i}",
+            group_id="g1-2",
+            status="ok",
+            risk_level="critical" if i % 2 else "low",
+            risk_score=0.9 if i % 2 else 0.2,
+            summary=f"result {i}",
+            model="m",
+            key_alias="key-1",
+            attempts=1,
+            latency_ms=100.0,
+            captured_at=now - 1000,
+            completed_at=now,
+        )
+        for i in range(6)
+    ]
+    topic = deployment.prefix + "risk-assessment-results"
+    asyncio.run(produce(kafka.bootstrap, topic, [("cam-d", to_bytes(r)) for r in batch]))
+    wait_until(lambda: len(results(worker.port)) == 6, 60, "6 results")
+    client = redis.Redis.from_url(redis_url)
+    wait_until(lambda: client.get("roadwatch:task:redeliver-5") is not None, 20, "cached")
+
+    def snapshot() -> tuple[object, ...]:
+        view = get_json(f"http://127.0.0.1:{worker.port}/cameras/cam-d/")
+        alerts = get_json(f"http://127.0.0.1:{worker.port}/alerts/")["alerts"]
+        cache = {k: client.get(k) for k in sorted(client.keys("roadwatch:task:redeliver-*"))}
+        return view["counts"], [a["task_id"] for a in alerts], cache, metric(worker.port, "roadwatch_alerts_total")
+
+    before = snapshot()
+    asyncio.run(produce(kafka.bootstrap, topic, [("cam-d", to_bytes(r)) for r in batch]))
+    wait_until(lambda: metric(worker.port, "roadwatch_duplicate_results_total") >= 6, 30, "6 duplicates seen")
+    assert snapshot() == before
+    assert len(before[1]) == 3  # the three critical ones alerted once each

@@ -1,0 +1,86 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+
+import pytest
+
+from streams.records import RiskAssessment, to_bytes
+from tests.conftest import ARTIFACTS, get_json, wait_until
+from tests.factories import detection, produce, produce_detections
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash .ci/system-deps.sh)")
+def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deployment, start_worker):
+    playwright = pytest.importorskip("playwright.async_api")
+    worker = start_worker()
+    cameras = ["cam-a", "cam-b", "cam-c"]
+    produce_detections(
+        kafka.bootstrap,
+        deployment.prefix + "detection-results",
+        [detection(cam, seq, gap=1.2) for cam in cameras for seq in range(3)],
+    )
+    wait_until(lambda: get_json(f"http://127.0.0.1:{worker.port}/cameras/")["count"] == 3, 60, "3 cameras")
+    wait_until(lambda: len(get_json(f"http://127.0.0.1:{worker.port}/results/")["results"]) == 9, 60, "9 results")
+
+    async def drive() -> float:
+        async with playwright.async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    "--disable-sync",
+                ],
+            )
+            page = await browser.new_page(viewport={"width": 1366, "height": 820})
+            await page.goto(f"http://127.0.0.1:{worker.port}/")
+            await page.wait_for_selector(".tile[data-camera='cam-c'] img", timeout=15_000)
+            await page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=15_000)
+            await page.wait_for_timeout(1500)  # the WebSocket is connected and the alert list loaded
+            before = await page.locator("#alerts li").count()
+            task_id = "browser-" + uuid.uuid4().hex[:8]
+            det = detection("cam-b", 50)
+            now = time.time() * 1000
+            result = RiskAssessment(
+                task_id=task_id,
+                camera_id="cam-b",
+                detection_id=det.detection_id,
+                group_id=det.groups[0].group_id,
+                status="ok",
+                risk_level="critical",
+                risk_score=0.97,
+                summary=f"Imminent conflict ({task_id})",
+                model="qwen-vl-max",
+                key_alias="key-1",
+                attempts=1,
+                latency_ms=300.0,
+                captured_at=now - 500,
+                completed_at=now,
+            )
+            sent = time.monotonic()
+            await produce(kafka.bootstrap, deployment.prefix + "risk-assessment-results", [("cam-b", to_bytes(result))])
+            await page.wait_for_selector(f"#alerts li:has-text('{task_id}')", timeout=10_000)
+            shown_after = time.monotonic() - sent
+            assert await page.locator("#alerts li").count() == before + 1
+            badge = await page.locator(".tile[data-camera='cam-b'] .badge").inner_text()
+            assert "critical" in badge
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+            await browser.close()
+            return shown_after
+
+    shown_after = asyncio.run(drive())
+    print(f"alert shown {shown_after:.2f}s after its result was produced")
+    assert shown_after < 2.0
