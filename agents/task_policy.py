@@ -19,6 +19,8 @@ from streams.records import DetectionResult, TrafficGroup
 
 #: A gap that shrank to this fraction of the assessed one counts as a material change.
 GAP_SHRINK = 0.7
+#: Frames whose decisions are remembered, so a redelivered frame makes the same tasks again.
+RECENT_FRAMES = 64
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,17 @@ def plan_tasks(
 ) -> tuple[dict[str, Any], list[Decision], dict[str, int]]:
     """Decide the tasks for one detection; returns (new state, decisions, skipped counts)."""
     st = new_state() if state is None else {**state, "groups": dict(state.get("groups", {}))}
+    st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
     if det.frame_seq <= st["last_seq"]:
-        skipped["stale_frame"] = len(det.groups)
-        return st, [], skipped
+        # A frame seen before: a redelivery after a crash or rebalance. Its state change may have
+        # reached the changelog while its tasks did not, so the tasks decided for it are made again
+        # (same task ids: the aggregator drops what was already done). Older frames are stale.
+        made = set(st["recent"].get(str(det.frame_seq), []))
+        replayed = [Decision(g, "replay") for g in det.groups if g.group_id in made]
+        if len(replayed) < len(det.groups):
+            skipped["stale_frame"] = len(det.groups) - len(replayed)
+        return st, replayed, skipped
     frame_at = det.captured_at / 1000.0
     if st["last_at"] and frame_at > st["last_at"]:
         inst = 1.0 / (frame_at - st["last_at"])
@@ -115,6 +124,9 @@ def plan_tasks(
         st["groups"][group_key(decision.group)] = {"at": now_s, "gap": decision.group.min_gap, "last": now_s}
     st["tokens"] = tokens
     st["tasks_made"] += len(decisions)
+    st["recent"][str(det.frame_seq)] = [d.group.group_id for d in decisions]
+    for old in sorted(st["recent"], key=int)[:-RECENT_FRAMES]:
+        del st["recent"][old]
 
     # forget groups not seen for a while, so the state stays small
     horizon = now_s - 3 * budget.refresh_s

@@ -110,7 +110,8 @@ class Report:
         return (
             f"e2e verification {verdict}: {self.tasks} tasks, {self.results_in_view} results in the "
             f"aggregator's view, {len(self.missing)} missing, {len(self.unknown)} unknown, "
-            f"{self.duplicates_suppressed} duplicate deliveries suppressed, {self.not_joined} not joined; "
+            f"{self.result_messages} result messages ({self.duplicates_suppressed} duplicate deliveries suppressed), "
+            f"{self.not_joined} not joined; "
             f"statuses {dict(self.statuses)}; drained in {self.drain_s:.1f}s"
         )
 

@@ -48,7 +48,7 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, every_
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 

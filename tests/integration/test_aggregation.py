@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from ops.kafka import free_port, port_open
+from sim.records import detection, produce, produce_detections
 from streams.records import RiskAssessment, to_bytes
 from tests.conftest import get_json, spawn, wait_until
-from tests.factories import detection, produce, produce_detections
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
+from sim.records import detection, produce, produce_detections
 from streams.records import RiskAssessment, to_bytes
 from tests.conftest import ARTIFACTS, get_json, wait_until
-from tests.factories import detection, produce, produce_detections
 
 pytestmark = pytest.mark.integration
 

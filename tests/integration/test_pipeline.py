@@ -8,8 +8,8 @@ import json
 import pytest
 
 from ops.verify import Report, read_all, verify_exactly_once
+from sim.records import detection, produce, produce_detections
 from tests.conftest import get_json, wait_until
-from tests.factories import detection, produce, produce_detections
 
 pytestmark = pytest.mark.integration
 
@@ -93,5 +93,5 @@ def test_bad_input_goes_to_the_dlq_and_the_worker_keeps_going(kafka, deployment,
 def urllib_text(url: str) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.records import detection
 from streams.errors import InvalidRecord
 from streams.records import DetectionResult, RiskAssessment, decode, make_task_id, to_bytes
-from tests.factories import detection
 
 
 def test_detection_round_trip_keeps_nested_records():

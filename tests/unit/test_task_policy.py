@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agents.task_policy import Budget, plan_tasks
-from tests.factories import detection
+from sim.records import detection
 
 BUDGET = Budget(refresh_s=20.0, per_min=6.0, burst=3.0, min_interest=0.3)
 
@@ -36,7 +36,16 @@ def test_the_token_bucket_bounds_the_spend_and_refills():
     assert len(decisions) == 1
 
 
-def test_old_or_replayed_frames_make_no_tasks():
+def test_old_frames_make_no_tasks():
     state, _, _ = plan_tasks(None, detection("c", 5), 100.0, BUDGET)
     _, decisions, skipped = plan_tasks(state, detection("c", 4), 100.5, BUDGET)
     assert decisions == [] and skipped == {"stale_frame": 1}
+
+
+def test_a_redelivered_frame_makes_the_same_tasks_again():
+    """After a crash the state may say 'assessed' while the task never reached Kafka."""
+    state, first, _ = plan_tasks(None, detection("c", 5), 100.0, BUDGET)
+    state, _, _ = plan_tasks(state, detection("c", 6, track_base=50), 100.5, BUDGET)
+    _, again, _ = plan_tasks(state, detection("c", 5), 101.0, BUDGET)
+    assert [d.group.group_id for d in again] == [d.group.group_id for d in first]
+    assert [d.reason for d in again] == ["replay"]

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from agents.key_pool import DISABLED, KeyPool
 from agents.vlm_client import VlmClient, classify_error
+from sim.records import crop_b64
 from sim.vlm import SimConfig, SimVlm
 from streams.errors import VlmError
 from streams.settings import ApiKeyConfig
-from tests.factories import crop_b64
 
 GOOD = "good-key-1111"
 OTHER = "good-key-2222"
@@ -142,8 +142,8 @@ async def test_the_official_openai_client_talks_to_the_simulator(sim):
 
 async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
     from agents.llm_scheduler import assess
+    from sim.records import detection
     from streams.records import AssessmentTask
-    from tests.factories import detection
 
     simulator, url = sim
     simulator.revoked.add(OTHER)
@@ -174,8 +174,8 @@ async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
 
 async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
     from agents.llm_scheduler import assess
+    from sim.records import detection
     from streams.records import AssessmentTask
-    from tests.factories import detection
 
     _, url = sim
     keys = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias="key-1")])

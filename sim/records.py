@@ -1,4 +1,4 @@
-"""Records for tests: detections with real JPEG crops of a synthetic scene."""
+"""Synthetic records for tests and benchmarks: detections with real JPEG crops of a synthetic scene."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from streams.records import DetectedObject, DetectionResult, ImageRef, TrafficGr
 def crop_b64() -> str:
     frame, _ = Scene(seed=2).render(30.0)
     ok, buf = cv2.imencode(".jpg", frame[100:260, 200:400], [cv2.IMWRITE_JPEG_QUALITY, 60])
-    assert ok
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
     return base64.b64encode(buf.tobytes()).decode()
 
 
