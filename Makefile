@@ -53,6 +53,9 @@ topics: $(STAMP) ## create the topics with partitions and replication (ROADWATCH
 e2e: $(STAMP) ## run the pipeline DURATION seconds with a live view, then verify exactly-once results
 	$(BIN)/python -m ops.stack e2e --duration $(DURATION) --workers $(WORKERS)
 
+kafka-cluster: $(STAMP) ## run a 3-broker KRaft cluster on 127.0.0.1:9092-9094 in the foreground (prints its bootstrap servers)
+	$(BIN)/python -m ops.kafka start --port 9092 --size 3 --dir .state/kafka3
+
 broker: $(STAMP) ## run one Kafka broker on 127.0.0.1:9092 in the foreground
 	$(BIN)/python -m ops.kafka start --port 9092
 
@@ -71,4 +74,4 @@ dashboard: ## print the dashboard URL
 clean: ## remove state, caches and the venv
 	rm -rf .state .mypy_cache .ruff_cache .pytest_cache $(VENV) *.egg-info
 
-.PHONY: help install run test test-unit check bench up down status topics e2e broker worker producer vlm dashboard clean
+.PHONY: help install run test test-unit check bench up down status topics e2e kafka-cluster broker worker producer vlm dashboard clean

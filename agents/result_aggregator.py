@@ -17,6 +17,7 @@ from typing import Any
 from faust.types import EventT
 from mode import BaseSignalT
 
+from agents.alerting import WebhookSink, merge_alert
 from agents.expiry import ExpiringIndex
 from streams import metrics
 from streams.app import app, settings
@@ -45,8 +46,15 @@ LATEST_RESULTS = 12
 ALERTS_KEPT = 100
 
 cache = ResultCache(settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s)
+webhook = WebhookSink(settings.alert_webhook_url) if settings.alert_webhook_url else None
 detection_expiry = ExpiringIndex(DETECTION_TTL_S)
 result_expiry = ExpiringIndex(RESULT_TTL_S)
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def relay_other_workers() -> None:
+    """WebSocket clients of this worker also see the cameras other workers own (via Redis)."""
+    await cache.relay(hub.publish)
 
 
 @app.on_rebalance_complete.connect
@@ -188,9 +196,13 @@ async def handle_result(event: EventT[bytes]) -> None:
     alert = _alert_for(result, now)
     if alert is not None:
         alert_data = {**record_to_dict(alert), "detection": data["detection"]}
-        alerts[camera_key(result.camera_id)] = [alert_data, *(alerts.get(camera_key(result.camera_id)) or [])][
-            :ALERTS_KEPT
-        ]
-        metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
-        hub.publish("alert", result.camera_id, alert_data)
-        await alerts_topic.send(key=result.camera_id.encode(), value=to_bytes(alert))
+        key = camera_key(result.camera_id)
+        recent, publish = merge_alert(alerts.get(key) or [], alert_data, settings.alert_cooldown_s, ALERTS_KEPT)
+        alerts[key] = recent
+        if publish:
+            metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
+            hub.publish("alert", result.camera_id, recent[0])
+            cache.put(result.camera_id, result.task_id, recent[0], kind="alert")
+            if webhook is not None:
+                webhook.put(recent[0])
+            await alerts_topic.send(key=result.camera_id.encode(), value=to_bytes(alert))

@@ -16,8 +16,15 @@ from streams.records import DetectedObject, DetectionResult, ImageRef, TrafficGr
 
 @lru_cache(maxsize=1)
 def crop_b64() -> str:
-    frame, _ = Scene(seed=2).render(30.0)
-    ok, buf = cv2.imencode(".jpg", frame[100:260, 200:400], [cv2.IMWRITE_JPEG_QUALITY, 60])
+    """A JPEG of the first moment in a synthetic scene where a pedestrian is close to a moving vehicle."""
+    scene = Scene(seed=2, vehicle_rate=0.6, pedestrian_rate=0.4)
+    t = next(t / 2 for t in range(20, 2000) if scene.risk_events(t / 2, reach=0.5))
+    frame, truth = scene.render(t)
+    person, vehicle = scene.risk_events(t, reach=0.5)[0]
+    boxes = [b.bbox for b in truth if b.actor_id in (person, vehicle)]
+    x1, y1 = max(0, int(min(b[0] for b in boxes)) - 30), max(0, int(min(b[1] for b in boxes)) - 30)
+    x2, y2 = int(max(b[2] for b in boxes)) + 30, int(max(b[3] for b in boxes)) + 30
+    ok, buf = cv2.imencode(".jpg", frame[y1:y2, x1:x2], [cv2.IMWRITE_JPEG_QUALITY, 70])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return base64.b64encode(buf.tobytes()).decode()

@@ -13,7 +13,8 @@
 * ``GET /v1/models``: the model list, as the ``openai`` client expects.
 * ``GET /admin/stats``: per-key counters (keys shown by their last 4 characters).
 * ``POST /admin/revoke`` / ``/admin/restore`` ``{"key": "..."}``: revoke a key at run time.
-* ``POST /admin/config``: change rates at run time (``fail_rate``, ``latency_ms``...).
+* ``POST /admin/config``: change rates at run time (``fail_rate``, ``latency_ms``...);
+  ``{"throttle_s": 30}`` answers every key 429 with a Retry-After for the next 30 s.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class SimConfig:
     garbage_rate: float = 0.0
     hang_s: float = 120.0
     seed: int = 7
+    #: For this many seconds from when it is set, every key is answered 429 with a Retry-After.
+    throttle_s: float = 0.0
 
 
 def tail(key: str) -> str:
@@ -76,6 +79,7 @@ class SimVlm:
         self.rng = random.Random(cfg.seed)
         self.in_flight = 0
         self.max_in_flight = 0
+        self.throttle_until = 0.0
 
     def latency_s(self) -> float:
         median = max(1.0, self.cfg.latency_ms)
@@ -95,6 +99,14 @@ class SimVlm:
             counters["401"] += 1
             return self.error(401, "InvalidApiKey", "Invalid API-key provided.")
         now = time.monotonic()
+        if self.throttle_until > now:
+            counters["429_throttled"] += 1
+            return self.error(
+                429,
+                "Throttling.RateQuota",
+                "Requests rate limit exceeded, please try again later.",
+                {"Retry-After": f"{math.ceil(self.throttle_until - now)}"},
+            )
         if self.cfg.quota:
             since = self.quota_since.setdefault(key, now)
             if now - since >= self.cfg.quota_reset_s:
@@ -199,6 +211,8 @@ class SimVlm:
             if not hasattr(self.cfg, name) or name == "keys":
                 raise web.HTTPBadRequest(text=f"unknown setting {name}")
             setattr(self.cfg, name, type(getattr(self.cfg, name))(value))
+            if name == "throttle_s":
+                self.throttle_until = time.monotonic() + float(value)
         return web.json_response({k: v for k, v in vars(self.cfg).items() if k != "keys"})
 
     def app(self) -> web.Application:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,14 +28,18 @@ logger = logging.getLogger(__name__)
 CHANNEL = "roadwatch:results"
 
 
+ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
+
+
 class ResultCache:
-    """Latest result per camera and per task in Redis, with a TTL."""
+    """Latest result per camera and per task in Redis, with a TTL; results and alerts on pub/sub."""
 
     def __init__(self, url: str, ttl_s: int, retry_s: float, *, queue_size: int = 2000) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.retry_s = retry_s
-        self.queue: asyncio.Queue[tuple[str, str, dict[str, Any]]] = asyncio.Queue(maxsize=queue_size)
+        #: (kind, camera_id, task_id, payload); kind "result" is cached and published, "alert" published.
+        self.queue: asyncio.Queue[tuple[str, str, str, dict[str, Any]]] = asyncio.Queue(maxsize=queue_size)
         self.degraded_until = 0.0
         self.skipped = 0
         self.written = 0
@@ -43,7 +50,7 @@ class ResultCache:
     def degraded(self) -> bool:
         return time.monotonic() < self.degraded_until
 
-    def put(self, camera_id: str, task_id: str, payload: dict[str, Any]) -> None:
+    def put(self, camera_id: str, task_id: str, payload: dict[str, Any], kind: str = "result") -> None:
         """Queue a write; never waits. Skipped (and counted) when degraded or full."""
         if self._task is None:
             self._task = asyncio.ensure_future(self._drain())
@@ -51,7 +58,7 @@ class ResultCache:
             self._skip()
             return
         try:
-            self.queue.put_nowait((camera_id, task_id, payload))
+            self.queue.put_nowait((kind, camera_id, task_id, payload))
         except asyncio.QueueFull:
             self._skip()
 
@@ -66,16 +73,20 @@ class ResultCache:
 
     async def _drain(self) -> None:
         while True:
-            camera_id, task_id, payload = await self.queue.get()
+            kind, camera_id, task_id, payload = await self.queue.get()
             if self.degraded:
                 self._skip()
                 continue
             body = json.dumps(payload, separators=(",", ":"))
+            message = json.dumps(
+                {"type": kind, "camera_id": camera_id, "origin": ORIGIN, "data": payload}, separators=(",", ":")
+            )
             try:
                 pipe = self.client().pipeline(transaction=False)
-                pipe.set(f"roadwatch:camera:{camera_id}:latest", body, ex=self.ttl_s)
-                pipe.set(f"roadwatch:task:{task_id}", body, ex=self.ttl_s)
-                pipe.publish(CHANNEL, body)
+                if kind == "result":
+                    pipe.set(f"roadwatch:camera:{camera_id}:latest", body, ex=self.ttl_s)
+                    pipe.set(f"roadwatch:task:{task_id}", body, ex=self.ttl_s)
+                pipe.publish(CHANNEL, message)
                 await pipe.execute()
                 self.written += 1
                 if metrics.redis_degraded._value.get():  # back from degraded
@@ -89,6 +100,29 @@ class ResultCache:
                 while not self.queue.empty():  # what waited is skipped too, not replayed late
                     self.queue.get_nowait()
                     self._skip()
+
+    async def relay(self, deliver: Callable[[str, str, dict[str, Any]], None]) -> None:
+        """Hand other workers' results and alerts from the pub/sub channel to ``deliver``.
+
+        This worker's own messages are skipped: its WebSocket clients got them directly.
+        Reconnects after ``retry_s`` when Redis is away.
+        """
+        while True:
+            try:
+                client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        try:
+                            event = json.loads(message["data"])
+                        except ValueError:
+                            continue
+                        if event.get("origin") != ORIGIN:
+                            deliver(str(event["type"]), str(event["camera_id"]), event["data"])
+            except (RedisError, OSError, TimeoutError, KeyError):
+                await asyncio.sleep(self.retry_s)
 
     async def latest(self, camera_ids: list[str]) -> dict[str, Any]:
         """Latest cached result per camera (for views of cameras other workers own)."""

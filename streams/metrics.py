@@ -59,6 +59,9 @@ e2e_seconds = Histogram(
     "roadwatch_e2e_seconds", "Capture to aggregated result.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
 )
 alerts_total = Counter("roadwatch_alerts_total", "Alerts raised.", ["camera_id", "level"], registry=REGISTRY)
+webhook_total = Counter(
+    "roadwatch_alert_webhook_total", "Alert webhook deliveries by outcome.", ["outcome"], registry=REGISTRY
+)
 dlq_total = Counter("roadwatch_dlq_total", "Messages sent to a DLQ.", ["topic"], registry=REGISTRY)
 redis_degraded = Gauge("roadwatch_redis_degraded", "1 while Redis writes are skipped.", registry=REGISTRY)
 redis_skipped_total = Counter(

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Consumer rebalance timeout.")
     heartbeat_s: float = Field(default=3.0, gt=0, description="Consumer heartbeat interval.")
     commit_interval_s: float = Field(default=1.0, gt=0, description="Offset commit interval.")
+    max_poll_interval_s: float = Field(
+        default=300.0, gt=0, description="Consumer max.poll.interval: a worker silent this long is evicted."
+    )
     web_host: str = Field(default="127.0.0.1", description="Worker web server bind address.")
     web_port: int = Field(default=6066, ge=1, le=65535, description="Worker web server port.")
     web_token: SecretStr | None = Field(
@@ -122,6 +125,10 @@ class Settings(BaseSettings):
 
     # --- alerts --------------------------------------------------------------------------
     alert_level: RiskLevel = Field(default="high", description="Results at or above this raise an alert.")
+    alert_cooldown_s: float = Field(
+        default=60.0, ge=0, description="Alerts for the same group within this are merged into one."
+    )
+    alert_webhook_url: str | None = Field(default=None, description="POST every published alert here (JSON).")
 
     @field_validator("kafka_url")
     @classmethod

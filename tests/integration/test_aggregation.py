@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
@@ -102,14 +104,16 @@ def test_two_workers_answer_the_same_for_every_camera(kafka, deployment, start_w
 
 
 def test_redelivering_results_changes_no_alert_count_or_cache_entry(kafka, deployment, start_worker, redis_url):
-    worker = start_worker()
+    received: list[dict[str, object]] = []
+    hook = webhook_receiver(received)
+    worker = start_worker({"ROADWATCH_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{hook.server_port}/alerts"})
     now = time.time() * 1000
     batch = [
         RiskAssessment(
             task_id=f"redeliver-{i}",
             camera_id="cam-d",
             detection_id=f"cam-d:{i}",
-            group_id="g1-2",
+            group_id=f"g{i}",
             status="ok",
             risk_level="critical" if i % 2 else "low",
             risk_score=0.9 if i % 2 else 0.2,
@@ -140,3 +144,91 @@ def test_redelivering_results_changes_no_alert_count_or_cache_entry(kafka, deplo
     wait_until(lambda: metric(worker.port, "roadwatch_duplicate_results_total") >= 6, 30, "6 duplicates seen")
     assert snapshot() == before
     assert len(before[1]) == 3  # the three critical ones alerted once each
+    wait_until(lambda: len(received) == 3, 20, "3 alerts at the webhook")
+    assert sorted(a["task_id"] for a in received) == ["redeliver-1", "redeliver-3", "redeliver-5"]
+    time.sleep(1)
+    assert len(received) == 3, "redelivered results post no alert again"
+    hook.shutdown()
+
+
+def test_repeated_alerts_for_one_group_merge(kafka, deployment, start_worker):
+    worker = start_worker()
+    now = time.time() * 1000
+    levels = ["high", "high", "critical", "high"]
+    batch = [
+        RiskAssessment(
+            task_id=f"merge-{i}",
+            camera_id="cam-m",
+            detection_id=f"cam-m:{i}",
+            group_id="g7-8",
+            status="ok",
+            risk_level=level,
+            risk_score=0.8,
+            summary=f"r{i}",
+            model="m",
+            key_alias="key-1",
+            attempts=1,
+            latency_ms=100.0,
+            captured_at=now,
+            completed_at=now,
+        )
+        for i, level in enumerate(levels)
+    ]
+    asyncio.run(
+        produce(kafka.bootstrap, deployment.prefix + "risk-assessment-results", [("cam-m", to_bytes(r)) for r in batch])
+    )
+    wait_until(lambda: len(results(worker.port)) == 4, 60, "4 results")
+    alerts = get_json(f"http://127.0.0.1:{worker.port}/alerts/")["alerts"]
+    assert len(alerts) == 1 and alerts[0]["count"] == 4 and alerts[0]["level"] == "critical"
+    assert metric(worker.port, 'roadwatch_alerts_total{camera_id="cam-m",level="high"}') == 1
+    assert metric(worker.port, 'roadwatch_alerts_total{camera_id="cam-m",level="critical"}') == 1
+
+
+def webhook_receiver(received: list[dict[str, object]]) -> ThreadingHTTPServer:
+    """A real HTTP endpoint on loopback that records the alerts POSTed to it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_websocket_client_of_one_worker_sees_the_cameras_of_another(kafka, deployment, start_worker):
+    import aiohttp
+
+    first = start_worker()
+    second = start_worker()
+    cameras = [f"cam-{i}" for i in range(8)]
+
+    async def listen() -> set[str]:
+        seen: set[str] = set()
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{first.port}/ws") as ws:
+                await asyncio.sleep(1.0)  # subscribed on both sides
+                await asyncio.to_thread(
+                    produce_detections,
+                    kafka.bootstrap,
+                    deployment.prefix + "detection-results",
+                    [detection(cam, 0) for cam in cameras],
+                )
+                deadline = time.monotonic() + 60
+                while len(seen) < len(cameras) and time.monotonic() < deadline:
+                    msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+                    event = json.loads(msg.data)
+                    if event["type"] == "result":
+                        seen.add(event["camera_id"])
+        return seen
+
+    seen = asyncio.run(listen())
+    owned_by_second = {c for c in cameras if c in {r["camera_id"] for r in results(second.port).values()}}
+    assert owned_by_second, "the second worker owns some cameras"
+    assert seen == set(cameras)

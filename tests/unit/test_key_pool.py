@@ -99,20 +99,21 @@ def test_rate_limit_cools_for_retry_after():
     assert p.by_alias[lease.alias].state(clock.now) == AVAILABLE
 
 
-def test_one_transient_server_error_does_not_cool_a_healthy_key_but_two_do():
+def test_transient_server_errors_do_not_cool_a_healthy_key_but_a_failing_key_cools():
     p, clock = pool(1)
     slot = p.by_alias["key-1"]
-    for _ in range(5):
+    for outcome in [True] * 8 + [False, False]:  # 20% failures, two in a row
         lease = p.try_acquire()
         assert lease is not None
-        p.release(lease, ok=True)
-    lease = p.try_acquire()
-    assert lease is not None
-    p.release(lease, ok=False, kind="server")
+        p.release(lease, ok=outcome, kind="" if outcome else "server")
     assert slot.state(clock.now) == AVAILABLE
     lease = p.try_acquire()
     assert lease is not None
-    p.release(lease, ok=False, kind="server")
+    p.release(lease, ok=False, kind="server")  # three in a row, 27% of the last 11
+    assert slot.state(clock.now) == AVAILABLE
+    lease = p.try_acquire()
+    assert lease is not None
+    p.release(lease, ok=False, kind="server")  # four in a row, 33%
     assert slot.state(clock.now) == COOLING
     assert 10 <= slot.cooldown_until - clock.now <= 120
 
