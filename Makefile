@@ -35,8 +35,9 @@ check: $(STAMP) ## ruff and mypy --strict on the product packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP) ## benchmarks; results under bench/results/
+bench: $(STAMP) ## benchmarks (pipeline, key pool; ~20 min); results under bench/results/
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.key_pool
 
 up: $(STAMP) ## start the whole stack in the background (logs and PIDs under .state/)
 	$(BIN)/python -m ops.stack up --workers $(WORKERS)
@@ -56,6 +57,9 @@ e2e: $(STAMP) ## run the pipeline DURATION seconds with a live view, then verify
 kafka-cluster: $(STAMP) ## run a 3-broker KRaft cluster on 127.0.0.1:9092-9094 in the foreground (prints its bootstrap servers)
 	$(BIN)/python -m ops.kafka start --port 9092 --size 3 --dir .state/kafka3
 
+verify-keys: $(STAMP) ## check every configured key (ROADWATCH_VLM_KEYS) against ROADWATCH_VLM_BASE_URL
+	$(BIN)/python -m ops.verify_keys
+
 broker: $(STAMP) ## run one Kafka broker on 127.0.0.1:9092 in the foreground
 	$(BIN)/python -m ops.kafka start --port 9092
 
@@ -74,4 +78,4 @@ dashboard: ## print the dashboard URL
 clean: ## remove state, caches and the venv
 	rm -rf .state .mypy_cache .ruff_cache .pytest_cache $(VENV) *.egg-info
 
-.PHONY: help install run test test-unit check bench up down status topics e2e kafka-cluster broker worker producer vlm dashboard clean
+.PHONY: help install run test test-unit check bench up down status topics e2e kafka-cluster verify-keys broker worker producer vlm dashboard clean

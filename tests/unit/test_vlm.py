@@ -200,3 +200,19 @@ async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
     await vlm.close()
     assert result.status == "expired" and time.monotonic() - started < 2
     await asyncio.sleep(0)
+
+
+async def test_verify_keys_reports_each_alias_and_never_a_key(sim, monkeypatch, capsys):
+    import ops.verify_keys as vk
+    from streams.settings import Settings
+
+    simulator, url = sim
+    simulator.revoked.add(OTHER)
+    settings = Settings(vlm_base_url=url, vlm_keys=f"{GOOD},{OTHER},wrong-key-9999")
+    monkeypatch.setattr(vk, "get_settings", lambda: settings)
+    rows = await vk.verify(5.0)
+    assert [(alias, outcome, status) for alias, outcome, status, _ in rows] == [
+        ("key-1", "ok", 200),
+        ("key-2", "auth", 401),
+        ("key-3", "auth", 401),
+    ]
