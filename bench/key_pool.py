@@ -33,7 +33,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +40,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.vlm_client import VlmClient
-from bench.pipeline import RESULTS, get_json, log, pct, spawn, stop, wait_for
+from bench.pipeline import RESULTS, log, pct, spawn, stop, wait_for
+from ops.http import get_json, post_json
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.verify import read_all
-from sim.records import crop_b64, detection
+from sim.records import assessment_task, crop_b64, detection
 from streams.errors import VlmError
-from streams.records import AssessmentTask, to_bytes
+from streams.records import to_bytes
 
 KEYS = 10
 RPM = 60
 PARTITIONS = 8
-
-
-def post(url: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def accepted(stats: dict[str, Any]) -> int:
@@ -122,8 +111,6 @@ async def offer_tasks(
 ) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
-    det = detection("x", 0)
-    image = det.crops[det.groups[0].group_id]
     sent, started, pending = 0, time.monotonic(), sorted(events, key=lambda e: e[0])
     try:
         while (elapsed := time.monotonic() - started) < duration:
@@ -132,19 +119,7 @@ async def offer_tasks(
             due = int(elapsed * rate) + 1
             while sent < due:
                 cam = cameras[sent % len(cameras)]
-                now = time.time() * 1000
-                task = AssessmentTask(
-                    task_id=f"kp-{sent:06d}",
-                    camera_id=cam,
-                    detection_id=f"{cam}:{sent}",
-                    frame_seq=sent,
-                    captured_at=now,
-                    group=det.groups[0],
-                    image=image,
-                    reason="new",
-                    created_at=now,
-                    deadline=now + 600_000,
-                )
+                task = assessment_task(detection(cam, sent), f"kp-{sent:06d}", deadline_in_ms=600_000)
                 await producer.send(topic, key=cam.encode(), value=to_bytes(task))
                 sent += 1
             await asyncio.sleep(0.02)
@@ -204,7 +179,7 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
             )
 
         def revoke() -> None:
-            post(f"http://127.0.0.1:{vlm_port}/admin/revoke", {"key": keys[3]})
+            post_json(f"http://127.0.0.1:{vlm_port}/admin/revoke", {"key": keys[3]})
             marks["revoked_at"] = time.monotonic() - t0
 
         offered = asyncio.run(
@@ -274,7 +249,7 @@ async def baseline(kind: str, url: str, keys: list[str], duration: float, revoke
         while time.monotonic() - started < duration:
             if not revoked and time.monotonic() - started > duration / 2:
                 revoked = True
-                post(revoke_url, {"key": keys[3]})
+                post_json(revoke_url, {"key": keys[3]})
             await one(keys[0] if kind == "sequential" else next(rr))
 
     await asyncio.gather(*[caller() for _ in range(1 if kind == "sequential" else 50)])

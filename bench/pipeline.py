@@ -26,12 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from ops.http import get_json
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.verify import end_offsets, read_all
 
@@ -78,11 +78,6 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.3)
     raise TimeoutError(what)
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 # --- Faust vs raw aiokafka forwarding ---------------------------------------------------------

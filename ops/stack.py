@@ -22,8 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from ops.http import get_json
 from ops.kafka import port_open
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,17 +226,12 @@ def create_topics(bootstrap: str, partitions: int | None = None, replicas: int |
     return asyncio.run(create(bootstrap, partitions, replicas))
 
 
-def _get_json(url: str, timeout: float = 3.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
-        return json.loads(resp.read())
-
-
 def wait_for_results(web: int, cameras: int, timeout_s: float) -> float | None:
     """Seconds until /cameras/ shows ``cameras`` cameras with a result, or None."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
         try:
-            body = _get_json(f"http://127.0.0.1:{web}/cameras/")
+            body = get_json(f"http://127.0.0.1:{web}/cameras/")
             if sum(1 for c in body["cameras"] if c.get("latest_result")) >= cameras:
                 return time.monotonic() - started
         except (urllib.error.URLError, OSError, ValueError, KeyError):
@@ -321,7 +316,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, pid in named:
         print(f"{name:10s} pid {pid:<7d} {'running' if _alive(pid) else 'DEAD'}")
     try:
-        health = _get_json(f"http://127.0.0.1:{Ports().web}/health")
+        health = get_json(f"http://127.0.0.1:{Ports().web}/health")
         print("worker health:", json.dumps(health))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"worker health: unreachable ({exc})")

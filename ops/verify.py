@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ops.http import get_json
 from streams.topics import ALERTS, ASSESSMENT_TASKS, DETECTION_RESULTS, RISK_RESULTS
 
 FLOW_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS, ALERTS)
@@ -82,11 +83,6 @@ async def read_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[byte
         await _stop(consumer)
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback URL we built
-        return json.loads(resp.read())
-
-
 @dataclass
 class Report:
     """The outcome of an exactly-once check."""
@@ -120,7 +116,7 @@ def aggregator_view(web_ports: list[int]) -> dict[str, dict[str, Any]]:
     view: dict[str, dict[str, Any]] = {}
     for port in web_ports:
         try:
-            view.update(_get_json(f"http://127.0.0.1:{port}/results/")["results"])
+            view.update(get_json(f"http://127.0.0.1:{port}/results/")["results"])
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             continue
     return view

@@ -11,7 +11,7 @@ import cv2
 from aiokafka import AIOKafkaProducer
 
 from sim.scene import Scene
-from streams.records import DetectedObject, DetectionResult, ImageRef, TrafficGroup, to_bytes
+from streams.records import AssessmentTask, DetectedObject, DetectionResult, ImageRef, TrafficGroup, to_bytes
 
 
 @lru_cache(maxsize=1)
@@ -58,6 +58,24 @@ def detection(camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | N
         objects=[person, car],
         groups=[group],
         crops={group_id: ImageRef(data_b64=crop_b64(), width=200, height=160, size=1000)},
+    )
+
+
+def assessment_task(det: DetectionResult, task_id: str, deadline_in_ms: float) -> AssessmentTask:
+    """A task for the first group of ``det``, due ``deadline_in_ms`` from now."""
+    now = time.time() * 1000.0
+    group = det.groups[0]
+    return AssessmentTask(
+        task_id=task_id,
+        camera_id=det.camera_id,
+        detection_id=det.detection_id,
+        frame_seq=det.frame_seq,
+        captured_at=det.captured_at,
+        group=group,
+        image=det.crops[group.group_id],
+        reason="new",
+        created_at=now,
+        deadline=now + deadline_in_ms,
     )
 
 

@@ -14,13 +14,11 @@ os.environ.setdefault("ROADWATCH_VLM_KEYS", "unit-test-key-aaaa,unit-test-key-bb
 os.environ.setdefault("ROADWATCH_IMAGE_STORE", "file:///tmp/roadwatch-test-images")
 os.environ.setdefault("ROADWATCH_WEB_PORT", "6199")
 
-import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,11 +43,6 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, every_
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {str(last)[:300]})")
-
-
-def get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.loads(resp.read())
 
 
 @dataclass

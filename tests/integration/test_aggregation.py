@@ -12,10 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import redis
 
+from ops.http import get_json
 from ops.kafka import free_port, port_open
 from sim.records import detection, produce, produce_detections
 from streams.records import RiskAssessment, to_bytes
-from tests.conftest import get_json, spawn, wait_until
+from tests.conftest import spawn, wait_until
 
 pytestmark = pytest.mark.integration
 

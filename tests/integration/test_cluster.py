@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from ops.http import get_json
 from ops.kafka import KafkaCluster, free_port
 from ops.verify import verify_exactly_once
 from sim.records import detection, produce_detections
-from tests.conftest import SIM_KEYS, Proc, get_json, spawn, wait_until
+from tests.conftest import SIM_KEYS, Proc, spawn, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
+from ops.http import get_json
 from sim.records import detection, produce, produce_detections
 from streams.records import RiskAssessment, to_bytes
-from tests.conftest import ARTIFACTS, get_json, wait_until
+from tests.conftest import ARTIFACTS, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,22 +8,12 @@ import urllib.request
 
 import pytest
 
+from ops.http import get_json, post_json
 from ops.verify import verify_exactly_once
 from sim.records import detection, produce_detections
-from tests.conftest import SIM_KEYS, get_json, wait_until
+from tests.conftest import SIM_KEYS, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def post(url: str, body: dict[str, object]) -> object:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 def results(port: int) -> dict[str, dict[str, object]]:
@@ -38,7 +28,7 @@ def results(port: int) -> dict[str, dict[str, object]]:
 )
 def test_killing_a_worker_with_tasks_in_flight_loses_and_doubles_nothing(kafka, deployment, start_worker, sim_vlm):
     # slow VLM answers, so that the killed worker certainly has calls in flight
-    post(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 1500, "p95_ms": 2500})
+    post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 1500, "p95_ms": 2500})
     try:
         survivor = start_worker()
         victim = start_worker()
@@ -76,7 +66,7 @@ def test_killing_a_worker_with_tasks_in_flight_loses_and_doubles_nothing(kafka, 
         report = wait_until(settled, 60, "all 32 tasks aggregated by the survivor", every_s=5)
         resumed = time.monotonic() - killed_at
     finally:
-        post(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 60, "p95_ms": 150})
+        post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 60, "p95_ms": 150})
     print(f"kill -9 with {in_flight} calls in flight: {report.line()}; all done {resumed:.1f}s after the kill")
     assert report.missing == [] and report.unknown == [] and report.not_joined == 0
     assert report.statuses == {"ok": 32}
@@ -88,12 +78,12 @@ def test_a_revoked_key_is_disabled_within_one_call_and_nothing_fails(kafka, depl
     produce_detections(kafka.bootstrap, topic, [detection("cam-k", seq) for seq in range(8)])
     wait_until(lambda: len(results(worker.port)) == 8, 60, "8 results before the revocation")
     revoked = SIM_KEYS[2]
-    post(f"http://127.0.0.1:{sim_vlm.port}/admin/revoke", {"key": revoked})
+    post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/revoke", {"key": revoked})
     try:
         produce_detections(kafka.bootstrap, topic, [detection("cam-k", seq) for seq in range(8, 40)])
         wait_until(lambda: len(results(worker.port)) == 40, 90, "40 results")
     finally:
-        post(f"http://127.0.0.1:{sim_vlm.port}/admin/restore", {"key": revoked})
+        post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/restore", {"key": revoked})
     keys = {k["alias"]: k for k in get_json(f"http://127.0.0.1:{worker.port}/keys/")["keys"]}
     assert keys["key-3"]["state"] == "DISABLED"
     assert keys["key-3"]["failures"] == 1, "disabled after its first failed call"
@@ -108,7 +98,7 @@ def test_every_key_cooling_for_30s_delays_tasks_and_loses_none(kafka, deployment
     topic = deployment.prefix + "detection-results"
     produce_detections(kafka.bootstrap, topic, [detection("cam-c", seq) for seq in range(3)])
     wait_until(lambda: len(results(worker.port)) == 3, 60, "3 results before the throttle")
-    post(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"throttle_s": 30})
+    post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"throttle_s": 30})
     started = time.monotonic()
     try:
         produce_detections(kafka.bootstrap, topic, [detection("cam-c", seq) for seq in range(3, 13)])
@@ -119,7 +109,7 @@ def test_every_key_cooling_for_30s_delays_tasks_and_loses_none(kafka, deployment
         )
         wait_until(lambda: len(results(worker.port)) == 13, 120, "13 results after the keys recover")
     finally:
-        post(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"throttle_s": 0})
+        post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"throttle_s": 0})
     resumed = time.monotonic() - started
     report = verify_exactly_once(kafka.bootstrap, [worker.port], drain_timeout_s=5, prefix=deployment.prefix)
     print(f"all keys cooling 30 s: {report.line()}; the 10 waiting tasks done {resumed:.1f}s after the throttle began")
@@ -128,7 +118,7 @@ def test_every_key_cooling_for_30s_delays_tasks_and_loses_none(kafka, deployment
 
 
 def test_vlm_calls_slower_than_max_poll_interval_cause_no_rebalance(kafka, deployment, start_worker, sim_vlm):
-    post(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 14000, "p95_ms": 15000})
+    post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 14000, "p95_ms": 15000})
     try:
         worker = start_worker(
             {"ROADWATCH_MAX_POLL_INTERVAL_S": "8", "ROADWATCH_VLM_TIMEOUT_S": "40", "ROADWATCH_TASK_DEADLINE_S": "120"}
@@ -139,7 +129,7 @@ def test_vlm_calls_slower_than_max_poll_interval_cause_no_rebalance(kafka, deplo
         )
         wait_until(lambda: len(results(worker.port)) == 6, 90, "6 slow results")
     finally:
-        post(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 60, "p95_ms": 150})
+        post_json(f"http://127.0.0.1:{sim_vlm.port}/admin/config", {"latency_ms": 60, "p95_ms": 150})
     report = verify_exactly_once(kafka.bootstrap, [worker.port], drain_timeout_s=5, prefix=deployment.prefix)
     joins = worker.log.read_bytes().count(b"Joined group") - joins_before
     print(f"VLM 14 s per call, max.poll.interval 8 s: {report.line()}; rejoins during the run: {joins}")

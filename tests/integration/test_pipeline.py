@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from ops.http import get_json
 from ops.verify import Report, read_all, verify_exactly_once
 from sim.records import detection, produce, produce_detections
-from tests.conftest import get_json, wait_until
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -142,8 +142,7 @@ async def test_the_official_openai_client_talks_to_the_simulator(sim):
 
 async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
     from agents.llm_scheduler import assess
-    from sim.records import detection
-    from streams.records import AssessmentTask
+    from sim.records import assessment_task, detection
 
     simulator, url = sim
     simulator.revoked.add(OTHER)
@@ -151,20 +150,7 @@ async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
         [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
         strategy="round_robin",
     )
-    det = detection("cam", 1)
-    now = time.time() * 1000
-    task = AssessmentTask(
-        task_id="t1",
-        camera_id="cam",
-        detection_id=det.detection_id,
-        frame_seq=1,
-        captured_at=det.captured_at,
-        group=det.groups[0],
-        image=det.crops[det.groups[0].group_id],
-        reason="new",
-        created_at=now,
-        deadline=now + 10_000,
-    )
+    task = assessment_task(detection("cam", 1), "t1", deadline_in_ms=10_000)
     vlm = client(url)
     result = await assess(task, vlm=vlm, keys=keys)
     await vlm.close()
@@ -174,26 +160,12 @@ async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
 
 async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
     from agents.llm_scheduler import assess
-    from sim.records import detection
-    from streams.records import AssessmentTask
+    from sim.records import assessment_task, detection
 
     _, url = sim
     keys = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias="key-1")])
     keys.disable("key-1", "test")
-    det = detection("cam", 2)
-    now = time.time() * 1000
-    task = AssessmentTask(
-        task_id="t2",
-        camera_id="cam",
-        detection_id=det.detection_id,
-        frame_seq=2,
-        captured_at=det.captured_at,
-        group=det.groups[0],
-        image=det.crops[det.groups[0].group_id],
-        reason="new",
-        created_at=now,
-        deadline=now + 300,
-    )
+    task = assessment_task(detection("cam", 2), "t2", deadline_in_ms=300)
     vlm = client(url)
     started = time.monotonic()
     result = await assess(task, vlm=vlm, keys=keys)
