@@ -59,6 +59,24 @@ def stack_env(ports: Ports, extra: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
+def redis_command(port: int, folder: Path) -> list[str]:
+    """redis-server on loopback, no persistence: a cache that may be lost."""
+    binary = shutil.which("redis-server") or "redis-server"
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+    ]
+
+
 def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 1) -> list[tuple[str, list[str]]]:
     """Name and command of each process, in start order."""
     redis_server = shutil.which("redis-server")
@@ -66,24 +84,7 @@ def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 
         ("kafka", [PY, "-m", "ops.kafka", "start", "--port", str(ports.kafka), "--dir", str(STATE / "kafka")]),
     ]
     if redis_server:
-        procs.append(
-            (
-                "redis",
-                [
-                    redis_server,
-                    "--port",
-                    str(ports.redis),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(STATE),
-                ],
-            )
-        )
+        procs.append(("redis", redis_command(ports.redis, STATE)))
     procs.append(("vlm", [PY, "-m", "sim.vlm", "--port", str(ports.vlm), "--keys", ",".join(SIM_KEYS), *vlm_args]))
     for i in range(workers):
         procs.append((f"worker-{i + 1}" if workers > 1 else "worker", [PY, "-m", "streams", "worker", "-l", "info"]))

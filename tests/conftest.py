@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from ops.kafka import KafkaCluster, free_port, port_open
+from ops.stack import redis_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -102,7 +103,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("redis")
     proc = spawn(
         "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        redis_command(port, folder),
         dict(os.environ),
         folder,
         port,

@@ -14,6 +14,7 @@ import redis
 
 from ops.http import get_json
 from ops.kafka import free_port, port_open
+from ops.stack import redis_command
 from sim.records import detection, produce, produce_detections
 from streams.records import RiskAssessment, to_bytes
 from tests.conftest import spawn, wait_until
@@ -38,19 +39,7 @@ def results(port: int) -> dict[str, dict[str, object]]:
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_redis_down_for_30s_loses_nothing_and_the_cache_resumes(kafka, deployment, start_worker, tmp_path):
     port = free_port()
-    cmd = [
-        shutil.which("redis-server") or "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    cmd = redis_command(port, tmp_path)
     own_redis = spawn("redis-own", cmd, {}, tmp_path, port)
     wait_until(lambda: port_open(port), 15, "redis")
     worker = start_worker({"ROADWATCH_REDIS_URL": f"redis://127.0.0.1:{port}/0", "ROADWATCH_REDIS_RETRY_S": "2"})
