@@ -8,8 +8,11 @@ before committing): a killed worker's successor re-runs the unfinished tasks, an
 aggregator drops the duplicates by task_id. The consumer thread keeps polling while calls are
 slow, so a slow VLM never trips ``max.poll.interval``.
 
-A failed call is retried on another key (up to ``vlm_max_retries``) after a jittered backoff of
-``vlm_backoff_base_s ** attempt`` seconds, never past the task's deadline. A task that cannot
+A call that failed on server trouble (5xx, timeout) is retried on another key, up to
+``vlm_max_retries`` times, after a jittered backoff of ``vlm_backoff_base_s ** n`` seconds, never
+past the task's deadline. A call refused because of its *key* (revoked, out of quota, rate
+limited) moves to another key at once without spending a retry: the request was never judged,
+and every key is tried at most once per task, so this is bounded by the pool's size. A task that cannot
 get a key or an answer before its deadline becomes an ``expired`` result: nothing vanishes.
 """
 
@@ -25,7 +28,7 @@ from faust.types import EventT
 from mode import BaseSignalT, Service
 
 from agents.key_pool import KeyPool, KeySlot
-from agents.vlm_client import RETRYABLE, VlmClient
+from agents.vlm_client import KEY_FAULTS, RETRYABLE, VlmClient
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
@@ -120,9 +123,9 @@ async def assess(
     except ImageMissing as exc:
         return _result(task, "failed", error=f"image missing: {exc}")
     context = describe(task)
-    queue_s, last_error, attempt = 0.0, "", 0
+    queue_s, last_error, attempt, server_failures = 0.0, "", 0, 0
     tried: set[str] = set()
-    while attempt <= retries:
+    while server_failures <= retries:
         try:
             lease = await keys.acquire(deadline, exclude=frozenset(tried))
         except NoKeyAvailable as exc:
@@ -153,11 +156,15 @@ async def assess(
                 return _result(
                     task, "failed", key_alias=lease.alias, attempts=attempt, queue_ms=queue_s * 1000, error=last_error
                 )
-            backoff = settings.vlm_backoff_base_s**attempt * random.uniform(0.5, 1.0) if attempt else 0
+            if err.kind in KEY_FAULTS:
+                continue  # not the request's fault: the next key at once, no retry spent
+            server_failures += 1
+            if server_failures > retries:
+                break
+            backoff = settings.vlm_backoff_base_s**server_failures * random.uniform(0.5, 1.0)
             if time.time() + backoff >= deadline:
                 return _result(task, "expired", attempts=attempt, queue_ms=queue_s * 1000, error=last_error)
-            if attempt <= retries:
-                await asyncio.sleep(backoff * 0.25 if err.kind in ("auth", "quota") else backoff)
+            await asyncio.sleep(backoff)
             continue
         finally:
             metrics.vlm_in_flight.dec()

@@ -43,6 +43,9 @@ SYSTEM_PROMPT = (
 
 #: Error kinds after which another key may succeed.
 RETRYABLE = frozenset({"server", "rate", "auth", "quota", "arrearage"})
+#: Failures that say nothing about the request, only about the key that carried it: the task moves
+#: to another key at once and keeps its retries for server failures.
+KEY_FAULTS = frozenset({"rate", "auth", "quota", "arrearage"})
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,33 @@ async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
     assert keys.by_alias["key-1"].state(time.time()) == DISABLED
 
 
+async def test_a_revoked_key_costs_no_retry_but_server_failures_are_bounded(sim, monkeypatch):
+    import agents.llm_scheduler as scheduler
+    from sim.records import assessment_task, detection
+
+    simulator, url = sim
+    monkeypatch.setattr(scheduler, "settings", scheduler.settings.model_copy(update={"vlm_backoff_base_s": 0.1}))
+    simulator.revoked.add(OTHER)
+    vlm = client(url)
+    keys = KeyPool(
+        [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
+        strategy="round_robin",
+    )
+    # no retries at all: the revoked key is a key fault, so the task still reaches the good key
+    ok = await scheduler.assess(
+        assessment_task(detection("cam", 3), "t3", deadline_in_ms=10_000), vlm=vlm, keys=keys, max_retries=0
+    )
+    assert ok.status == "ok" and ok.attempts == 2
+    # a server that fails every call: 1 try + 1 retry, then a failed result naming the last error
+    simulator.cfg.fail_rate = 1.0
+    many = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias=f"key-{i}") for i in range(5)], strategy="round_robin")
+    failed = await scheduler.assess(
+        assessment_task(detection("cam", 4), "t4", deadline_in_ms=20_000), vlm=vlm, keys=many, max_retries=1
+    )
+    await vlm.close()
+    assert failed.status == "failed" and failed.attempts == 2 and "50" in (failed.error or "")
+
+
 async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
     from agents.llm_scheduler import assess
     from sim.records import assessment_task, detection
