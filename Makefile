@@ -15,7 +15,7 @@ help: ## show this help
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,yolo]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create the venv and install roadwatch with its dev tools

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -104,9 +109,23 @@ class MotionDetector(Detector):
 
 
 class YoloDetector(Detector):
-    """ultralytics YOLO from a weights file or a model yaml, on CPU or CUDA."""
+    """ultralytics YOLO from a weights file or a model yaml, on CPU or CUDA.
 
-    def __init__(self, model: str, *, device: str = "cpu", imgsz: int = 640, conf: float = 0.25) -> None:
+    With ``max_batch > 1`` the frames that camera threads hand in are gathered for up to
+    ``max_wait_ms`` into one model call: a GPU runs a batch of 16 in little more than the time
+    of one frame, so many cameras share it (the producer sizes its thread pool to the batch).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "cpu",
+        imgsz: int = 640,
+        conf: float = 0.25,
+        max_batch: int = 1,
+        max_wait_ms: float = 10.0,
+    ) -> None:
         os.environ.setdefault("YOLO_OFFLINE", "1")
         os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(".state/ultralytics").resolve()))
         if not model.endswith((".yaml", ".yml")) and not Path(model).is_file():
@@ -116,36 +135,108 @@ class YoloDetector(Detector):
                 f"or pass a model yaml such as yolo11n.yaml for random weights."
             )
         try:
-            from ultralytics import YOLO
+            import ultralytics
+            from ultralytics.cfg import DEFAULT_CFG_DICT  # type: ignore[attr-defined]
         except ImportError as exc:
             raise ConfigError("the yolo detector needs the yolo extra: pip install -e '.[yolo]'") from exc
-        self.model = YOLO(model, task="detect")
+        self.model: Any = ultralytics.YOLO(model, task="detect")  # type: ignore[attr-defined]
         self.device, self.imgsz, self.conf = device, imgsz, conf
-        self.half = device.startswith("cuda")
+        # FP16 on CUDA; ultralytics >= 8.4 calls it quantize=16, older releases half=True
+        self.precision: dict[str, Any] = {}
+        if device.startswith("cuda"):
+            self.precision = {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
         self.name = f"yolo/{Path(model).name}"
+        self.batcher = FrameBatcher(self.detect_batch, max_batch, max_wait_ms) if max_batch > 1 else None
 
     def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
+        if self.batcher is not None:
+            return self.batcher.submit(frame)
         return self.detect_batch([frame])[0]
 
     def detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         """One model call for frames of several cameras (what a GPU wants)."""
         outputs = self.model.predict(
-            frames, device=self.device, imgsz=self.imgsz, conf=self.conf, half=self.half, verbose=False
+            frames, device=self.device, imgsz=self.imgsz, conf=self.conf, verbose=False, **self.precision
         )
         batches: list[list[Detection]] = []
         for out in outputs:
             names = out.names
             boxes = out.boxes
-            xyxy = boxes.xyxy.cpu().numpy() if boxes is not None else np.zeros((0, 4))
-            confs = boxes.conf.cpu().numpy() if boxes is not None else np.zeros(0)
-            classes = boxes.cls.cpu().numpy().astype(int) if boxes is not None else np.zeros(0, int)
+            if boxes is None or len(boxes) == 0:
+                batches.append([])
+                continue
+            xyxy = boxes.xyxy.cpu().numpy()
+            confs = boxes.conf.cpu().numpy()
+            classes = boxes.cls.cpu().numpy().astype(int)
             batches.append(
                 [
-                    Detection(str(names.get(int(c), "object")), float(p), tuple(float(v) for v in b))  # type: ignore[arg-type]
+                    Detection(str(names.get(int(c), "object")), round(float(p), 3), _box(b))
                     for b, p, c in zip(xyxy, confs, classes, strict=True)
                 ]
             )
         return batches
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def _box(values: Any) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in values)
+    return (x1, y1, x2, y2)
+
+
+class FrameBatcher:
+    """Gathers frames from many caller threads into batched calls on one thread.
+
+    A caller blocks until its own frame's detections are back, so the producer's per-camera
+    loop stays simple; the batch closes when it is full or its first frame has waited
+    ``max_wait_ms``.
+    """
+
+    def __init__(
+        self, run: Callable[[list[np.ndarray]], list[list[Detection]]], max_batch: int, max_wait_ms: float
+    ) -> None:
+        self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_ms / 1000.0
+        self.queue: queue.Queue[tuple[np.ndarray, Future[list[Detection]]] | None] = queue.Queue()
+        self.batch_sizes: list[int] = []
+        self.thread = threading.Thread(target=self._loop, name="yolo-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, frame: np.ndarray) -> list[Detection]:
+        fut: Future[list[Detection]] = Future()
+        self.queue.put((frame, fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            closes_at = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.queue.get(timeout=max(0.0, closes_at - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                batch.append(item)
+            self.batch_sizes.append(len(batch))
+            try:
+                results = self.run([frame for frame, _ in batch])
+            except Exception as exc:  # every waiting camera learns of it, none hangs
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                continue
+            for (_, fut), dets in zip(batch, results, strict=True):
+                fut.set_result(dets)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=5)
 
 
 class ReplayDetector(Detector):
@@ -173,13 +264,22 @@ class ReplayDetector(Detector):
 
 
 def make_detector(
-    kind: DetectorKind, *, model: str = "", device: str = "cpu", imgsz: int = 640, replay: Path | None = None
+    kind: DetectorKind,
+    *,
+    model: str = "",
+    device: str = "cpu",
+    imgsz: int = 640,
+    replay: Path | None = None,
+    max_batch: int = 1,
+    max_wait_ms: float = 10.0,
 ) -> Detector:
     """Build the backend named by ``kind``."""
     if kind == "motion":
         return MotionDetector()
     if kind == "yolo":
-        return YoloDetector(model or "yolo11n.yaml", device=device, imgsz=imgsz)
+        return YoloDetector(
+            model or "yolo11n.yaml", device=device, imgsz=imgsz, max_batch=max_batch, max_wait_ms=max_wait_ms
+        )
     if kind == "replay":
         if replay is None:
             raise ConfigError("the replay detector needs --replay FILE")

@@ -194,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="yolo: cpu or cuda:N")
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--replay", type=Path, default=None, help="replay: JSON-lines detections")
+    parser.add_argument("--max-batch", type=int, default=1, help="yolo: frames of several cameras per model call")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="yolo: longest wait to fill a batch")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="bind address of /metrics")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--workers", type=int, default=2, help="analysis threads")
     parser.add_argument("-l", "--loglevel", default="info")
@@ -203,12 +206,21 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     kind: DetectorKind = args.detector
     cameras = load_cameras(args.cameras)
-    detector = make_detector(kind, model=args.model, device=args.device, imgsz=args.imgsz, replay=args.replay)
+    detector = make_detector(
+        kind,
+        model=args.model,
+        device=args.device,
+        imgsz=args.imgsz,
+        replay=args.replay,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+    )
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.REGISTRY)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.REGISTRY)
 
     async def runner() -> None:
-        producer = Producer(cameras, detector, settings, workers=args.workers)
+        # a batching detector needs as many analysis threads as frames it may gather
+        producer = Producer(cameras, detector, settings, workers=max(args.workers, args.max_batch))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, producer.stopping.set)
