@@ -13,7 +13,7 @@ import time
 
 from faust.types import EventT
 
-from agents.task_policy import Budget, plan_tasks
+from agents.task_policy import Budget, GlobalCap, plan_tasks
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
@@ -29,11 +29,15 @@ BUDGET = Budget(
     burst=settings.camera_budget_burst,
     min_interest=settings.min_group_score,
 )
+GLOBAL_CAP = GlobalCap(settings.global_budget_per_min)
 
 
 def tasks_for(det: DetectionResult, now_s: float) -> list[AssessmentTask]:
     """Plan tasks for ``det`` against its camera's table state, and update that state."""
-    state, decisions, skipped = plan_tasks(camera_state.get(camera_key(det.camera_id)), det, now_s, BUDGET)
+    state, decisions, skipped = plan_tasks(
+        camera_state.get(camera_key(det.camera_id)), det, now_s, BUDGET, cap=GLOBAL_CAP.available(now_s)
+    )
+    GLOBAL_CAP.spend(len(decisions))
     camera_state[camera_key(det.camera_id)] = state
     metrics.groups_seen_total.labels(camera_id=det.camera_id).inc(len(det.groups))
     for reason, count in skipped.items():

@@ -1,9 +1,16 @@
 """Which traffic groups are worth a VLM call: the task generator's decisions, as pure functions.
 
-A group becomes a task when it is new (a track set not assessed before), has changed
-materially (the pedestrian-vehicle gap shrank by a fraction), or its last assessment is older
-than the refresh period; then only if the camera's token bucket has a token. Kept free of
-Faust so that it is unit-tested directly and replayed by the economy benchmark.
+A group becomes a task when it is new, has changed materially (the pedestrian-vehicle gap shrank
+by a fraction), or its last assessment is older than the refresh period; then only if the
+camera's token bucket has a token. Kept free of Faust so that it is unit-tested directly and
+replayed by the economy benchmark (``bench/economy.py``).
+
+What is "new" follows the risk, not the track set: a group with pedestrians and vehicles is new
+only when it holds a (pedestrian, vehicle) pair not assessed within the refresh period, so a
+third car driving up to an assessed pedestrian-car pair costs a call, while the same pair
+re-clustered with a parked bus does not. Groups without a pedestrian near a vehicle (vehicle
+clusters, lone road users) may only spend tokens above a reserve of half the burst, so that they
+never empty the bucket a pedestrian stepping out will need a moment later.
 
 The per-camera state is a plain JSON dict (it lives in the ``camera_state`` table):
 ``{"last_seq", "last_at", "fps", "tokens", "tokens_at", "groups": {key: {"at", "gap"}},
@@ -15,12 +22,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from models.detectors import VEHICLES
+from sim.scene import box_gap
 from streams.records import DetectionResult, TrafficGroup
 
 #: A gap that shrank to this fraction of the assessed one counts as a material change.
 GAP_SHRINK = 0.7
+#: So does a gap that crossed into one pedestrian height (within reach of the vehicle).
+DANGER_GAP = 1.0
 #: Frames whose decisions are remembered, so a redelivered frame makes the same tasks again.
 RECENT_FRAMES = 64
+#: A (pedestrian, vehicle) pair further apart than this many pedestrian heights is no risk pair
+#: (the grouping's reach, models.grouping.cluster).
+PAIR_REACH = 1.5
+#: Groups at or above this interest have a pedestrian near a vehicle (see models.grouping).
+RISK_INTEREST = 0.6
+#: Share of the burst that only risk groups may spend.
+RESERVE = 0.8
 
 
 @dataclass(frozen=True)
@@ -54,28 +72,70 @@ def new_state() -> dict[str, Any]:
         "tokens": None,
         "tokens_at": 0.0,
         "groups": {},
+        "pairs": {},
         "groups_seen": 0,
         "tasks_made": 0,
         "skipped": {},
     }
 
 
-def _why(group: TrafficGroup, seen: dict[str, Any] | None, now_s: float, budget: Budget) -> str | None:
-    if seen is None:
-        return "new"
-    last_gap = seen.get("gap")
-    if group.min_gap is not None and last_gap is not None and group.min_gap < last_gap * GAP_SHRINK:
-        return "changed"
-    if now_s - float(seen["at"]) >= budget.refresh_s:
+def risk_pairs(group: TrafficGroup, det: DetectionResult) -> dict[str, float]:
+    """The group's (pedestrian, vehicle) track pairs as "p>v" keys, each with its own gap.
+
+    Per pair, not the group's ``min_gap``: clustering is transitive, so a pedestrian next to one
+    car is grouped with every car next to that car; only pairs within reach of each other count,
+    and only the pair's own gap says whether *it* came closer.
+    """
+    objects = det.objects
+    members = [objects[i] for i in group.members if 0 <= i < len(objects)]
+    people = [o for o in members if o.cls == "person"]
+    vehicles = [o for o in members if o.cls in VEHICLES]
+    gaps = {
+        f"{p.track_id}>{v.track_id}": round(box_gap(p.bbox, v.bbox) / max(1.0, p.bbox[3] - p.bbox[1]), 3)
+        for p in people
+        for v in vehicles
+    }
+    return {pair: gap for pair, gap in gaps.items() if gap <= PAIR_REACH}
+
+
+def _closer(gap: float | None, last_gap: float | None) -> bool:
+    if gap is None or last_gap is None:
+        return False
+    return gap < last_gap * GAP_SHRINK or gap <= DANGER_GAP < last_gap
+
+
+def _why(group: TrafficGroup, pairs: dict[str, float], st: dict[str, Any], now_s: float, budget: Budget) -> str | None:
+    if pairs:
+        seen = {p: st["pairs"][p] for p in pairs if p in st["pairs"]}
+        if len(seen) < len(pairs):
+            return "new"
+        if any(_closer(pairs[p], seen[p].get("gap")) for p in pairs):
+            return "changed"
+        at = min(float(v["at"]) for v in seen.values())
+    else:
+        known = st["groups"].get(group_key(group))
+        if known is None:
+            return "new"
+        if _closer(group.min_gap, known.get("gap")):
+            return "changed"
+        at = float(known["at"])
+    if now_s - at >= budget.refresh_s:
         return "refresh"
     return None
 
 
 def plan_tasks(
-    state: dict[str, Any] | None, det: DetectionResult, now_s: float, budget: Budget
+    state: dict[str, Any] | None, det: DetectionResult, now_s: float, budget: Budget, cap: float = float("inf")
 ) -> tuple[dict[str, Any], list[Decision], dict[str, int]]:
-    """Decide the tasks for one detection; returns (new state, decisions, skipped counts)."""
-    st = new_state() if state is None else {**state, "groups": dict(state.get("groups", {}))}
+    """Decide the tasks for one detection; returns (new state, decisions, skipped counts).
+
+    ``cap`` is how many tasks the global budget still allows (see :class:`GlobalCap`).
+    """
+    st = (
+        new_state()
+        if state is None
+        else {**state, "groups": dict(state.get("groups", {})), "pairs": dict(state.get("pairs", {}))}
+    )
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
     if det.frame_seq <= st["last_seq"]:
@@ -100,28 +160,37 @@ def plan_tasks(
     st["tokens_at"] = now_s
 
     st["groups_seen"] += len(det.groups)
-    candidates: list[tuple[float, Decision]] = []
+    candidates: list[tuple[float, Decision, dict[str, float]]] = []
     for group in det.groups:
         if group.interest < budget.min_interest:
             skipped["low_interest"] = skipped.get("low_interest", 0) + 1
             continue
         key = group_key(group)
-        reason = _why(group, st["groups"].get(key), now_s, budget)
+        pairs = risk_pairs(group, det)
+        reason = _why(group, pairs, st, now_s, budget)
         if reason is None:
             skipped["unchanged"] = skipped.get("unchanged", 0) + 1
-            if key in st["groups"]:
-                st["groups"][key]["last"] = now_s
+            for seen in [st["groups"].get(key), *(st["pairs"].get(p) for p in pairs)]:
+                if seen is not None:
+                    seen["last"] = now_s
             continue
-        candidates.append((group.interest, Decision(group, reason)))
+        candidates.append((group.interest, Decision(group, reason), pairs))
 
     decisions: list[Decision] = []
-    for _, decision in sorted(candidates, key=lambda c: -c[0]):
-        if tokens < 1.0:
+    reserve = budget.burst * RESERVE
+    for interest, decision, pairs in sorted(candidates, key=lambda c: -c[0]):
+        if tokens < 1.0 or (interest < RISK_INTEREST and tokens < 1.0 + reserve):
             skipped["budget"] = skipped.get("budget", 0) + 1
+            continue
+        if len(decisions) >= cap:
+            skipped["global_cap"] = skipped.get("global_cap", 0) + 1
             continue
         tokens -= 1.0
         decisions.append(decision)
-        st["groups"][group_key(decision.group)] = {"at": now_s, "gap": decision.group.min_gap, "last": now_s}
+        gap = decision.group.min_gap
+        st["groups"][group_key(decision.group)] = {"at": now_s, "gap": gap, "last": now_s}
+        for pair, pair_gap in pairs.items():
+            st["pairs"][pair] = {"at": now_s, "gap": pair_gap, "last": now_s}
     st["tokens"] = tokens
     st["tasks_made"] += len(decisions)
     st["recent"][str(det.frame_seq)] = [d.group.group_id for d in decisions]
@@ -130,9 +199,40 @@ def plan_tasks(
 
     # forget groups not seen for a while, so the state stays small
     horizon = now_s - 3 * budget.refresh_s
-    st["groups"] = {k: v for k, v in st["groups"].items() if float(v.get("last", v["at"])) >= horizon}
+    for table in ("groups", "pairs"):
+        st[table] = {k: v for k, v in st[table].items() if float(v.get("last", v["at"])) >= horizon}
     totals = dict(st.get("skipped", {}))
     for reason, n in skipped.items():
         totals[reason] = totals.get(reason, 0) + n
     st["skipped"] = totals
     return st, decisions, skipped
+
+
+class GlobalCap:
+    """A token bucket over all of a worker's cameras: the global VLM spend cap.
+
+    Cameras are spread over workers by partition, so each worker holds ``share`` (its partitions
+    / all partitions) of the global rate; together they stay under it. The burst is 10 s of the
+    rate. ``per_min`` 0 means no cap.
+    """
+
+    def __init__(self, per_min: float) -> None:
+        self.per_min, self.share = per_min, 1.0
+        self.tokens, self.at = float("inf"), 0.0
+
+    @property
+    def burst(self) -> float:
+        return max(1.0, self.per_min * self.share / 6.0)
+
+    def available(self, now_s: float) -> float:
+        if self.per_min <= 0:
+            return float("inf")
+        if self.at:
+            self.tokens += (now_s - self.at) * self.per_min * self.share / 60.0
+        self.tokens = min(self.burst, self.tokens)  # also when the share shrank
+        self.at = now_s
+        return float(int(self.tokens))
+
+    def spend(self, n: int) -> None:
+        if self.per_min > 0:
+            self.tokens -= n

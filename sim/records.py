@@ -37,14 +37,15 @@ def detection(camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | N
     """
     base = seq * 2 if track_base is None else track_base
     person = DetectedObject(track_id=base + 1, cls="person", conf=0.9, bbox=[100.0, 100.0, 112.0, 134.0], speed=30.0)
-    car = DetectedObject(track_id=base + 2, cls="car", conf=0.8, bbox=[120.0, 100.0, 190.0, 134.0], speed=80.0)
+    x1 = 112.0 + gap * 34.0  # the car ``gap`` pedestrian heights to the right of the pedestrian
+    car = DetectedObject(track_id=base + 2, cls="car", conf=0.8, bbox=[x1, 100.0, x1 + 70.0, 134.0], speed=80.0)
     group_id = f"g{base + 1}-{base + 2}"
     group = TrafficGroup(
         group_id=group_id,
         kind="pedestrian_vehicle",
         members=[0, 1],
         track_ids=[base + 1, base + 2],
-        bbox=[100.0, 100.0, 190.0, 134.0],
+        bbox=[100.0, 100.0, x1 + 70.0, 134.0],
         min_gap=gap,
         interest=0.9,
     )

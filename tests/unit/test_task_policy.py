@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.task_policy import Budget, plan_tasks
+from agents.task_policy import Budget, GlobalCap, plan_tasks
 from sim.records import detection
 
 BUDGET = Budget(refresh_s=20.0, per_min=6.0, burst=3.0, min_interest=0.3)
@@ -49,3 +49,57 @@ def test_a_redelivered_frame_makes_the_same_tasks_again():
     _, again, _ = plan_tasks(state, detection("c", 5), 101.0, BUDGET)
     assert [d.group.group_id for d in again] == [d.group.group_id for d in first]
     assert [d.reason for d in again] == ["replay"]
+
+
+def test_risk_groups_keep_a_reserve_that_vehicle_clusters_cannot_spend():
+    budget = Budget(refresh_s=20.0, per_min=6.0, burst=10.0, min_interest=0.3)
+    det = detection("c", 1)
+    cluster = det.groups[0].__class__(
+        group_id="g90-91", kind="vehicle_cluster", members=[], track_ids=[90, 91], bbox=[0, 0, 9, 9], interest=0.4
+    )
+    state = None
+    made = 0
+    for seq in range(10):  # a new vehicle cluster every frame: it may only use what is above the reserve
+        d = detection("c", seq + 1)
+        cluster = cluster.__class__(**{**cluster.asdict(), "group_id": f"g{seq}", "track_ids": [1000 + seq]})
+        d = d.__class__(**{**d.asdict(), "groups": [cluster], "objects": []})
+        state, decisions, _ = plan_tasks(state, d, 100.0, budget)
+        made += len(decisions)
+    assert made == 2  # 10 tokens, 8 kept back for pedestrians near vehicles
+    _, decisions, _ = plan_tasks(state, detection("c", 20, track_base=500), 100.0, budget)
+    assert [d.reason for d in decisions] == ["new"]
+
+
+def test_a_car_driving_up_to_an_assessed_pair_is_new_but_the_same_pair_regrouped_is_not():
+    state, _, _ = plan_tasks(None, detection("c", 1, track_base=10), 100.0, BUDGET)
+
+    def with_vehicle(seq: int, track: int, x1: float):
+        det = detection("c", seq, track_base=10)
+        vehicle = det.objects[1].__class__(track_id=track, cls="bus", conf=0.9, bbox=[x1, 100.0, x1 + 120, 140.0])
+        group = det.groups[0].__class__(
+            **{
+                **det.groups[0].asdict(),
+                "group_id": f"g11-12-{track}",
+                "members": [0, 1, 2],
+                "track_ids": [11, 12, track],
+            }
+        )
+        return det.__class__(**{**det.asdict(), "objects": [*det.objects, vehicle], "groups": [group]})
+
+    # a bus beside the car, far from the pedestrian: clustered with them, but no new pair at risk
+    state, decisions, skipped = plan_tasks(state, with_vehicle(2, 77, 220.0), 101.0, BUDGET)
+    assert decisions == [] and skipped == {"unchanged": 1}
+    # a bus right behind the pedestrian: a new pedestrian-vehicle pair, so a new task
+    _, decisions, _ = plan_tasks(state, with_vehicle(3, 78, 60.0), 101.5, BUDGET)
+    assert [d.reason for d in decisions] == ["new"]
+
+
+def test_the_global_cap_splits_the_rate_among_workers():
+    cap = GlobalCap(per_min=120.0)
+    cap.share = 0.5  # this worker owns half the partitions: 60 a minute, burst 10 s of it
+    assert cap.available(1000.0) == 10
+    cap.spend(10)
+    assert cap.available(1001.0) == 1  # one second at 1/s
+    _, decisions, skipped = plan_tasks(None, detection("c", 1), 1001.0, BUDGET, cap=0)
+    assert decisions == [] and skipped == {"global_cap": 1}
+    assert GlobalCap(0).available(0.0) == float("inf")

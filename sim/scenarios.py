@@ -1,0 +1,34 @@
+"""Named sets of simulated cameras, as ``sim://`` URLs (see :mod:`models.sources`).
+
+* ``demo``: the four cameras of ``deploy/cameras.sim.yaml``, a crowded crossing (20 pedestrians
+  a minute through four lanes of traffic) that keeps the dashboard busy: about 60 labelled risk
+  events per camera-minute, more than a 30-calls-a-minute budget can look at.
+* ``labelled``: the scenario the VLM economy is judged on: four busy streets (18-30 vehicles a
+  minute) with pedestrians crossing at a city-centre rate (3-5 a minute), some pausing on the
+  kerb, some stepping out in front of traffic; every risk event is labelled by
+  :meth:`sim.scene.Scene.risk_events`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.cameras import load_cameras
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LABELLED: dict[str, str] = {
+    "lab-1": "sim://scene?seed=101&vehicles=0.4&pedestrians=0.06",
+    "lab-2": "sim://scene?seed=202&vehicles=0.5&pedestrians=0.08",
+    "lab-3": "sim://scene?seed=303&vehicles=0.3&pedestrians=0.07",
+    "lab-4": "sim://scene?seed=404&vehicles=0.45&pedestrians=0.05",
+}
+
+
+def scenario(name: str) -> dict[str, str]:
+    """Camera id -> sim URL for a named scenario."""
+    if name == "labelled":
+        return dict(LABELLED)
+    if name == "demo":
+        return {c.id: c.url for c in load_cameras(ROOT / "deploy" / "cameras.sim.yaml")}
+    raise ValueError(f"unknown scenario {name!r}: demo or labelled")
