@@ -28,6 +28,7 @@ from faust.types import EventT
 from mode import BaseSignalT, Service
 
 from agents.key_pool import KeyPool, KeySlot
+from agents.task_generator import GLOBAL_CAP
 from agents.vlm_client import KEY_FAULTS, RETRYABLE, VlmClient
 from streams import metrics
 from streams.app import app, settings
@@ -226,6 +227,7 @@ def sync_key_pool() -> None:
     owned = sum(1 for tp in assigned if tp.topic == assessment_tasks_topic.get_topic_name())
     if assigned:
         pool.set_share(owned / settings.topic_partitions)
+        GLOBAL_CAP.share = owned / settings.topic_partitions  # detections and tasks share camera keys
     pool.snapshot()  # refreshes the key-state gauges
 
 

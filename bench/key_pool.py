@@ -30,6 +30,7 @@ import base64
 import itertools
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -47,6 +48,9 @@ from ops.verify import read_all
 from sim.records import assessment_task, crop_b64, detection
 from streams.errors import VlmError
 from streams.records import to_bytes
+
+# the workers this benchmark starts require a web token (as in production); ops.http sends it
+os.environ.setdefault("ROADWATCH_WEB_TOKEN", secrets.token_urlsafe(16))
 
 KEYS = 10
 RPM = 60

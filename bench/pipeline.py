@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ops.http import get_json
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.verify import end_offsets, read_all
+
+# the workers this benchmark starts require a web token (as in production); ops.http sends it
+os.environ.setdefault("ROADWATCH_WEB_TOKEN", secrets.token_urlsafe(16))
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -55,6 +55,8 @@ def stack_env(ports: Ports, extra: dict[str, str] | None = None) -> dict[str, st
         }
     )
     env.setdefault("ROADWATCH_VLM_KEYS", ",".join(SIM_KEYS))
+    # the local stack binds to loopback only: no token, so the printed dashboard URL just works
+    env.setdefault("ROADWATCH_WEB_AUTH", "false")
     env.update(extra or {})
     return env
 

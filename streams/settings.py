@@ -89,8 +89,14 @@ class Settings(BaseSettings):
     web_host: str = Field(default="127.0.0.1", description="Worker web server bind address.")
     web_port: int = Field(default=6066, ge=1, le=65535, description="Worker web server port.")
     web_token: SecretStr | None = Field(
-        default=None, description="If set, POSTs and /ws need this token (Bearer or ?token=)."
+        default=None,
+        description="Token every web view and /ws require (Bearer or ?token=); unset: one is made at start "
+        "and written to DATA_DIR/web-token.",
     )
+    web_auth: bool = Field(
+        default=True, description="Require the token on every view but /health. `make run` turns it off on loopback."
+    )
+    web_max_body: int = Field(default=16_384, ge=1024, description="Largest HTTP request body accepted, in bytes.")
 
     # --- Redis ---------------------------------------------------------------------------
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for the result cache.")
@@ -105,7 +111,12 @@ class Settings(BaseSettings):
     # --- task generation -----------------------------------------------------------------
     refresh_s: float = Field(default=20.0, gt=0, description="Re-assess an unchanged group after this.")
     camera_budget_per_min: float = Field(default=30.0, gt=0, description="Per-camera VLM token bucket rate.")
-    camera_budget_burst: float = Field(default=6.0, ge=1, description="Per-camera token bucket size.")
+    camera_budget_burst: float = Field(
+        default=20.0, ge=1, description="Per-camera token bucket size (bursts of risk; bench/economy.py)."
+    )
+    global_budget_per_min: float = Field(
+        default=0.0, ge=0, description="Cap on tasks per minute over all cameras (0: none); split among workers."
+    )
     task_deadline_s: float = Field(default=30.0, gt=0, description="A task not assessed by then expires.")
     min_group_score: float = Field(default=0.3, ge=0, le=1, description="Groups below this interest get no task.")
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -27,17 +30,52 @@ from streams.errors import ImageMissing
 from streams.live import hub
 from streams.tables import alerts, camera_key, camera_state, camera_view, results
 
+logger = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 STARTED = time.time()
 
 
+#: Paths open without a token: liveness probes must not need a secret.
+OPEN_PATHS = frozenset({"/health", "/health/"})
+
+
+def _load_token() -> str | None:
+    """The web token: configured, or made once per data dir (so restarts keep it) and kept in a 0600 file."""
+    if not settings.web_auth:
+        return None
+    if settings.web_token is not None:
+        return settings.web_token.get_secret_value()
+    path = Path(settings.data_dir) / "web-token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+    logger.warning("web token required; it is in %s (set ROADWATCH_WEB_TOKEN to choose one)", path)
+    return path.read_text().strip()
+
+
+TOKEN = _load_token()
+
+
 def authorized(request: Any) -> bool:
-    """True when no token is configured or the request carries it (Bearer or ?token=)."""
-    if settings.web_token is None:
+    """True when auth is off or the request carries the token (Bearer or ?token=)."""
+    if TOKEN is None:
         return True
-    expected = settings.web_token.get_secret_value()
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get("token", "")
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return hmac.compare_digest(given.encode(), TOKEN.encode())
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every view but the open ones needs the token (401), and no body may exceed the limit (413),
+    both answered before any handler runs."""
+    if request.path not in OPEN_PATHS and not authorized(request):
+        return web.json_response({"error": "unauthorized: pass the web token as Bearer or ?token="}, status=401)
+    if (request.content_length or 0) > settings.web_max_body:
+        return web.json_response({"error": f"request body over {settings.web_max_body} bytes"}, status=413)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 def _camera_id(key: bytes | str) -> str:
@@ -216,4 +254,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-cast(AiohttpWeb, app.web).web_app.router.add_get("/ws", websocket)
+web_app = cast(AiohttpWeb, app.web).web_app
+web_app.router.add_get("/ws", websocket)
+web_app.middlewares.append(require_token)
+# aiohttp's default is 1 MiB; nothing roadwatch accepts is larger than a small JSON body
+web_app._client_max_size = settings.web_max_body

@@ -13,6 +13,8 @@ os.environ.setdefault("ROADWATCH_STORE", "memory://")
 os.environ.setdefault("ROADWATCH_VLM_KEYS", "unit-test-key-aaaa,unit-test-key-bbbb")
 os.environ.setdefault("ROADWATCH_IMAGE_STORE", "file:///tmp/roadwatch-test-images")
 os.environ.setdefault("ROADWATCH_WEB_PORT", "6199")
+# every worker the tests start requires this token (as in production); ops.http sends it
+os.environ.setdefault("ROADWATCH_WEB_TOKEN", "test-web-token-" + os.urandom(6).hex())
 
 import shutil
 import signal
@@ -184,15 +186,20 @@ def deployment(kafka: KafkaCluster, sim_vlm: Proc, redis_url: str, tmp_path: Pat
 def start_worker(deployment: Deployment, tmp_path: Path) -> Callable[..., Proc]:
     """Start a Faust worker of the test's deployment; waits until its web port answers."""
 
-    def start(extra_env: dict[str, str] | None = None, ready_timeout_s: float = 60.0) -> Proc:
+    def start(extra_env: dict[str, str | None] | None = None, ready_timeout_s: float = 60.0) -> Proc:
+        """``extra_env`` overrides the deployment's environment; a None value removes the variable."""
         port = free_port()
         index = len(deployment.workers) + 1
         env = {
             **deployment.env,
             "ROADWATCH_WEB_PORT": str(port),
             "ROADWATCH_DATA_DIR": str(tmp_path / f"faust-{index}"),
-            **(extra_env or {}),
         }
+        for name, value in (extra_env or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         proc = spawn(
             f"worker-{index}", [sys.executable, "-m", "streams", "worker", "-l", "info"], env, tmp_path / "logs", port
         )

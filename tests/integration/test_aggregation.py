@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import threading
 import time
@@ -23,12 +24,11 @@ pytestmark = pytest.mark.integration
 
 
 def metric(port: int, name: str) -> float:
-    import urllib.request
+    from ops.http import get_text
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
+    for line in get_text(f"http://127.0.0.1:{port}/metrics").splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
@@ -202,7 +202,8 @@ def test_a_websocket_client_of_one_worker_sees_the_cameras_of_another(kafka, dep
     async def listen() -> set[str]:
         seen: set[str] = set()
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"http://127.0.0.1:{first.port}/ws") as ws:
+            url = f"http://127.0.0.1:{first.port}/ws?token={os.environ['ROADWATCH_WEB_TOKEN']}"
+            async with session.ws_connect(url) as ws:
                 await asyncio.sleep(1.0)  # subscribed on both sides
                 await asyncio.to_thread(
                     produce_detections,

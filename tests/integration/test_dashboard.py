@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 import uuid
@@ -46,7 +47,7 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
                 ],
             )
             page = await browser.new_page(viewport={"width": 1366, "height": 820})
-            await page.goto(f"http://127.0.0.1:{worker.port}/")
+            await page.goto(f"http://127.0.0.1:{worker.port}/?token={os.environ['ROADWATCH_WEB_TOKEN']}")
             await page.wait_for_selector(".tile[data-camera='cam-c'] img", timeout=15_000)
             await page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=15_000)
             await page.wait_for_timeout(1500)  # the WebSocket is connected and the alert list loaded

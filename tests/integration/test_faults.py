@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 
-from ops.http import get_json, post_json
+from ops.http import get_json, get_text, post_json
 from ops.verify import verify_exactly_once
 from sim.records import detection, produce_detections
 from tests.conftest import SIM_KEYS, wait_until
@@ -145,8 +144,7 @@ def test_no_key_appears_in_logs_topics_metrics_or_web_views(kafka, deployment, s
     wait_until(lambda: len(results(worker.port)) == 4, 60, "4 results")
     seen = [worker.log.read_text(errors="replace")]
     for path in ("/", "/cameras/", "/cameras/cam-s/", "/keys/", "/alerts/", "/results/", "/health", "/metrics"):
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}{path}", timeout=5) as resp:
-            seen.append(resp.read().decode(errors="replace"))
+        seen.append(get_text(f"http://127.0.0.1:{worker.port}{path}"))
     import asyncio
 
     from ops.verify import read_all

@@ -92,7 +92,6 @@ def test_bad_input_goes_to_the_dlq_and_the_worker_keeps_going(kafka, deployment,
 
 
 def urllib_text(url: str) -> str:
-    import urllib.request
+    from ops.http import get_text
 
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
+    return get_text(url)
