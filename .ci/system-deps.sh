@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # System packages roadwatch needs: Java (Kafka broker), Maven (fetches the broker jars),
-# redis-server (result cache), and with --with-browser Debian's chromium (dashboard browser tests).
+# redis-server (result cache), with --with-browser Debian's chromium (dashboard browser tests), and
+# with --with-ops-tools prometheus (promtool and a real Prometheus for the alert test) and
+# docker-compose (validates deploy/compose.yaml offline; no engine needed).
 # Installs what is missing when run as root. --check only reports; --quiet says less.
 set -euo pipefail
-check=0; quiet=0; browser=0
+check=0; quiet=0; browser=0; ops=0
 for arg in "$@"; do
   case "$arg" in
     --check) check=1 ;;
     --quiet) quiet=1 ;;
     --with-browser) browser=1 ;;
+    --with-ops-tools) ops=1 ;;
   esac
 done
 missing=()
@@ -16,12 +19,18 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "$browser" = 1 ]; then command -v chromium >/dev/null || missing+=(chromium); fi
+if [ "$ops" = 1 ]; then
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$check" = 1 ]; then echo "missing: ${missing[*]}"; exit 1; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${missing[*]} (install them, or run this script as root)"
   # without redis-server roadwatch runs degraded (no cache); Java and Maven are required
-  for m in "${missing[@]}"; do [ "$m" = redis-server ] || [ "$m" = chromium ] || exit 1; done
+  for m in "${missing[@]}"; do
+    case "$m" in redis-server|chromium|prometheus|docker-compose) ;; *) exit 1 ;; esac
+  done
   exit 0
 fi
 [ "$quiet" = 1 ] || echo "installing: ${missing[*]}"

@@ -164,6 +164,7 @@ class Grabber(threading.Thread):
                 self.up = False
                 metrics.camera_up.labels(camera_id=self.camera_id).set(0)
                 self.reconnects += 1
+                metrics.camera_reconnects_total.labels(camera_id=self.camera_id).inc()
                 self._stop.wait(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
@@ -171,6 +172,7 @@ class Grabber(threading.Thread):
                 logger.info("camera %s: receiving frames", self.camera_id)
             self.up, backoff = True, 0.5
             metrics.camera_up.labels(camera_id=self.camera_id).set(1)
+            metrics.frames_grabbed_total.labels(camera_id=self.camera_id).inc()
             with self._lock:
                 if self._latest is not None:
                     metrics.frames_dropped_total.labels(camera_id=self.camera_id, reason="superseded").inc()
@@ -194,6 +196,7 @@ class OnDemandGrabber:
         image = self.source.read()
         if image is None:
             return None
+        metrics.frames_grabbed_total.labels(camera_id=self.camera_id).inc()
         self.seq += 1
         return Frame(image, time.time(), self.seq - 1)
 

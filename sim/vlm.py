@@ -30,9 +30,12 @@ import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from streams.settings import parse_keys
 
 logger = logging.getLogger("roadwatch.sim.vlm")
 
@@ -290,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--keys", default="", help="valid keys, comma-separated (empty: any)")
+    parser.add_argument("--keys-file", type=Path, default=None, help="valid keys from a file (as ROADWATCH_VLM_KEYS)")
     parser.add_argument("--rpm", type=int, default=0)
     parser.add_argument("--quota", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=300.0)
@@ -300,8 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    keys = {k for k in args.keys.split(",") if k}
+    if args.keys_file is not None:
+        keys |= {k.key.get_secret_value() for k in parse_keys(args.keys_file.read_text())}
     cfg = SimConfig(
-        keys={k for k in args.keys.split(",") if k},
+        keys=keys,
         rpm=args.rpm,
         quota=args.quota,
         latency_ms=args.latency_ms,

@@ -71,3 +71,15 @@ ws_clients = Gauge("roadwatch_ws_clients", "Connected WebSocket clients.", regis
 ws_dropped_total = Counter(
     "roadwatch_ws_dropped_messages_total", "Messages not sent to slow WebSocket clients.", registry=REGISTRY
 )
+consumer_lag = Gauge(
+    "roadwatch_consumer_lag_messages",
+    "Messages not yet consumed by this worker, per topic partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+frames_grabbed_total = Counter(
+    "roadwatch_frames_grabbed_total", "Frames read from the camera by its grabber.", ["camera_id"], registry=REGISTRY
+)
+camera_reconnects_total = Counter(
+    "roadwatch_camera_reconnects_total", "Times a camera's source was reopened.", ["camera_id"], registry=REGISTRY
+)
