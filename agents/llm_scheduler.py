@@ -33,7 +33,7 @@ from agents.vlm_client import KEY_FAULTS, RETRYABLE, VlmClient
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
-from streams.errors import ImageMissing, NoKeyAvailable, VlmError
+from streams.errors import BadImage, ImageMissing, NoKeyAvailable, VlmError
 from streams.images import open_store, resolve
 from streams.records import AssessmentTask, RiskAssessment, decode, to_bytes
 from streams.tables import key_pool
@@ -122,7 +122,9 @@ async def assess(
     try:
         jpeg = resolve(task.image, image_store)
     except ImageMissing as exc:
-        return _result(task, "failed", error=f"image missing: {exc}")
+        reason = "bad" if isinstance(exc, BadImage) else "missing"
+        metrics.bad_images_total.labels(reason=reason).inc()
+        return _result(task, "failed", error=f"image {reason}: {exc}")
     context = describe(task)
     queue_s, last_error, attempt, server_failures = 0.0, "", 0, 0
     tried: set[str] = set()

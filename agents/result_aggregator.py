@@ -19,6 +19,7 @@ from mode import BaseSignalT
 
 from agents.alerting import WebhookSink, merge_alert
 from agents.expiry import ExpiringIndex
+from agents.task_generator import check_camera
 from streams import metrics
 from streams.app import app, settings
 from streams.cache import ResultCache
@@ -86,6 +87,7 @@ async def record_detections(stream):  # type: ignore[no-untyped-def]
     async for event in stream.events():
         try:
             det = decode(DetectionResult, event.value)
+            check_camera(det, count=False)  # generate_tasks counts it and sends it to the DLQ
         except InvalidRecord:
             continue  # generate_tasks, reading the same topic, sends it to the DLQ once
         try:

@@ -14,9 +14,11 @@ import time
 from faust.types import EventT
 
 from agents.task_policy import Budget, GlobalCap, plan_tasks
+from models.cameras import load_cameras
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
+from streams.errors import InvalidRecord
 from streams.records import AssessmentTask, DetectionResult, decode, make_task_id, to_bytes
 from streams.tables import camera_key, camera_state
 from streams.topics import assessment_tasks_topic, detection_results_topic
@@ -30,6 +32,18 @@ BUDGET = Budget(
     min_interest=settings.min_group_score,
 )
 GLOBAL_CAP = GlobalCap(settings.global_budget_per_min)
+#: The cameras this deployment knows (ROADWATCH_CAMERAS_FILE), or None to accept any valid id.
+KNOWN_CAMERAS: frozenset[str] | None = (
+    frozenset(c.id for c in load_cameras(settings.cameras_file)) if settings.cameras_file else None
+)
+
+
+def check_camera(det: DetectionResult, *, count: bool = True) -> None:
+    """An unknown camera's records go to the DLQ: they would grow tables and metric labels unbounded."""
+    if KNOWN_CAMERAS is not None and det.camera_id not in KNOWN_CAMERAS:
+        if count:
+            metrics.unknown_cameras_total.inc()
+        raise InvalidRecord(f"unknown camera {det.camera_id!r} (not in {settings.cameras_file})")
 
 
 def tasks_for(det: DetectionResult, now_s: float) -> list[AssessmentTask]:
@@ -70,6 +84,7 @@ def tasks_for(det: DetectionResult, now_s: float) -> list[AssessmentTask]:
 
 async def handle_detection(event: EventT[bytes]) -> None:
     det = decode(DetectionResult, event.value)
+    check_camera(det)
     metrics.detections_total.labels(camera_id=det.camera_id).inc()
     for task in tasks_for(det, time.time()):
         await assessment_tasks_topic.send(key=det.camera_id.encode(), value=to_bytes(task))

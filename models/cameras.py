@@ -12,15 +12,13 @@ cameras:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from streams.errors import ConfigError
-
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from streams.records import CAMERA_ID as ID
 
 
 class CameraConfig(BaseModel):

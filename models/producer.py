@@ -58,6 +58,7 @@ def analyse(
     started = time.perf_counter()
     found = detector.detect(cam.cfg.id, frame.image, frame.seq)
     metrics.detector_seconds.labels(backend=detector.name).observe(time.perf_counter() - started)
+    found = cam.tracker.split_merged(found, frame.captured_at)
     tracks = cam.tracker.update(found, frame.captured_at)
     objects = [
         DetectedObject(

@@ -4,6 +4,12 @@ At an analysis rate of a few frames per second a car moves more than its own wid
 frames, so plain IoU loses it: each track predicts its box from its velocity, and a detection
 matches the track whose predicted box overlaps it most, or failing that whose centre is
 nearest relative to the object's size. Unmatched tracks survive ``max_missed`` frames.
+
+A pixel-based detector sees a pedestrian crossing in front of a car as one blob: exactly the
+moment that matters. :meth:`Tracker.split_merged` undoes that: a detection that holds the
+predicted boxes of two or more established tracks is replaced by those boxes (clipped to it),
+so each road user keeps its box and id through the overlap (the classic blob-tracker merge
+handling). Objects that were never seen apart stay merged.
 """
 
 from __future__ import annotations
@@ -13,6 +19,11 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from models.detectors import Detection
+
+#: A track's predicted box must lie this much inside a blob to count as part of it.
+SPLIT_INSIDE = 0.6
+#: ... and the blob must be this much bigger than the largest such track (else it is just that one).
+SPLIT_BLOB = 1.25
 
 
 @dataclass
@@ -54,9 +65,38 @@ class Tracker:
     max_center_dist: float = 1.5
     tracks: list[Track] = field(default_factory=list)
     _ids: count[int] = field(default_factory=lambda: count(1))
+    #: detections made by split_merged (by id) -> the track they continue
+    _coasting: dict[int, int] = field(default_factory=dict)
+
+    def split_merged(self, detections: list[Detection], t: float) -> list[Detection]:
+        """Detections with merged blobs split into the established tracks they contain."""
+        established = [tr for tr in self.tracks if tr.hits >= 2 and tr.missed <= 1]
+        if len(established) < 2:
+            return detections
+        out: list[Detection] = []
+        for det in detections:
+            inside = []
+            for track in established:
+                pred = _clip(track.predict(t), det.bbox)
+                if pred is not None and _area(pred) >= SPLIT_INSIDE * _area(track.predict(t)):
+                    inside.append((track, pred))
+            biggest = max((_area(track.bbox) for track, _ in inside), default=0.0)
+            if len(inside) >= 2 and _area(det.bbox) >= SPLIT_BLOB * biggest:
+                for track, pred in inside:
+                    # the part of the blob where the track is predicted to be
+                    part = Detection(track.cls, round(det.conf * 0.9, 3), pred)
+                    self._coasting[id(part)] = track.track_id
+                    out.append(part)
+            else:
+                out.append(det)
+        return out
 
     def update(self, detections: list[Detection], t: float) -> list[Track]:
-        """Assign each detection a track; returns the tracks matched in this frame, in order."""
+        """Assign each detection a track; returns the tracks matched in this frame, in order.
+
+        Call :meth:`split_merged` first to track road users through a merge.
+        """
+        coasting, self._coasting = self._coasting, {}
         pairs: list[tuple[float, int, int]] = []
         for ti, track in enumerate(self.tracks):
             pred = track.predict(t)
@@ -64,7 +104,9 @@ class Tracker:
             for di, det in enumerate(detections):
                 overlap = iou(pred, det.bbox)
                 dist = math.dist(_center(pred), _center(det.bbox)) / size
-                if overlap > 0.05 or dist < self.max_center_dist:
+                if coasting.get(id(det)) == track.track_id:
+                    pairs.append((10.0, ti, di))  # a split part goes back to its own track
+                elif overlap > 0.05 or dist < self.max_center_dist:
                     same_kind = (track.cls == "person") == (det.cls == "person")
                     pairs.append((overlap - 0.2 * dist + (0.2 if same_kind else -0.5), ti, di))
         pairs.sort(reverse=True)
@@ -78,9 +120,10 @@ class Tracker:
             dt = max(1e-3, t - track.at)
             cx0, cy0 = _center(track.bbox)
             cx1, cy1 = _center(det.bbox)
-            a = 0.6 if track.hits > 1 else 1.0
-            track.vx = a * (cx1 - cx0) / dt + (1 - a) * track.vx
-            track.vy = a * (cy1 - cy0) / dt + (1 - a) * track.vy
+            if id(det) not in coasting:  # a coasting track keeps its velocity: its box was predicted
+                a = 0.6 if track.hits > 1 else 1.0
+                track.vx = a * (cx1 - cx0) / dt + (1 - a) * track.vx
+                track.vy = a * (cy1 - cy0) / dt + (1 - a) * track.vy
             track.bbox, track.at, track.missed, track.cls = det.bbox, t, 0, det.cls
             track.hits += 1
             matched[di] = track
@@ -98,3 +141,14 @@ class Tracker:
 
 def _center(b: tuple[float, float, float, float]) -> tuple[float, float]:
     return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+
+
+def _area(b: tuple[float, float, float, float]) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def _clip(
+    b: tuple[float, float, float, float], to: tuple[float, float, float, float]
+) -> tuple[float, float, float, float] | None:
+    x1, y1, x2, y2 = max(b[0], to[0]), max(b[1], to[1]), min(b[2], to[2]), min(b[3], to[3])
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None

@@ -17,6 +17,10 @@ class ImageMissing(RoadwatchError):
     """A claim-check image reference no longer resolves (expired or never stored)."""
 
 
+class BadImage(ImageMissing):
+    """A crop that resolves but is no usable image: corrupt, not JPEG/PNG, or too large."""
+
+
 class NoKeyAvailable(RoadwatchError):
     """Every API key is cooling or disabled and the task's deadline passed while waiting."""
 

@@ -16,12 +16,17 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import cv2
+import numpy as np
 import redis
 
-from streams.errors import ConfigError, ImageMissing
+from streams.errors import BadImage, ConfigError, ImageMissing
 from streams.records import ImageRef
 
 NAME_CHARS = set("0123456789abcdef")
+#: A crop is a part of one frame: a few hundred KB at most even from a 4K camera.
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+MAX_IMAGE_SIDE = 4096
 
 
 class ImageStore(ABC):
@@ -128,12 +133,32 @@ def image_url(ref: ImageRef) -> str:
 
 
 def resolve(ref: ImageRef, store: ImageStore) -> bytes:
-    """The JPEG bytes of a reference, inline or stored."""
+    """The JPEG bytes of a reference, inline or stored, checked to be a usable image."""
     if ref.data_b64:
         try:
-            return base64.b64decode(ref.data_b64, validate=True)
+            data = base64.b64decode(ref.data_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ImageMissing(f"inline image is not valid base64: {exc}") from exc
-    if ref.uri:
-        return store.get(ref.uri)
-    raise ImageMissing("image reference has neither inline data nor a URI")
+            raise BadImage(f"inline image is not valid base64: {exc}") from exc
+    elif ref.uri:
+        data = store.get(ref.uri)
+    else:
+        raise ImageMissing("image reference has neither inline data nor a URI")
+    check_image(data)
+    return data
+
+
+def check_image(data: bytes) -> None:
+    """Refuse what would waste a VLM call or a decoder: huge, not an image, corrupt.
+
+    The header is checked first (cheap), then the image is decoded: crops are small, and a
+    truncated or garbled JPEG is only found by decoding it.
+    """
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImage(f"image of {len(data)} bytes exceeds {MAX_IMAGE_BYTES}")
+    if not data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")):
+        raise BadImage(f"not a JPEG or PNG (starts with {data[:8]!r})")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise BadImage(f"corrupt image ({len(data)} bytes do not decode)")
+    if max(image.shape[:2]) > MAX_IMAGE_SIDE:
+        raise BadImage(f"image of {image.shape[1]}x{image.shape[0]} exceeds {MAX_IMAGE_SIDE} px a side")

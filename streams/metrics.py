@@ -83,3 +83,14 @@ frames_grabbed_total = Counter(
 camera_reconnects_total = Counter(
     "roadwatch_camera_reconnects_total", "Times a camera's source was reopened.", ["camera_id"], registry=REGISTRY
 )
+bad_images_total = Counter(
+    "roadwatch_bad_images_total",
+    "Tasks failed because their crop was missing or unusable.",
+    ["reason"],
+    registry=REGISTRY,
+)
+unknown_cameras_total = Counter(
+    "roadwatch_unknown_camera_records_total",
+    "Detections of cameras not in ROADWATCH_CAMERAS_FILE.",
+    registry=REGISTRY,
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any, TypeVar
 
 import faust
@@ -21,7 +22,11 @@ from streams.errors import InvalidRecord
 
 SCHEMA_VERSION = 1
 RISK_LEVELS = ("none", "low", "medium", "high", "critical")
-MAX_MESSAGE_BYTES = 2_000_000
+#: Detection records are a few KB (crops above 4 KB travel by reference); anything near the
+#: broker's 1 MiB message limit is not ours.
+MAX_MESSAGE_BYTES = 512 * 1024
+#: Camera ids become Kafka keys, Redis keys, URL paths and metric labels: a strict alphabet.
+CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 #: Faust rejects empty strings unless told otherwise; these fields may be empty but must be present.
 BLANK_OK: str = StringField(allow_blank=True, required=True)
@@ -197,6 +202,9 @@ def _check_box(box: list[float], where: str) -> None:
 
 def validate(record: faust.Record) -> None:
     """Semantic checks Faust's type coercion does not make."""
+    camera_id = getattr(record, "camera_id", None)
+    if isinstance(camera_id, str) and not CAMERA_ID.match(camera_id):
+        raise InvalidRecord(f"camera id {camera_id[:80]!r} is not 1-64 of letters, digits, '_', '.', '-'")
     if isinstance(record, DetectionResult):
         if record.frame_w <= 0 or record.frame_h <= 0 or record.frame_seq < 0:
             raise InvalidRecord(f"frame size/seq must be positive: {record.frame_w}x{record.frame_h}")

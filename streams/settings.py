@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     camera_budget_burst: float = Field(
         default=20.0, ge=1, description="Per-camera token bucket size (bursts of risk; bench/economy.py)."
     )
+    cameras_file: Path | None = Field(
+        default=None, description="If set, detections of cameras not listed here go to the DLQ (unknown camera)."
+    )
     global_budget_per_min: float = Field(
         default=0.0, ge=0, description="Cap on tasks per minute over all cameras (0: none); split among workers."
     )

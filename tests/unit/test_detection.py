@@ -16,22 +16,41 @@ from streams.errors import ConfigError
 from streams.records import DetectedObject
 
 
-def test_motion_detector_finds_moving_objects_in_synthetic_video():
-    scene = Scene(seed=5, vehicle_rate=0.5, pedestrian_rate=0.25)
-    detector = MotionDetector()
+def motion_recall(scene: Scene, frames: int, start_s: float) -> tuple[float, int]:
+    """Share of moving objects the motion path of the producer (detector, then the tracker's
+    merge splitting) finds at IoU >= 0.5, over ``frames`` frames at 2 fps."""
+    detector, tracker = MotionDetector(), Tracker()
     detector.warm_up("c", [scene.render(t * 0.5)[0] for t in range(10)])
     hits = total = 0
-    for i in range(120):
-        frame, truth = scene.render(10 + i * 0.5)
-        found = detector.detect("c", frame, i)
+    for i in range(frames):
+        t = start_s + i * 0.5
+        frame, truth = scene.render(t)
+        found = tracker.split_merged(detector.detect("c", frame, i), t)
+        tracker.update(found, t)
         for box in truth:
             if box.moving:
                 total += 1
                 hits += any(iou(box.bbox, d.bbox) >= 0.5 for d in found)
-    # measured 0.79 here (0.68-0.84 across seeds): misses are pedestrians whose clothes match the asphalt
-    # (split into head and legs) or who cross in front of a passing vehicle (merged). A regression guard,
-    # not the target: issue 3 asks for >= 0.90.
-    assert total > 300 and hits / total >= 0.75
+    return hits / total, total
+
+
+def test_motion_detection_finds_90_percent_of_moving_objects_in_the_labelled_scenario():
+    from bench.economy import _scene
+    from sim.scenarios import LABELLED
+
+    hits = total = 0.0
+    for url in LABELLED.values():
+        recall, n = motion_recall(_scene(url), 240, 30.0)
+        hits, total = hits + recall * n, total + n
+    # measured 0.910 (0.84-0.96 per camera; 0.885 without the tracker's merge splitting)
+    assert total > 3000 and hits / total >= 0.90
+
+
+def test_motion_detection_in_a_crowded_scene_is_bounded_by_overlaps():
+    # 4 lanes at 0.5 vehicles/s and a pedestrian every 4 s: a third of the moving objects overlap
+    # another one. Measured 0.818 (0.79 without merge splitting); objects in the clear: 0.99.
+    recall, total = motion_recall(Scene(seed=5, vehicle_rate=0.5, pedestrian_rate=0.25), 120, 10.0)
+    assert total > 300 and recall >= 0.80
 
 
 def test_tracker_keeps_ids_of_objects_moving_fast_between_frames():
