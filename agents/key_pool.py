@@ -249,11 +249,14 @@ class KeyPool:
         """A key whose server errors are its own, not the background rate every key sees.
 
         At a 10% transient error rate two failures in a row happen to ~45% of keys within a
-        minute (measured in bench/key_pool.py), so they alone must not cool a key.
+        minute (measured in bench/key_pool.py), so they alone must not cool a key. Nor may a
+        failure rate over a few samples: 2 of a key's first 4 calls fail for 1 key in 20 at that
+        rate, and cooled one of ten keys for 92 s in a benchmark run. A rate counts from 10
+        samples (5 of 10 at 10%: 1 key in 600); a dead key still cools after 3 failures in a row.
         """
         samples = len(slot.recent)
         rate = slot.failure_rate()
-        return (samples >= 4 and rate >= 0.5) or (slot.consecutive_failures >= 3 and rate >= 0.3)
+        return (samples >= 10 and rate >= 0.5) or (slot.consecutive_failures >= 3 and rate >= 0.3)
 
     def adaptive_cooldown(self, slot: KeySlot) -> float:
         span = self.cooldown_max_s - self.cooldown_min_s

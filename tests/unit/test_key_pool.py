@@ -118,6 +118,22 @@ def test_transient_server_errors_do_not_cool_a_healthy_key_but_a_failing_key_coo
     assert 10 <= slot.cooldown_until - clock.now <= 120
 
 
+def test_a_few_early_failures_do_not_cool_a_key_but_a_dead_key_cools_fast():
+    p, clock = pool(1)
+    slot = p.by_alias["key-1"]
+    for outcome in (False, True, False, True):  # 2 of 4: bad luck at a 10% error rate, not a bad key
+        lease = p.try_acquire()
+        assert lease is not None
+        p.release(lease, ok=outcome, kind="" if outcome else "server")
+    assert slot.state(clock.now) == AVAILABLE
+    dead, _ = pool(1)
+    for _ in range(3):  # a key whose every call fails cools after three
+        lease = dead.try_acquire()
+        assert lease is not None
+        dead.release(lease, ok=False, kind="server")
+    assert dead.by_alias["key-1"].state(clock.now) == COOLING
+
+
 def test_cooldown_grows_with_the_failure_rate():
     p, _ = pool(
         1,
