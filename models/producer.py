@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import logging
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -187,12 +189,56 @@ class Producer:
             logger.info("producer stopped after %d records", self.sent)
 
 
+def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], metrics_port: int) -> None:
+    """One producer process per device, each with every n-th camera: inference on several GPUs
+    never shares a GIL or a CUDA context, and a crashed device takes only its own cameras down."""
+    # the children get the same arguments but their own device, metrics port and cameras
+    cleaned: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--device", "--metrics-port", "--camera-ids"):
+            skip = True
+            continue
+        if arg.startswith(("--device=", "--metrics-port=", "--camera-ids=")):
+            continue
+        cleaned.append(arg)
+    children: list[subprocess.Popen[bytes]] = []
+    for i, device in enumerate(devices):
+        share = [c.id for c in cameras[i :: len(devices)]]
+        if not share:
+            continue
+        cmd = [sys.executable, "-m", "models.producer", *cleaned, "--device", device, "--camera-ids", ",".join(share)]
+        if metrics_port:
+            cmd += ["--metrics-port", str(metrics_port + i)]
+        logger.info("device %s: %d cameras (%s)", device, len(share), ", ".join(share))
+        children.append(subprocess.Popen(cmd))  # noqa: S603 - our own module, our own arguments
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [child.wait() for child in children]
+    if any(codes):
+        raise SystemExit(f"producer processes exited with {codes}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.producer", description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=Path, default=Path("deploy/cameras.sim.yaml"))
     parser.add_argument("--detector", choices=["motion", "yolo", "replay"], default="motion")
     parser.add_argument("--model", default="", help="yolo: weights file (.pt/.onnx) or model yaml")
-    parser.add_argument("--device", default="cpu", help="yolo: cpu or cuda:N")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="yolo: cpu, cuda:N, or several (cuda:0,cuda:1): one producer process per device, cameras split among them",
+    )
+    parser.add_argument("--camera-ids", default="", help=argparse.SUPPRESS)  # a supervised child's share
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--replay", type=Path, default=None, help="replay: JSON-lines detections")
     parser.add_argument("--max-batch", type=int, default=1, help="yolo: frames of several cameras per model call")
@@ -207,6 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     kind: DetectorKind = args.detector
     cameras = load_cameras(args.cameras)
+    devices = [d for d in args.device.split(",") if d]
+    if len(devices) > 1:
+        supervise(argv if argv is not None else sys.argv[1:], devices, cameras, args.metrics_port)
+        return
+    if args.camera_ids:
+        share = set(args.camera_ids.split(","))
+        cameras = [c for c in cameras if c.id in share]
     detector = make_detector(
         kind,
         model=args.model,
