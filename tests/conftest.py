@@ -96,6 +96,19 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
 
 
 @pytest.fixture(scope="session")
+def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A 3-broker KRaft cluster (combined broker+controller nodes) for the fault suite.
+
+    A module that overrides ``kafka`` with it runs its tests there, with replication 3 and
+    min ISR 2 on every topic (see ``deployment``).
+    """
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), size=3, heap="384m")
+    cluster.start(timeout_s=120)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """redis-server on loopback (skips the tests that need it when Redis is not installed)."""
     binary = shutil.which("redis-server")
@@ -176,6 +189,8 @@ def deployment(kafka: KafkaCluster, sim_vlm: Proc, redis_url: str, tmp_path: Pat
             "ROADWATCH_CAMERA_BUDGET_BURST": "1000",
         }
     )
+    if len(kafka.nodes) >= 3:
+        env.update({"ROADWATCH_TOPIC_REPLICAS": "3", "ROADWATCH_TOPIC_MIN_INSYNC": "2"})
     dep = Deployment(prefix=f"t{tag}-", app_id=f"rw-{tag}", env=env)
     yield dep
     for worker in dep.workers:

@@ -6,7 +6,6 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,9 @@ from tests.conftest import SIM_KEYS, Proc, spawn, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
-    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3"), size=3, heap="384m")
-    cluster.start(timeout_s=120)
-    yield cluster
-    cluster.stop()
+@pytest.fixture
+def cluster3(kafka3: KafkaCluster) -> KafkaCluster:
+    return kafka3
 
 
 def test_killing_one_broker_of_three_loses_nothing(cluster3, sim_vlm: Proc, redis_url: str, tmp_path: Path):

@@ -1,19 +1,32 @@
-"""Faults on the real topology: a killed scheduler worker, a key revoked mid-run."""
+"""The fault suite, on a 3-broker Apache Kafka cluster (replication 3, min ISR 2): killed and
+restarted workers, a Redis outage, a revoked key, every key cooling, a VLM slower than the
+consumer's max-poll interval. The broker kill is in test_cluster.py, on the same cluster."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
 import pytest
+import redis
 
 from ops.http import get_json, get_text, post_json
+from ops.kafka import KafkaCluster, free_port, port_open
+from ops.stack import redis_command
 from ops.verify import verify_exactly_once
 from sim.records import detection, produce_detections
-from tests.conftest import SIM_KEYS, wait_until
+from tests.conftest import SIM_KEYS, spawn, wait_until
+from tests.integration.test_aggregation import metric
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def kafka(kafka3: KafkaCluster) -> KafkaCluster:
+    """Every test of this module runs on the 3-broker cluster."""
+    return kafka3
 
 
 def results(port: int) -> dict[str, dict[str, object]]:
@@ -209,3 +222,39 @@ def test_no_key_appears_in_logs_topics_metrics_or_web_views(kafka, deployment, s
     assert len(text) > 10_000
     leaked = [key for key in SIM_KEYS if key in text or key[-12:] in text]
     assert leaked == [], "API keys leaked"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_down_for_30s_loses_nothing_and_the_cache_resumes(kafka, deployment, start_worker, tmp_path):
+    port = free_port()
+    cmd = redis_command(port, tmp_path)
+    own_redis = spawn("redis-own", cmd, {}, tmp_path, port)
+    wait_until(lambda: port_open(port), 15, "redis")
+    worker = start_worker({"ROADWATCH_REDIS_URL": f"redis://127.0.0.1:{port}/0", "ROADWATCH_REDIS_RETRY_S": "2"})
+    topic = deployment.prefix + "detection-results"
+    client = redis.Redis(port=port)
+
+    produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(3)])
+    wait_until(lambda: len(results(worker.port)) == 3, 60, "3 results")
+    wait_until(lambda: len(client.keys("roadwatch:task:*")) == 3, 20, "3 cached results")
+
+    own_redis.stop()
+    outage_started = time.monotonic()
+    produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(3, 8)])
+    wait_until(lambda: len(results(worker.port)) == 8, 60, "results keep flowing while Redis is down")
+    wait_until(lambda: metric(worker.port, "roadwatch_redis_skipped_writes_total") >= 1, 20, "skipped writes counted")
+    assert get_json(f"http://127.0.0.1:{worker.port}/health")["redis"] == "degraded"
+    assert get_json(f"http://127.0.0.1:{worker.port}/cameras/cam-x/")["counts"]["ok"] == 8
+    time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+
+    own_redis = spawn("redis-own-2", cmd, {}, tmp_path, port)
+    wait_until(lambda: port_open(port), 15, "redis again")
+    produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(8, 10)])
+    wait_until(lambda: len(results(worker.port)) == 10, 60, "10 results")
+    client = redis.Redis(port=port)
+    wait_until(lambda: len(client.keys("roadwatch:task:*")) == 2, 30, "the cache written again after Redis returns")
+    assert json.loads(client.get("roadwatch:camera:cam-x:latest") or b"{}")["camera_id"] == "cam-x"
+    skipped = metric(worker.port, "roadwatch_redis_skipped_writes_total")
+    print(f"redis outage: 10/10 results aggregated, {skipped:.0f} cache writes skipped, cache resumed")
+    assert worker.popen.poll() is None
+    own_redis.stop()
