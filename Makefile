@@ -35,9 +35,12 @@ check: $(STAMP) ## ruff and mypy --strict on the product packages
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP) ## benchmarks (pipeline, key pool; ~20 min); results under bench/results/
+bench: $(STAMP) ## benchmarks (~30 min, progress on stdout): results, plots and REPORT.md under bench/results/
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.key_pool
+	$(BIN)/python -m bench.detection
+	$(BIN)/python -m bench.economy
+	$(BIN)/python -m bench.report
 
 up: $(STAMP) ## start the whole stack in the background (logs and PIDs under .state/)
 	$(BIN)/python -m ops.stack up --workers $(WORKERS)

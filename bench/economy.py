@@ -27,7 +27,6 @@ Writes ``bench/results/economy.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from agents.task_policy import RISK_INTEREST, Budget, group_key, plan_tasks
-from bench.pipeline import RESULTS, log, pct
+from bench.pipeline import RESULTS, log, pct, save
 from models.cameras import CameraConfig
 from models.detectors import Detection, Detector, MotionDetector
 from models.producer import CameraPipeline, analyse
@@ -228,10 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         "motion_detector": motion,
         "demo_scenario": demo,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {args.out}")
-    print(json.dumps(report, indent=2))
+    save(args.out, report)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes ``bench/results/gpu_batch.json`` (or ``--out``). Needs the yolo extra.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.pipeline import RESULTS, log
+from bench.pipeline import RESULTS, log, save
 from models.detectors import YoloDetector
 from sim.scene import Scene
 
@@ -109,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows.values():
         row["speedup"] = round(row["model_fps"] / base, 2)
     report["results"] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {args.out}")
-    print(json.dumps(report, indent=2))
+    save(args.out, report)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import os
 import secrets
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,37 @@ def start_vlm(keys: list[str], workdir: Path, name: str) -> tuple[Any, int]:
     return proc, port
 
 
+class Sampler(threading.Thread):
+    """Every ``every_s``: accepted calls so far and the key states one worker reports.
+
+    The series feed the report's throughput and key-state plots, and print progress.
+    """
+
+    def __init__(self, vlm_port: int, worker_port: int, label: str, every_s: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.vlm_port, self.worker_port, self.label, self.every_s = vlm_port, worker_port, label, every_s
+        self.rows: list[dict[str, Any]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.done.wait(self.every_s):
+            try:
+                stats = get_json(f"http://127.0.0.1:{self.vlm_port}/admin/stats")
+                keys = get_json(f"http://127.0.0.1:{self.worker_port}/keys/")["keys"]
+            except OSError:
+                continue
+            states: dict[str, int] = {}
+            for k in keys:
+                states[k["state"]] = states.get(k["state"], 0) + 1
+            t = round(time.monotonic() - started, 1)
+            self.rows.append(
+                {"t": t, "accepted": accepted(stats), "rejected_429": rejected_429(stats), "states": states}
+            )
+            if len(self.rows) % 15 == 0:
+                log(f"    {self.label} t={t:.0f}s accepted calls {accepted(stats)}, key states {states}")
+
+
 async def offer_tasks(
     bootstrap: str, topic: str, cameras: list[str], rate: float, duration: float, events: list[tuple[float, Any]]
 ) -> int:
@@ -174,6 +206,8 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
             "partitions and key shares settled",
         )
         log(f"  {workers} worker(s): offering {args.rate}/s for {args.duration:.0f}s, revoking key 4 half-way")
+        sampler = Sampler(vlm_port, ports[0], f"workers_{workers}")
+        sampler.start()
         t0 = time.monotonic()
         marks: dict[str, Any] = {}
 
@@ -198,6 +232,7 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
             )
         )
         elapsed = time.monotonic() - t0
+        sampler.done.set()
         after = get_json(f"http://127.0.0.1:{vlm_port}/admin/stats")
         window = elapsed - marks["warm_at"]
         capacity = (KEYS * RPM / 60.0) * window - (RPM / 60.0) * (elapsed - marks["revoked_at"])
@@ -228,6 +263,11 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
         "revoked_key_state": next(k["state"] for k in keys_view if k["alias"] == "key-4"),
         "revoked_key_failed_calls": next(k["failures"] for k in keys_view if k["alias"] == "key-4"),
         "window_s": round(window, 1),
+        "series": {
+            "revoked_at_s": round(marks["revoked_at"], 1),
+            "warm_at_s": round(marks["warm_at"], 1),
+            "samples": sampler.rows,
+        },
     }
 
 
@@ -342,9 +382,11 @@ def main(argv: list[str] | None = None) -> None:
                 log(f"  workers_{workers}: {json.dumps(report[f'workers_{workers}'])}")
         finally:
             cluster.stop()
+    series = {k: v.pop("series") for k, v in report.items() if isinstance(v, dict) and "series" in v}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {args.out}")
+    args.out.with_name(args.out.stem + "_series.json").write_text(json.dumps(series) + "\n")
+    log(f"wrote {args.out} (time series beside it)")
     print(json.dumps(report, indent=2))
 
 

@@ -47,6 +47,14 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def save(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON, say so, and print it (the figures end every run's output)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {path}")
+    print(json.dumps(report, indent=2))
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -248,9 +256,17 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
         )
         procs.append(producer)
         t0 = time.monotonic()
+        progress: list[dict[str, float]] = []
         while producer.poll() is None:
             time.sleep(5)
             offsets = asyncio.run(end_offsets(cluster.bootstrap, ("detection-results", "risk-assessment-results")))
+            progress.append(
+                {
+                    "t": round(time.monotonic() - t0, 1),
+                    "detections": offsets["detection-results"],
+                    "results": offsets["risk-assessment-results"],
+                }
+            )
             log(
                 f"  {time.monotonic() - t0:5.0f}s  detections {offsets['detection-results']:6d}  "
                 f"results {offsets['risk-assessment-results']:6d}"
@@ -305,6 +321,11 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
             "mean": round(statistics.fmean(e2e), 1) if e2e else None,
         },
         "overhead_ms": {"p50": pct(overhead, 0.5), "p95": pct(overhead, 0.95), "p99": pct(overhead, 0.99)},
+        "series": {
+            "e2e_ms": sorted(round(v, 1) for v in e2e),
+            "overhead_ms": sorted(round(v, 1) for v in overhead),
+            "progress": progress,
+        },
     }
 
 
@@ -326,8 +347,10 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             cluster.stop()
     report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    series = report.pop("series")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_name(args.out.stem + "_series.json").write_text(json.dumps(series) + "\n")
     log(f"wrote {args.out}")
     print(json.dumps(report, indent=2))
 

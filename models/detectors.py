@@ -146,6 +146,9 @@ class YoloDetector(Detector):
         if device.startswith("cuda"):
             self.precision = {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
         self.name = f"yolo/{Path(model).name}"
+        # an ultralytics model is not safe to call from two threads at once (the producer's
+        # analysis pool has several): without a batcher, calls take turns
+        self._lock = threading.Lock()
         self.batcher = FrameBatcher(self.detect_batch, max_batch, max_wait_ms) if max_batch > 1 else None
 
     def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
@@ -155,9 +158,10 @@ class YoloDetector(Detector):
 
     def detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         """One model call for frames of several cameras (what a GPU wants)."""
-        outputs = self.model.predict(
-            frames, device=self.device, imgsz=self.imgsz, conf=self.conf, verbose=False, **self.precision
-        )
+        with self._lock:
+            outputs = self.model.predict(
+                frames, device=self.device, imgsz=self.imgsz, conf=self.conf, verbose=False, **self.precision
+            )
         batches: list[list[Detection]] = []
         for out in outputs:
             names = out.names

@@ -1,44 +1,178 @@
-"""Consumer lag and Faust's own stream metrics, exported with roadwatch's metrics.
+"""Consumer lag, Faust's own stream metrics, and a guard against a stalled consumer.
 
 Lag is what an operator watches first: messages in a partition not yet processed by this
-worker. It is sampled every few seconds from the consumer's high-water marks and positions,
-per topic and partition (bounded labels: partitions are few, and fixed). Faust's Prometheus
-monitor (events per stream, runtimes, table operations, sends) goes into the same registry
-with the prefix ``roadwatch_faust_``, so one scrape of ``/metrics`` has both.
+worker. It is sampled every few seconds from the consumer's high-water marks and committed
+offsets, per topic and partition (bounded labels: partitions are few, and fixed). Faust's
+Prometheus monitor (events per stream, runtimes, table operations, sends) goes into the same
+registry with the prefix ``roadwatch_faust_``, so one scrape of ``/metrics`` has both.
+
+The stall guard exists because of a Faust failure seen in the kill -9 test (about 1 run in 3
+under CPU load): after a rebalance an event of a taken-over partition stays "in flight" for
+ever: every actor of the agent idles in ``stream.events()``, the event is never acknowledged,
+so its partition's offset never commits and, with it, nothing after it moves. A partition
+counts as stalled when one of its events has been in flight longer than any task can be (its
+deadline and a margin), or when it has messages beyond its committed offset, none in flight
+(a task waiting for a key is busy, not stalled), and neither its commit nor any event delivered
+from it to a stream has moved for ``stall_timeout_s``. Then the guard asks the consumer to
+rejoin its group (a fresh rebalance re-seeks to the committed offsets and redelivers the lost
+event); if the stall outlives three rejoins, it exits the process so that its supervisor
+(Kubernetes, systemd, compose) starts a fresh one. Meanwhile ``/health`` says ``stalled`` and
+``roadwatch_consumer_stalls_total`` counts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
 from streams import metrics
-from streams.app import app
+from streams.app import app, settings
+from streams.topics import MAIN_TOPICS
 
 logger = logging.getLogger(__name__)
 
 app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.REGISTRY, "roadwatch_faust"))
 
+#: Rejoins tried before the guard gives the process up to its supervisor.
+MAX_REJOINS = 3
+
+
+@dataclass
+class StallGuard:
+    """Per partition: the last committed offset seen and when it, or an event, last moved."""
+
+    timeout_s: float
+    committed: dict[Any, int | None] = field(default_factory=dict)
+    moved_at: dict[Any, float] = field(default_factory=dict)
+    stalled: list[str] = field(default_factory=list)
+    rejoins: int = 0
+    rejoined_at: float = 0.0
+    #: (partition, oldest offset in flight) -> when first seen in flight
+    in_flight_since: dict[tuple[Any, int], float] = field(default_factory=dict)
+    #: in flight longer than this (a task's deadline and a margin) means the event was lost
+    #: inside Faust (all actors idle, the event never acknowledged), not that it is busy
+    hung_after_s: float = 40.0
+
+    def check(
+        self,
+        pending: dict[Any, int],
+        committed: dict[Any, int | None],
+        inbound: dict[Any, float],
+        busy: dict[Any, int],
+        now: float,
+    ) -> list[str]:
+        """The stalled partitions (as "topic[partition]") given each assigned one's pending messages.
+
+        ``busy`` maps partitions with events in flight to their oldest such offset.
+        """
+        stalled = []
+        seen = {(tp, offset) for tp, offset in busy.items()}
+        self.in_flight_since = {k: v for k, v in self.in_flight_since.items() if k in seen}
+        for key in seen:
+            self.in_flight_since.setdefault(key, now)
+        hung = {tp for (tp, _), since in self.in_flight_since.items() if now - since > self.hung_after_s}
+        for tp, waiting in pending.items():
+            if tp in hung:
+                stalled.append(f"{tp.topic}[{tp.partition}] (an event in flight for over {self.hung_after_s:.0f} s)")
+                continue
+            if tp not in self.moved_at or committed.get(tp) != self.committed.get(tp) or tp in busy:
+                self.moved_at[tp] = now  # newly assigned, its commit moved, or it has events in flight
+            self.committed[tp] = committed.get(tp)
+            last = max(self.moved_at[tp], inbound.get(tp, 0.0), self.rejoined_at)
+            if waiting > 0 and now - last > self.timeout_s:
+                stalled.append(f"{tp.topic}[{tp.partition}]")
+        for tp in list(self.moved_at):
+            if tp not in pending:  # revoked
+                self.moved_at.pop(tp)
+                self.committed.pop(tp, None)
+        self.stalled = stalled
+        if not stalled:
+            self.rejoins = 0
+        return stalled
+
+
+#: No task event is in flight longer than its deadline: by then it has an ok, failed or expired result.
+guard = StallGuard(settings.stall_timeout_s, hung_after_s=settings.task_deadline_s + 10)
+
 
 async def sample_lag() -> dict[tuple[str, int], int]:
-    """Lag per assigned (topic, partition) of this worker; also sets the gauge."""
+    """Pending messages per assigned (topic, partition) of this worker; also sets the gauge.
+
+    End offsets come from the broker, not from the fetcher's high-water marks: a partition the
+    fetcher never fetched has none, and that is exactly the stall to catch.
+    """
     consumer = app.consumer
+    assigned = sorted(consumer.assignment())
+    if not assigned:
+        return {}
+    try:
+        ends = await asyncio.wait_for(consumer.highwaters(*assigned), timeout=10.0)
+    except TimeoutError:
+        logger.warning("end offsets not answered within 10 s; lag not sampled")
+        return {}
     lags: dict[tuple[str, int], int] = {}
-    for tp in sorted(consumer.assignment()):
-        try:
-            high = consumer.highwater(tp)
-            pos = await consumer.position(tp)
-        except Exception:  # not fetched yet, or revoked meanwhile
-            logger.debug("no offsets for %s yet", tp, exc_info=True)
+    pending: dict[Any, int] = {}
+    committed_now: dict[Any, int | None] = {}
+    committed_offsets = getattr(consumer, "_committed_offset", {})
+    for tp in assigned:
+        high, committed = ends.get(tp), committed_offsets.get(tp)
+        if high is None:
             continue
-        if high is None or pos is None:
+        if committed is None:  # nothing committed yet: measure from where the consumer stands
+            try:
+                committed_or_pos = await consumer.position(tp)
+            except Exception:
+                logger.debug("no position for %s yet", tp, exc_info=True)
+                continue
+        else:
+            committed_or_pos = committed
+        if committed_or_pos is None:
             continue
-        lags[(tp.topic, tp.partition)] = max(0, int(high) - int(pos))
+        lags[(tp.topic, tp.partition)] = max(0, int(high) - int(committed_or_pos))
+        if tp.topic in MAIN_TOPICS:
+            pending[tp] = lags[(tp.topic, tp.partition)]
+            committed_now[tp] = committed
     metrics.consumer_lag.clear()
     for (topic, partition), lag in lags.items():
         metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+    inbound = getattr(app.monitor, "stream_inbound_time", None) or {}
+    busy: dict[Any, int] = {}
+    for message in list(getattr(consumer, "_unacked_messages", ())):
+        busy[message.tp] = min(busy.get(message.tp, message.offset), message.offset)
+    stalled = guard.check(pending, committed_now, inbound, busy, time.monotonic())
+    if stalled:
+        await unstall(stalled)
     return lags
+
+
+async def unstall(stalled: list[str]) -> None:
+    metrics.consumer_stalls_total.inc()
+    if guard.rejoins >= MAX_REJOINS:
+        logger.critical("consumer stalled on %s after %d rejoins: exiting for a fresh start", stalled, guard.rejoins)
+        os._exit(70)  # a supervisor restarts us; a clean shutdown could hang on the very stall
+    guard.rejoins += 1
+    guard.rejoined_at = time.monotonic()
+    if any("in flight" in s for s in stalled):
+        logger.error("agent tracebacks:\n%s", app.agents.human_tracebacks())
+    logger.error(
+        "consumer stalled: %s have messages but nothing moved for %.0f s; rejoining the group (%d/%d)",
+        ", ".join(stalled),
+        guard.timeout_s,
+        guard.rejoins,
+        MAX_REJOINS,
+    )
+    thread: Any = getattr(app.consumer, "_thread")  # noqa: B009 - faust's AIOKafkaConsumerThread owns the aiokafka consumer
+
+    async def rejoin() -> None:
+        thread._ensure_consumer()._coordinator.request_rejoin()
+
+    await thread.call_thread(rejoin)
 
 
 @app.timer(interval=5.0)  # type: ignore[untyped-decorator]

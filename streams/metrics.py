@@ -94,3 +94,8 @@ unknown_cameras_total = Counter(
     "Detections of cameras not in ROADWATCH_CAMERAS_FILE.",
     registry=REGISTRY,
 )
+consumer_stalls_total = Counter(
+    "roadwatch_consumer_stalls_total",
+    "Checks that found a partition stalled (each triggers a rejoin).",
+    registry=REGISTRY,
+)

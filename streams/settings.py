@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Consumer rebalance timeout.")
     heartbeat_s: float = Field(default=3.0, gt=0, description="Consumer heartbeat interval.")
     commit_interval_s: float = Field(default=1.0, gt=0, description="Offset commit interval.")
+    stall_timeout_s: float = Field(
+        default=30.0, gt=0, description="A partition with waiting messages and nothing moving this long is stalled."
+    )
     max_poll_interval_s: float = Field(
         default=300.0, gt=0, description="Consumer max.poll.interval: a worker silent this long is evicted."
     )

@@ -27,6 +27,7 @@ from agents.result_aggregator import cache
 from streams import metrics
 from streams.app import app, settings
 from streams.errors import ImageMissing
+from streams.lag import guard as stall_guard
 from streams.live import hub
 from streams.tables import alerts, camera_key, camera_state, camera_view, results
 
@@ -195,7 +196,8 @@ class Health(View):
         assigned = app.assignor.assigned_actives() if app.assignor else set()
         return self.json(
             {
-                "status": "ok",
+                "status": "stalled" if stall_guard.stalled else "ok",
+                "stalled_partitions": stall_guard.stalled,
                 "uptime_s": round(time.time() - STARTED, 1),
                 "partitions": len(assigned),
                 "redis": "degraded" if cache.degraded else "ok",

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,14 @@ from tests.conftest import SIM_KEYS, Proc, spawn, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def cluster3(kafka3: KafkaCluster) -> KafkaCluster:
-    return kafka3
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A cluster of its own: after a broker was killed and restarted, the fault suite's worker
+    takeover stalled in 2 of 2 full runs (under investigation), so the suite gets a fresh one."""
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka3-kill"), size=3, heap="384m")
+    cluster.start(timeout_s=120)
+    yield cluster
+    cluster.stop()
 
 
 def test_killing_one_broker_of_three_loses_nothing(cluster3, sim_vlm: Proc, redis_url: str, tmp_path: Path):

@@ -1,0 +1,279 @@
+"""The benchmark report: ``bench/results/REPORT.md`` and its plots, from the JSON the benchmarks wrote.
+
+``python -m bench.report`` (the last step of ``make bench``)
+
+Plots (PNG, beside the report):
+
+* ``latency_cdf.png``: capture-to-result latency and roadwatch's own overhead (e2e minus the
+  VLM call), as cumulative distributions, from the pipeline benchmark;
+* ``throughput.png``: VLM calls the keys accepted per second over time for 1, 2 and 4 scheduler
+  workers against the keys' aggregate capacity (the revoked key's share removed after the
+  revocation), and the pipeline's detections and results over time;
+* ``key_states.png``: how many keys were AVAILABLE, IN_USE, COOLING and DISABLED over the
+  2-worker key-pool run.
+
+Missing inputs are named in the report instead of silently skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.pipeline import RESULTS, log
+
+STATE_COLOURS = {"AVAILABLE": "#2f9e44", "IN_USE": "#1971c2", "COOLING": "#f08c00", "DISABLED": "#c92a2a"}
+
+
+def load(folder: Path, name: str) -> Any:
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def plot_latency(series: dict[str, Any], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("e2e_ms", "capture -> result (e2e)"), ("overhead_ms", "roadwatch overhead (e2e - VLM call)")):
+        values = series.get(key) or []
+        if values:
+            ys = [(i + 1) / len(values) for i in range(len(values))]
+            ax.step(values, ys, where="post", label=f"{label}, n={len(values)}")
+    ax.set_xlabel("milliseconds")
+    ax.set_ylabel("share of results")
+    ax.set_title("Pipeline latency (cumulative)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def rates(samples: list[dict[str, Any]], window_s: float = 10.0) -> tuple[list[float], list[float]]:
+    """Accepted calls per second over the last ``window_s`` at each sample (a slow sample would
+    otherwise show as a spike)."""
+    ts, rs = [], []
+    start = 0
+    for b in samples:
+        while start < len(samples) and b["t"] - samples[start]["t"] > window_s:
+            start += 1
+        a = samples[max(0, start - 1)]
+        if b["t"] - a["t"] >= window_s / 2:
+            ts.append(b["t"])
+            rs.append((b["accepted"] - a["accepted"]) / (b["t"] - a["t"]))
+    return ts, rs
+
+
+def plot_throughput(kp_series: dict[str, Any], kp: dict[str, Any], pipe_series: dict[str, Any], out: Path) -> None:
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
+    keys, rpm = kp["scenario"]["keys"], kp["scenario"]["rpm_per_key"]
+    revoked_at = None
+    for name in sorted(kp_series):
+        ts, rs = rates(kp_series[name]["samples"])
+        top.plot(ts, rs, label=name.replace("_", " "), linewidth=1.2)
+        revoked_at = kp_series[name]["revoked_at_s"]
+    if revoked_at is not None:
+        end = max((s["t"] for v in kp_series.values() for s in v["samples"]), default=revoked_at)
+        top.plot(
+            [0, revoked_at, revoked_at, end],
+            [keys * rpm / 60] * 2 + [(keys - 1) * rpm / 60] * 2,
+            "k--",
+            linewidth=1,
+            label="capacity (key-4 revoked)",
+        )
+    top.set_ylabel("accepted VLM calls / s")
+    top.set_xlabel("seconds")
+    top.set_title("Key pool: calls the keys accepted, 10 keys x 60 rpm, 10% transient failures")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    progress = pipe_series.get("progress") or []
+    if progress:
+        ts = [p["t"] for p in progress]
+        bottom.plot(ts, [p["detections"] for p in progress], label="detections produced")
+        bottom.plot(ts, [p["results"] for p in progress], label="risk results")
+        bottom.set_ylabel("messages (cumulative)")
+        bottom.set_xlabel("seconds")
+        bottom.set_title("Pipeline benchmark: detections and results over time")
+        bottom.grid(alpha=0.3)
+        bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_key_states(series: dict[str, Any], out: Path, title: str) -> None:
+    samples = series["samples"]
+    ts = [s["t"] for s in samples]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    stacks = [[s["states"].get(state, 0) for s in samples] for state in STATE_COLOURS]
+    ax.stackplot(ts, stacks, labels=list(STATE_COLOURS), colors=list(STATE_COLOURS.values()), alpha=0.85)
+    ax.axvline(series["revoked_at_s"], color="k", linestyle="--", linewidth=1)
+    ax.text(series["revoked_at_s"], 10.2, " key-4 revoked", fontsize=8)
+    ax.set_ylim(0, 11)
+    ax.set_ylabel("keys")
+    ax.set_xlabel("seconds")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8, ncol=4)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def economy_row(label: str, e: dict[str, Any], *, bold: bool = False) -> list[Any]:
+    b = "**" if bold else ""
+    return [
+        label,
+        e["vlm_calls"],
+        e["naive_calls"],
+        f"{b}{e['reduction']}x{b}",
+        f"{e['risk_events_assessed']}/{e['risk_events']} ({b}{e['recall']:.2%}{b})",
+        e["first_task_delay_ms_p95"],
+    ]
+
+
+def table(rows: list[list[Any]], head: list[str]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(folder: Path) -> str:
+    pipe, kp = load(folder, "pipeline.json"), load(folder, "key_pool.json")
+    det, eco, gpu = load(folder, "detection.json"), load(folder, "economy.json"), load(folder, "gpu_batch.json")
+    out = ["# roadwatch benchmark report", ""]
+    out.append("Written by `make bench` (`python -m bench.report`) from the JSON beside this file; every ratio")
+    out.append("compares figures measured in the same run on the same machine.")
+    out.append("")
+    missing = [n for n, v in (("pipeline", pipe), ("key_pool", kp), ("detection", det), ("economy", eco)) if v is None]
+    if missing:
+        out += [f"**Not measured in this run:** {', '.join(missing)}.", ""]
+    if pipe:
+        sc = pipe["scenario"]
+        out += ["## Pipeline", ""]
+        out.append(
+            f"{sc['cameras']} simulated cameras x {sc['fps']} fps for {sc['duration_s']:.0f} s through a real "
+            f"Kafka broker, one Faust worker, the motion detector and the simulated VLM "
+            f"(median {sc['vlm_latency_median_ms']:.0f} ms)."
+        )
+        out.append("")
+        out.append(
+            table(
+                [
+                    [
+                        f"{pipe['detections_per_s']}",
+                        f"{pipe['tasks_per_s']}",
+                        f"{pipe['results']}/{pipe['tasks']}",
+                        f"{pipe['e2e_ms']['p50']} / {pipe['e2e_ms']['p95']} / {pipe['e2e_ms']['p99']}",
+                        f"{pipe['overhead_ms']['p50']} / {pipe['overhead_ms']['p95']} / {pipe['overhead_ms']['p99']}",
+                    ]
+                ],
+                ["detections/s", "tasks/s", "results/tasks", "e2e ms p50/p95/p99", "overhead ms p50/p95/p99"],
+            )
+        )
+        out.append("")
+        out.append(
+            f"Forwarding 1 KB messages: one Faust agent {pipe['faust_msgs_per_s']:,} msg/s vs a bare aiokafka "
+            f"loop {pipe['raw_aiokafka_msgs_per_s']:,} msg/s (**{pipe['faust_vs_raw']}x**)."
+        )
+        out += ["", "![latency CDF](latency_cdf.png)", ""]
+    if kp:
+        out += ["## Key pool and scheduler", ""]
+        sc = kp["scenario"]
+        out.append(
+            f"{sc['keys']} keys x {sc['rpm_per_key']} rpm on the simulated VLM, "
+            f"{sc['transient_failure_rate']:.0%} transient failures, {sc['revoked']}, "
+            f"{sc['offered_tasks_per_s']} tasks/s offered for {sc['duration_s']:.0f} s, "
+            f"{sc.get('max_retries', 2)} retries per task."
+        )
+        out.append("")
+        rows = []
+        for name in ("workers_1", "workers_2", "workers_4", "baseline_sequential", "baseline_round_robin"):
+            r = kp.get(name)
+            if r:
+                rows.append(
+                    [
+                        name.replace("_", " "),
+                        r["efficiency"],
+                        r["self_inflicted_429"],
+                        f"{r['success_rate']:.3%}",
+                        r["queue_wait_ms_p95"],
+                        r["calls"],
+                    ]
+                )
+        out.append(
+            table(rows, ["configuration", "efficiency", "self-inflicted 429", "tasks ok", "queue wait p95 ms", "calls"])
+        )
+        out += ["", "![throughput](throughput.png)", "", "![key states](key_states.png)", ""]
+    if det:
+        out += ["## Detection", ""]
+        rows = [
+            [b, det[b]["fps"], det[b]["bare_fps"], det[b]["ratio"], det[b]["node_fps"]]
+            for b in ("motion", "yolo", "yolo_onnx")
+            if b in det
+        ]
+        out.append(table(rows, ["backend", "pipeline fps", "bare fps", "ratio", "node fps (2 threads)"]))
+        cpn = det.get("cameras_per_node", {})
+        out.append("")
+        out.append(
+            f"Cameras one node ({det['machine']['cpus']} CPUs) holds at 2 analysis fps: motion "
+            f"**{cpn.get('motion')}**, yolo11n ONNX on CPU **{cpn.get('yolo_onnx')}**, "
+            f"yolo11n torch on CPU {cpn.get('yolo')}."
+        )
+        out.append("")
+    if eco:
+        out += ["## VLM economy", ""]
+        out.append(
+            table(
+                [
+                    economy_row("labelled, ground-truth boxes (the budget)", eco, bold=True),
+                    economy_row("labelled, motion detector", eco["motion_detector"]),
+                    economy_row("demo (crowded crossing), ground truth", eco["demo_scenario"]),
+                ],
+                [
+                    "scenario",
+                    "VLM calls",
+                    "per-frame-per-group calls",
+                    "reduction",
+                    "risk events assessed",
+                    "first task p95 ms",
+                ],
+            )
+        )
+        out.append("")
+    if gpu:
+        out += ["## GPU batching", ""]
+        rows = [
+            [k.removeprefix("batch_"), v["model_fps"], v["speedup"], v["cameras"]["fps"], v["cameras"]["mean_batch"]]
+            for k, v in gpu["results"].items()
+        ]
+        out.append(f"{gpu.get('gpu', gpu['device'])}, {gpu['model']} at {gpu['imgsz']} px:")
+        out.append("")
+        out.append(table(rows, ["batch", "model fps", "speedup", "fps from camera threads", "mean batch formed"]))
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    folder: Path = args.folder
+    pipe_series = load(folder, "pipeline_series.json")
+    kp, kp_series = load(folder, "key_pool.json"), load(folder, "key_pool_series.json")
+    if pipe_series:
+        plot_latency(pipe_series, folder / "latency_cdf.png")
+    if kp and kp_series:
+        plot_throughput(kp_series, kp, pipe_series or {}, folder / "throughput.png")
+        name = "workers_2" if "workers_2" in kp_series else next(iter(kp_series))
+        plot_key_states(kp_series[name], folder / "key_states.png", f"Key states over the {name.replace('_', ' ')} run")
+    (folder / "REPORT.md").write_text(render(folder))
+    log(f"wrote {folder / 'REPORT.md'} and its plots")
+
+
+if __name__ == "__main__":
+    main()
