@@ -39,7 +39,7 @@ from bench.pipeline import RESULTS, log, save
 from models.cameras import CameraConfig
 from models.detectors import Detector, MotionDetector, YoloDetector
 from models.producer import CameraPipeline, analyse
-from models.sources import Frame
+from models.sources import Frame, scene_from_url
 from sim.scenarios import scenario
 from sim.scene import Scene
 from streams.images import open_store
@@ -49,11 +49,9 @@ IMGSZ = 640
 
 
 def render(cams: dict[str, str], frames: int) -> dict[str, list[np.ndarray]]:
-    from bench.economy import _scene
-
     out = {}
     for cam_id, url in cams.items():
-        scene: Scene = _scene(url)
+        scene: Scene = scene_from_url(url)
         out[cam_id] = [scene.render(30 + i / 2)[0] for i in range(frames)]
     return out
 

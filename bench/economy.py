@@ -39,7 +39,7 @@ from bench.pipeline import RESULTS, log, pct, save
 from models.cameras import CameraConfig
 from models.detectors import Detection, Detector, MotionDetector
 from models.producer import CameraPipeline, analyse
-from models.sources import Frame
+from models.sources import Frame, scene_from_url
 from sim.scenarios import scenario
 from sim.scene import Scene
 from streams.images import open_store
@@ -156,7 +156,7 @@ def measure(kind: str, cams: dict[str, str], minutes: float, settings: Settings)
         burst=settings.camera_budget_burst,
         min_interest=settings.min_group_score,
     )
-    scenes = {cam_id: _scene(url) for cam_id, url in cams.items()}
+    scenes = {cam_id: scene_from_url(url) for cam_id, url in cams.items()}
     detector: Detector = TruthDetector(scenes) if kind == "truth" else MotionDetector()
     total = Tally()
     for cam_id, url in cams.items():
@@ -187,17 +187,6 @@ def measure(kind: str, cams: dict[str, str], minutes: float, settings: Settings)
         "tasks_by_group_kind": total.kinds,
         "groups_worth_a_call_never_assessed": total.never_assessed_groups,
     }
-
-
-def _scene(url: str) -> Scene:
-    from urllib.parse import parse_qs, urlparse
-
-    q = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
-    return Scene(
-        seed=int(q.get("seed", 1)),
-        vehicle_rate=float(q.get("vehicles", 0.35)),
-        pedestrian_rate=float(q.get("pedestrians", 0.12)),
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

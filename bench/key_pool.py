@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.vlm_client import VlmClient
-from bench.pipeline import RESULTS, log, pct, spawn, stop, wait_for
+from bench.pipeline import RESULTS, log, pct, save, spawn, stop, wait_for
 from ops.http import get_json, post_json
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.verify import read_all
@@ -383,11 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             cluster.stop()
     series = {k: v.pop("series") for k, v in report.items() if isinstance(v, dict) and "series" in v}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_name(args.out.stem + "_series.json").write_text(json.dumps(series) + "\n")
-    log(f"wrote {args.out} (time series beside it)")
-    print(json.dumps(report, indent=2))
+    save(args.out, report, series=series)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,14 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def save(path: Path, report: dict[str, Any]) -> None:
-    """Write a benchmark's JSON, say so, and print it (the figures end every run's output)."""
+def save(path: Path, report: dict[str, Any], series: Any = None) -> None:
+    """Write a benchmark's JSON (and its time series beside it, for the report's plots), say so,
+    and print it (the figures end every run's output)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"wrote {path}")
+    if series is not None:
+        path.with_name(path.stem + "_series.json").write_text(json.dumps(series) + "\n")
+    log(f"wrote {path}" + (" (time series beside it)" if series is not None else ""))
     print(json.dumps(report, indent=2))
 
 
@@ -347,12 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             cluster.stop()
     report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
-    series = report.pop("series")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_name(args.out.stem + "_series.json").write_text(json.dumps(series) + "\n")
-    log(f"wrote {args.out}")
-    print(json.dumps(report, indent=2))
+    save(args.out, report, series=report.pop("series"))
 
 
 if __name__ == "__main__":

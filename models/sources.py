@@ -119,20 +119,24 @@ class VideoSource(FrameSource):
 def open_source(url: str) -> FrameSource:
     """The source for a camera URL."""
     if url.startswith("sim://"):
-        parsed = urlparse(url)
-        q = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+        q = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
         try:
-            scene = Scene(
-                seed=int(q.get("seed", 1)),
-                vehicle_rate=float(q.get("vehicles", 0.5)),
-                pedestrian_rate=float(q.get("pedestrians", 0.25)),
-                width=int(q.get("width", 640)),
-                height=int(q.get("height", 360)),
-            )
-            return SimulatedSource(scene, start_s=float(q.get("start", 20)))
+            return SimulatedSource(scene_from_url(url), start_s=float(q.get("start", 20)))
         except ValueError as exc:
             raise ConfigError(f"bad simulated camera URL {url!r}: {exc}") from exc
     return VideoSource(url)
+
+
+def scene_from_url(url: str) -> Scene:
+    """The synthetic scene a ``sim://scene?...`` URL names (benchmarks replay it in scene time)."""
+    q = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
+    return Scene(
+        seed=int(q.get("seed", 1)),
+        vehicle_rate=float(q.get("vehicles", 0.5)),
+        pedestrian_rate=float(q.get("pedestrians", 0.25)),
+        width=int(q.get("width", 640)),
+        height=int(q.get("height", 360)),
+    )
 
 
 class Grabber(threading.Thread):

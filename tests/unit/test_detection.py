@@ -35,12 +35,12 @@ def motion_recall(scene: Scene, frames: int, start_s: float) -> tuple[float, int
 
 
 def test_motion_detection_finds_90_percent_of_moving_objects_in_the_labelled_scenario():
-    from bench.economy import _scene
+    from models.sources import scene_from_url
     from sim.scenarios import LABELLED
 
     hits = total = 0.0
     for url in LABELLED.values():
-        recall, n = motion_recall(_scene(url), 240, 30.0)
+        recall, n = motion_recall(scene_from_url(url), 240, 30.0)
         hits, total = hits + recall * n, total + n
     # measured 0.910 (0.84-0.96 per camera; 0.885 without the tracker's merge splitting)
     assert total > 3000 and hits / total >= 0.90
