@@ -138,20 +138,26 @@ def plan_tasks(
     )
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
-    if det.frame_seq <= st["last_seq"]:
+    late = False
+    if str(det.frame_seq) in st["recent"]:
         # A frame seen before: a redelivery after a crash or rebalance. Its state change may have
         # reached the changelog while its tasks did not, so the tasks decided for it are made again
-        # (same task ids: the aggregator drops what was already done). Older frames are stale.
-        made = set(st["recent"].get(str(det.frame_seq), []))
+        # (same task ids: the aggregator drops what was already done).
+        made = set(st["recent"][str(det.frame_seq)])
         replayed = [Decision(g, "replay") for g in det.groups if g.group_id in made]
         if len(replayed) < len(det.groups):
-            skipped["stale_frame"] = len(det.groups) - len(replayed)
+            skipped["seen_frame"] = len(det.groups) - len(replayed)
         return st, replayed, skipped
+    if st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]:
+        # A frame never planned, behind newer ones: a record the consumer read again only after
+        # later ones (streams.commits). It is planned like any frame, without moving the clock.
+        late = True
     frame_at = det.captured_at / 1000.0
-    if st["last_at"] and frame_at > st["last_at"]:
-        inst = 1.0 / (frame_at - st["last_at"])
-        st["fps"] = inst if not st["fps"] else 0.8 * st["fps"] + 0.2 * inst
-    st["last_seq"], st["last_at"] = det.frame_seq, frame_at
+    if not late:  # a newer frame, or one far behind: the producer restarted its count
+        if st["last_at"] and frame_at > st["last_at"]:
+            inst = 1.0 / (frame_at - st["last_at"])
+            st["fps"] = inst if not st["fps"] else 0.8 * st["fps"] + 0.2 * inst
+        st["last_seq"], st["last_at"] = det.frame_seq, frame_at
 
     # refill the camera's token bucket
     tokens = budget.burst if st["tokens"] is None else float(st["tokens"])
@@ -194,8 +200,9 @@ def plan_tasks(
     st["tokens"] = tokens
     st["tasks_made"] += len(decisions)
     st["recent"][str(det.frame_seq)] = [d.group.group_id for d in decisions]
-    for old in sorted(st["recent"], key=int)[:-RECENT_FRAMES]:
-        del st["recent"][old]
+    for old in list(st["recent"]):  # the window behind the clock (a restarted count drops the old one)
+        if not st["last_seq"] - RECENT_FRAMES < int(old) <= st["last_seq"]:
+            del st["recent"][old]
 
     # forget groups not seen for a while, so the state stays small
     horizon = now_s - 3 * budget.refresh_s

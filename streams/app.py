@@ -8,12 +8,22 @@ restarted worker rejoins quickly (joining takes about half the timeout).
 from __future__ import annotations
 
 import faust
+from faust.types.transports import TransportT
 
+from streams.commits import AtLeastOnceTransport
 from streams.settings import get_settings
 
 settings = get_settings()
 
-app = faust.App(
+
+class RoadwatchApp(faust.App):
+    """Faust's App on a transport whose consumer cannot commit past an unprocessed event."""
+
+    def _new_transport(self) -> TransportT:
+        return AtLeastOnceTransport(self.conf.broker_consumer, self)
+
+
+app = RoadwatchApp(
     settings.app_id,
     broker=settings.kafka_url,
     store=settings.store,

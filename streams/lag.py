@@ -6,16 +6,16 @@ offsets, per topic and partition (bounded labels: partitions are few, and fixed)
 Prometheus monitor (events per stream, runtimes, table operations, sends) goes into the same
 registry with the prefix ``roadwatch_faust_``, so one scrape of ``/metrics`` has both.
 
-The stall guard exists because of a Faust failure seen in the kill -9 test (about 1 run in 3
-under CPU load): after a rebalance an event of a taken-over partition stays "in flight" for
-ever: every actor of the agent idles in ``stream.events()``, the event is never acknowledged,
-so its partition's offset never commits and, with it, nothing after it moves. A partition
-counts as stalled when one of its events has been in flight longer than any task can be (its
-deadline and a margin), or when it has messages beyond its committed offset, none in flight
-(a task waiting for a key is busy, not stalled), and neither its commit nor any event delivered
-from it to a stream has moved for ``stall_timeout_s``. Then the guard asks the consumer to
-rejoin its group (a fresh rebalance re-seeks to the committed offsets and redelivers the lost
-event); if the stall outlives three rejoins, it exits the process so that its supervisor
+The stall guard is the last line behind :mod:`streams.commits`. Around rebalances Faust can
+leave a partition without progress: a record its fetch loop skipped (a *hole*: later offsets
+done, the head offset never delivered), a taken-over partition from which nothing is delivered
+at all, or an event that stays "in flight" with every actor idle. The commit rule makes each of
+these hold the partition's commit back instead of losing the records, and the guard notices:
+a hole older than 10 s; an event in flight longer than any task can be (its deadline and a
+margin); or messages beyond the head, none in flight (a task waiting for a key is busy, not
+stalled), and neither the head nor any delivery moving for ``stall_timeout_s``. Then it asks
+the consumer to rejoin its group (a fresh rebalance seeks to the heads and reads the records
+again); if the stall outlives three rejoins, it exits the process so that its supervisor
 (Kubernetes, systemd, compose) starts a fresh one. Meanwhile ``/health`` says ``stalled`` and
 ``roadwatch_consumer_stalls_total`` counts it.
 """
@@ -58,6 +58,10 @@ class StallGuard:
     #: in flight longer than this (a task's deadline and a margin) means the event was lost
     #: inside Faust (all actors idle, the event never acknowledged), not that it is busy
     hung_after_s: float = 40.0
+    #: (partition, head) -> when first seen as a hole: later offsets done, the head never delivered
+    hole_since: dict[tuple[Any, int], float] = field(default_factory=dict)
+    #: a hole this old is a record the fetch loop skipped (streams.commits), not a slow event
+    hole_after_s: float = 10.0
 
     def check(
         self,
@@ -66,18 +70,33 @@ class StallGuard:
         inbound: dict[Any, float],
         busy: dict[Any, int],
         now: float,
+        holes: dict[Any, int] | None = None,
     ) -> list[str]:
         """The stalled partitions (as "topic[partition]") given each assigned one's pending messages.
 
-        ``busy`` maps partitions with events in flight to their oldest such offset.
+        ``busy`` maps partitions with events in flight to their oldest such offset; ``holes``
+        maps partitions whose head offset is neither done nor in flight while later ones are
+        done to that head.
         """
         stalled = []
+        holes = holes or {}
+        seen_holes = set(holes.items())
+        self.hole_since = {k: v for k, v in self.hole_since.items() if k in seen_holes}
+        for key in seen_holes:
+            self.hole_since.setdefault(key, now)
+        holed = set()
+        for (tp, head), since in self.hole_since.items():
+            if now - since > self.hole_after_s and tp in pending:
+                holed.add(tp)
+                stalled.append(f"{tp.topic}[{tp.partition}] (offset {head} never delivered)")
         seen = {(tp, offset) for tp, offset in busy.items()}
         self.in_flight_since = {k: v for k, v in self.in_flight_since.items() if k in seen}
         for key in seen:
             self.in_flight_since.setdefault(key, now)
         hung = {tp for (tp, _), since in self.in_flight_since.items() if now - since > self.hung_after_s}
         for tp, waiting in pending.items():
+            if tp in holed:
+                continue
             if tp in hung:
                 stalled.append(f"{tp.topic}[{tp.partition}] (an event in flight for over {self.hung_after_s:.0f} s)")
                 continue
@@ -86,7 +105,8 @@ class StallGuard:
             self.committed[tp] = committed.get(tp)
             last = max(self.moved_at[tp], inbound.get(tp, 0.0), self.rejoined_at)
             if waiting > 0 and now - last > self.timeout_s:
-                stalled.append(f"{tp.topic}[{tp.partition}]")
+                quiet = f"{waiting} waiting, nothing moved for {self.timeout_s:.0f} s"
+                stalled.append(f"{tp.topic}[{tp.partition}] ({quiet})")
         for tp in list(self.moved_at):
             if tp not in pending:  # revoked
                 self.moved_at.pop(tp)
@@ -119,7 +139,8 @@ async def sample_lag() -> dict[tuple[str, int], int]:
     lags: dict[tuple[str, int], int] = {}
     pending: dict[Any, int] = {}
     committed_now: dict[Any, int | None] = {}
-    committed_offsets = getattr(consumer, "_committed_offset", {})
+    # the heads (streams.commits) are exact, also where nothing was committed yet
+    committed_offsets = getattr(consumer, "heads", None) or getattr(consumer, "_committed_offset", {})
     for tp in assigned:
         high, committed = ends.get(tp), committed_offsets.get(tp)
         if high is None:
@@ -143,9 +164,21 @@ async def sample_lag() -> dict[tuple[str, int], int]:
         metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
     inbound = getattr(app.monitor, "stream_inbound_time", None) or {}
     busy: dict[Any, int] = {}
+    in_flight: set[tuple[Any, int]] = set()
     for message in list(getattr(consumer, "_unacked_messages", ())):
-        busy[message.tp] = min(busy.get(message.tp, message.offset), message.offset)
-    stalled = guard.check(pending, committed_now, inbound, busy, time.monotonic())
+        # Faust leaves an acknowledged message in this set when its offset was acknowledged
+        # before (a record delivered twice around a seek): done, not in flight.
+        if not message.acked:
+            busy[message.tp] = min(busy.get(message.tp, message.offset), message.offset)
+            in_flight.add((message.tp, message.offset))
+    heads: dict[Any, int] = getattr(consumer, "heads", {})
+    acked: dict[Any, list[int]] = getattr(consumer, "_acked", {})
+    holes = {
+        tp: heads[tp]
+        for tp in pending
+        if tp in heads and acked.get(tp) and min(acked[tp]) > heads[tp] and (tp, heads[tp]) not in in_flight
+    }
+    stalled = guard.check(pending, committed_now, inbound, busy, time.monotonic(), holes)
     if stalled:
         await unstall(stalled)
     return lags
@@ -160,13 +193,7 @@ async def unstall(stalled: list[str]) -> None:
     guard.rejoined_at = time.monotonic()
     if any("in flight" in s for s in stalled):
         logger.error("agent tracebacks:\n%s", app.agents.human_tracebacks())
-    logger.error(
-        "consumer stalled: %s have messages but nothing moved for %.0f s; rejoining the group (%d/%d)",
-        ", ".join(stalled),
-        guard.timeout_s,
-        guard.rejoins,
-        MAX_REJOINS,
-    )
+    logger.error("consumer stalled: %s; rejoining the group (%d/%d)", ", ".join(stalled), guard.rejoins, MAX_REJOINS)
     thread: Any = getattr(app.consumer, "_thread")  # noqa: B009 - faust's AIOKafkaConsumerThread owns the aiokafka consumer
 
     async def rejoin() -> None:

@@ -77,7 +77,7 @@ def test_prometheus_sees_the_dlq_alert_fire(prometheus_bin, kafka, deployment, s
         # one bad record first, so the counter exists before the burst (increase() needs a start)
         asyncio.run(produce(kafka.bootstrap, topic, [("cam-x", b"{not json")]))
         wait_until(
-            lambda: get_json(api + '/query?query=sum(roadwatch_dlq_total)')["data"]["result"], 30, "first DLQ sample"
+            lambda: get_json(api + "/query?query=sum(roadwatch_dlq_total)")["data"]["result"], 30, "first DLQ sample"
         )
         time.sleep(2)
         injected = time.monotonic()

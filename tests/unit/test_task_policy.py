@@ -36,10 +36,22 @@ def test_the_token_bucket_bounds_the_spend_and_refills():
     assert len(decisions) == 1
 
 
-def test_old_frames_make_no_tasks():
+def test_a_late_frame_is_planned_once_without_moving_the_clock():
+    """A record read again only after newer ones (a fetch hole, streams.commits) still gets its task."""
     state, _, _ = plan_tasks(None, detection("c", 5), 100.0, BUDGET)
-    _, decisions, skipped = plan_tasks(state, detection("c", 4), 100.5, BUDGET)
-    assert decisions == [] and skipped == {"stale_frame": 1}
+    state, decisions, _ = plan_tasks(state, detection("c", 4), 100.5, BUDGET)
+    assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 5
+    _, again, skipped = plan_tasks(state, detection("c", 4), 101.0, BUDGET)
+    assert [d.reason for d in again] == ["replay"] and skipped == {}
+
+
+def test_a_producer_that_restarts_its_frame_count_is_not_ignored():
+    state, _, _ = plan_tasks(None, detection("c", 500), 100.0, BUDGET)
+    state, decisions, _ = plan_tasks(state, detection("c", 0, track_base=900), 101.0, BUDGET)
+    assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 0
+    state, decisions, _ = plan_tasks(state, detection("c", 1, track_base=902), 102.0, BUDGET)
+    assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 1
+    assert sorted(state["recent"], key=int) == ["0", "1"]  # the old count's frames are forgotten
 
 
 def test_a_redelivered_frame_makes_the_same_tasks_again():

@@ -1,0 +1,124 @@
+"""The commit rule: only the run of acknowledged offsets that starts at the head is committed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
+
+from streams.app import app
+from streams.commits import AtLeastOnceConsumer
+
+TASKS = TP("t-assessment-tasks", 3)
+
+
+@pytest.fixture
+def consumer() -> Iterator[AtLeastOnceConsumer]:
+    c = app.consumer
+    assert isinstance(c, AtLeastOnceConsumer)
+    yield c
+    for state in (c._acked, c._acked_index, c._committed_offset, c._gap, c.heads):
+        state.pop(TASKS, None)
+
+
+def ack(consumer: AtLeastOnceConsumer, *offsets: int) -> None:
+    for offset in offsets:
+        consumer._acked[TASKS].append(offset)
+        consumer._acked_index[TASKS].add(offset)
+
+
+def test_faust_itself_commits_past_an_event_in_flight(consumer):
+    """faust-streaming#606: if this starts failing, Faust fixed it and streams.commits can go."""
+    consumer._committed_offset[TASKS] = 10  # offset 10 is still being processed
+    ack(consumer, 11, 12)
+    assert FaustConsumer._new_offset(consumer, TASKS) == 13
+
+
+def test_an_event_in_flight_at_the_head_holds_the_commit_back(consumer):
+    consumer.heads[TASKS] = 10
+    ack(consumer, 11, 12)
+    assert consumer._new_offset(TASKS) is None
+    ack(consumer, 10)
+    assert consumer._new_offset(TASKS) == 13
+    assert consumer.heads[TASKS] == 13
+    assert consumer._acked[TASKS] == []
+    assert not consumer._acked_index[TASKS]
+
+
+def test_a_hole_in_the_middle_commits_up_to_the_hole(consumer):
+    consumer.heads[TASKS] = 10
+    ack(consumer, 12, 10, 11, 14)
+    assert consumer._new_offset(TASKS) == 13
+    assert consumer._acked[TASKS] == [14]
+    assert consumer._new_offset(TASKS) is None  # 13 still in flight
+    ack(consumer, 13)
+    assert consumer._new_offset(TASKS) == 15
+
+
+def test_offset_zero_is_a_head_like_any_other(consumer):
+    consumer.heads[TASKS] = 0
+    ack(consumer, 1, 2)
+    assert consumer._new_offset(TASKS) is None
+
+
+def test_without_a_head_nothing_is_committed(consumer):
+    ack(consumer, 0, 1)
+    assert consumer._new_offset(TASKS) is None
+
+
+def test_every_partition_is_seeked_and_its_position_becomes_the_head(consumer, monkeypatch):
+    """aiokafka seeks only partitions committed above 0; records Faust discarded while recovering
+    tables would be lost on the others. Committed 7: aiokafka seeked it. None or 0: we seek to the
+    log start (auto_offset_reset=earliest), or to the committed 0 if the log starts there."""
+    fresh, zero, done, expired = TP("t-a", 0), TP("t-a", 1), TP("t-a", 2), TP("t-a", 3)
+    seeks: list[dict[TP, int]] = []
+
+    async def seek_to_committed():
+        return {fresh: None, zero: 0, done: 7, expired: 5}
+
+    async def earliest_offsets(*tps):
+        return {fresh: 3, zero: 0, done: 2, expired: 9}  # retention removed 5..8
+
+    async def seek_wait(partitions):
+        seeks.append(dict(partitions))
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    monkeypatch.setattr(consumer, "earliest_offsets", earliest_offsets)
+    monkeypatch.setattr(consumer, "seek_wait", seek_wait)
+    monkeypatch.setattr(consumer, "assignment", lambda: {fresh, zero, done, expired})
+    consumer._active_partitions = {fresh, zero, done, expired}
+    try:
+        asyncio.run(consumer.perform_seek())
+        assert seeks == [{fresh: 3, zero: 0, expired: 9}]
+        heads = {tp: consumer.heads[tp] for tp in (fresh, zero, done, expired)}
+        assert heads == {fresh: 3, zero: 0, done: 7, expired: 9}
+        assert consumer._committed_offset[done] == 7
+        assert consumer._active_partitions == {fresh, zero, done, expired}  # paused for the seek only
+    finally:
+        for tp in (fresh, zero, done, expired):
+            consumer.heads.pop(tp, None)
+            consumer._committed_offset.pop(tp, None)
+            consumer._read_offset.pop(tp, None)
+        consumer._active_partitions = None
+
+
+def test_offsets_the_fetch_loop_missed_are_not_taken_as_never_written(consumer):
+    """Faust's gap set would commit over 11 and 12; here they hold the commit back until read."""
+    consumer.heads[TASKS] = 10
+    consumer._gap[TASKS].addi(11, 13)
+    ack(consumer, 10, 13)
+    assert consumer._new_offset(TASKS) == 11
+    assert consumer._new_offset(TASKS) is None
+    ack(consumer, 11, 12)
+    assert consumer._new_offset(TASKS) == 14
+
+
+def test_stale_and_repeated_acknowledgements_are_dropped(consumer):
+    consumer.heads[TASKS] = 10
+    ack(consumer, 8, 10, 11)
+    consumer._acked[TASKS].append(10)
+    assert consumer._new_offset(TASKS) == 12
+    assert consumer._acked[TASKS] == []
