@@ -21,8 +21,9 @@ without a result after a worker was killed or restarted:
 
 This consumer seeks *every* assigned partition after recovery: to its committed offset (or
 the log start, should retention have removed that offset), or, with none, to where
-``auto_offset_reset`` says (the log start for ``earliest``). That position is the partition's
-*head*: the next offset not known to be processed. Only the run of
+``auto_offset_reset`` says (the log start for ``earliest``). Faust also drops the records of a
+partition it pauses while a fetch is in flight, so the partitions are paused first and the seek
+is the last step before they resume. That position is the partition's *head*: the next offset not known to be processed. Only the run of
 acknowledged offsets that starts exactly at the head is committed, and it becomes the new head.
 On revocation the in-flight events finish and commit first; the state is dropped after that.
 
@@ -30,8 +31,8 @@ On revocation the in-flight events finish and commit first; the state is dropped
    wrote (compaction, transaction markers) and commits over them. Around a seek the fetch loop
    also misses records that do exist: the rolling-restart test lost 4 detections that way. The
    pipeline's topics are written without transactions and never compacted, so their offsets
-   are contiguous and this consumer ignores the gap set. A record the fetch loop skipped leaves
-   a hole that holds the commit back; ``streams.lag`` sees it and rejoins, which re-reads it.
+   are contiguous and this consumer ignores the gap set. Should a record still be skipped, the
+   hole holds the commit back; ``streams.lag`` sees it and rejoins, which reads it again.
 
 Events a stream skips during a rebalance (stale generation, flow stopped) are not counted as
 done: the compiled stream iterator, used whenever Faust's extension loads, neither tracks nor
@@ -60,7 +61,9 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
 
     async def perform_seek(self) -> None:
         """Seek every assigned partition to where its unprocessed records start: the head."""
-        # Nothing may be delivered from the old positions while the seek is under way.
+        # Faust drops records of a partition paused while a fetch was in flight (the fetch position
+        # has moved past them). So: pause, and seek every partition *after* that, as the last step
+        # before resuming; records dropped in between are read again from the seek position.
         active = set(self._get_active_partitions())
         self.pause_partitions(active)
         try:
@@ -68,8 +71,7 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
             if not committed:
                 return
             starts = await self._starts(committed)
-            # aiokafka seeked the partitions committed above 0, to their committed offset
-            await self.seek_wait({tp: start for tp, start in starts.items() if start != (committed[tp] or None)})
+            await self.seek_wait(starts)
         finally:
             self.resume_partitions(active & self.assignment())
         self._read_offset.update({tp: start or None for tp, start in starts.items()})

@@ -71,8 +71,8 @@ def test_without_a_head_nothing_is_committed(consumer):
 
 def test_every_partition_is_seeked_and_its_position_becomes_the_head(consumer, monkeypatch):
     """aiokafka seeks only partitions committed above 0; records Faust discarded while recovering
-    tables would be lost on the others. Committed 7: aiokafka seeked it. None or 0: we seek to the
-    log start (auto_offset_reset=earliest), or to the committed 0 if the log starts there."""
+    tables would be lost on the others. Committed 7: seek to 7. None or 0: to the log start
+    (auto_offset_reset=earliest), or to the committed 0 if the log starts there."""
     fresh, zero, done, expired = TP("t-a", 0), TP("t-a", 1), TP("t-a", 2), TP("t-a", 3)
     seeks: list[dict[TP, int]] = []
 
@@ -92,7 +92,7 @@ def test_every_partition_is_seeked_and_its_position_becomes_the_head(consumer, m
     consumer._active_partitions = {fresh, zero, done, expired}
     try:
         asyncio.run(consumer.perform_seek())
-        assert seeks == [{fresh: 3, zero: 0, expired: 9}]
+        assert seeks == [{fresh: 3, zero: 0, done: 7, expired: 9}]  # every one, after the pause
         heads = {tp: consumer.heads[tp] for tp in (fresh, zero, done, expired)}
         assert heads == {fresh: 3, zero: 0, done: 7, expired: 9}
         assert consumer._committed_offset[done] == 7
