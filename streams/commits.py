@@ -1,38 +1,35 @@
 """A Faust consumer that neither skips nor commits past an event it has not processed.
 
-faust-streaming (0.15) loses events around rebalances in two ways, both seen here as tasks
+faust-streaming (0.15) loses events around rebalances in four ways, all seen here as tasks
 without a result after a worker was killed or restarted:
 
-1. **Records dropped during recovery are never read again.** While a rebalance recovers
-   tables, Faust pauses the stream partitions and *discards* records the fetcher returns for
-   them; at the end it seeks every partition back to its committed offset to read them again.
-   But aiokafka's ``seek_to_committed`` only seeks partitions whose committed offset is above
-   0: a partition never committed (a fresh one, or one whose previous owner was killed before
-   its first commit) keeps the fetcher's position, and the discarded records are gone. In the
-   kill -9 test the survivor took over such partitions and never saw up to 14 of 32 tasks.
-2. **Commits past events still in flight.** Faust commits the run of acknowledged offsets it
-   finds in ``Consumer._new_offset``, whose guard against a hole at the head is off by one:
-   with offset N in flight and N+1.. acknowledged it commits past N (faust-streaming#606; the
-   fix, PR #707, is not released). A committed offset of 0, or none yet, reads as "unknown",
-   with no head check at all; and on revocation it forgets the committed offsets *before*
-   waiting for the in-flight events, so those commits have no head either. Acknowledgements
-   arrive out of order here (up to ``vlm_concurrency`` VLM calls in flight), so a worker killed
-   after such a commit leaves the skipped events to nobody.
+1. **Records dropped during recovery are never read again.** While a rebalance recovers tables,
+   Faust pauses the stream partitions and drops records a fetch in flight returns for them; at
+   the end it seeks every partition back to its committed offset to read them again. But
+   aiokafka's ``seek_to_committed`` only seeks partitions committed above offset 0: a partition
+   never committed (a fresh one, or one whose owner was killed before its first commit) keeps
+   the fetcher's position, and the dropped records are gone (up to 14 of 32 kill -9 tasks).
+2. **A pause racing a fetch.** The same drop happens whenever a partition is paused while a
+   fetch is in flight, also after that seek: a taken-over partition then sat idle.
+3. **Commits past events still in flight.** ``Consumer._new_offset`` commits the run of
+   acknowledged offsets, but its check for a hole at the head is off by one (with offset N in
+   flight and N+1.. acknowledged it commits past N: faust-streaming#606, fix unreleased) and
+   absent when there is no committed offset or it is 0; on revocation the committed offsets
+   are forgotten before the in-flight events are waited for, so those commits have no head
+   either. Acknowledgements arrive out of order here (``vlm_concurrency`` calls in flight).
+4. **Gaps.** Offsets the fetch loop did not see are taken for offsets Kafka never wrote
+   (compaction, transaction markers) and committed over; around a seek the loop also misses
+   records that exist (the rolling-restart test lost 4 detections that way).
 
-This consumer seeks *every* assigned partition after recovery: to its committed offset (or
-the log start, should retention have removed that offset), or, with none, to where
-``auto_offset_reset`` says (the log start for ``earliest``). Faust also drops the records of a
-partition it pauses while a fetch is in flight, so the partitions are paused first and the seek
-is the last step before they resume. That position is the partition's *head*: the next offset not known to be processed. Only the run of
-acknowledged offsets that starts exactly at the head is committed, and it becomes the new head.
-On revocation the in-flight events finish and commit first; the state is dropped after that.
-
-3. **Faust's "gaps".** Faust treats offsets its fetch loop did not see as offsets Kafka never
-   wrote (compaction, transaction markers) and commits over them. Around a seek the fetch loop
-   also misses records that do exist: the rolling-restart test lost 4 detections that way. The
-   pipeline's topics are written without transactions and never compacted, so their offsets
-   are contiguous and this consumer ignores the gap set. Should a record still be skipped, the
-   hole holds the commit back; ``streams.lag`` sees it and rejoins, which reads it again.
+This consumer pauses the stream partitions after recovery and, as the last step before resuming
+them, seeks *every* one: to its committed offset (or the log start, should retention have
+removed it), or, with none, to where ``auto_offset_reset`` says. That position is the
+partition's *head*: the next offset not known to be processed. Only the run of acknowledged
+offsets that starts exactly at the head is committed, and it becomes the new head; the gap set
+is ignored (the pipeline's topics are written without transactions and never compacted, so
+their offsets are contiguous). On revocation the in-flight events finish and commit first, and
+the state is dropped after that. Should a record still be skipped, the hole holds the commit
+back; ``streams.lag`` notices and rejoins the group, which reads it again.
 
 Events a stream skips during a rebalance (stale generation, flow stopped) are not counted as
 done: the compiled stream iterator, used whenever Faust's extension loads, neither tracks nor
