@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
@@ -68,7 +69,11 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
             if not committed:
                 return
             starts = await self._starts(committed)
-            await self.seek_wait(starts)
+            try:
+                await self.seek_wait(starts)
+            except IllegalStateError as exc:  # revoked meanwhile: the next rebalance seeks again
+                self.log.info("seek skipped, the assignment changed: %s", exc)
+                return
         finally:
             self.resume_partitions(active & self.assignment())
         self._read_offset.update({tp: start or None for tp, start in starts.items()})

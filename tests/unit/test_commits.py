@@ -122,3 +122,31 @@ def test_stale_and_repeated_acknowledgements_are_dropped(consumer):
     consumer._acked[TASKS].append(10)
     assert consumer._new_offset(TASKS) == 12
     assert consumer._acked[TASKS] == []
+
+
+def test_a_seek_overtaken_by_a_new_rebalance_sets_no_heads(consumer, monkeypatch):
+    """aiokafka refuses to seek a partition revoked meanwhile; the next rebalance seeks again."""
+    from aiokafka.errors import IllegalStateError
+
+    tp = TP("t-b", 0)
+
+    async def seek_to_committed():
+        return {tp: 4}
+
+    async def earliest_offsets(*tps):
+        return {tp: 0}
+
+    async def seek_wait(partitions):
+        raise IllegalStateError("No current assignment for partition t-b-0")
+
+    monkeypatch.setattr(consumer, "seek_to_committed", seek_to_committed)
+    monkeypatch.setattr(consumer, "earliest_offsets", earliest_offsets)
+    monkeypatch.setattr(consumer, "seek_wait", seek_wait)
+    monkeypatch.setattr(consumer, "assignment", lambda: {tp})
+    consumer._active_partitions = {tp}
+    try:
+        asyncio.run(consumer.perform_seek())
+        assert tp not in consumer.heads
+        assert consumer._active_partitions == {tp}
+    finally:
+        consumer._active_partitions = None
