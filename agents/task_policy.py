@@ -138,7 +138,6 @@ def plan_tasks(
     )
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
-    late = False
     if str(det.frame_seq) in st["recent"]:
         # A frame seen before: a redelivery after a crash or rebalance. Its state change may have
         # reached the changelog while its tasks did not, so the tasks decided for it are made again
@@ -148,10 +147,9 @@ def plan_tasks(
         if len(replayed) < len(det.groups):
             skipped["seen_frame"] = len(det.groups) - len(replayed)
         return st, replayed, skipped
-    if st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]:
-        # A frame never planned, behind newer ones: a record the consumer read again only after
-        # later ones (streams.commits). It is planned like any frame, without moving the clock.
-        late = True
+    # A frame never planned, behind newer ones, is a record the consumer read again only after
+    # later ones (streams.commits). It is planned like any frame, without moving the clock.
+    late = st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
     frame_at = det.captured_at / 1000.0
     if not late:  # a newer frame, or one far behind: the producer restarted its count
         if st["last_at"] and frame_at > st["last_at"]:

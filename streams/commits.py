@@ -113,6 +113,29 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
                 self._committed_offset.pop(tp, None)
                 self.heads.pop(tp, None)
 
+    def in_flight(self) -> dict[TP, set[int]]:
+        """Per partition, the offsets a stream has taken and not finished.
+
+        Faust leaves a message in its unacknowledged set when its offset had been acknowledged
+        before (a record delivered twice around a seek): that one is done, not in flight.
+        """
+        taken: dict[TP, set[int]] = {}
+        for message in list(self._unacked_messages):
+            if not message.acked:
+                taken.setdefault(message.tp, set()).add(message.offset)
+        return taken
+
+    def holes(self, in_flight: Mapping[TP, set[int]]) -> dict[TP, int]:
+        """Partitions whose head is neither done nor in flight while later offsets are done.
+
+        That is a record the fetch loop skipped: nothing will deliver it before a new seek.
+        """
+        return {
+            tp: head
+            for tp, head in self.heads.items()
+            if self._acked.get(tp) and min(self._acked[tp]) > head and head not in in_flight.get(tp, ())
+        }
+
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit: the end of the acknowledged run that starts at the head."""
         acked = self._acked[tp]

@@ -1,8 +1,8 @@
 """Consumer lag, Faust's own stream metrics, and a guard against a stalled consumer.
 
 Lag is what an operator watches first: messages in a partition not yet processed by this
-worker. It is sampled every few seconds from the consumer's high-water marks and committed
-offsets, per topic and partition (bounded labels: partitions are few, and fixed). Faust's
+worker. It is sampled every few seconds from the broker's end offsets and the consumer's heads
+(:mod:`streams.commits`), per topic and partition (bounded labels: partitions are few, and fixed). Faust's
 Prometheus monitor (events per stream, runtimes, table operations, sends) goes into the same
 registry with the prefix ``roadwatch_faust_``, so one scrape of ``/metrics`` has both.
 
@@ -27,12 +27,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
 from streams import metrics
 from streams.app import app, settings
+from streams.commits import AtLeastOnceConsumer
 from streams.topics import MAIN_TOPICS
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ async def sample_lag() -> dict[tuple[str, int], int]:
     End offsets come from the broker, not from the fetcher's high-water marks: a partition the
     fetcher never fetched has none, and that is exactly the stall to catch.
     """
-    consumer = app.consumer
+    consumer = cast(AtLeastOnceConsumer, app.consumer)
     assigned = sorted(consumer.assignment())
     if not assigned:
         return {}
@@ -139,10 +140,9 @@ async def sample_lag() -> dict[tuple[str, int], int]:
     lags: dict[tuple[str, int], int] = {}
     pending: dict[Any, int] = {}
     committed_now: dict[Any, int | None] = {}
-    # the heads (streams.commits) are exact, also where nothing was committed yet
-    committed_offsets = getattr(consumer, "heads", None) or getattr(consumer, "_committed_offset", {})
     for tp in assigned:
-        high, committed = ends.get(tp), committed_offsets.get(tp)
+        # the head (streams.commits) is exact, also where nothing was committed yet
+        high, committed = ends.get(tp), consumer.heads.get(tp)
         if high is None:
             continue
         if committed is None:  # nothing committed yet: measure from where the consumer stands
@@ -163,21 +163,9 @@ async def sample_lag() -> dict[tuple[str, int], int]:
     for (topic, partition), lag in lags.items():
         metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
     inbound = getattr(app.monitor, "stream_inbound_time", None) or {}
-    busy: dict[Any, int] = {}
-    in_flight: set[tuple[Any, int]] = set()
-    for message in list(getattr(consumer, "_unacked_messages", ())):
-        # Faust leaves an acknowledged message in this set when its offset was acknowledged
-        # before (a record delivered twice around a seek): done, not in flight.
-        if not message.acked:
-            busy[message.tp] = min(busy.get(message.tp, message.offset), message.offset)
-            in_flight.add((message.tp, message.offset))
-    heads: dict[Any, int] = getattr(consumer, "heads", {})
-    acked: dict[Any, list[int]] = getattr(consumer, "_acked", {})
-    holes = {
-        tp: heads[tp]
-        for tp in pending
-        if tp in heads and acked.get(tp) and min(acked[tp]) > heads[tp] and (tp, heads[tp]) not in in_flight
-    }
+    in_flight = consumer.in_flight()
+    busy: dict[Any, int] = {tp: min(offsets) for tp, offsets in in_flight.items()}
+    holes = {tp: head for tp, head in consumer.holes(in_flight).items() if tp in pending}
     stalled = guard.check(pending, committed_now, inbound, busy, time.monotonic(), holes)
     if stalled:
         await unstall(stalled)

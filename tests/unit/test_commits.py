@@ -150,3 +150,14 @@ def test_a_seek_overtaken_by_a_new_rebalance_sets_no_heads(consumer, monkeypatch
         assert consumer._active_partitions == {tp}
     finally:
         consumer._active_partitions = None
+
+
+def test_a_head_neither_done_nor_in_flight_behind_done_offsets_is_a_hole(consumer):
+    consumer.heads[TASKS] = 10
+    ack(consumer, 12)
+    assert consumer.holes({TASKS: {10}}) == {}  # 10 is being processed: not a hole
+    assert consumer.holes({TASKS: {11}}) == {TASKS: 10}
+    assert consumer.holes({}) == {TASKS: 10}
+    ack(consumer, 10, 11)
+    assert consumer._new_offset(TASKS) == 13
+    assert consumer.holes({}) == {}
