@@ -350,13 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baselines-only", action="store_true", help="re-run the baselines into an existing file")
     args = parser.parse_args(argv)
     if args.baselines_only:
-        report = json.loads(args.out.read_text())
+        existing = json.loads(args.out.read_text())
         with tempfile.TemporaryDirectory(prefix="roadwatch-keypool-") as tmp:
             for kind in ("sequential", "round_robin"):
-                report[f"baseline_{kind}"] = baseline_run(kind, args, Path(tmp))
-        report["scenario"]["baseline_duration_s"] = args.baseline_duration
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps({k: v for k, v in report.items() if k.startswith("baseline")}, indent=2))
+                existing[f"baseline_{kind}"] = baseline_run(kind, args, Path(tmp))
+        existing["scenario"]["baseline_duration_s"] = args.baseline_duration
+        args.out.write_text(json.dumps(existing, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in existing.items() if k.startswith("baseline")}, indent=2))
         return
     report: dict[str, Any] = {
         "scenario": {
