@@ -66,6 +66,11 @@ class WebhookSink:
             self.failed += 1
             metrics.webhook_total.labels(outcome="dropped").inc()
 
+    async def close(self) -> None:
+        """Stop sending (the worker is stopping); what is queued is dropped."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def _drain(self) -> None:
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
             while True:

@@ -26,13 +26,14 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from streams import metrics
 from streams.errors import NoKeyAvailable
 from streams.settings import ApiKeyConfig, KeyStrategy
+from streams.table_values import PersistedKey
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ class KeyPool:
             self.on_change(slot)
 
     # --- sharing state ---------------------------------------------------------------------
-    def persisted(self, slot: KeySlot) -> dict[str, Any]:
+    def persisted(self, slot: KeySlot) -> PersistedKey:
         """What the key_pool table keeps of a key (never the key itself)."""
         return {
             "alias": slot.alias,
@@ -309,7 +310,7 @@ class KeyPool:
             "updated_at": slot.updated_at,
         }
 
-    def merge(self, alias: str, data: dict[str, Any]) -> None:
+    def merge(self, alias: str, data: Mapping[str, Any]) -> None:
         """Apply another worker's (or an earlier run's) newer state of a key."""
         slot = self.by_alias.get(alias)
         if slot is None or float(data.get("updated_at", 0)) <= slot.updated_at:

@@ -25,47 +25,21 @@ import time
 from typing import Any
 
 from faust.types import EventT
-from mode import BaseSignalT, Service
+from mode import BaseSignalT
 
-from agents.key_pool import KeyPool, KeySlot
-from agents.task_generator import GLOBAL_CAP
-from agents.vlm_client import KEY_FAULTS, RETRYABLE, VlmClient
+from agents.vlm_client import KEY_FAULTS, RETRYABLE
+from agents.worker_clients import WorkerClients, current, current_or_none
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
 from streams.errors import BadImage, ImageMissing, NoKeyAvailable, VlmError
-from streams.images import open_store, resolve
-from streams.records import AssessmentTask, RiskAssessment, decode, to_bytes
+from streams.images import resolve
+from streams.records import AssessmentTask, RiskAssessment, TaskStatus, decode, to_bytes
+from streams.table_values import PersistedKey
 from streams.tables import key_pool
 from streams.topics import assessment_tasks_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
-
-
-def _persist(slot: KeySlot) -> None:
-    """Every key state change goes to the key_pool GlobalTable (seen by all workers)."""
-    try:
-        key_pool[slot.alias] = pool.persisted(slot)
-    except Exception:  # the producer is not started (unit tests, shutdown): keep going
-        logger.debug("key_pool not persisted for %s", slot.alias, exc_info=True)
-
-
-pool = KeyPool(
-    settings.api_keys(),
-    strategy=settings.key_strategy,
-    cooldown_min_s=settings.cooldown_min_s,
-    cooldown_max_s=settings.cooldown_max_s,
-    on_change=_persist,
-)
-client = VlmClient(
-    settings.vlm_base_url,
-    settings.vlm_model,
-    timeout_s=settings.vlm_timeout_s,
-    pool_size=settings.vlm_concurrency,
-    max_tokens=settings.vlm_max_tokens,
-)
-image_store = open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s)
-calls_gate = asyncio.Semaphore(settings.vlm_concurrency)
 
 
 def describe(task: AssessmentTask) -> str:
@@ -80,8 +54,9 @@ def describe(task: AssessmentTask) -> str:
 
 def _result(
     task: AssessmentTask,
-    status: str,
+    status: TaskStatus,
     *,
+    model: str,
     level: str = "none",
     score: float = 0.0,
     summary: str = "",
@@ -89,7 +64,6 @@ def _result(
     attempts: int = 0,
     latency_ms: float = 0.0,
     queue_ms: float = 0.0,
-    model: str = "",
     error: str | None = None,
 ) -> RiskAssessment:
     return RiskAssessment(
@@ -101,7 +75,7 @@ def _result(
         risk_level=level,
         risk_score=score,
         summary=summary,
-        model=model or settings.vlm_model,
+        model=model,
         key_alias=key_alias,
         attempts=attempts,
         latency_ms=latency_ms,
@@ -112,19 +86,18 @@ def _result(
     )
 
 
-async def assess(
-    task: AssessmentTask, *, vlm: VlmClient | None = None, keys: KeyPool | None = None, max_retries: int | None = None
-) -> RiskAssessment:
+async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: int | None = None) -> RiskAssessment:
     """Assess one task with failover across keys; always returns a result."""
-    vlm, keys = vlm or client, keys or pool
-    retries = settings.vlm_max_retries if max_retries is None else max_retries
+    vlm, keys, s = clients.vlm, clients.pool, clients.settings
+    retries = s.vlm_max_retries if max_retries is None else max_retries
     deadline = task.deadline / 1000.0
+    model = s.vlm_model
     try:
-        jpeg = resolve(task.image, image_store)
+        jpeg = resolve(task.image, clients.images)
     except ImageMissing as exc:
         reason = "bad" if isinstance(exc, BadImage) else "missing"
         metrics.bad_images_total.labels(reason=reason).inc()
-        return _result(task, "failed", error=f"image {reason}: {exc}")
+        return _result(task, "failed", model=model, error=f"image {reason}: {exc}")
     context = describe(task)
     queue_s, last_error, attempt, server_failures = 0.0, "", 0, 0
     tried: set[str] = set()
@@ -135,6 +108,7 @@ async def assess(
             return _result(
                 task,
                 "expired",
+                model=model,
                 attempts=attempt,
                 queue_ms=queue_s * 1000,
                 error=f"{exc}; last error: {last_error or 'none'}",
@@ -145,7 +119,7 @@ async def assess(
         tried.add(lease.alias)
         metrics.vlm_in_flight.inc()
         try:
-            async with calls_gate:
+            async with clients.calls_gate:
                 answer = await asyncio.wait_for(
                     vlm.assess(lease.secret, jpeg, context), timeout=max(0.1, deadline - time.time())
                 )
@@ -157,16 +131,24 @@ async def assess(
             logger.info("task %s camera %s: %s (attempt %d)", task.task_id, task.camera_id, last_error, attempt)
             if err.kind not in RETRYABLE:
                 return _result(
-                    task, "failed", key_alias=lease.alias, attempts=attempt, queue_ms=queue_s * 1000, error=last_error
+                    task,
+                    "failed",
+                    model=model,
+                    key_alias=lease.alias,
+                    attempts=attempt,
+                    queue_ms=queue_s * 1000,
+                    error=last_error,
                 )
             if err.kind in KEY_FAULTS:
                 continue  # not the request's fault: the next key at once, no retry spent
             server_failures += 1
             if server_failures > retries:
                 break
-            backoff = settings.vlm_backoff_base_s**server_failures * random.uniform(0.5, 1.0)
+            backoff = s.vlm_backoff_base_s**server_failures * random.uniform(0.5, 1.0)
             if time.time() + backoff >= deadline:
-                return _result(task, "expired", attempts=attempt, queue_ms=queue_s * 1000, error=last_error)
+                return _result(
+                    task, "expired", model=model, attempts=attempt, queue_ms=queue_s * 1000, error=last_error
+                )
             await asyncio.sleep(backoff)
             continue
         finally:
@@ -187,11 +169,12 @@ async def assess(
             attempts=attempt,
             latency_ms=answer.latency_ms,
             queue_ms=queue_s * 1000,
-            model=answer.model,
+            model=answer.model or model,
         )
     return _result(
         task,
         "failed",
+        model=model,
         attempts=attempt,
         queue_ms=queue_s * 1000,
         error=f"gave up after {attempt} attempts; last error: {last_error}",
@@ -207,45 +190,53 @@ async def assess_tasks(stream):  # type: ignore[no-untyped-def]
 
 async def handle_task(event: EventT[bytes]) -> None:
     task = decode(AssessmentTask, event.value)
+    clients = current()
     if time.time() * 1000.0 > task.deadline:
-        result = _result(task, "expired", error="deadline passed before the task was picked up")
+        result = _result(
+            task, "expired", model=settings.vlm_model, error="deadline passed before the task was picked up"
+        )
     else:
         try:
-            result = await assess(task)
+            result = await assess(task, clients)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not lose the task: it becomes a failed result
             logger.exception("task %s: unexpected error", task.task_id)
-            result = _result(task, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            result = _result(
+                task, "failed", model=settings.vlm_model, error=f"internal error: {type(exc).__name__}: {exc}"
+            )
     await risk_results_topic.send(key=task.camera_id.encode(), value=to_bytes(result))
 
 
-def sync_key_pool() -> None:
-    """Adopt newer key states other workers wrote, and this worker's share of the limits."""
-    for alias, data in list(key_pool.items()):
+def sync_key_pool(clients: WorkerClients, persisted: dict[str, PersistedKey], owned: int | None) -> None:
+    """Adopt newer key states other workers wrote, and this worker's share of the limits.
+
+    ``owned`` is how many ``assessment-tasks`` partitions this worker has (None: not assigned yet).
+    """
+    for alias, data in persisted.items():
         if isinstance(data, dict):
-            pool.merge(str(alias), data)
+            clients.pool.merge(str(alias), data)
+    if owned is not None:
+        share = owned / clients.settings.topic_partitions
+        clients.pool.set_share(share)
+        clients.global_cap.share = share  # detections and tasks share camera keys, so partitions
+    clients.pool.snapshot()  # refreshes the key-state gauges
+
+
+def _sync() -> None:
+    clients = current_or_none()
+    if clients is None:  # stopping
+        return
     assigned = app.assignor.assigned_actives() if app.assignor else set()
-    owned = sum(1 for tp in assigned if tp.topic == assessment_tasks_topic.get_topic_name())
-    if assigned:
-        pool.set_share(owned / settings.topic_partitions)
-        GLOBAL_CAP.share = owned / settings.topic_partitions  # detections and tasks share camera keys
-    pool.snapshot()  # refreshes the key-state gauges
+    owned = sum(1 for tp in assigned if tp.topic == assessment_tasks_topic.get_topic_name()) if assigned else None
+    sync_key_pool(clients, dict(key_pool.items()), owned)
 
 
 @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
 async def sync_key_pool_often() -> None:
-    sync_key_pool()
+    _sync()
 
 
 @app.on_rebalance_complete.connect
 async def _reshare(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
-    sync_key_pool()
-
-
-@app.service
-class VlmSession(Service):
-    """Closes the worker's aiohttp session when the worker stops."""
-
-    async def on_stop(self) -> None:
-        await client.close()
+    _sync()

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from faust.types import EventT
 from mode import BaseSignalT
 
-from agents.alerting import WebhookSink, merge_alert
+from agents.alerting import merge_alert
+from agents.camera_filter import check_camera
 from agents.expiry import ExpiringIndex
-from agents.task_generator import check_camera
+from agents.worker_clients import WorkerClients, current
 from streams import metrics
 from streams.app import app, settings
-from streams.cache import ResultCache
 from streams.dlq import guarded
 from streams.errors import InvalidRecord
 from streams.images import image_url
@@ -36,35 +38,57 @@ from streams.records import (
     risk_rank,
     to_bytes,
 )
+from streams.table_values import CameraView, CompactDetection, ResultEntry
 from streams.tables import alerts, camera_key, camera_view, detections, results
 from streams.topics import alerts_topic, detection_results_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
 
-DETECTION_TTL_S = max(120.0, 4 * settings.task_deadline_s)
 RESULT_TTL_S = 3600.0
 LATEST_RESULTS = 12
 ALERTS_KEPT = 100
 
-cache = ResultCache(settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s)
-webhook = WebhookSink(settings.alert_webhook_url) if settings.alert_webhook_url else None
-detection_expiry = ExpiringIndex(DETECTION_TTL_S)
-result_expiry = ExpiringIndex(RESULT_TTL_S)
+
+@dataclass
+class Aggregation:
+    """The aggregator's tables and expiry indexes; the handlers below work on any mappings."""
+
+    detections: MutableMapping[str, CompactDetection | None]
+    results: MutableMapping[str, ResultEntry | None]
+    camera_view: MutableMapping[bytes, CameraView | None]
+    alerts: MutableMapping[bytes, list[dict[str, Any]] | None]
+    detection_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(120.0))
+    result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(RESULT_TTL_S))
+
+    def mark_stale(self) -> None:
+        """After a rebalance: the worker may own keys it never saw being written."""
+        self.detection_expiry.mark_stale()
+        self.result_expiry.mark_stale()
+
+
+def detection_ttl_s(task_deadline_s: float) -> float:
+    """How long a detection waits for its results: longer than any task can take."""
+    return max(120.0, 4 * task_deadline_s)
+
+
+#: The worker's aggregation, on its Faust tables.
+aggregation = Aggregation(
+    detections, results, camera_view, alerts, detection_expiry=ExpiringIndex(detection_ttl_s(settings.task_deadline_s))
+)
 
 
 @app.task  # type: ignore[untyped-decorator]
 async def relay_other_workers() -> None:
     """WebSocket clients of this worker also see the cameras other workers own (via Redis)."""
-    await cache.relay(hub.publish)
+    await current().cache.relay(hub.publish)
 
 
 @app.on_rebalance_complete.connect
 async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
-    detection_expiry.mark_stale()
-    result_expiry.mark_stale()
+    aggregation.mark_stale()
 
 
-def compact_detection(det: DetectionResult, now_s: float) -> dict[str, Any]:
+def compact_detection(det: DetectionResult, now_s: float) -> CompactDetection:
     """What the join needs of a detection: frame facts, objects and groups, crop references."""
     return {
         "at": now_s,
@@ -87,25 +111,33 @@ async def record_detections(stream):  # type: ignore[no-untyped-def]
     async for event in stream.events():
         try:
             det = decode(DetectionResult, event.value)
-            check_camera(det, count=False)  # generate_tasks counts it and sends it to the DLQ
+            check_camera(det, current().known_cameras, count=False)  # generate_tasks counts it
         except InvalidRecord:
             continue  # generate_tasks, reading the same topic, sends it to the DLQ once
         try:
-            remember_detection(det)
+            remember_detection(aggregation, det, time.time())
         except Exception:
             logger.exception("camera %s: detection %s not recorded", det.camera_id, det.detection_id)
 
 
-def remember_detection(det: DetectionResult) -> None:
-    now = time.time()
+def empty_view(camera_id: str) -> CameraView:
+    return {"camera_id": camera_id, "results": [], "counts": {}}
+
+
+def remember_detection(agg: Aggregation, det: DetectionResult, now: float) -> None:
+    """Keep ``det`` for the join (expiring) and as its camera's latest frame."""
     compact = compact_detection(det, now)
-    detections[det.detection_id] = compact
-    detection_expiry.add(det.detection_id, now)
-    detection_expiry.expire(detections, now)
-    view = camera_view.get(camera_key(det.camera_id)) or {"camera_id": det.camera_id, "results": [], "counts": {}}
+    agg.detections[det.detection_id] = compact
+    agg.detection_expiry.add(det.detection_id, now)
+    agg.detection_expiry.expire(agg.detections, now)
+    view = agg.camera_view.get(camera_key(det.camera_id)) or empty_view(det.camera_id)
     best = max(det.groups, key=lambda g: g.interest, default=None)
     view["latest_detection"] = {
-        **{k: compact[k] for k in ("frame_seq", "captured_at", "frame_w", "frame_h", "model")},
+        "frame_seq": compact["frame_seq"],
+        "captured_at": compact["captured_at"],
+        "frame_w": compact["frame_w"],
+        "frame_h": compact["frame_h"],
+        "model": compact["model"],
         "objects": len(det.objects),
         "groups": [
             {
@@ -121,10 +153,10 @@ def remember_detection(det: DetectionResult) -> None:
         "crop_group": best.group_id if best else None,
     }
     view["updated_at"] = now
-    camera_view[camera_key(det.camera_id)] = view
+    agg.camera_view[camera_key(det.camera_id)] = view
 
 
-def joined_result(result: RiskAssessment, detection: dict[str, Any] | None) -> dict[str, Any]:
+def joined_result(result: RiskAssessment, detection: CompactDetection | None) -> dict[str, Any]:
     """The result as the views, the cache and the browser see it: joined with its detection."""
     data = record_to_dict(result)
     data["e2e_ms"] = round(result.completed_at - result.captured_at, 1)
@@ -144,8 +176,9 @@ def joined_result(result: RiskAssessment, detection: dict[str, Any] | None) -> d
     return data
 
 
-def _alert_for(result: RiskAssessment, now_s: float) -> Alert | None:
-    if result.status != "ok" or risk_rank(result.risk_level) < risk_rank(settings.alert_level):
+def alert_for(result: RiskAssessment, now_s: float, level: str) -> Alert | None:
+    """The alert an ok result at or above ``level`` raises."""
+    if result.status != "ok" or risk_rank(result.risk_level) < risk_rank(level):
         return None
     return Alert(
         task_id=result.task_id,
@@ -167,44 +200,52 @@ async def aggregate_results(stream):  # type: ignore[no-untyped-def]
 
 
 async def handle_result(event: EventT[bytes]) -> None:
-    result = decode(RiskAssessment, event.value)
-    if results.get(result.task_id) is not None:
+    alert = aggregate(aggregation, decode(RiskAssessment, event.value), time.time(), current())
+    if alert is not None:
+        await alerts_topic.send(key=alert.camera_id.encode(), value=to_bytes(alert))
+
+
+def aggregate(agg: Aggregation, result: RiskAssessment, now: float, clients: WorkerClients) -> Alert | None:
+    """Join and record one result (once per task_id); returns the alert to publish, if any."""
+    if agg.results.get(result.task_id) is not None:
         metrics.duplicates_total.inc()
-        return
-    now = time.time()
-    data = joined_result(result, detections.get(result.detection_id))
-    results[result.task_id] = {
+        return None
+    s = clients.settings
+    data = joined_result(result, agg.detections.get(result.detection_id))
+    agg.results[result.task_id] = {
         "at": now,
         "camera_id": result.camera_id,
         "status": result.status,
         "risk_level": result.risk_level,
         "joined": data["detection"] is not None,
     }
-    result_expiry.add(result.task_id, now)
-    result_expiry.expire(results, now)
+    agg.result_expiry.add(result.task_id, now)
+    agg.result_expiry.expire(agg.results, now)
     metrics.results_total.labels(status=result.status, risk_level=result.risk_level).inc()
     metrics.e2e_seconds.observe(max(0.0, now - result.captured_at / 1000.0))
 
-    view = camera_view.get(camera_key(result.camera_id)) or {"camera_id": result.camera_id, "results": [], "counts": {}}
+    key = camera_key(result.camera_id)
+    view = agg.camera_view.get(key) or empty_view(result.camera_id)
     view["results"] = [data, *view.get("results", [])][:LATEST_RESULTS]
     counts = view.setdefault("counts", {})
     counts[result.status] = counts.get(result.status, 0) + 1
     view["updated_at"] = now
-    camera_view[camera_key(result.camera_id)] = view
+    agg.camera_view[key] = view
 
-    cache.put(result.camera_id, result.task_id, data)
+    clients.cache.put(result.camera_id, result.task_id, data)
     hub.publish("result", result.camera_id, data)
 
-    alert = _alert_for(result, now)
-    if alert is not None:
-        alert_data = {**record_to_dict(alert), "detection": data["detection"]}
-        key = camera_key(result.camera_id)
-        recent, publish = merge_alert(alerts.get(key) or [], alert_data, settings.alert_cooldown_s, ALERTS_KEPT)
-        alerts[key] = recent
-        if publish:
-            metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
-            hub.publish("alert", result.camera_id, recent[0])
-            cache.put(result.camera_id, result.task_id, recent[0], kind="alert")
-            if webhook is not None:
-                webhook.put(recent[0])
-            await alerts_topic.send(key=result.camera_id.encode(), value=to_bytes(alert))
+    alert = alert_for(result, now, s.alert_level)
+    if alert is None:
+        return None
+    alert_data = {**record_to_dict(alert), "detection": data["detection"]}
+    recent, publish = merge_alert(agg.alerts.get(key) or [], alert_data, s.alert_cooldown_s, ALERTS_KEPT)
+    agg.alerts[key] = recent
+    if not publish:
+        return None
+    metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
+    hub.publish("alert", result.camera_id, recent[0])
+    clients.cache.put(result.camera_id, result.task_id, recent[0], kind="alert")
+    if clients.webhook is not None:
+        clients.webhook.put(recent[0])
+    return alert

@@ -12,19 +12,18 @@ re-clustered with a parked bus does not. Groups without a pedestrian near a vehi
 clusters, lone road users) may only spend tokens above a reserve of half the burst, so that they
 never empty the bucket a pedestrian stepping out will need a moment later.
 
-The per-camera state is a plain JSON dict (it lives in the ``camera_state`` table):
-``{"last_seq", "last_at", "fps", "tokens", "tokens_at", "groups": {key: {"at", "gap"}},
-"groups_seen", "tasks_made"}``.
+The per-camera state is a plain JSON dict that lives in the ``camera_state`` table; its shape is
+:class:`streams.table_values.CameraState`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
-from models.detectors import VEHICLES
-from sim.scene import box_gap
-from streams.records import DetectionResult, TrafficGroup
+from models.geometry import VEHICLES, box_gap
+from streams.records import DetectionResult, TaskReason, TrafficGroup
+from streams.table_values import CameraState
 
 #: A gap that shrank to this fraction of the assessed one counts as a material change.
 GAP_SHRINK = 0.7
@@ -56,7 +55,7 @@ class Decision:
     """A group to assess and why (new, changed, refresh)."""
 
     group: TrafficGroup
-    reason: str
+    reason: TaskReason
 
 
 def group_key(group: TrafficGroup) -> str:
@@ -64,7 +63,7 @@ def group_key(group: TrafficGroup) -> str:
     return "-".join(str(t) for t in sorted(group.track_ids))
 
 
-def new_state() -> dict[str, Any]:
+def new_state() -> CameraState:
     return {
         "last_seq": -1,
         "last_at": 0.0,
@@ -104,7 +103,9 @@ def _closer(gap: float | None, last_gap: float | None) -> bool:
     return gap < last_gap * GAP_SHRINK or gap <= DANGER_GAP < last_gap
 
 
-def _why(group: TrafficGroup, pairs: dict[str, float], st: dict[str, Any], now_s: float, budget: Budget) -> str | None:
+def _why(
+    group: TrafficGroup, pairs: dict[str, float], st: CameraState, now_s: float, budget: Budget
+) -> TaskReason | None:
     if pairs:
         seen = {p: st["pairs"][p] for p in pairs if p in st["pairs"]}
         if len(seen) < len(pairs):
@@ -125,17 +126,17 @@ def _why(group: TrafficGroup, pairs: dict[str, float], st: dict[str, Any], now_s
 
 
 def plan_tasks(
-    state: dict[str, Any] | None, det: DetectionResult, now_s: float, budget: Budget, cap: float = float("inf")
-) -> tuple[dict[str, Any], list[Decision], dict[str, int]]:
+    state: CameraState | None, det: DetectionResult, now_s: float, budget: Budget, cap: float = float("inf")
+) -> tuple[CameraState, list[Decision], dict[str, int]]:
     """Decide the tasks for one detection; returns (new state, decisions, skipped counts).
 
     ``cap`` is how many tasks the global budget still allows (see :class:`GlobalCap`).
     """
-    st = (
-        new_state()
-        if state is None
-        else {**state, "groups": dict(state.get("groups", {})), "pairs": dict(state.get("pairs", {}))}
-    )
+    if state is None:
+        st = new_state()
+    else:  # .get: states written before a field existed are still read
+        copied = {**state, "groups": dict(state.get("groups", {})), "pairs": dict(state.get("pairs", {}))}
+        st = cast(CameraState, copied)
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
     if str(det.frame_seq) in st["recent"]:
@@ -148,7 +149,7 @@ def plan_tasks(
             skipped["seen_frame"] = len(det.groups) - len(replayed)
         return st, replayed, skipped
     # A frame never planned, behind newer ones, is a record the consumer read again only after
-    # later ones (streams.commits). It is planned like any frame, without moving the clock.
+    # later ones (streams.faust_seam). It is planned like any frame, without moving the clock.
     late = st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
     frame_at = det.captured_at / 1000.0
     if not late:  # a newer frame, or one far behind: the producer restarted its count
@@ -207,8 +208,8 @@ def plan_tasks(
     for table in ("groups", "pairs"):
         st[table] = {k: v for k, v in st[table].items() if float(v.get("last", v["at"])) >= horizon}
     totals = dict(st.get("skipped", {}))
-    for reason, n in skipped.items():
-        totals[reason] = totals.get(reason, 0) + n
+    for why, n in skipped.items():
+        totals[why] = totals.get(why, 0) + n
     st["skipped"] = totals
     return st, decisions, skipped
 

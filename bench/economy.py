@@ -39,9 +39,10 @@ from bench.pipeline import RESULTS, log, pct, save
 from models.cameras import CameraConfig
 from models.detectors import Detection, Detector, MotionDetector
 from models.producer import CameraPipeline, analyse
-from models.sources import Frame, scene_from_url
+from models.sources import Frame
 from sim.scenarios import scenario
 from sim.scene import Scene
+from sim.source import scene_from_url
 from streams.images import open_store
 from streams.settings import Settings
 

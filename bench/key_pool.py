@@ -42,10 +42,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.vlm_client import VlmClient
-from bench.pipeline import RESULTS, log, pct, save, spawn, stop, wait_for
+from bench.pipeline import RESULTS, log, pct, save
 from ops.http import get_json, post_json
 from ops.kafka import KafkaCluster, free_port, port_open
+from ops.procs import Proc, spawn, wait_until
 from ops.verify import read_all
+from sim import vlm
 from sim.records import assessment_task, crop_b64, detection
 from streams.errors import VlmError
 from streams.records import to_bytes
@@ -82,32 +84,15 @@ def even_cameras(per_partition: int) -> list[str]:
     raise AssertionError("unreachable")
 
 
-def start_vlm(keys: list[str], workdir: Path, name: str) -> tuple[Any, int]:
+def start_vlm(keys: list[str], workdir: Path, name: str) -> tuple[Proc, int]:
     port = free_port()
     proc = spawn(
-        [
-            sys.executable,
-            "-m",
-            "sim.vlm",
-            "--port",
-            str(port),
-            "--keys",
-            ",".join(keys),
-            "--rpm",
-            str(RPM),
-            "--fail-rate",
-            "0.1",
-            "--latency-ms",
-            "400",
-            "--p95-ms",
-            "900",
-            "--seed",
-            "11",
-        ],
+        f"vlm-{name}",
+        vlm.command(port, keys, rpm=RPM, fail_rate=0.1, latency_ms=400, p95_ms=900, seed=11),
         dict(os.environ),
-        workdir / f"vlm-{name}.log",
+        workdir,
     )
-    wait_for(lambda: port_open(port), 30, "sim VLM")
+    wait_until(lambda: port_open(port), 30, "sim VLM")
     return proc, port
 
 
@@ -167,7 +152,7 @@ async def offer_tasks(
 
 def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     keys = [f"kp{workers}-key-{i:02d}-{os.urandom(3).hex()}" for i in range(KEYS)]
-    vlm, vlm_port = start_vlm(keys, workdir, f"w{workers}")
+    vlm_proc, vlm_port = start_vlm(keys, workdir, f"w{workers}")
     tag = f"kp{workers}-{os.urandom(3).hex()}"
     env = dict(
         os.environ,
@@ -183,21 +168,21 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
         ROADWATCH_VLM_MAX_RETRIES=str(args.max_retries),
         ROADWATCH_IMAGE_STORE=f"file://{workdir / 'img'}",
     )
-    procs, ports = [], []
+    procs: list[Proc] = []
+    ports: list[int] = []
     try:
         for i in range(workers):
             port = free_port()
-            log_path = workdir / f"{tag}-worker-{i}.log"
-            procs.append(
-                spawn(
-                    [sys.executable, "-m", "streams", "worker", "-l", "info"],
-                    {**env, "ROADWATCH_WEB_PORT": str(port), "ROADWATCH_DATA_DIR": str(workdir / f"{tag}-{i}")},
-                    log_path,
-                )
+            worker = spawn(
+                f"{tag}-worker-{i}",
+                [sys.executable, "-m", "streams", "worker", "-l", "info"],
+                {**env, "ROADWATCH_WEB_PORT": str(port), "ROADWATCH_DATA_DIR": str(workdir / f"{tag}-{i}")},
+                workdir,
             )
+            procs.append(worker)
             ports.append(port)
-            wait_for(lambda p=log_path: b"Worker ready" in p.read_bytes(), 120, "worker ready")
-        wait_for(
+            wait_until(lambda w=worker: b"Worker ready" in w.log.read_bytes(), 120, "worker ready")
+        wait_until(
             lambda: (
                 sum(get_json(f"http://127.0.0.1:{p}/health")["partitions"] > 0 for p in ports) == workers
                 and abs(sum(get_json(f"http://127.0.0.1:{p}/keys/")["share"] for p in ports) - 1) < 1e-6
@@ -241,15 +226,15 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
         def done() -> int:
             return sum(len(get_json(f"http://127.0.0.1:{p}/results/")["results"]) for p in ports)
 
-        wait_for(lambda: done() >= offered, 600, "backlog drained")
+        wait_until(lambda: done() >= offered, 600, "backlog drained")
         results = [json.loads(v) for v in asyncio.run(read_all(cluster.bootstrap, f"{tag}-risk-assessment-results"))]
         final = {r["task_id"]: r for r in results}
         stats = get_json(f"http://127.0.0.1:{vlm_port}/admin/stats")
         keys_view = get_json(f"http://127.0.0.1:{ports[0]}/keys/")["keys"]
     finally:
         for proc in procs:
-            stop(proc)
-        stop(vlm)
+            proc.stop()
+        vlm_proc.stop()
     ok = sum(1 for r in final.values() if r["status"] == "ok")
     return {
         "efficiency": round(calls_in_window / capacity, 4),
@@ -304,7 +289,7 @@ async def baseline(kind: str, url: str, keys: list[str], duration: float, revoke
 
 def baseline_run(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     keys = [f"base-{kind[:3]}-key-{i:02d}-{os.urandom(3).hex()}" for i in range(KEYS)]
-    vlm, port = start_vlm(keys, workdir, kind)
+    vlm_proc, port = start_vlm(keys, workdir, kind)
     try:
         log(f"  baseline {kind}: {args.baseline_duration:.0f}s")
         run = asyncio.run(
@@ -318,7 +303,7 @@ def baseline_run(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str
         )
         stats = get_json(f"http://127.0.0.1:{port}/admin/stats")
     finally:
-        stop(vlm)
+        vlm_proc.stop()
     elapsed = run["elapsed"]
     capacity = (KEYS * RPM / 60.0) * elapsed - (RPM / 60.0) * elapsed / 2
     outcomes = run["outcomes"]

@@ -23,7 +23,6 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ops.http import get_json
 from ops.kafka import KafkaCluster, free_port, port_open
+from ops.procs import Proc, spawn, wait_until
 from ops.verify import end_offsets, read_all
+from sim import vlm
 
 # the workers this benchmark starts require a web token (as in production); ops.http sends it
 os.environ.setdefault("ROADWATCH_WEB_TOKEN", secrets.token_urlsafe(16))
@@ -63,36 +64,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=open(log_path, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise TimeoutError(what)
 
 
 # --- Faust vs raw aiokafka forwarding ---------------------------------------------------------
@@ -147,6 +118,7 @@ def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> 
         BENCH_APP=f"bench-fwd-{time.time_ns()}",
     )
     proc = spawn(
+        "faust_forward",
         [
             sys.executable,
             "-m",
@@ -159,14 +131,14 @@ def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> 
             "--without-web",
         ],
         env,
-        workdir / "faust_forward.log",
+        workdir,
     )
     try:
         first = last = 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("the Faust forwarder exited: " + (workdir / "faust_forward.log").read_text()[-2000:])
+            if not proc.running():
+                raise RuntimeError("the Faust forwarder exited: " + proc.tail(2000))
             count = asyncio.run(end_offsets(bootstrap, (dst,)))[dst]
             now = time.perf_counter()
             if count and not first:
@@ -179,7 +151,7 @@ def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> 
             raise TimeoutError("the Faust forwarder did not finish")
         return n / max(1e-6, last - first)
     finally:
-        stop(proc)
+        proc.stop()
 
 
 def forwarding(bootstrap: str, n: int, workdir: Path) -> dict[str, float]:
@@ -214,35 +186,26 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
         ROADWATCH_IMAGE_STORE=f"file://{workdir / 'images'}",
         ROADWATCH_REDIS_URL="redis://127.0.0.1:1/0",
     )
-    procs = []
+    procs: list[Proc] = []
     try:
         procs.append(
             spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "sim.vlm",
-                    "--port",
-                    str(vlm_port),
-                    "--keys",
-                    ",".join(keys),
-                    "--latency-ms",
-                    str(args.vlm_latency_ms),
-                    "--p95-ms",
-                    str(args.vlm_latency_ms * 2),
-                ],
+                "vlm",
+                vlm.command(vlm_port, keys, latency_ms=args.vlm_latency_ms, p95_ms=args.vlm_latency_ms * 2),
                 env,
-                workdir / "vlm.log",
+                workdir,
             )
         )
-        wait_for(lambda: port_open(vlm_port), 30, "sim VLM")
-        procs.append(spawn([sys.executable, "-m", "streams", "worker", "-l", "info"], env, workdir / "worker.log"))
-        wait_for(lambda: b"Worker ready" in (workdir / "worker.log").read_bytes(), 120, "worker ready")
+        wait_until(lambda: port_open(vlm_port), 30, "sim VLM")
+        worker = spawn("worker", [sys.executable, "-m", "streams", "worker", "-l", "info"], env, workdir)
+        procs.append(worker)
+        wait_until(lambda: b"Worker ready" in worker.log.read_bytes(), 120, "worker ready")
         log(
             f"scenario: {args.cameras} cameras x {args.fps} fps for {args.duration:.0f}s, "
             f"VLM median {args.vlm_latency_ms} ms"
         )
         producer = spawn(
+            "producer",
             [
                 sys.executable,
                 "-m",
@@ -255,12 +218,12 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
                 str(args.duration),
             ],
             env,
-            workdir / "producer.log",
+            workdir,
         )
         procs.append(producer)
         t0 = time.monotonic()
         progress: list[dict[str, float]] = []
-        while producer.poll() is None:
+        while producer.running():
             time.sleep(5)
             offsets = asyncio.run(end_offsets(cluster.bootstrap, ("detection-results", "risk-assessment-results")))
             progress.append(
@@ -275,7 +238,7 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
                 f"results {offsets['risk-assessment-results']:6d}"
             )
         tasks = [json.loads(v) for v in asyncio.run(read_all(cluster.bootstrap, "assessment-tasks"))]
-        wait_for(
+        wait_until(
             lambda: len(get_json(f"http://127.0.0.1:{web_port}/results/")["results"]) >= len(tasks),
             120,
             "all tasks aggregated",
@@ -290,7 +253,7 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
         calls = sum(v.get("requests", 0) for v in stats["keys"].values())
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            proc.stop()
     e2e = [view[t]["at"] * 1000 - r["captured_at"] for t, r in results.items() if t in view]
     overhead = [
         view[t]["at"] * 1000 - r["captured_at"] - r["latency_ms"]

@@ -28,7 +28,6 @@ import numpy as np
 from streams.errors import ConfigError
 
 DetectorKind = Literal["motion", "yolo", "replay"]
-VEHICLES = frozenset({"car", "truck", "bus", "motorcycle", "bicycle", "vehicle"})
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ VLM budget: a pedestrian near a moving vehicle first, closer and faster meaning 
 
 from __future__ import annotations
 
-from models.detectors import VEHICLES
-from sim.scene import box_gap
+from models.geometry import VEHICLES, box_gap
 from streams.records import DetectedObject, TrafficGroup
 
 

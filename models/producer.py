@@ -29,13 +29,13 @@ from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
 from models.detectors import Detector, DetectorKind, make_detector
 from models.grouping import cluster
-from models.sources import Frame, Grabber, OnDemandGrabber, SimulatedSource, open_source
+from models.sources import Frame, Grabber, OnDemandGrabber, open_source
 from models.tracking import Tracker
 from streams import metrics
 from streams.images import ImageStore, make_ref, open_store
 from streams.records import DetectedObject, DetectionResult, ImageRef, to_bytes
 from streams.settings import Settings, get_settings
-from streams.topics import DETECTION_RESULTS
+from streams.topic_names import TopicNames
 
 logger = logging.getLogger("roadwatch.producer")
 
@@ -47,7 +47,7 @@ class CameraPipeline:
         self.cfg = cfg
         source = open_source(cfg.url)
         self.grabber: Grabber | OnDemandGrabber = (
-            OnDemandGrabber(cfg.id, source) if isinstance(source, SimulatedSource) else Grabber(cfg.id, source)
+            OnDemandGrabber(cfg.id, source) if source.on_demand else Grabber(cfg.id, source)
         )
         self.tracker = Tracker()
         self.frame_seq = 0
@@ -110,6 +110,7 @@ class Producer:
         self.cams = [CameraPipeline(c) for c in cameras]
         self.detector = detector
         self.settings = settings
+        self.topic = TopicNames(settings.topic_prefix).detection_results
         self.store = open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detect")
         self.max_pending = max_pending
@@ -153,7 +154,7 @@ class Producer:
                     else:
                         metrics.frames_total.labels(camera_id=cam.cfg.id).inc()
                         self.pending += 1
-                        fut = await self.kafka.send(DETECTION_RESULTS, key=cam.cfg.id.encode(), value=to_bytes(result))
+                        fut = await self.kafka.send(self.topic, key=cam.cfg.id.encode(), value=to_bytes(result))
                         fut.add_done_callback(self._sent)
             delay = next_at - time.monotonic()
             if delay < -interval:  # fell behind: skip, never queue up

@@ -1,7 +1,8 @@
 """Frame sources and the per-camera grabber that keeps only the newest frame.
 
-* ``sim://scene?seed=N&vehicles=R&pedestrians=R``: the synthetic scene of :mod:`sim.scene`,
-  rendered at the moment a frame is asked for (a camera that never lags).
+* any other ``scheme://``: a plugin registered under the entry-point group
+  ``roadwatch.sources`` (the simulator registers ``sim://``, :mod:`sim.source`); the product
+  never imports the simulator, it finds it the way it would find a user's own source.
 * ``rtsp://...``: OpenCV's FFMPEG backend over TCP with open and read timeouts (OpenCV's
   defaults block ~90 s on a hung server); a failed read releases the capture and reopens it
   with backoff, since a failed ``VideoCapture`` never recovers by itself.
@@ -19,12 +20,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlparse
+from importlib.metadata import entry_points
 
 import cv2
 import numpy as np
 
-from sim.scene import Scene
 from streams import metrics
 from streams.errors import ConfigError
 
@@ -53,18 +53,8 @@ class FrameSource(ABC):
 
     #: Seconds between frames when reading as fast as the source allows (0: no pacing).
     interval_s: float = 0.0
-
-
-class SimulatedSource(FrameSource):
-    """The synthetic scene, at wall-clock time since the source opened."""
-
-    def __init__(self, scene: Scene, *, start_s: float = 0.0) -> None:
-        self.scene = scene
-        self.opened = time.time() - start_s
-
-    def read(self) -> np.ndarray | None:
-        frame, _ = self.scene.render(time.time() - self.opened)
-        return frame
+    #: True for a source that makes a frame when asked (a renderer): it needs no grabber thread.
+    on_demand: bool = False
 
 
 class VideoSource(FrameSource):
@@ -116,27 +106,25 @@ class VideoSource(FrameSource):
             self.cap = None
 
 
+#: Entry-point group of frame-source plugins: name = URL scheme, value = ``callable(url) -> FrameSource``.
+SOURCE_PLUGINS = "roadwatch.sources"
+#: Schemes OpenCV opens itself.
+VIDEO_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
+
+
 def open_source(url: str) -> FrameSource:
-    """The source for a camera URL."""
-    if url.startswith("sim://"):
-        q = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
-        try:
-            return SimulatedSource(scene_from_url(url), start_s=float(q.get("start", 20)))
-        except ValueError as exc:
-            raise ConfigError(f"bad simulated camera URL {url!r}: {exc}") from exc
-    return VideoSource(url)
-
-
-def scene_from_url(url: str) -> Scene:
-    """The synthetic scene a ``sim://scene?...`` URL names (benchmarks replay it in scene time)."""
-    q = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
-    return Scene(
-        seed=int(q.get("seed", 1)),
-        vehicle_rate=float(q.get("vehicles", 0.5)),
-        pedestrian_rate=float(q.get("pedestrians", 0.25)),
-        width=int(q.get("width", 640)),
-        height=int(q.get("height", 360)),
-    )
+    """The source for a camera URL: a video stream or file, or a plugin's source for its scheme."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not scheme or scheme in VIDEO_SCHEMES:
+        return VideoSource(url.removeprefix("file://"))
+    plugins = {ep.name: ep for ep in entry_points(group=SOURCE_PLUGINS)}
+    if scheme not in plugins:
+        known = ", ".join(sorted([*VIDEO_SCHEMES, *plugins]))
+        raise ConfigError(f"no frame source for {scheme}:// in {url!r} (known: {known})")
+    source = plugins[scheme].load()(url)
+    if not isinstance(source, FrameSource):
+        raise ConfigError(f"the {scheme}:// plugin returned {type(source).__name__}, not a FrameSource")
+    return source
 
 
 class Grabber(threading.Thread):

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -25,6 +24,8 @@ from pathlib import Path
 
 from ops.http import get_json
 from ops.kafka import port_open
+from ops.procs import Proc, WaitTimeout, alive, spawn, stop_pids, wait_until
+from sim import vlm
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("ROADWATCH_STATE", ROOT / ".state"))
@@ -87,7 +88,7 @@ def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 
     ]
     if redis_server:
         procs.append(("redis", redis_command(ports.redis, STATE)))
-    procs.append(("vlm", [PY, "-m", "sim.vlm", "--port", str(ports.vlm), "--keys", ",".join(SIM_KEYS), *vlm_args]))
+    procs.append(("vlm", [*vlm.command(ports.vlm, SIM_KEYS), *vlm_args]))
     for i in range(workers):
         procs.append((f"worker-{i + 1}" if workers > 1 else "worker", [PY, "-m", "streams", "worker", "-l", "info"]))
     procs.append(("producer", [PY, "-m", "models.producer", "--cameras", cameras, "--detector", "motion"]))
@@ -109,7 +110,7 @@ class Stack:
         self.ports = ports
         self.env = stack_env(ports, env)
         self.plan = services(ports, cameras=cameras, vlm_args=vlm_args or ["--rpm", "120"], workers=workers)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, Proc] = {}
         self.workers = workers
 
     def check_ports(self) -> None:
@@ -129,97 +130,62 @@ class Stack:
             )
 
     def start(self, *, say: bool = True) -> None:
+        """Start every process in order, each ready before the next; a failed start stops what started."""
         self.check_ports()
         for sub in ("faust", "kafka", "images"):
             shutil.rmtree(STATE / sub, ignore_errors=True)
-        (STATE / "logs").mkdir(parents=True, exist_ok=True)
         (STATE / "pids").mkdir(parents=True, exist_ok=True)
         if not shutil.which("redis-server"):
             print("redis: redis-server not found: running degraded (no result cache)", flush=True)
-        for name, cmd in self.plan:
-            if name.startswith("worker") and name in ("worker", "worker-1"):
-                create_topics(f"127.0.0.1:{self.ports.kafka}")
-            env = dict(self.env)
-            if name.startswith("worker-"):
-                index = int(name.split("-")[1]) - 1
-                env["ROADWATCH_WEB_PORT"] = str(self.ports.web + index)
-                env["ROADWATCH_DATA_DIR"] = str(STATE / "faust" / name)
-            log = open(STATE / "logs" / f"{name}.log", "wb")
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            self.procs[name] = proc
-            (STATE / "pids" / f"{name}.pid").write_text(str(proc.pid))
-            if say:
-                print(f"started {name:9s} pid {proc.pid:<7d} log {STATE / 'logs' / (name + '.log')}", flush=True)
-            self._ready(name, proc)
+        try:
+            for name, cmd in self.plan:
+                self._start_one(name, cmd, say=say)
+        except (SystemExit, Exception):
+            self.stop()
+            raise
 
-    def _ready(self, name: str, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    def _start_one(self, name: str, cmd: list[str], *, say: bool) -> None:
+        if name in ("worker", "worker-1"):
+            create_topics(f"127.0.0.1:{self.ports.kafka}")
+        env = dict(self.env)
+        if name.startswith("worker-"):
+            index = int(name.split("-")[1]) - 1
+            env["ROADWATCH_WEB_PORT"] = str(self.ports.web + index)
+            env["ROADWATCH_DATA_DIR"] = str(STATE / "faust" / name)
+        if name.startswith("worker"):
+            Path(env["ROADWATCH_DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # Faust makes no parents
+        proc = spawn(name, cmd, env, STATE / "logs")
+        self.procs[name] = proc
+        (STATE / "pids" / f"{name}.pid").write_text(str(proc.pid))
+        if say:
+            print(f"started {name:9s} pid {proc.pid:<7d} log {proc.log}", flush=True)
+        self._ready(proc)
+
+    def _ready(self, proc: Proc, timeout_s: float = 120.0) -> None:
+        name = proc.name
         port = {"kafka": self.ports.kafka, "redis": self.ports.redis, "vlm": self.ports.vlm}.get(name)
         if name.startswith("worker"):
             port = self.ports.web + (int(name.split("-")[1]) - 1 if "-" in name else 0)
         if port is None:
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log = (STATE / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise SystemExit(f"{name} exited with {proc.returncode}:\n{log}")
-            if port_open(port) and (name != "kafka" or _kafka_ready(name)):
-                return
-            time.sleep(0.3)
-        raise SystemExit(f"{name} did not come up within {timeout_s:.0f}s; see .state/logs/{name}.log")
+
+        def up() -> bool:
+            if not proc.running():
+                raise SystemExit(f"{name} exited with {proc.popen.returncode}:\n{proc.tail(3000)}")
+            return port_open(port) and (name != "kafka" or b"kafka: kafka://" in proc.log.read_bytes())
+
+        try:
+            wait_until(up, timeout_s, name, every_s=0.3)
+        except WaitTimeout:
+            raise SystemExit(f"{name} did not come up within {timeout_s:.0f}s; see {proc.log}") from None
 
     def stop(self, timeout_s: float = 15.0) -> None:
         stop_pids([(name, proc.pid) for name, proc in reversed(list(self.procs.items()))], timeout_s)
         for proc in self.procs.values():
-            proc.poll()
+            proc.popen.poll()
 
     def alive(self) -> list[str]:
-        return [name for name, proc in self.procs.items() if proc.poll() is None]
-
-
-def _kafka_ready(name: str) -> bool:
-    return b"kafka: kafka://" in (STATE / "logs" / f"{name}.log").read_bytes()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def stop_pids(named: list[tuple[str, int]], timeout_s: float = 15.0) -> None:
-    """SIGTERM each process group in order, SIGKILL it if still alive after ``timeout_s``."""
-    for name, pid in named:
-        if not _alive(pid):
-            continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            print(f"{name} (pid {pid}) did not stop in {timeout_s:.0f}s: SIGKILL", flush=True)
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        else:
-            try:  # children left in the group (e.g. java under ops.kafka)
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        return [name for name, proc in self.procs.items() if proc.running()]
 
 
 def create_topics(bootstrap: str, partitions: int | None = None, replicas: int | None = None) -> list[str]:
@@ -260,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ready_said = False
         started = time.monotonic()
         while not stopping:
-            dead = [n for n, p in stack.procs.items() if p.poll() is not None]
+            dead = [n for n, p in stack.procs.items() if not p.running()]
             if dead:
                 print(f"{', '.join(dead)} exited unexpectedly; see .state/logs/. Stopping.", flush=True)
                 return 1
@@ -307,8 +273,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     stop_pids(named, timeout_s=args.timeout)
     for name, pid in named:
         (STATE / "pids" / f"{name}.pid").unlink(missing_ok=True)
-        print(f"stopped {name} (pid {pid})" if not _alive(pid) else f"FAILED to stop {name} (pid {pid})")
-    return 0 if not any(_alive(pid) for _, pid in named) else 1
+        print(f"stopped {name} (pid {pid})" if not alive(pid) else f"FAILED to stop {name} (pid {pid})")
+    return 0 if not any(alive(pid) for _, pid in named) else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -317,13 +283,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("roadwatch is not running (no PID files under .state/pids)")
         return 1
     for name, pid in named:
-        print(f"{name:10s} pid {pid:<7d} {'running' if _alive(pid) else 'DEAD'}")
+        print(f"{name:10s} pid {pid:<7d} {'running' if alive(pid) else 'DEAD'}")
     try:
         health = get_json(f"http://127.0.0.1:{Ports().web}/health")
         print("worker health:", json.dumps(health))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"worker health: unreachable ({exc})")
-    return 0 if all(_alive(pid) for _, pid in named) else 1
+    return 0 if all(alive(pid) for _, pid in named) else 1
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

@@ -21,9 +21,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ops.http import get_json
-from streams.topics import ALERTS, ASSESSMENT_TASKS, DETECTION_RESULTS, RISK_RESULTS
-
-FLOW_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS, ALERTS)
+from streams.faust_seam import force_metadata_update
+from streams.settings import get_settings
+from streams.topic_names import TopicNames
 
 
 async def _stop(consumer: AIOKafkaConsumer) -> None:
@@ -38,7 +38,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     """The topic's partitions; a consumer that did not subscribe must ask for the metadata first."""
     parts = consumer.partitions_for_topic(topic)
     if parts is None:
-        await consumer._client.force_metadata_update()
+        await force_metadata_update(consumer)
         parts = consumer.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(parts)]
 
@@ -129,8 +129,8 @@ def verify_exactly_once(
 
     ``prefix`` is the deployment's topic prefix when it differs from this process's settings.
     """
-    tasks_topic = prefix + "assessment-tasks" if prefix else ASSESSMENT_TASKS
-    results_topic = prefix + "risk-assessment-results" if prefix else RISK_RESULTS
+    names = TopicNames(prefix or get_settings().topic_prefix)
+    tasks_topic, results_topic = names.assessment_tasks, names.risk_results
     started = time.monotonic()
     task_ids: set[str] = set()
     view: dict[str, dict[str, Any]] = {}
@@ -158,21 +158,22 @@ def verify_exactly_once(
 class FlowWatcher:
     """Prints messages/s per topic, results and failures, every few seconds."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topics: TopicNames | None = None) -> None:
         self.bootstrap = bootstrap
+        self.topics = (topics or TopicNames(get_settings().topic_prefix)).flow
 
     def watch(self, duration_s: float, *, every_s: float = 5.0, web_port: int | None = None) -> None:
-        last = asyncio.run(end_offsets(self.bootstrap, FLOW_TOPICS))
+        last = asyncio.run(end_offsets(self.bootstrap, self.topics))
         last_t = time.monotonic()
         end = last_t + duration_s
         print(
-            "  t(s)  " + "  ".join(f"{t[:18]:>18s}" for t in FLOW_TOPICS) + "   results ok/failed/expired", flush=True
+            "  t(s)  " + "  ".join(f"{t[:18]:>18s}" for t in self.topics) + "   results ok/failed/expired", flush=True
         )
         while time.monotonic() < end:
             time.sleep(min(every_s, max(0.0, end - time.monotonic())))
-            now = asyncio.run(end_offsets(self.bootstrap, FLOW_TOPICS))
+            now = asyncio.run(end_offsets(self.bootstrap, self.topics))
             t = time.monotonic()
-            rates = [(now[k] - last.get(k, 0)) / max(1e-6, t - last_t) for k in FLOW_TOPICS]
+            rates = [(now[k] - last.get(k, 0)) / max(1e-6, t - last_t) for k in self.topics]
             statuses = Counter(str(v.get("status")) for v in aggregator_view([web_port]).values()) if web_port else {}
             print(
                 f"{t - end + duration_s:6.0f}  "

@@ -11,12 +11,13 @@ a moving vehicle (a labelled *risk event*, for measuring what the VLM budget cat
 from __future__ import annotations
 
 import bisect
-import math
 import random
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from models.geometry import box_gap
 
 VEHICLE_CLASSES = ("car", "car", "car", "truck", "bus")
 #: No actor stays on screen longer than this (slowest pedestrian crossing plus a pause).
@@ -210,12 +211,3 @@ class Scene:
                 if box_gap(p.bbox, v.bbox) <= reach * ph:
                     events.append((p.actor_id, v.actor_id))
         return events
-
-
-def box_gap(
-    a: tuple[float, float, float, float] | list[float], b: tuple[float, float, float, float] | list[float]
-) -> float:
-    """Euclidean distance between two boxes (0 when they overlap)."""
-    dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
-    dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
-    return math.hypot(dx, dy)

@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import re
+import sys
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -286,6 +287,15 @@ def assess_text(text: str, image_digest: str) -> str:
     }[level]
     answer = {"risk_level": level, "risk_score": score, "summary": f"{summary} (ref {ref.group(1) if ref else '-'})"}
     return "```json\n" + json.dumps(answer) + "\n```"
+
+
+def command(port: int, keys: list[str], **options: float | int | str) -> list[str]:
+    """The command line that starts this endpoint: ``options`` are its flags (``latency_ms=60``
+    becomes ``--latency-ms 60``), so tests, benchmarks and the stack start it one way."""
+    cmd = [sys.executable, "-m", "sim.vlm", "--port", str(port), "--keys", ",".join(keys)]
+    for name, value in options.items():
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> None:

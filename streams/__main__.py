@@ -6,12 +6,11 @@ stalled first rebalance on a fresh cluster.
 
 import sys
 
-from streams.app import app
-
 
 def main() -> None:
     """Hand over to Faust's command line, with roadwatch's own commands added."""
     import streams.commands  # noqa: F401  (registers check-config)
+    from streams.app import app
 
     if "worker" in sys.argv[1:]:
         from streams.admin import ensure_topics

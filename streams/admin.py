@@ -22,13 +22,13 @@ def planned_topics(partitions: int | None = None, replicas: int | None = None) -
     """Every topic the app uses: main topics, DLQs and table changelogs."""
     import streams.tables  # noqa: F401  (registers the tables)
     from streams.app import app, settings
-    from streams.topics import ALERTS, MAIN_TOPICS
+    from streams.topics import names
 
     parts = partitions or settings.topic_partitions
     rf = replicas or settings.topic_replicas
     isr = {"min.insync.replicas": str(min(settings.topic_min_insync, rf))}
-    topics = [NewTopic(t, parts, rf, topic_configs=isr) for t in (*MAIN_TOPICS, ALERTS)]
-    topics += [NewTopic(f"{t}.dlq", 1, rf, topic_configs=isr) for t in MAIN_TOPICS]
+    topics = [NewTopic(t, parts, rf, topic_configs=isr) for t in names.flow]
+    topics += [NewTopic(names.dlq(t), 1, rf, topic_configs=isr) for t in names.main]
     for table in app.tables.values():
         topics.append(
             NewTopic(

@@ -45,6 +45,7 @@ class ResultCache:
         self.written = 0
         self._client: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     @property
     def degraded(self) -> bool:
@@ -89,12 +90,14 @@ class ResultCache:
                 pipe.publish(CHANNEL, message)
                 await pipe.execute()
                 self.written += 1
-                if metrics.redis_degraded._value.get():  # back from degraded
+                if self._failing:  # back from degraded
                     logger.info("Redis is back: cache writes resumed (%d skipped meanwhile)", self.skipped)
+                    self._failing = False
                 metrics.redis_degraded.set(0)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._skip()
                 self.degraded_until = time.monotonic() + self.retry_s
+                self._failing = True
                 metrics.redis_degraded.set(1)
                 logger.warning("Redis write failed (%s): degraded for %.0fs", type(exc).__name__, self.retry_s)
                 while not self.queue.empty():  # what waited is skipped too, not replayed late

@@ -2,11 +2,11 @@
 
 Lag is what an operator watches first: messages in a partition not yet processed by this
 worker. It is sampled every few seconds from the broker's end offsets and the consumer's heads
-(:mod:`streams.commits`), per topic and partition (bounded labels: partitions are few, and fixed). Faust's
+(:mod:`streams.faust_seam`), per topic and partition (bounded labels: partitions are few, and fixed). Faust's
 Prometheus monitor (events per stream, runtimes, table operations, sends) goes into the same
 registry with the prefix ``roadwatch_faust_``, so one scrape of ``/metrics`` has both.
 
-The stall guard is the last line behind :mod:`streams.commits`. Around rebalances Faust can
+The stall guard is the last line behind :mod:`streams.faust_seam`. Around rebalances Faust can
 leave a partition without progress: a record its fetch loop skipped (a *hole*: later offsets
 done, the head offset never delivered), a taken-over partition from which nothing is delivered
 at all, or an event that stays "in flight" with every actor idle. The commit rule makes each of
@@ -29,16 +29,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-
 from streams import metrics
 from streams.app import app, settings
-from streams.commits import AtLeastOnceConsumer
-from streams.topics import MAIN_TOPICS
+from streams.faust_seam import AtLeastOnceConsumer, request_rejoin
+from streams.topics import names
 
 logger = logging.getLogger(__name__)
-
-app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.REGISTRY, "roadwatch_faust"))
 
 #: Rejoins tried before the guard gives the process up to its supervisor.
 MAX_REJOINS = 3
@@ -61,7 +57,7 @@ class StallGuard:
     hung_after_s: float = 40.0
     #: (partition, head) -> when first seen as a hole: later offsets done, the head never delivered
     hole_since: dict[tuple[Any, int], float] = field(default_factory=dict)
-    #: a hole this old is a record the fetch loop skipped (streams.commits), not a slow event
+    #: a hole this old is a record the fetch loop skipped (streams.faust_seam), not a slow event
     hole_after_s: float = 10.0
 
     def check(
@@ -141,7 +137,7 @@ async def sample_lag() -> dict[tuple[str, int], int]:
     pending: dict[Any, int] = {}
     committed_now: dict[Any, int | None] = {}
     for tp in assigned:
-        # the head (streams.commits) is exact, also where nothing was committed yet
+        # the head (streams.faust_seam) is exact, also where nothing was committed yet
         high, committed = ends.get(tp), consumer.heads.get(tp)
         if high is None:
             continue
@@ -156,7 +152,7 @@ async def sample_lag() -> dict[tuple[str, int], int]:
         if committed_or_pos is None:
             continue
         lags[(tp.topic, tp.partition)] = max(0, int(high) - int(committed_or_pos))
-        if tp.topic in MAIN_TOPICS:
+        if tp.topic in names.main:
             pending[tp] = lags[(tp.topic, tp.partition)]
             committed_now[tp] = committed
     metrics.consumer_lag.clear()
@@ -182,12 +178,7 @@ async def unstall(stalled: list[str]) -> None:
     if any("in flight" in s for s in stalled):
         logger.error("agent tracebacks:\n%s", app.agents.human_tracebacks())
     logger.error("consumer stalled: %s; rejoining the group (%d/%d)", ", ".join(stalled), guard.rejoins, MAX_REJOINS)
-    thread: Any = getattr(app.consumer, "_thread")  # noqa: B009 - faust's AIOKafkaConsumerThread owns the aiokafka consumer
-
-    async def rejoin() -> None:
-        thread._ensure_consumer()._coordinator.request_rejoin()
-
-    await thread.call_thread(rejoin)
+    await request_rejoin(app)
 
 
 @app.timer(interval=5.0)  # type: ignore[untyped-decorator]

@@ -1,4 +1,4 @@
-"""The records that travel on roadwatch's topics: the topic contract of ``shared/DESIGN.md``.
+"""The records that travel on roadwatch's topics: the topic contract of ``docs/ARCHITECTURE.md``.
 
 Each record is declared once here and imported by the Faust agents and by the detection
 producer alike. Every record carries a schema version ``v``; a reader rejects versions it does
@@ -19,9 +19,16 @@ import faust
 from faust.models.fields import StringField
 
 from streams.errors import InvalidRecord
+from streams.faust_seam import record_fields
+from streams.vocabulary import RISK_LEVELS as RISK_LEVELS
+from streams.vocabulary import TASK_REASONS as TASK_REASONS
+from streams.vocabulary import TASK_STATUSES as TASK_STATUSES
+from streams.vocabulary import RiskLevel as RiskLevel
+from streams.vocabulary import TaskReason as TaskReason
+from streams.vocabulary import TaskStatus as TaskStatus
 
 SCHEMA_VERSION = 1
-RISK_LEVELS = ("none", "low", "medium", "high", "critical")
+
 #: Detection records are a few KB (crops above 4 KB travel by reference); anything near the
 #: broker's 1 MiB message limit is not ours.
 MAX_MESSAGE_BYTES = 512 * 1024
@@ -118,7 +125,7 @@ class AssessmentTask(faust.Record, serializer="json", include_metadata=False):
     captured_at: float
     group: TrafficGroup
     image: ImageRef
-    #: Why the task was made: new, changed or refresh.
+    #: Why the task was made: one of :data:`TaskReason`.
     reason: str
     created_at: float
     #: After this (epoch ms) the task is expired instead of assessed.
@@ -133,7 +140,7 @@ class RiskAssessment(faust.Record, serializer="json", include_metadata=False):
     camera_id: str
     detection_id: str
     group_id: str
-    #: ok, failed or expired.
+    #: One of :data:`TaskStatus`.
     status: str
     risk_level: str
     risk_score: float
@@ -221,8 +228,13 @@ def validate(record: faust.Record) -> None:
             raise InvalidRecord(f"risk_level {record.risk_level!r} not one of {RISK_LEVELS}")
         if not 0 <= record.risk_score <= 1:
             raise InvalidRecord(f"risk_score {record.risk_score} outside 0..1")
-        if record.status not in ("ok", "failed", "expired"):
-            raise InvalidRecord(f"status {record.status!r} not ok/failed/expired")
+        if record.status not in TASK_STATUSES:
+            raise InvalidRecord(f"status {record.status!r} not one of {TASK_STATUSES}")
+    elif isinstance(record, AssessmentTask):
+        if record.reason not in TASK_REASONS:
+            raise InvalidRecord(f"reason {record.reason!r} not one of {TASK_REASONS}")
+    elif isinstance(record, Alert) and record.level not in RISK_LEVELS:
+        raise InvalidRecord(f"level {record.level!r} not one of {RISK_LEVELS}")
 
 
 def decode(record_type: type[R], body: bytes | None) -> R:
@@ -244,8 +256,8 @@ def decode(record_type: type[R], body: bytes | None) -> R:
     version = data.get("v", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise InvalidRecord(f"schema version {version!r} not supported (expected {SCHEMA_VERSION})")
-    options = record_type._options  # type: ignore[attr-defined]
-    missing = [name for name in options.fields if name not in options.defaults and name not in data]
+    fields, defaults = record_fields(record_type)
+    missing = [name for name in fields if name not in defaults and name not in data]
     if missing:
         raise InvalidRecord(f"{record_type.__name__}: missing fields {missing}")
     _check_numbers(data, record_type.__name__)
@@ -264,7 +276,7 @@ def _check_types(record: faust.Record) -> None:
         record.validate_or_raise()
     except Exception as exc:
         raise InvalidRecord(f"{type(record).__name__}: {exc}") from exc
-    for name in record._options.fields:  # type: ignore[attr-defined]
+    for name in record_fields(type(record))[0]:
         value = getattr(record, name)
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
         for child in children:

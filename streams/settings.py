@@ -16,8 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.vocabulary import RiskLevel
+
 KeyStrategy = Literal["least_loaded", "round_robin", "weighted", "latency"]
-RiskLevel = Literal["none", "low", "medium", "high", "critical"]
 
 
 class ApiKeyConfig(BaseModel):

@@ -1,4 +1,4 @@
-"""The Faust tables of ``shared/DESIGN.md``.
+"""The Faust tables of ``docs/ARCHITECTURE.md``; their values' shapes are in :mod:`streams.table_values`.
 
 Camera-keyed tables are co-partitioned with the main topics: a worker holds the state of the
 cameras whose partitions it owns, and ``/cameras/{id}/`` is routed there with ``table_route``.

@@ -1,24 +1,23 @@
-"""The topics of the contract in ``shared/DESIGN.md``, declared with explicit partitions.
+"""The Faust topic objects of the contract (``docs/ARCHITECTURE.md``), with explicit partitions.
 
 Agents subscribe with raw bytes and decode through :func:`streams.records.decode`, so that an
 undecodable message goes to the topic's ``.dlq`` instead of crashing the agent (Faust's own
 decoding would throw into the stream). The three main topics share one partition count, so a
-camera's records are co-partitioned and one worker owns whole cameras.
+camera's records are co-partitioned and one worker owns whole cameras. The names come from
+:mod:`streams.topic_names`, which processes without a Faust app import instead of this module.
 """
 
 from __future__ import annotations
 
+from faust.types import TopicT
+
 from streams.app import app, settings
+from streams.topic_names import TopicNames
 
-DETECTION_RESULTS = settings.topic_prefix + "detection-results"
-ASSESSMENT_TASKS = settings.topic_prefix + "assessment-tasks"
-RISK_RESULTS = settings.topic_prefix + "risk-assessment-results"
-ALERTS = settings.topic_prefix + "alerts"
-
-MAIN_TOPICS = (DETECTION_RESULTS, ASSESSMENT_TASKS, RISK_RESULTS)
+names = TopicNames(settings.topic_prefix)
 
 
-def _raw_topic(name: str, partitions: int | None = None):  # type: ignore[no-untyped-def]
+def _raw_topic(name: str, partitions: int | None = None) -> TopicT:
     return app.topic(
         name,
         key_type=bytes,
@@ -31,10 +30,10 @@ def _raw_topic(name: str, partitions: int | None = None):  # type: ignore[no-unt
     )
 
 
-detection_results_topic = _raw_topic(DETECTION_RESULTS)
-assessment_tasks_topic = _raw_topic(ASSESSMENT_TASKS)
-risk_results_topic = _raw_topic(RISK_RESULTS)
-alerts_topic = _raw_topic(ALERTS)
+detection_results_topic = _raw_topic(names.detection_results)
+assessment_tasks_topic = _raw_topic(names.assessment_tasks)
+risk_results_topic = _raw_topic(names.risk_results)
+alerts_topic = _raw_topic(names.alerts)
 
 #: One DLQ per consumed topic: ``<topic>.dlq``.
-dlq_topics = {name: _raw_topic(f"{name}.dlq", partitions=1) for name in MAIN_TOPICS}
+dlq_topics = {name: _raw_topic(names.dlq(name), partitions=1) for name in names.main}

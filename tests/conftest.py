@@ -17,73 +17,23 @@ os.environ.setdefault("ROADWATCH_WEB_PORT", "6199")
 os.environ.setdefault("ROADWATCH_WEB_TOKEN", "test-web-token-" + os.urandom(6).hex())
 
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ops.kafka import KafkaCluster, free_port, port_open
+from ops.procs import Proc, spawn, wait_until
 from ops.stack import redis_command
+from sim import vlm
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.25) -> Any:
-    """Poll ``predicate`` until truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {str(last)[:300]})")
-
-
-@dataclass
-class Proc:
-    """A process a test started; stopped (SIGTERM, then SIGKILL) by its fixture."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    port: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(10)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-
-def spawn(name: str, cmd: list[str], env: dict[str, str], log_dir: Path, port: int = 0) -> Proc:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
-    handle = open(log, "wb")
-    popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-    return Proc(name, popen, log, port, env)
+__all__ = ["ARTIFACTS", "ROOT", "SIM_KEYS", "Proc", "spawn", "wait_until"]
 
 
 @pytest.fixture(scope="session")
@@ -137,19 +87,7 @@ def sim_vlm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     port = free_port()
     proc = spawn(
         "vlm",
-        [
-            sys.executable,
-            "-m",
-            "sim.vlm",
-            "--port",
-            str(port),
-            "--keys",
-            ",".join(SIM_KEYS),
-            "--latency-ms",
-            "60",
-            "--p95-ms",
-            "150",
-        ],
+        vlm.command(port, SIM_KEYS, latency_ms=60, p95_ms=150),
         dict(os.environ),
         tmp_path_factory.mktemp("vlm"),
         port,

@@ -35,8 +35,8 @@ def motion_recall(scene: Scene, frames: int, start_s: float) -> tuple[float, int
 
 
 def test_motion_detection_finds_90_percent_of_moving_objects_in_the_labelled_scenario():
-    from models.sources import scene_from_url
     from sim.scenarios import LABELLED
+    from sim.source import scene_from_url
 
     hits = total = 0.0
     for url in LABELLED.values():

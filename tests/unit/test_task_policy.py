@@ -37,7 +37,7 @@ def test_the_token_bucket_bounds_the_spend_and_refills():
 
 
 def test_a_late_frame_is_planned_once_without_moving_the_clock():
-    """A record read again only after newer ones (a fetch hole, streams.commits) still gets its task."""
+    """A record read again only after newer ones (a fetch hole, streams.faust_seam) still gets its task."""
     state, _, _ = plan_tasks(None, detection("c", 5), 100.0, BUDGET)
     state, decisions, _ = plan_tasks(state, detection("c", 4), 100.5, BUDGET)
     assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 5

@@ -140,7 +140,18 @@ async def test_the_official_openai_client_talks_to_the_simulator(sim):
     await oa.close()
 
 
-async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
+def worker_clients(url: str, keys: KeyPool, tmp_path, **settings: object):
+    """The worker's clients as the scheduler uses them, on the simulator and ``keys``."""
+    import dataclasses
+
+    from agents.worker_clients import WorkerClients
+    from streams.settings import Settings
+
+    built = WorkerClients.build(Settings(vlm_base_url=url, image_store=f"file://{tmp_path}", **settings))
+    return dataclasses.replace(built, pool=keys, vlm=client(url))
+
+
+async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim, tmp_path):
     from agents.llm_scheduler import assess
     from sim.records import assessment_task, detection
 
@@ -151,41 +162,44 @@ async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim):
         strategy="round_robin",
     )
     task = assessment_task(detection("cam", 1), "t1", deadline_in_ms=10_000)
-    vlm = client(url)
-    result = await assess(task, vlm=vlm, keys=keys)
-    await vlm.close()
+    clients = worker_clients(url, keys, tmp_path)
+    result = await assess(task, clients)
+    await clients.close()
     assert result.status == "ok" and result.key_alias == "key-2" and result.attempts == 2
     assert keys.by_alias["key-1"].state(time.time()) == DISABLED
 
 
-async def test_a_revoked_key_costs_no_retry_but_server_failures_are_bounded(sim, monkeypatch):
+async def test_a_revoked_key_costs_no_retry_but_server_failures_are_bounded(sim, tmp_path):
+    import dataclasses
+
     import agents.llm_scheduler as scheduler
     from sim.records import assessment_task, detection
 
     simulator, url = sim
-    monkeypatch.setattr(scheduler, "settings", scheduler.settings.model_copy(update={"vlm_backoff_base_s": 0.1}))
     simulator.revoked.add(OTHER)
-    vlm = client(url)
     keys = KeyPool(
         [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
         strategy="round_robin",
     )
     # no retries at all: the revoked key is a key fault, so the task still reaches the good key
+    clients = worker_clients(url, keys, tmp_path, vlm_backoff_base_s=0.1)
     ok = await scheduler.assess(
-        assessment_task(detection("cam", 3), "t3", deadline_in_ms=10_000), vlm=vlm, keys=keys, max_retries=0
+        assessment_task(detection("cam", 3), "t3", deadline_in_ms=10_000), clients, max_retries=0
     )
     assert ok.status == "ok" and ok.attempts == 2
     # a server that fails every call: 1 try + 1 retry, then a failed result naming the last error
     simulator.cfg.fail_rate = 1.0
     many = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias=f"key-{i}") for i in range(5)], strategy="round_robin")
     failed = await scheduler.assess(
-        assessment_task(detection("cam", 4), "t4", deadline_in_ms=20_000), vlm=vlm, keys=many, max_retries=1
+        assessment_task(detection("cam", 4), "t4", deadline_in_ms=20_000),
+        dataclasses.replace(clients, pool=many),
+        max_retries=1,
     )
-    await vlm.close()
+    await clients.close()
     assert failed.status == "failed" and failed.attempts == 2 and "50" in (failed.error or "")
 
 
-async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
+async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim, tmp_path):
     from agents.llm_scheduler import assess
     from sim.records import assessment_task, detection
 
@@ -193,10 +207,10 @@ async def test_all_keys_disabled_means_an_expired_result_at_the_deadline(sim):
     keys = KeyPool([ApiKeyConfig(key=SecretStr(GOOD), alias="key-1")])
     keys.disable("key-1", "test")
     task = assessment_task(detection("cam", 2), "t2", deadline_in_ms=300)
-    vlm = client(url)
+    clients = worker_clients(url, keys, tmp_path)
     started = time.monotonic()
-    result = await assess(task, vlm=vlm, keys=keys)
-    await vlm.close()
+    result = await assess(task, clients)
+    await clients.close()
     assert result.status == "expired" and time.monotonic() - started < 2
     await asyncio.sleep(0)
 

@@ -1,5 +1,8 @@
 """The worker's web views: dashboard, JSON views, WebSocket, metrics.
 
+The web layer sits above the agents: it reads the tables and the worker's clients
+(:mod:`agents.worker_clients`) and never the other way round.
+
 ``/cameras/{camera_id}/`` is routed with ``app.table_route`` to the worker that owns the
 camera's partition, so every worker gives the same answer. ``/cameras/`` lists this worker's
 cameras plus, from the Redis cache, the latest result of cameras other workers own. API keys
@@ -9,10 +12,7 @@ never appear here: ``/keys/`` shows aliases and numbers only.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -22,56 +22,31 @@ from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import generate_latest
 
-from agents.llm_scheduler import image_store, pool
-from agents.result_aggregator import cache
+from agents.worker_clients import current
 from streams import metrics
 from streams.app import app, settings
 from streams.errors import ImageMissing
+from streams.faust_seam import limit_request_body
 from streams.lag import guard as stall_guard
 from streams.live import hub
+from streams.table_values import CameraState, CameraView
 from streams.tables import alerts, camera_key, camera_state, camera_view, results
+from web.auth import WebAuth
 
 logger = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 STARTED = time.time()
 
-
-#: Paths open without a token: liveness probes must not need a secret.
-OPEN_PATHS = frozenset({"/health", "/health/"})
-
-
-def _load_token() -> str | None:
-    """The web token: configured, or made once per data dir (so restarts keep it) and kept in a 0600 file."""
-    if not settings.web_auth:
-        return None
-    if settings.web_token is not None:
-        return settings.web_token.get_secret_value()
-    path = Path(settings.data_dir) / "web-token"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(24))
-    logger.warning("web token required; it is in %s (set ROADWATCH_WEB_TOKEN to choose one)", path)
-    return path.read_text().strip()
-
-
-TOKEN = _load_token()
-
-
-def authorized(request: Any) -> bool:
-    """True when auth is off or the request carries the token (Bearer or ?token=)."""
-    if TOKEN is None:
-        return True
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.query.get("token", "")
-    return hmac.compare_digest(given.encode(), TOKEN.encode())
+#: The worker's token check, loaded when the worker starts (the token file is written then, if at all).
+auth = WebAuth()
+app.on_startup(lambda: auth.load(settings))
 
 
 @web.middleware
 async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every view but the open ones needs the token (401), and no body may exceed the limit (413),
     both answered before any handler runs."""
-    if request.path not in OPEN_PATHS and not authorized(request):
+    if not auth.allows(request):
         return web.json_response({"error": "unauthorized: pass the web token as Bearer or ?token="}, status=401)
     if (request.content_length or 0) > settings.web_max_body:
         return web.json_response({"error": f"request body over {settings.web_max_body} bytes"}, status=413)
@@ -83,17 +58,17 @@ def _camera_id(key: bytes | str) -> str:
     return key.decode() if isinstance(key, bytes) else key
 
 
-def camera_summary(camera_id: str, view: dict[str, Any] | None, state: dict[str, Any] | None) -> dict[str, Any]:
-    view = view or {}
-    latest = (view.get("results") or [None])[0]
+def camera_summary(camera_id: str, view: CameraView | None, state: CameraState | None) -> dict[str, Any]:
+    view = view or {"camera_id": camera_id, "results": [], "counts": {}}
+    latest = view["results"][0] if view["results"] else None
     return {
         "camera_id": camera_id,
         "latest_result": latest,
         "latest_detection": view.get("latest_detection"),
         "counts": view.get("counts", {}),
-        "fps": round(float((state or {}).get("fps") or 0.0), 2),
-        "groups_seen": (state or {}).get("groups_seen", 0),
-        "tasks_made": (state or {}).get("tasks_made", 0),
+        "fps": round(float(state["fps"] or 0.0), 2) if state else 0.0,
+        "groups_seen": state["groups_seen"] if state else 0,
+        "tasks_made": state["tasks_made"] if state else 0,
         "updated_at": view.get("updated_at"),
     }
 
@@ -114,7 +89,7 @@ class Cameras(View):
         local = {_camera_id(k): v for k, v in camera_view.items()}
         rows = [camera_summary(cid, view, camera_state.get(camera_key(cid))) for cid, view in sorted(local.items())]
         known = set(request.query.get("also", "").split(",")) - set(local) - {""}
-        for cid, latest in (await cache.latest(sorted(known))).items():
+        for cid, latest in (await current().cache.latest(sorted(known))).items():
             rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
         return self.json({"cameras": rows, "count": len(rows)})
 
@@ -159,6 +134,7 @@ class Keys(View):
     """Key aliases, states and numbers; never a key."""
 
     async def get(self, request: Request) -> Response:
+        pool = current().pool
         rows = pool.snapshot()
         return self.json(
             {
@@ -175,8 +151,7 @@ class KeyAction(View):
     """POST /keys/key-3/disable or /keys/key-3/enable (token required when configured)."""
 
     async def post(self, request: Request, alias: str, action: str) -> Response:
-        if not authorized(request):
-            return self.json({"error": "unauthorized"}, status=401)
+        pool = current().pool
         if alias not in pool.by_alias:
             return self.json({"error": f"unknown key alias {alias!r}"}, status=404)
         if action == "disable":
@@ -194,15 +169,16 @@ class Health(View):
 
     async def get(self, request: Request) -> Response:
         assigned = app.assignor.assigned_actives() if app.assignor else set()
+        clients = current()
         return self.json(
             {
                 "status": "stalled" if stall_guard.stalled else "ok",
                 "stalled_partitions": stall_guard.stalled,
                 "uptime_s": round(time.time() - STARTED, 1),
                 "partitions": len(assigned),
-                "redis": "degraded" if cache.degraded else "ok",
-                "redis_skipped_writes": cache.skipped,
-                "keys_available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in pool.snapshot()),
+                "redis": "degraded" if clients.cache.degraded else "ok",
+                "redis_skipped_writes": clients.cache.skipped,
+                "keys_available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in clients.pool.snapshot()),
             }
         )
 
@@ -212,7 +188,7 @@ class Metrics(View):
     """Prometheus text format."""
 
     async def get(self, request: Request) -> Response:
-        pool.snapshot()
+        current().pool.snapshot()
         return self.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")
 
 
@@ -222,7 +198,7 @@ class Images(View):
 
     async def get(self, request: Request, scheme: str, name: str) -> Response:
         try:
-            jpeg = await asyncio.to_thread(image_store.get, f"{scheme}://{name}")
+            jpeg = await asyncio.to_thread(current().images.get, f"{scheme}://{name}")
         except ImageMissing:
             return self.json({"error": "image not found"}, status=404)
         return self.bytes(jpeg, content_type="image/jpeg")
@@ -230,7 +206,7 @@ class Images(View):
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """``/ws``: results and alerts as they are aggregated; ``?cameras=a,b`` to filter."""
-    if not authorized(request):
+    if not auth.allows(request):
         raise web.HTTPUnauthorized(text="token required")
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
@@ -260,4 +236,4 @@ web_app = cast(AiohttpWeb, app.web).web_app
 web_app.router.add_get("/ws", websocket)
 web_app.middlewares.append(require_token)
 # aiohttp's default is 1 MiB; nothing roadwatch accepts is larger than a small JSON body
-web_app._client_max_size = settings.web_max_body
+limit_request_body(web_app, settings.web_max_body)

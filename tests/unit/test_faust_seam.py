@@ -10,7 +10,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from streams.app import app
-from streams.commits import AtLeastOnceConsumer
+from streams.faust_seam import AtLeastOnceConsumer
 
 TASKS = TP("t-assessment-tasks", 3)
 
@@ -31,7 +31,7 @@ def ack(consumer: AtLeastOnceConsumer, *offsets: int) -> None:
 
 
 def test_faust_itself_commits_past_an_event_in_flight(consumer):
-    """faust-streaming#606: if this starts failing, Faust fixed it and streams.commits can go."""
+    """faust-streaming#606: if this starts failing, Faust fixed it and streams.faust_seam's commit rule can go."""
     consumer._committed_offset[TASKS] = 10  # offset 10 is still being processed
     ack(consumer, 11, 12)
     assert FaustConsumer._new_offset(consumer, TASKS) == 13

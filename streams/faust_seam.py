@@ -1,4 +1,19 @@
-"""A Faust consumer that neither skips nor commits past an event it has not processed.
+"""Every use of Faust's, aiokafka's and aiohttp's private internals, in one module.
+
+``tests/unit/test_faust_seam.py`` fingerprints the upstream code this module replaces or relies
+on, and ``pyproject.toml`` pins ``faust-streaming`` and ``aiokafka`` to the versions it was tested
+with: an upgrade fails that test and names what to re-check here. Nothing else in roadwatch
+touches a private name of a dependency.
+
+What lives here:
+
+* :class:`AtLeastOnceConsumer` / :class:`AtLeastOnceTransport`: the commit rule (below).
+* :func:`request_rejoin`: make the consumer rejoin its group (the stall guard's remedy).
+* :func:`record_fields`: a Faust record's field names and defaults (the strict decoder).
+* :func:`limit_request_body`: aiohttp's request body limit on Faust's web app.
+* :func:`force_metadata_update`: refresh an aiokafka consumer's cluster metadata.
+
+A Faust consumer that neither skips nor commits past an event it has not processed.
 
 faust-streaming (0.15) loses events around rebalances in four ways, all seen here as tasks
 without a result after a worker was killed or restarted:
@@ -41,10 +56,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
+from faust import Record
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP
+from faust.types import TP, AppT
 from faust.utils.tracing import traced_from_parent_span
 from mode import Service
 
@@ -165,3 +183,32 @@ class AtLeastOnceTransport(aiokafka_driver.Transport):
     """The aiokafka transport, with :class:`AtLeastOnceConsumer` as its consumer."""
 
     Consumer = AtLeastOnceConsumer
+
+
+async def request_rejoin(app: AppT) -> None:
+    """Ask the consumer to rejoin its group: a fresh rebalance seeks every partition to its head.
+
+    Faust's consumer thread owns the aiokafka consumer; the request runs on that thread.
+    """
+    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+
+    async def rejoin() -> None:
+        thread._ensure_consumer()._coordinator.request_rejoin()
+
+    await thread.call_thread(rejoin)
+
+
+def record_fields(record_type: type[Record]) -> tuple[list[str], set[str]]:
+    """A Faust record class's field names in order, and those that have defaults."""
+    options = record_type._options  # type: ignore[attr-defined]
+    return list(options.fields), set(options.defaults)
+
+
+def limit_request_body(web_app: web.Application, max_bytes: int) -> None:
+    """Refuse request bodies over ``max_bytes`` (aiohttp's default is 1 MiB, set only at construction)."""
+    web_app._client_max_size = max_bytes
+
+
+async def force_metadata_update(consumer: AIOKafkaConsumer) -> None:
+    """Fetch cluster metadata now, for a consumer that has not subscribed to the topic it asks about."""
+    await consumer._client.force_metadata_update()

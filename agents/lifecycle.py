@@ -1,0 +1,33 @@
+"""The worker's start and stop: its shared clients (:mod:`agents.worker_clients`) are built as it
+starts, before any agent handles an event, and closed after the agents stopped."""
+
+from __future__ import annotations
+
+import logging
+
+from agents.key_pool import KeySlot
+from agents.worker_clients import WorkerClients, current, install
+from streams.app import app, settings
+from streams.tables import key_pool
+
+logger = logging.getLogger(__name__)
+
+
+def persist_key(slot: KeySlot) -> None:
+    """Every key state change goes to the key_pool GlobalTable (seen by all workers)."""
+    try:
+        key_pool[slot.alias] = current().pool.persisted(slot)
+    except Exception:  # the producer is not started (shutdown): keep going
+        logger.debug("key_pool not persisted for %s", slot.alias, exc_info=True)
+
+
+async def build_clients() -> None:
+    install(WorkerClients.build(settings, on_key_change=persist_key))
+
+
+async def close_clients() -> None:
+    await current().close()
+    install(None)
+
+
+app.on_startup(build_clients, close_clients)

@@ -1,0 +1,103 @@
+"""What a worker holds for its whole life, built once when it starts and closed when it stops.
+
+The key pool, the VLM session, the image store, the Redis result cache, the alert webhook, the
+known cameras and the global task cap are shared by several agents and the web views. They
+are built here, from the settings, by :meth:`WorkerClients.build`, which
+:mod:`agents.lifecycle` runs as the worker starts (before any agent sees an event and before the
+web server answers), and closed when it stops. Nothing is built when a module is imported, and
+a unit test builds its own (:meth:`WorkerClients.build` with test settings, or the fields
+directly) and installs it with :func:`install`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agents.alerting import WebhookSink
+from agents.key_pool import KeyPool, KeySlot
+from agents.task_policy import GlobalCap
+from agents.vlm_client import VlmClient
+from models.cameras import load_cameras
+from streams.cache import ResultCache
+from streams.images import ImageStore, open_store
+from streams.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerClients:
+    """The worker's shared clients and state; one per worker process."""
+
+    settings: Settings
+    pool: KeyPool
+    vlm: VlmClient
+    images: ImageStore
+    cache: ResultCache
+    webhook: WebhookSink | None
+    #: The cameras this deployment knows (``cameras_file``), or None to accept any valid id.
+    known_cameras: frozenset[str] | None
+    #: The global task budget of this worker (its share is set by the scheduler on rebalance).
+    global_cap: GlobalCap
+    #: Bounds the VLM calls in flight in this worker.
+    calls_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(50))
+
+    @classmethod
+    def build(cls, settings: Settings, *, on_key_change: Callable[[KeySlot], None] | None = None) -> WorkerClients:
+        """Everything from the settings; ``on_key_change`` persists key state changes (the key_pool table)."""
+        return cls(
+            settings=settings,
+            pool=KeyPool(
+                settings.api_keys(),
+                strategy=settings.key_strategy,
+                cooldown_min_s=settings.cooldown_min_s,
+                cooldown_max_s=settings.cooldown_max_s,
+                on_change=on_key_change,
+            ),
+            vlm=VlmClient(
+                settings.vlm_base_url,
+                settings.vlm_model,
+                timeout_s=settings.vlm_timeout_s,
+                pool_size=settings.vlm_concurrency,
+                max_tokens=settings.vlm_max_tokens,
+            ),
+            images=open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s),
+            cache=ResultCache(settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s),
+            webhook=WebhookSink(settings.alert_webhook_url) if settings.alert_webhook_url else None,
+            known_cameras=(
+                frozenset(c.id for c in load_cameras(settings.cameras_file)) if settings.cameras_file else None
+            ),
+            global_cap=GlobalCap(settings.global_budget_per_min),
+            calls_gate=asyncio.Semaphore(settings.vlm_concurrency),
+        )
+
+    async def close(self) -> None:
+        """Close the sessions and background tasks (the worker is stopping)."""
+        await self.vlm.close()
+        await self.cache.close()
+        if self.webhook is not None:
+            await self.webhook.close()
+
+
+_current: WorkerClients | None = None
+
+
+def install(clients: WorkerClients | None) -> None:
+    """Make ``clients`` the worker's (the worker's start-up does this; so do unit tests)."""
+    global _current
+    _current = clients
+
+
+def current() -> WorkerClients:
+    """The worker's clients; an error before the worker started (importing builds nothing)."""
+    if _current is None:
+        raise RuntimeError("the worker's clients are built when the worker starts (agents.lifecycle)")
+    return _current
+
+
+def current_or_none() -> WorkerClients | None:
+    """The worker's clients, or None before it started or after it stopped (for timers)."""
+    return _current

@@ -1,0 +1,122 @@
+"""Child processes for tests, benchmarks and the local stack: spawn, stop, wait.
+
+Every process roadwatch's tooling starts gets its own session (process group), so that stopping
+it also stops what it started (java under ``ops.kafka``). Stopping is SIGTERM to the group, then
+SIGKILL after a timeout; waiting is a poll with a deadline that names what it waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A condition did not become true before its deadline (an AssertionError, so tests read it)."""
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.25) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; raise naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last  # type: ignore[no-any-return]
+        time.sleep(every_s)
+    raise WaitTimeout(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {str(last)[:300]})")
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def stop_group(pid: int, timeout_s: float = 15.0, *, name: str = "") -> bool:
+    """SIGTERM the process group of ``pid``, SIGKILL it after ``timeout_s``; True if it had to be killed."""
+    if not alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    killed = alive(pid)
+    if killed:
+        print(f"{name or pid} (pid {pid}) did not stop in {timeout_s:.0f}s: SIGKILL", flush=True)
+    try:  # also what is left in the group (children of a stopped leader)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return killed
+
+
+def stop_pids(named: list[tuple[str, int]], timeout_s: float = 15.0) -> None:
+    """Stop each named process group in order (see :func:`stop_group`)."""
+    for name, pid in named:
+        stop_group(pid, timeout_s, name=name)
+
+
+@dataclass
+class Proc:
+    """A started process with its log file; :meth:`stop` ends its whole group."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.running():
+            stop_group(self.popen.pid, timeout_s, name=self.name)
+        self.popen.wait(10)
+
+    def kill(self) -> None:
+        if self.running():
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.popen.wait(10)
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], log_dir: Path, port: int = 0, *, cwd: Path = ROOT) -> Proc:
+    """Start ``cmd`` in its own session with stdout and stderr in ``log_dir/name.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    with open(log, "wb") as handle:
+        popen = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return Proc(name, popen, log, port, env)

@@ -1,0 +1,84 @@
+"""The shapes of the values the Faust tables hold (``docs/ARCHITECTURE.md``, "Tables").
+
+Table values are plain JSON, readable in the changelog topics; these ``TypedDict`` types say
+what each table's values hold, so the agents and views that read them are type-checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+
+class SeenGroup(TypedDict):
+    """A group or a (pedestrian, vehicle) pair the task generator assessed."""
+
+    #: When it was last assessed (epoch s).
+    at: float
+    #: Its gap then, in pedestrian heights (None: no pedestrian-vehicle pair).
+    gap: float | None
+    #: When it was last seen (epoch s); unseen ones are forgotten.
+    last: float
+
+
+class CameraState(TypedDict):
+    """``camera_state``: the task generator's per-camera state."""
+
+    last_seq: int
+    last_at: float
+    fps: float
+    #: The camera's VLM token bucket (None: full) and when it was last refilled.
+    tokens: float | None
+    tokens_at: float
+    groups: dict[str, SeenGroup]
+    pairs: dict[str, SeenGroup]
+    groups_seen: int
+    tasks_made: int
+    skipped: dict[str, int]
+    #: frame_seq (as a string) -> group ids made into tasks, for redeliveries.
+    recent: NotRequired[dict[str, list[str]]]
+
+
+class CompactDetection(TypedDict):
+    """``detections``: what the result join needs of a detection."""
+
+    at: float
+    camera_id: str
+    frame_seq: int
+    captured_at: float
+    frame_w: int
+    frame_h: int
+    model: str
+    objects: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    crops: dict[str, dict[str, Any]]
+
+
+class ResultEntry(TypedDict):
+    """``results``: the aggregator's record of a finished task (a task_id here is a duplicate)."""
+
+    at: float
+    camera_id: str
+    status: str
+    risk_level: str
+    joined: bool
+
+
+class CameraView(TypedDict):
+    """``camera_view``: what the web views show of a camera."""
+
+    camera_id: str
+    results: list[dict[str, Any]]
+    counts: dict[str, int]
+    latest_detection: NotRequired[dict[str, Any]]
+    updated_at: NotRequired[float]
+
+
+class PersistedKey(TypedDict):
+    """``key_pool``: a key's shared state, by alias (never the key)."""
+
+    alias: str
+    cooldown_until: float
+    disabled: bool
+    disabled_reason: str
+    disabled_until: float | None
+    updated_at: float
