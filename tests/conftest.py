@@ -1,21 +1,13 @@
 """Test harness: one real Kafka broker per session, Redis and the simulated VLM on loopback,
 and factories for workers with their own topics and consumer group per test.
 
-Unit tests import the app with the memory store (set here, before anything imports
-``streams``); integration tests run real worker processes against the broker.
+Importing roadwatch reads no settings, so unit tests pass their own ``Settings``; integration
+tests run real worker processes against the broker.
 """
 
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("ROADWATCH_STORE", "memory://")
-os.environ.setdefault("ROADWATCH_VLM_KEYS", "unit-test-key-aaaa,unit-test-key-bbbb")
-os.environ.setdefault("ROADWATCH_IMAGE_STORE", "file:///tmp/roadwatch-test-images")
-os.environ.setdefault("ROADWATCH_WEB_PORT", "6199")
-# every worker the tests start requires this token (as in production); ops.http sends it
-os.environ.setdefault("ROADWATCH_WEB_TOKEN", "test-web-token-" + os.urandom(6).hex())
-
 import shutil
 import sys
 import uuid
@@ -34,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 __all__ = ["ARTIFACTS", "ROOT", "SIM_KEYS", "Proc", "spawn", "wait_until"]
+
+# every worker the tests start requires this token (as in production); ops.http sends it
+os.environ.setdefault("ROADWATCH_WEB_TOKEN", "test-web-token-" + os.urandom(6).hex())
 
 
 @pytest.fixture(scope="session")
