@@ -12,10 +12,11 @@ WORKERS ?= 1
 help: ## show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,yolo]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP) ## create the venv and install roadwatch with its dev tools
@@ -31,9 +32,14 @@ test: $(STAMP) ## unit and integration tests (starts its own Kafka broker, Redis
 test-unit: $(STAMP) ## unit tests only (no broker)
 	$(BIN)/python -m pytest -q -m "not integration"
 
-check: $(STAMP) ## ruff and mypy --strict on the product packages
+check: $(STAMP) ## the layer contracts (import-linter), ruff, and mypy --strict on the product packages
+	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+lock: $(STAMP) ## re-resolve requirements.lock (every pinned version, extras dev and yolo) from pyproject.toml
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra yolo --python-version 3.11 --custom-compile-command "make lock" -o requirements.lock
 
 bench: $(STAMP) ## benchmarks (~30 min, progress on stdout): results, plots and REPORT.md under bench/results/
 	$(BIN)/python -m bench.pipeline
@@ -81,4 +87,4 @@ dashboard: ## print the dashboard URL
 clean: ## remove state, caches and the venv
 	rm -rf .state .mypy_cache .ruff_cache .pytest_cache $(VENV) *.egg-info
 
-.PHONY: help install run test test-unit check bench up down status topics e2e kafka-cluster verify-keys broker worker producer vlm dashboard clean
+.PHONY: help install run test test-unit check lock bench up down status topics e2e kafka-cluster verify-keys broker worker producer vlm dashboard clean

@@ -4,7 +4,7 @@ Works unchanged against DashScope's compatible mode (``.../compatible-mode/v1``,
 ``qwen-vl-plus`` / ``qwen-vl-max``), OpenAI, vLLM and Ollama, and the simulated endpoint in
 ``sim.vlm``. One aiohttp session per worker with a bounded connection pool. Every failure is a
 :class:`VlmError` whose ``kind`` tells the key pool how to react, following DashScope's error
-codes (see ``shared/DESIGN.md``):
+codes (``docs/ARCHITECTURE.md``, "The key pool"):
 
 ========== ============================================= ==================================
 kind       answer                                        pool's reaction

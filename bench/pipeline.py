@@ -31,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from models.producer import command as producer_command
 from ops.http import get_json
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.procs import Proc, spawn, wait_until
@@ -206,17 +207,7 @@ def scenario(args: argparse.Namespace, cluster: KafkaCluster, workdir: Path) -> 
         )
         producer = spawn(
             "producer",
-            [
-                sys.executable,
-                "-m",
-                "models.producer",
-                "--cameras",
-                str(cams),
-                "--detector",
-                "motion",
-                "--duration",
-                str(args.duration),
-            ],
+            producer_command(cams, duration=args.duration),
             env,
             workdir,
         )

@@ -229,6 +229,15 @@ def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], 
         raise SystemExit(f"producer processes exited with {codes}")
 
 
+def command(cameras: Path | str, detector: DetectorKind = "motion", **options: float | int | str) -> list[str]:
+    """The command line of a producer process: ``options`` are its flags (``metrics_port=9100``
+    becomes ``--metrics-port 9100``), so the stack, tests and benchmarks start it one way."""
+    cmd = [sys.executable, "-m", "models.producer", "--cameras", str(cameras), "--detector", detector]
+    for name, value in options.items():
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
+    return cmd
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.producer", description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=Path, default=Path("deploy/cameras.sim.yaml"))

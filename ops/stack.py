@@ -22,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from models import producer
 from ops.http import get_json
 from ops.kafka import port_open
 from ops.procs import Proc, WaitTimeout, alive, spawn, stop_pids, wait_until
@@ -91,7 +92,7 @@ def services(ports: Ports, *, cameras: str, vlm_args: list[str], workers: int = 
     procs.append(("vlm", [*vlm.command(ports.vlm, SIM_KEYS), *vlm_args]))
     for i in range(workers):
         procs.append((f"worker-{i + 1}" if workers > 1 else "worker", [PY, "-m", "streams", "worker", "-l", "info"]))
-    procs.append(("producer", [PY, "-m", "models.producer", "--cameras", cameras, "--detector", "motion"]))
+    procs.append(("producer", producer.command(cameras)))
     return procs
 
 

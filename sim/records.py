@@ -11,7 +11,15 @@ import cv2
 from aiokafka import AIOKafkaProducer
 
 from sim.scene import Scene
-from streams.records import AssessmentTask, DetectedObject, DetectionResult, ImageRef, TrafficGroup, to_bytes
+from streams.records import (
+    AssessmentTask,
+    DetectedObject,
+    DetectionResult,
+    ImageRef,
+    RiskAssessment,
+    TrafficGroup,
+    to_bytes,
+)
 
 
 @lru_cache(maxsize=1)
@@ -77,6 +85,40 @@ def assessment_task(det: DetectionResult, task_id: str, deadline_in_ms: float) -
         reason="new",
         created_at=now,
         deadline=now + deadline_in_ms,
+    )
+
+
+def risk_result(
+    camera_id: str,
+    task_id: str,
+    *,
+    detection_id: str,
+    group_id: str,
+    level: str = "critical",
+    score: float = 0.9,
+    summary: str = "",
+    model: str = "m",
+    latency_ms: float = 100.0,
+    captured_at: float | None = None,
+    completed_at: float | None = None,
+) -> RiskAssessment:
+    """An ``ok`` result as the scheduler would write it (times in epoch ms, default now)."""
+    now = time.time() * 1000.0
+    return RiskAssessment(
+        task_id=task_id,
+        camera_id=camera_id,
+        detection_id=detection_id,
+        group_id=group_id,
+        status="ok",
+        risk_level=level,
+        risk_score=score,
+        summary=summary or f"result {task_id}",
+        model=model,
+        key_alias="key-1",
+        attempts=1,
+        latency_ms=latency_ms,
+        captured_at=now if captured_at is None else captured_at,
+        completed_at=now if completed_at is None else completed_at,
     )
 
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from ops.http import get_json
-from sim.records import detection, produce, produce_detections
-from streams.records import RiskAssessment, to_bytes
+from sim.records import detection, produce, produce_detections, risk_result
+from streams.records import to_bytes
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,19 +60,13 @@ def test_redelivering_results_changes_no_alert_count_or_cache_entry(kafka, deplo
     worker = start_worker({"ROADWATCH_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{hook.server_port}/alerts"})
     now = time.time() * 1000
     batch = [
-        RiskAssessment(
-            task_id=f"redeliver-{i}",
-            camera_id="cam-d",
+        risk_result(
+            "cam-d",
+            f"redeliver-{i}",
             detection_id=f"cam-d:{i}",
             group_id=f"g{i}",
-            status="ok",
-            risk_level="critical" if i % 2 else "low",
-            risk_score=0.9 if i % 2 else 0.2,
-            summary=f"result {i}",
-            model="m",
-            key_alias="key-1",
-            attempts=1,
-            latency_ms=100.0,
+            level="critical" if i % 2 else "low",
+            score=0.9 if i % 2 else 0.2,
             captured_at=now - 1000,
             completed_at=now,
         )
@@ -107,19 +101,14 @@ def test_repeated_alerts_for_one_group_merge(kafka, deployment, start_worker):
     now = time.time() * 1000
     levels = ["high", "high", "critical", "high"]
     batch = [
-        RiskAssessment(
-            task_id=f"merge-{i}",
-            camera_id="cam-m",
+        risk_result(
+            "cam-m",
+            f"merge-{i}",
             detection_id=f"cam-m:{i}",
             group_id="g7-8",
-            status="ok",
-            risk_level=level,
-            risk_score=0.8,
+            level=level,
+            score=0.8,
             summary=f"r{i}",
-            model="m",
-            key_alias="key-1",
-            attempts=1,
-            latency_ms=100.0,
             captured_at=now,
             completed_at=now,
         )

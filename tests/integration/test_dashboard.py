@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from ops.http import get_json
-from sim.records import detection, produce, produce_detections
-from streams.records import RiskAssessment, to_bytes
+from sim.records import detection, produce, produce_detections, risk_result
+from streams.records import to_bytes
 from tests.conftest import ARTIFACTS, wait_until
 
 pytestmark = pytest.mark.integration
@@ -55,18 +55,14 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
             task_id = "browser-" + uuid.uuid4().hex[:8]
             det = detection("cam-b", 50)
             now = time.time() * 1000
-            result = RiskAssessment(
-                task_id=task_id,
-                camera_id="cam-b",
+            result = risk_result(
+                "cam-b",
+                task_id,
                 detection_id=det.detection_id,
                 group_id=det.groups[0].group_id,
-                status="ok",
-                risk_level="critical",
-                risk_score=0.97,
+                score=0.97,
                 summary=f"Imminent conflict ({task_id})",
                 model="qwen-vl-max",
-                key_alias="key-1",
-                attempts=1,
                 latency_ms=300.0,
                 captured_at=now - 500,
                 completed_at=now,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
+from models import producer
 from ops.verify import read_all
 from tests.conftest import ROOT
 
@@ -18,19 +18,7 @@ def test_one_producer_process_per_device_each_with_its_share_of_cameras(kafka, d
     import asyncio
 
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "models.producer",
-            "--cameras",
-            str(ROOT / "deploy" / "cameras.sim.yaml"),
-            "--detector",
-            "motion",
-            "--device",
-            "cpu,cpu",
-            "--duration",
-            "6",
-        ],
+        producer.command(ROOT / "deploy" / "cameras.sim.yaml", device="cpu,cpu", duration=6),
         cwd=ROOT,
         env=deployment.env,
         capture_output=True,

@@ -11,12 +11,12 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from models.producer import command as producer_command
 from ops.http import get_text
 from ops.kafka import free_port, port_open
 from ops.verify import read_all
@@ -79,17 +79,7 @@ def test_an_rtsp_camera_reconnects_after_its_server_restarts_and_the_others_neve
     metrics_port = free_port()
     producer = spawn(
         "producer",
-        [
-            sys.executable,
-            "-m",
-            "models.producer",
-            "--cameras",
-            str(cameras),
-            "--detector",
-            "motion",
-            "--metrics-port",
-            str(metrics_port),
-        ],
+        producer_command(cameras, metrics_port=metrics_port),
         deployment.env,
         tmp_path,
         metrics_port,

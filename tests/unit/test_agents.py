@@ -16,7 +16,7 @@ from agents.result_aggregator import Aggregation, aggregate, remember_detection
 from agents.task_generator import tasks_for
 from agents.task_policy import GlobalCap
 from agents.worker_clients import WorkerClients
-from sim.records import detection
+from sim.records import detection, risk_result
 from streams.records import RiskAssessment
 from streams.settings import Settings
 from streams.table_values import CameraState
@@ -38,22 +38,8 @@ async def clients(tmp_path) -> AsyncIterator[WorkerClients]:
 
 def result_for(det_seq: int, level: str, *, task_id: str = "t1", score: float = 0.9) -> RiskAssessment:
     det = detection("cam-1", det_seq)
-    group = det.groups[0]
-    return RiskAssessment(
-        task_id=task_id,
-        camera_id="cam-1",
-        detection_id=det.detection_id,
-        group_id=group.group_id,
-        status="ok",
-        risk_level=level,
-        risk_score=score,
-        summary="close",
-        model="m",
-        key_alias="key-1",
-        attempts=1,
-        latency_ms=300.0,
-        captured_at=det.captured_at,
-        completed_at=det.captured_at + 400,
+    return risk_result(
+        "cam-1", task_id, detection_id=det.detection_id, group_id=det.groups[0].group_id, level=level, score=score
     )
 
 

@@ -33,28 +33,27 @@ def test_least_loaded_spreads_in_flight_calls():
     assert {row["state"] for row in p.snapshot()} == {IN_USE}
 
 
-def test_round_robin_cycles():
-    p, _ = pool(3, "round_robin")
+def picks(p: KeyPool, n: int) -> list[str]:
+    """The aliases of ``n`` calls in a row, each released at once."""
     aliases = []
-    for _ in range(6):
+    for _ in range(n):
         lease = p.try_acquire()
         assert lease is not None
         aliases.append(lease.alias)
         p.release(lease, ok=True)
-    assert aliases == ["key-1", "key-2", "key-3"] * 2
+    return aliases
+
+
+def test_round_robin_cycles():
+    p, _ = pool(3, "round_robin")
+    assert picks(p, 6) == ["key-1", "key-2", "key-3"] * 2
 
 
 def test_weighted_follows_weights():
     clock = Clock()
     keys = [ApiKeyConfig(key=SecretStr("a"), alias="heavy", weight=3), ApiKeyConfig(key=SecretStr("b"), alias="light")]
-    p = KeyPool(keys, strategy="weighted", clock=clock)
-    picks = []
-    for _ in range(8):
-        lease = p.try_acquire()
-        assert lease is not None
-        picks.append(lease.alias)
-        p.release(lease, ok=True)
-    assert picks.count("heavy") == 6 and picks.count("light") == 2
+    chosen = picks(KeyPool(keys, strategy="weighted", clock=clock), 8)
+    assert chosen.count("heavy") == 6 and chosen.count("light") == 2
 
 
 def test_latency_strategy_prefers_the_fast_key():

@@ -151,16 +151,19 @@ def worker_clients(url: str, keys: KeyPool, tmp_path, **settings: object):
     return dataclasses.replace(built, pool=keys, vlm=client(url))
 
 
+def revoked_then_good() -> KeyPool:
+    """key-1 (revoked in these tests) is tried first, then key-2."""
+    configs = [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")]
+    return KeyPool(configs, strategy="round_robin")
+
+
 async def test_scheduler_fails_over_a_revoked_key_and_disables_it(sim, tmp_path):
     from agents.llm_scheduler import assess
     from sim.records import assessment_task, detection
 
     simulator, url = sim
     simulator.revoked.add(OTHER)
-    keys = KeyPool(
-        [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
-        strategy="round_robin",
-    )
+    keys = revoked_then_good()
     task = assessment_task(detection("cam", 1), "t1", deadline_in_ms=10_000)
     clients = worker_clients(url, keys, tmp_path)
     result = await assess(task, clients)
@@ -177,10 +180,7 @@ async def test_a_revoked_key_costs_no_retry_but_server_failures_are_bounded(sim,
 
     simulator, url = sim
     simulator.revoked.add(OTHER)
-    keys = KeyPool(
-        [ApiKeyConfig(key=SecretStr(OTHER), alias="key-1"), ApiKeyConfig(key=SecretStr(GOOD), alias="key-2")],
-        strategy="round_robin",
-    )
+    keys = revoked_then_good()
     # no retries at all: the revoked key is a key fault, so the task still reaches the good key
     clients = worker_clients(url, keys, tmp_path, vlm_backoff_base_s=0.1)
     ok = await scheduler.assess(
