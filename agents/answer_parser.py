@@ -67,6 +67,24 @@ def _level_from_score(score: float) -> str:
     return "critical"
 
 
+def _unit_score(score: float, level: str | None, raw: object) -> float:
+    """The score on 0..1. Models also answer on 0..10 (an 8 means 0.8) or in percent (80).
+
+    Up to 10 a score is read on the 0..10 scale unless the percentage agrees with the level the
+    model gave and the tenth does not; above 10 it is a percentage.
+    """
+    if 0 <= score <= 1:
+        return score
+    if 1 < score <= 10:
+        tenth, percent = score / 10.0, score / 100.0
+        if level is not None and _level_from_score(percent) == level != _level_from_score(tenth):
+            return percent
+        return tenth
+    if 10 < score <= 100:
+        return score / 100.0
+    raise UnparseableAnswer(f"risk_score {raw!r} outside 0..1 (nor on a 0..10 or 0..100 scale)")
+
+
 def parse_answer(text: str) -> Assessment:
     """Parse the model's message content into an Assessment, or raise UnparseableAnswer."""
     if not text or not text.strip():
@@ -94,15 +112,13 @@ def _from_dict(data: dict[str, object]) -> Assessment:
             raise UnparseableAnswer(f"risk_score is not a number: {raw_score!r}") from exc
         if not math.isfinite(score):
             raise UnparseableAnswer(f"risk_score is not finite: {raw_score!r}")
-        if 1 < score <= 100:
-            score /= 100.0  # a percentage
-        if not 0 <= score <= 1:
-            raise UnparseableAnswer(f"risk_score {raw_score!r} outside 0..1")
     level: str | None = None
     if raw_level is not None:
         level = str(raw_level).strip().lower()
         if level not in RISK_LEVELS:
             raise UnparseableAnswer(f"risk_level {raw_level!r} not one of {RISK_LEVELS}")
+    if score is not None:
+        score = _unit_score(score, level, raw_score)
     if level is None and score is None:
         raise UnparseableAnswer("answer has neither risk_level nor risk_score")
     if level is None and score is not None:

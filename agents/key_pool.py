@@ -34,6 +34,7 @@ from streams import metrics
 from streams.errors import NoKeyAvailable
 from streams.settings import ApiKeyConfig, KeyStrategy
 from streams.table_values import PersistedKey
+from streams.vocabulary import VlmErrorKind
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class KeySlot:
     disabled_reason: str = ""
     disabled_until: float | None = None
     updated_at: float = 0.0
+    #: An operator's disable (POST /keys/{alias}/disable) holds until an operator's enable, whatever
+    #: else is written; ``operator_version`` orders operator actions across workers without clocks.
+    operator_disabled: bool = False
+    operator_version: int = 0
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     starts: deque[float] = field(default_factory=deque)
     tokens: deque[tuple[float, int]] = field(default_factory=deque)
@@ -72,6 +77,8 @@ class KeySlot:
         return 0.0 if not self.recent else 1.0 - sum(self.recent) / len(self.recent)
 
     def state(self, now: float) -> str:
+        if self.operator_disabled:
+            return DISABLED
         if self.disabled and (self.disabled_until is None or now < self.disabled_until):
             return DISABLED
         if now < self.cooldown_until:
@@ -206,8 +213,9 @@ class KeyPool:
                 raise NoKeyAvailable(f"no key free before the deadline (waited {now - started:.1f}s)")
             wake = min(self.next_free_at(), deadline)
             self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.005, min(wake - now, 1.0)))
+            try:  # asyncio.timeout: unlike wait_for on 3.11, never swallows a cancellation
+                async with asyncio.timeout(max(0.005, min(wake - now, 1.0))):
+                    await self._changed.wait()
             except TimeoutError:
                 pass
 
@@ -217,7 +225,7 @@ class KeyPool:
         lease: Lease,
         *,
         ok: bool,
-        kind: str = "",
+        kind: VlmErrorKind | None = None,
         latency_ms: float = 0.0,
         tokens: int = 0,
         retry_after: float | None = None,
@@ -245,6 +253,11 @@ class KeyPool:
             self._react(slot, kind, retry_after, reason, now)
         self._changed.set()
 
+    def abandon(self, lease: Lease) -> None:
+        """The call made with ``lease`` was cancelled: free its slot, learn nothing from it."""
+        lease.slot.in_flight = max(0, lease.slot.in_flight - 1)
+        self._changed.set()
+
     @staticmethod
     def unhealthy(slot: KeySlot) -> bool:
         """A key whose server errors are its own, not the background rate every key sees.
@@ -263,7 +276,9 @@ class KeyPool:
         span = self.cooldown_max_s - self.cooldown_min_s
         return self.cooldown_min_s + span * min(1.0, slot.failure_rate() * 1.5)
 
-    def _react(self, slot: KeySlot, kind: str, retry_after: float | None, reason: str, now: float) -> None:
+    def _react(
+        self, slot: KeySlot, kind: VlmErrorKind | None, retry_after: float | None, reason: str, now: float
+    ) -> None:
         if kind == "auth":
             self.disable(slot.alias, reason or "key rejected (401/403)")
         elif kind == "arrearage":
@@ -277,14 +292,23 @@ class KeyPool:
             slot.cooldown_until = max(slot.cooldown_until, now + wait)
             self._publish(slot)
 
-    def disable(self, alias: str, reason: str, *, until: float | None = None) -> None:
+    def disable(self, alias: str, reason: str, *, until: float | None = None, by_operator: bool = False) -> None:
+        """Disable a key: by the provider's answer (until re-enabled, or ``until``), or by an operator."""
         slot = self.by_alias[alias]
-        slot.disabled, slot.disabled_reason, slot.disabled_until = True, reason, until
+        if by_operator:
+            slot.operator_disabled = True
+            slot.operator_version += 1
+        else:
+            slot.disabled, slot.disabled_until = True, until
+        slot.disabled_reason = reason
         logger.warning("key %s disabled: %s", alias, reason)
         self._publish(slot)
 
     def enable(self, alias: str) -> None:
+        """An operator's enable: clears the operator's disable and the provider's."""
         slot = self.by_alias[alias]
+        slot.operator_disabled = False
+        slot.operator_version += 1
         slot.disabled, slot.disabled_reason, slot.disabled_until = False, "", None
         slot.cooldown_until, slot.consecutive_failures = 0.0, 0
         slot.recent.clear()
@@ -308,20 +332,50 @@ class KeyPool:
             "disabled_reason": slot.disabled_reason,
             "disabled_until": slot.disabled_until,
             "updated_at": slot.updated_at,
+            "operator_disabled": slot.operator_disabled,
+            "operator_version": slot.operator_version,
         }
 
-    def merge(self, alias: str, data: Mapping[str, Any]) -> None:
-        """Apply another worker's (or an earlier run's) newer state of a key."""
+    def merge(self, alias: str, data: Mapping[str, Any]) -> bool:
+        """Apply another worker's (or an earlier run's) state of a key; True when ours is ahead.
+
+        The operator's switch follows ``operator_version`` (a disable wins a tie), never a clock,
+        so a cooldown another worker writes cannot undo a disable. The provider's state (cooldown,
+        disable) follows the newer ``updated_at``. When the record is behind this worker's operator
+        state (another worker overwrote it before it saw the switch), the caller writes ours back.
+        """
         slot = self.by_alias.get(alias)
-        if slot is None or float(data.get("updated_at", 0)) <= slot.updated_at:
-            return
-        slot.cooldown_until = max(slot.cooldown_until, float(data.get("cooldown_until") or 0))
-        slot.disabled = bool(data.get("disabled"))
-        slot.disabled_reason = str(data.get("disabled_reason") or "")
-        until = data.get("disabled_until")
-        slot.disabled_until = float(until) if until is not None else None
-        slot.updated_at = float(data["updated_at"])
-        self._changed.set()
+        if slot is None:
+            return False
+        version, op_disabled = int(data.get("operator_version") or 0), bool(data.get("operator_disabled"))
+        changed = False
+        if version > slot.operator_version or (
+            version == slot.operator_version and op_disabled and not slot.operator_disabled
+        ):
+            if not op_disabled and slot.operator_disabled:  # an operator enabled it elsewhere
+                slot.disabled, slot.disabled_until, slot.cooldown_until = False, None, 0.0
+            slot.operator_disabled, slot.operator_version = op_disabled, version
+            slot.disabled_reason = str(data.get("disabled_reason") or "")
+            changed = True
+        behind = version < slot.operator_version or (slot.operator_disabled and not op_disabled)
+        if float(data.get("updated_at", 0)) > slot.updated_at:
+            slot.cooldown_until = max(slot.cooldown_until, float(data.get("cooldown_until") or 0))
+            slot.disabled = bool(data.get("disabled"))
+            if not slot.operator_disabled:
+                slot.disabled_reason = str(data.get("disabled_reason") or "")
+            until = data.get("disabled_until")
+            slot.disabled_until = float(until) if until is not None else None
+            slot.updated_at = float(data["updated_at"])
+            changed = True
+        if changed:
+            self._changed.set()
+        return behind
+
+    def republish(self, alias: str) -> None:
+        """Write this worker's state of a key again (the shared record is behind it)."""
+        slot = self.by_alias[alias]
+        if self.on_change is not None:
+            self.on_change(slot)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-key view for /keys/ and metrics: aliases and numbers only."""

@@ -93,7 +93,7 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
     deadline = task.deadline / 1000.0
     model = s.vlm_model
     try:
-        jpeg = resolve(task.image, clients.images)
+        jpeg = await asyncio.to_thread(resolve, task.image, clients.images)  # decoding is CPU work
     except ImageMissing as exc:
         reason = "bad" if isinstance(exc, BadImage) else "missing"
         metrics.bad_images_total.labels(reason=reason).inc()
@@ -101,7 +101,16 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
     context = describe(task)
     queue_s, last_error, attempt, server_failures = 0.0, "", 0, 0
     tried: set[str] = set()
+    # Every key once, plus the retries: a provider refusing every key at once (429 with
+    # Retry-After: 0) must not turn one task into a loop of calls.
+    max_calls = max(1, len(keys.slots)) + retries
     while server_failures <= retries:
+        if attempt >= max_calls:
+            break
+        if time.time() >= deadline:
+            return _result(
+                task, "expired", model=model, attempts=attempt, queue_ms=queue_s * 1000, error=last_error or None
+            )
         try:
             lease = await keys.acquire(deadline, exclude=frozenset(tried))
         except NoKeyAvailable as exc:
@@ -119,10 +128,13 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
         tried.add(lease.alias)
         metrics.vlm_in_flight.inc()
         try:
-            async with clients.calls_gate:
-                answer = await asyncio.wait_for(
-                    vlm.assess(lease.secret, jpeg, context), timeout=max(0.1, deadline - time.time())
-                )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the call completes, and then the task outlives its cancellation
+            async with clients.calls_gate, asyncio.timeout(max(0.1, deadline - time.time())):
+                answer = await vlm.assess(lease.secret, jpeg, context)
+        except asyncio.CancelledError:
+            keys.abandon(lease)  # the worker is stopping or rebalancing: the call says nothing of the key
+            raise
         except (VlmError, TimeoutError) as exc:
             err = exc if isinstance(exc, VlmError) else VlmError("server", "task deadline reached during call")
             keys.release(lease, ok=False, kind=err.kind, retry_after=err.retry_after, reason=str(err))
@@ -214,8 +226,8 @@ def sync_key_pool(clients: WorkerClients, persisted: dict[str, PersistedKey], ow
     ``owned`` is how many ``assessment-tasks`` partitions this worker has (None: not assigned yet).
     """
     for alias, data in persisted.items():
-        if isinstance(data, dict):
-            clients.pool.merge(str(alias), data)
+        if isinstance(data, dict) and clients.pool.merge(str(alias), data):
+            clients.pool.republish(str(alias))
     if owned is not None:
         share = owned / clients.settings.topic_partitions
         clients.pool.set_share(share)

@@ -33,6 +33,7 @@ import aiohttp
 
 from agents.answer_parser import Assessment, parse_answer
 from streams.errors import UnparseableAnswer, VlmError
+from streams.vocabulary import VlmErrorKind
 
 SYSTEM_PROMPT = (
     "You are a traffic safety analyst looking at a crop from a fixed traffic camera. "
@@ -42,10 +43,10 @@ SYSTEM_PROMPT = (
 )
 
 #: Error kinds after which another key may succeed.
-RETRYABLE = frozenset({"server", "rate", "auth", "quota", "arrearage"})
+RETRYABLE: frozenset[VlmErrorKind] = frozenset({"server", "rate", "auth", "quota", "arrearage"})
 #: Failures that say nothing about the request, only about the key that carried it: the task moves
 #: to another key at once and keeps its retries for server failures.
-KEY_FAULTS = frozenset({"rate", "auth", "quota", "arrearage"})
+KEY_FAULTS: frozenset[VlmErrorKind] = frozenset({"rate", "auth", "quota", "arrearage"})
 
 
 @dataclass(frozen=True)

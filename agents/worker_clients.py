@@ -65,7 +65,9 @@ class WorkerClients:
                 max_tokens=settings.vlm_max_tokens,
             ),
             images=open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s),
-            cache=ResultCache(settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s),
+            cache=ResultCache(
+                settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s, prefix=settings.redis_prefix
+            ),
             webhook=WebhookSink(settings.alert_webhook_url) if settings.alert_webhook_url else None,
             known_cameras=(
                 frozenset(c.id for c in load_cameras(settings.cameras_file)) if settings.cameras_file else None

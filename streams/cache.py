@@ -22,20 +22,42 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from streams import metrics
+from streams.records import CAMERA_ID
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "roadwatch:results"
-
-
 ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_relayed(data: object) -> tuple[str, str, str, dict[str, Any]] | None:
+    """(origin, kind, camera_id, payload) of a pub/sub message, or None when it is not one of ours.
+
+    Anyone who can reach Redis can publish on the channel: whatever arrives is checked, never trusted.
+    """
+    try:
+        event = json.loads(data) if isinstance(data, bytes | str) else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    origin, kind, camera_id, payload = (event.get(k) for k in ("origin", "type", "camera_id", "data"))
+    if kind not in ("result", "alert") or not isinstance(camera_id, str) or not isinstance(payload, dict):
+        return None
+    if not CAMERA_ID.match(camera_id):
+        return None
+    return str(origin), kind, camera_id, payload
 
 
 class ResultCache:
     """Latest result per camera and per task in Redis, with a TTL; results and alerts on pub/sub."""
 
-    def __init__(self, url: str, ttl_s: int, retry_s: float, *, queue_size: int = 2000) -> None:
+    def __init__(
+        self, url: str, ttl_s: int, retry_s: float, *, prefix: str = "roadwatch:", queue_size: int = 2000
+    ) -> None:
         self.url = url
+        #: Every key and the channel start with it: deployments sharing a Redis never meet.
+        self.prefix = prefix
+        self.channel = f"{prefix}results"
         self.ttl_s = ttl_s
         self.retry_s = retry_s
         #: (kind, camera_id, task_id, payload); kind "result" is cached and published, "alert" published.
@@ -85,9 +107,9 @@ class ResultCache:
             try:
                 pipe = self.client().pipeline(transaction=False)
                 if kind == "result":
-                    pipe.set(f"roadwatch:camera:{camera_id}:latest", body, ex=self.ttl_s)
-                    pipe.set(f"roadwatch:task:{task_id}", body, ex=self.ttl_s)
-                pipe.publish(CHANNEL, message)
+                    pipe.set(self.camera_key(camera_id), body, ex=self.ttl_s)
+                    pipe.set(self.task_key(task_id), body, ex=self.ttl_s)
+                pipe.publish(self.channel, message)
                 await pipe.execute()
                 self.written += 1
                 if self._failing:  # back from degraded
@@ -104,35 +126,45 @@ class ResultCache:
                     self.queue.get_nowait()
                     self._skip()
 
+    def camera_key(self, camera_id: str) -> str:
+        return f"{self.prefix}camera:{camera_id}:latest"
+
+    def task_key(self, task_id: str) -> str:
+        return f"{self.prefix}task:{task_id}"
+
     async def relay(self, deliver: Callable[[str, str, dict[str, Any]], None]) -> None:
         """Hand other workers' results and alerts from the pub/sub channel to ``deliver``.
 
-        This worker's own messages are skipped: its WebSocket clients got them directly.
-        Reconnects after ``retry_s`` when Redis is away.
+        This worker's own messages are skipped: its WebSocket clients got them directly. Anything
+        else on the channel is counted and dropped. Reconnects after ``retry_s`` when Redis is away,
+        closing the client it had.
         """
         while True:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
             try:
-                client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
-                        try:
-                            event = json.loads(message["data"])
-                        except ValueError:
+                        parsed = parse_relayed(message.get("data"))
+                        if parsed is None:
+                            metrics.relay_dropped_total.inc()
                             continue
-                        if event.get("origin") != ORIGIN:
-                            deliver(str(event["type"]), str(event["camera_id"]), event["data"])
-            except (RedisError, OSError, TimeoutError, KeyError):
+                        origin, kind, camera_id, payload = parsed
+                        if origin != ORIGIN:
+                            deliver(kind, camera_id, payload)
+            except (RedisError, OSError, TimeoutError):
                 await asyncio.sleep(self.retry_s)
+            finally:
+                await client.aclose()
 
     async def latest(self, camera_ids: list[str]) -> dict[str, Any]:
         """Latest cached result per camera (for views of cameras other workers own)."""
         if self.degraded or not camera_ids:
             return {}
         try:
-            values = await self.client().mget([f"roadwatch:camera:{c}:latest" for c in camera_ids])
+            values = await self.client().mget([self.camera_key(c) for c in camera_ids])
         except (RedisError, OSError, TimeoutError):
             return {}
         return {c: json.loads(v) for c, v in zip(camera_ids, values, strict=True) if v}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from faust.cli import AppCommand
 
 from streams.app import app, settings
+from streams.settings import redact_url
 
 
 @app.command()
@@ -14,5 +15,7 @@ async def check_config(self: AppCommand) -> None:
     for name, value in settings.model_dump().items():
         if name in ("vlm_keys", "web_token"):
             value = "<set>" if value else "<unset>"
+        elif isinstance(value, str) and "://" in value:
+            value = redact_url(value)  # credentials in a Redis, webhook or broker URL
         self.say(f"{name:24s} {value}")
     self.say(f"{'keys':24s} {', '.join(k.alias for k in keys) or 'NONE: the scheduler cannot call the VLM'}")

@@ -1,5 +1,9 @@
 """The exceptions of roadwatch: one root, one class per way things go wrong."""
 
+from __future__ import annotations
+
+from streams.vocabulary import VlmErrorKind
+
 
 class RoadwatchError(Exception):
     """Root of every error roadwatch raises on purpose."""
@@ -28,7 +32,7 @@ class NoKeyAvailable(RoadwatchError):
 class VlmError(RoadwatchError):
     """A VLM call failed; ``kind`` says how, which decides the key pool's reaction."""
 
-    def __init__(self, kind: str, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
+    def __init__(self, kind: VlmErrorKind, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status

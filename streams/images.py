@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import os
+import struct
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -147,16 +148,54 @@ def resolve(ref: ImageRef, store: ImageStore) -> bytes:
     return data
 
 
+#: JPEG start-of-frame markers (baseline, progressive, lossless, ...): they carry the image size.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def header_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as a JPEG's frame header or a PNG's IHDR claims it, without decoding pixels."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise BadImage("PNG without an IHDR header")
+        return struct.unpack(">II", data[16:24])  # type: ignore[return-value]
+    if not data.startswith(b"\xff\xd8"):
+        raise BadImage(f"not a JPEG or PNG (starts with {data[:8]!r})")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise BadImage(f"JPEG marker expected at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if marker in _SOF_MARKERS:
+            if i + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        if marker == 0xDA or length < 2:  # image data before any frame header, or a bad length
+            break
+        i += 2 + length
+    raise BadImage("JPEG without a frame header")
+
+
 def check_image(data: bytes) -> None:
     """Refuse what would waste a VLM call or a decoder: huge, not an image, corrupt.
 
-    The header is checked first (cheap), then the image is decoded: crops are small, and a
-    truncated or garbled JPEG is only found by decoding it.
+    The header's claimed size is checked first, before a decoder allocates anything for it (a
+    631-byte JPEG can claim 20000x20000 pixels, 1.2 GB decoded); then the image is decoded:
+    crops are small, and a truncated or garbled JPEG is only found by decoding it. Callers on
+    the event loop run this in a thread.
     """
     if len(data) > MAX_IMAGE_BYTES:
         raise BadImage(f"image of {len(data)} bytes exceeds {MAX_IMAGE_BYTES}")
-    if not data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")):
-        raise BadImage(f"not a JPEG or PNG (starts with {data[:8]!r})")
+    width, height = header_size(data)
+    if width <= 0 or height <= 0 or max(width, height) > MAX_IMAGE_SIDE:
+        raise BadImage(f"image header claims {width}x{height}: over {MAX_IMAGE_SIDE} px a side or empty")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise BadImage(f"corrupt image ({len(data)} bytes do not decode)")

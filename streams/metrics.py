@@ -12,6 +12,11 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
 
+relay_dropped_total = Counter(
+    "roadwatch_relay_dropped_total",
+    "Messages on the Redis results channel that were not a result or alert of ours (dropped).",
+    registry=REGISTRY,
+)
 frames_total = Counter("roadwatch_frames_total", "Frames analysed by the producer.", ["camera_id"], registry=REGISTRY)
 frames_dropped_total = Counter(
     "roadwatch_frames_dropped_total",

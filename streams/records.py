@@ -174,6 +174,10 @@ class Alert(faust.Record, serializer="json", include_metadata=False):
     v: int = SCHEMA_VERSION
 
 
+#: Every record type of the contract, one per topic.
+RECORD_TYPES: tuple[type[faust.Record], ...] = (DetectionResult, AssessmentTask, RiskAssessment, Alert)
+
+
 def make_task_id(camera_id: str, frame_seq: int, group_id: str) -> str:
     """Deterministic task id, so a replayed detection makes the same task."""
     digest = hashlib.sha1(f"{camera_id}|{frame_seq}|{group_id}".encode(), usedforsecurity=False)
@@ -188,15 +192,27 @@ def risk_rank(level: str) -> int:
 R = TypeVar("R", bound=faust.Record)
 
 
-def _check_numbers(value: Any, path: str) -> None:
+#: No number in a record is larger (ids, sequence numbers, epoch ms, pixels): 2**53, exact in JSON.
+MAX_NUMBER = 2**53
+#: No record nests deeper (DetectionResult.crops.<id>.region is 4 levels).
+MAX_DEPTH = 12
+
+
+def _check_numbers(value: Any, path: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise InvalidRecord(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, bool):
+        return
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRecord(f"{path}: not a finite number ({value})")
+    if isinstance(value, int | float) and abs(value) > MAX_NUMBER:
+        raise InvalidRecord(f"{path}: number out of range ({str(value)[:40]})")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_numbers(v, f"{path}.{k}")
+            _check_numbers(v, f"{path}.{k}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_numbers(v, f"{path}[{i}]")
+            _check_numbers(v, f"{path}[{i}]", depth + 1)
 
 
 def _check_box(box: list[float], where: str) -> None:
@@ -238,7 +254,20 @@ def validate(record: faust.Record) -> None:
 
 
 def decode(record_type: type[R], body: bytes | None) -> R:
-    """Turn a raw message body into a validated record, or raise InvalidRecord."""
+    """Turn a raw message body into a validated record, or raise InvalidRecord.
+
+    Whatever a body holds, the only exception that leaves is :class:`InvalidRecord`: a wrong type
+    deep in a record, or JSON nested 100,000 levels deep, must not crash the agent reading it.
+    """
+    try:
+        return _decode(record_type, body)
+    except InvalidRecord:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError, OverflowError) as exc:
+        raise InvalidRecord(f"{record_type.__name__}: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+
+def _decode(record_type: type[R], body: bytes | None) -> R:
     if body is None:
         raise InvalidRecord("empty message (tombstone)")
     if len(body) > MAX_MESSAGE_BYTES:

@@ -12,6 +12,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,33 @@ class ApiKeyConfig(BaseModel):
     rpm: int | None = Field(default=None, gt=0, description="Requests per minute allowed on this key.")
     tpm: int | None = Field(default=None, gt=0, description="Tokens per minute allowed on this key.")
     max_in_flight: int | None = Field(default=None, gt=0, description="Concurrent calls cap.")
+
+
+#: Words of the example files' placeholder secrets (deploy/secrets/*.example, deploy/k8s/20-secret.yaml).
+PLACEHOLDER_WORDS = ("replace-me", "replace-with", "changeme", "change-me", "placeholder", "example")
+MIN_TOKEN_CHARS = 16
+
+
+def secret_problem(value: str, *, min_chars: int = MIN_TOKEN_CHARS) -> str | None:
+    """Why ``value`` is no usable secret (empty, a placeholder, too short), or None."""
+    stripped = value.strip()
+    if not stripped:
+        return "is empty"
+    if any(word in stripped.lower() for word in PLACEHOLDER_WORDS):
+        return "is still the example file's placeholder"
+    if len(stripped) < min_chars:
+        return f"is shorter than {min_chars} characters"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user) replaced, for logs and check-config."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def parse_keys(raw: str) -> list[ApiKeyConfig]:
@@ -60,6 +88,11 @@ def parse_keys(raw: str) -> list[ApiKeyConfig]:
             keys.append(cfg if cfg.alias else cfg.model_copy(update={"alias": f"key-{index}"}))
         else:
             raise ValueError(f"key #{index}: expected a string or an object, got {type(item).__name__}")
+    for cfg in keys:
+        secret = cfg.key.get_secret_value()
+        problem = secret_problem(secret, min_chars=1)
+        if problem:
+            raise ValueError(f"key {cfg.alias} {problem}")
     aliases = [k.alias for k in keys]
     if len(set(aliases)) != len(aliases):
         raise ValueError(f"duplicate key aliases: {sorted(a for a in aliases if aliases.count(a) > 1)}")
@@ -157,12 +190,28 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _no_placeholder_token(self) -> Settings:
+        if self.web_auth and self.web_token is not None:
+            problem = secret_problem(self.web_token.get_secret_value())
+            if problem:
+                raise ValueError(
+                    f"ROADWATCH_WEB_TOKEN {problem}: set a long random token (e.g. `openssl rand -hex 24`), "
+                    "unset it to have one made in DATA_DIR/web-token, or turn auth off with ROADWATCH_WEB_AUTH=false"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _cooldowns_ordered(self) -> Settings:
         if self.cooldown_min_s > self.cooldown_max_s:
             raise ValueError(
                 f"cooldown_min_s ({self.cooldown_min_s}) must not exceed cooldown_max_s ({self.cooldown_max_s})"
             )
         return self
+
+    @property
+    def redis_prefix(self) -> str:
+        """Prefix of this deployment's Redis keys and channel (``roadwatch:`` by default)."""
+        return f"{self.app_id}{self.topic_prefix}:"
 
     @property
     def bootstrap_servers(self) -> str:

@@ -82,3 +82,6 @@ class PersistedKey(TypedDict):
     disabled_reason: str
     disabled_until: float | None
     updated_at: float
+    #: The operator's switch and its version (records written before it existed lack them).
+    operator_disabled: NotRequired[bool]
+    operator_version: NotRequired[int]

@@ -17,3 +17,7 @@ TASK_REASONS: tuple[TaskReason, ...] = get_args(TaskReason)
 #: The VLM's risk levels, lowest first.
 RiskLevel = Literal["none", "low", "medium", "high", "critical"]
 RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
+#: How a VLM call failed (``agents/vlm_client.py`` maps each provider answer to one; the key pool
+#: reacts by kind).
+VlmErrorKind = Literal["auth", "quota", "arrearage", "rate", "content", "request", "server", "parse"]
+VLM_ERROR_KINDS: tuple[VlmErrorKind, ...] = get_args(VlmErrorKind)

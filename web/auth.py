@@ -14,7 +14,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from streams.settings import Settings
+from streams.errors import ConfigError
+from streams.settings import Settings, secret_problem
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ class WebAuth:
             self.token = None
             return
         if settings.web_token is not None:
-            self.token = settings.web_token.get_secret_value()
+            token = settings.web_token.get_secret_value()
+            problem = secret_problem(token)
+            if problem:  # Settings refuses it too; an empty token would equal "no credentials"
+                raise ConfigError(f"ROADWATCH_WEB_TOKEN {problem}")
+            self.token = token
             return
         path = Path(settings.data_dir) / "web-token"
         if not path.is_file():

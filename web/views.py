@@ -155,7 +155,7 @@ class KeyAction(View):
         if alias not in pool.by_alias:
             return self.json({"error": f"unknown key alias {alias!r}"}, status=404)
         if action == "disable":
-            pool.disable(alias, "disabled by operator")
+            pool.disable(alias, "disabled by operator", by_operator=True)
         elif action == "enable":
             pool.enable(alias)
         else:

@@ -76,12 +76,14 @@ def test_redelivering_results_changes_no_alert_count_or_cache_entry(kafka, deplo
     asyncio.run(produce(kafka.bootstrap, topic, [("cam-d", to_bytes(r)) for r in batch]))
     wait_until(lambda: len(results(worker.port)) == 6, 60, "6 results")
     client = redis.Redis.from_url(redis_url)
-    wait_until(lambda: client.get("roadwatch:task:redeliver-5") is not None, 20, "cached")
+    wait_until(lambda: client.get(f"{deployment.app_id}{deployment.prefix}:task:redeliver-5") is not None, 20, "cached")
 
     def snapshot() -> tuple[object, ...]:
         view = get_json(f"http://127.0.0.1:{worker.port}/cameras/cam-d/")
         alerts = get_json(f"http://127.0.0.1:{worker.port}/alerts/")["alerts"]
-        cache = {k: client.get(k) for k in sorted(client.keys("roadwatch:task:redeliver-*"))}
+        cache = {
+            k: client.get(k) for k in sorted(client.keys(f"{deployment.app_id}{deployment.prefix}:task:redeliver-*"))
+        }
         return view["counts"], [a["task_id"] for a in alerts], cache, metric(worker.port, "roadwatch_alerts_total")
 
     before = snapshot()

@@ -244,7 +244,7 @@ def test_redis_down_for_30s_loses_nothing_and_the_cache_resumes(kafka, deploymen
 
     produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(3)])
     wait_until(lambda: len(results(worker.port)) == 3, 60, "3 results")
-    wait_until(lambda: len(client.keys("roadwatch:task:*")) == 3, 20, "3 cached results")
+    wait_until(lambda: len(client.keys(f"{deployment.app_id}{deployment.prefix}:task:*")) == 3, 20, "3 cached results")
 
     own_redis.stop()
     outage_started = time.monotonic()
@@ -260,8 +260,15 @@ def test_redis_down_for_30s_loses_nothing_and_the_cache_resumes(kafka, deploymen
     produce_detections(kafka.bootstrap, topic, [detection("cam-x", seq) for seq in range(8, 10)])
     wait_until(lambda: len(results(worker.port)) == 10, 60, "10 results")
     client = redis.Redis(port=port)
-    wait_until(lambda: len(client.keys("roadwatch:task:*")) == 2, 30, "the cache written again after Redis returns")
-    assert json.loads(client.get("roadwatch:camera:cam-x:latest") or b"{}")["camera_id"] == "cam-x"
+    wait_until(
+        lambda: len(client.keys(f"{deployment.app_id}{deployment.prefix}:task:*")) == 2,
+        30,
+        "the cache written again after Redis returns",
+    )
+    assert (
+        json.loads(client.get(f"{deployment.app_id}{deployment.prefix}:camera:cam-x:latest") or b"{}")["camera_id"]
+        == "cam-x"
+    )
     skipped = metric(worker.port, "roadwatch_redis_skipped_writes_total")
     print(f"redis outage: 10/10 results aggregated, {skipped:.0f} cache writes skipped, cache resumed")
     assert worker.popen.poll() is None

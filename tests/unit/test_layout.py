@@ -14,9 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_python(code: str, env: dict[str, str] | None = None) -> str:
+def run_python(code: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> str:
+    full = {k: v for k, v in os.environ.items() if k not in unset}
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=ROOT, env={**full, **(env or {})}, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip()
@@ -39,7 +40,8 @@ def test_importing_the_worker_builds_no_client_and_writes_no_file(tmp_path):
         "import web.views, streams.lag\n"
         "from agents.worker_clients import current_or_none\n"
         "print(current_or_none() is None, type(app).__name__, web.views.auth.token is None)",
-        env={"ROADWATCH_DATA_DIR": str(data_dir), "ROADWATCH_WEB_AUTH": "true", "ROADWATCH_WEB_TOKEN": ""},
+        env={"ROADWATCH_DATA_DIR": str(data_dir), "ROADWATCH_WEB_AUTH": "true"},
+        unset=("ROADWATCH_WEB_TOKEN",),  # the token file would be made: at start, not at import
     )
     assert out == "True RoadwatchApp True"
     assert not data_dir.exists(), f"importing wrote {list(data_dir.rglob('*'))}"

@@ -1,0 +1,332 @@
+"""Defects an adversarial review found, each pinned by a test that failed before its fix.
+
+Every test is named after what it proves; the issue's item number is in its docstring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr, ValidationError
+
+from agents.answer_parser import parse_answer
+from agents.key_pool import KeyPool
+from agents.worker_clients import WorkerClients
+from sim.records import assessment_task, detection
+from streams.cache import parse_relayed
+from streams.dlq import dlq_body
+from streams.errors import BadImage, ConfigError, InvalidRecord
+from streams.images import check_image
+from streams.records import RECORD_TYPES, DetectionResult, decode, to_bytes
+from streams.settings import ApiKeyConfig, Settings, parse_keys, redact_url
+
+
+# --- 2: a tiny image that claims to be huge ----------------------------------------------------
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    assert ok
+    data = bytearray(buf.tobytes())
+    i = data.index(b"\xff\xc0")  # baseline frame header: length(2) precision(1) height(2) width(2)
+    data[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_an_image_whose_header_claims_20000_px_is_refused_before_any_decoder_runs(monkeypatch):
+    """#12.2: a 631-byte JPEG claiming 20000x20000 px was decoded first (2.4 GB, 6.5 s)."""
+    bomb = _jpeg_claiming(20000, 20000)
+    assert len(bomb) < 1000
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("the decoder ran on an image whose header is over the limit")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(BadImage, match="header claims 20000x20000"):
+        check_image(bomb)
+
+
+def test_a_plain_small_jpeg_still_passes():
+    _, buf = cv2.imencode(".jpg", np.full((40, 60, 3), 128, np.uint8))
+    check_image(buf.tobytes())
+
+
+# --- 3: any payload on the Redis results channel ----------------------------------------------
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"1",
+        b"[]",
+        b'"x"',
+        b"null",
+        b"{}",
+        b'{"type": "result"}',
+        b'{"type": "result", "camera_id": 5, "data": {}}',
+        b'{"type": "alert", "camera_id": "../x", "data": {}}',
+        b'{"type": "evil", "camera_id": "c", "data": {}}',
+        b"[" * 100_000,
+        b"\xff\xfe",
+        7,
+        None,
+    ],
+)
+def test_any_payload_on_the_redis_channel_is_dropped_not_raised(payload):
+    """#12.3: ``PUBLISH roadwatch:results 1`` raised AttributeError in the relay and crashed the app."""
+    assert parse_relayed(payload) is None
+
+
+def test_a_well_formed_relayed_result_is_delivered():
+    body = json.dumps({"origin": "h:1", "type": "result", "camera_id": "cam-1", "data": {"a": 1}})
+    assert parse_relayed(body.encode()) == ("h:1", "result", "cam-1", {"a": 1})
+
+
+# --- 4: a retry loop that ignored the deadline and cancellation -------------------------------
+@pytest.fixture
+async def throttling_vlm() -> AsyncIterator[tuple[str, list[float]]]:
+    """An endpoint that refuses every key with 429 and ``Retry-After: 0``; records each call's time."""
+    calls: list[float] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        await asyncio.sleep(0.02)
+        body = {"error": {"code": "Throttling.RateQuota", "message": "Requests rate limit exceeded"}}
+        return web.json_response(body, status=429, headers={"Retry-After": "0"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/v1", calls
+    await runner.cleanup()
+
+
+def _clients(url: str, tmp_path, keys: int) -> WorkerClients:
+    import dataclasses
+
+    built = WorkerClients.build(Settings(vlm_base_url=url, image_store=f"file://{tmp_path}", vlm_max_retries=2))
+    pool = KeyPool([ApiKeyConfig(key=SecretStr(f"k-{i:04d}"), alias=f"key-{i}") for i in range(keys)])
+    return dataclasses.replace(built, pool=pool)
+
+
+async def test_a_provider_refusing_every_key_costs_at_most_keys_plus_retries_calls(throttling_vlm, tmp_path):
+    """#12.4: 429 with Retry-After: 0 on every key made ~890 calls/s for one task."""
+    from agents.llm_scheduler import assess
+
+    url, calls = throttling_vlm
+    clients = _clients(url, tmp_path, keys=3)
+    result = await assess(assessment_task(detection("cam", 1), "t-loop", deadline_in_ms=5_000), clients)
+    await clients.close()
+    assert result.status in ("failed", "expired")
+    assert len(calls) <= 3 + 2, f"{len(calls)} calls for one task"
+
+
+async def test_a_task_past_its_deadline_makes_no_further_call(throttling_vlm, tmp_path):
+    """#12.4: the deadline wins over a key that is free again at once."""
+    from agents.llm_scheduler import assess
+
+    url, calls = throttling_vlm
+    clients = _clients(url, tmp_path, keys=50)
+    started = time.monotonic()
+    result = await assess(assessment_task(detection("cam", 2), "t-late", deadline_in_ms=150), clients)
+    await clients.close()
+    assert result.status == "expired"
+    assert calls and all(t - started < 0.16 for t in calls), "calls made after the deadline"
+
+
+async def test_a_cancelled_assessment_stops_calling_at_once(throttling_vlm, tmp_path):
+    """#12.4: the loop survived cancellation."""
+    from agents.llm_scheduler import assess
+
+    url, calls = throttling_vlm
+    clients = _clients(url, tmp_path, keys=1000)
+    running = asyncio.ensure_future(
+        assess(assessment_task(detection("cam", 3), "t-cancel", deadline_in_ms=30_000), clients)
+    )
+    await asyncio.sleep(0.2)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, timeout=2)
+    made = len(calls)
+    await asyncio.sleep(0.3)
+    assert len(calls) == made, "calls went on after the cancellation"
+    assert sum(s.in_flight for s in clients.pool.slots) == 0, "a cancelled call kept its key busy"
+    await clients.close()
+
+
+# --- 5: DLQ records of big messages -----------------------------------------------------------
+@pytest.mark.parametrize("size", [900_000, 1_000_000, 1_048_000])
+def test_a_dlq_record_fits_the_producer_request_limit_whatever_the_message_size(size):
+    """#12.5: a 900 KB record became a 1.2 MB DLQ record and crashed all three agents."""
+    raw = b"x" * size
+    body = json.dumps(dlq_body(raw, "too big", "t", 0, 1)).encode()
+    assert len(body) < 1_048_576 // 2
+    record = json.loads(body)
+    assert record["value_size"] == size and record["value_truncated"] and len(record["value_sha256"]) == 64
+
+
+# --- 6: decode leaks ----------------------------------------------------------------------------
+def _detection_with(**changes: object) -> bytes:
+    data = json.loads(to_bytes(detection("cam-1", 1)))
+    data.update(changes)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _detection_with(objects=[{"track_id": 1, "cls": "car", "conf": "high", "bbox": [1, 2, 3, 4]}]),
+        _detection_with(objects=[{"track_id": 1, "cls": "car", "conf": 0.5, "bbox": ["a", "b", "c", "d"]}]),
+        _detection_with(frame_seq=10**30),
+        _detection_with(
+            groups=[{"group_id": "g", "kind": "k", "members": "01", "track_ids": [], "bbox": [1, 1, 2, 2]}]
+        ),
+        b'{"camera_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["string conf", "string bbox values", "frame_seq 1e30", "members a string", "100k-deep JSON"],
+)
+def test_decode_raises_only_invalid_record(body):
+    """#12.6: decode leaked TypeError and RecursionError, and its callers crashed."""
+    with pytest.raises(InvalidRecord):
+        decode(DetectionResult, body)
+
+
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record_type=st.sampled_from(RECORD_TYPES), tree=json_trees, base=st.booleans())
+def test_every_record_type_decodes_any_json_tree_or_says_why(record_type, tree, base):
+    """#12.6: arbitrary JSON, alone or grafted onto a valid record's fields, never escapes as another error."""
+    if base and isinstance(tree, dict):
+        data = json.loads(to_bytes(detection("cam-1", 1)))
+        data.update(tree)
+        tree = data
+    try:
+        decode(record_type, json.dumps(tree).encode())
+    except InvalidRecord:
+        pass
+
+
+# --- 9: empty and placeholder secrets ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "token", ["", "   ", "REPLACE-WITH-A-LONG-RANDOM-TOKEN", "replace-me-with-ROADWATCH_WEB_TOKEN", "short"]
+)
+def test_an_empty_or_placeholder_web_token_is_refused_at_start(token):
+    """#12.9: ``ROADWATCH_WEB_TOKEN=`` compared equal to no credentials and turned auth off."""
+    with pytest.raises(ValidationError, match="ROADWATCH_WEB_TOKEN"):
+        Settings(web_token=SecretStr(token))
+
+
+def test_a_placeholder_token_is_accepted_only_with_auth_explicitly_off():
+    assert Settings(web_token=SecretStr(""), web_auth=False).web_auth is False
+
+
+def test_the_example_files_placeholder_keys_are_refused():
+    """#12.9: the keys of deploy/secrets/vlm-keys.example and the k8s Secret are no keys."""
+    for raw in ("replace-me-staging-key-1", "REPLACE-WITH-KEY-1"):
+        with pytest.raises(ValueError, match="placeholder"):
+            parse_keys(raw)
+
+
+async def test_an_empty_token_lets_no_request_through():
+    from web.auth import WebAuth
+
+    class Request:
+        path = "/keys/"
+        headers: dict[str, str] = {}
+        query: dict[str, str] = {}
+
+    auth = WebAuth()
+    assert not auth.allows(Request()), "before the worker started, nothing passes"
+    unchecked = Settings.model_construct(web_auth=True, web_token=SecretStr(""), data_dir=Settings().data_dir)
+    with pytest.raises(ConfigError, match="empty"):
+        await auth.load(unchecked)
+    assert not auth.allows(Request())
+
+
+# --- 16: small ones ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@cache:6379/0", "redis://***:***@cache:6379/0"),
+        ("https://user:pw@hooks.example.com/x?y=1", "https://***:***@hooks.example.com/x?y=1"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_check_config_never_prints_credentials_inside_urls(url, shown):
+    """#12.16: check-config printed the Redis and webhook URLs with their passwords."""
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("answer", "level", "score"),
+    [
+        ('{"risk_score": 8}', "high", 0.8),
+        ('{"risk_level": "high", "risk_score": 8}', "high", 0.8),
+        ('{"risk_level": "none", "risk_score": 8}', "none", 0.08),
+        ('{"risk_score": 80}', "high", 0.8),
+        ('{"risk_score": 0.8}', "high", 0.8),
+    ],
+)
+def test_a_score_on_a_0_to_10_scale_is_read_as_tenths(answer, level, score):
+    """#12.16: a 0-10 score of 8 was read as 0.08 (a percentage)."""
+    parsed = parse_answer(answer)
+    assert (parsed.risk_level, parsed.risk_score) == (level, score)
+
+
+# --- 8: an operator's disable undone by another worker ----------------------------------------
+def test_an_operator_disable_survives_another_workers_cooldown_write_whatever_the_clocks():
+    """#12.8: workers persisted whole key records and the newest updated_at won: worker B's
+    cooldown re-enabled a key worker A's operator had disabled."""
+    from agents.key_pool import DISABLED, KeySlot
+
+    table: dict[str, dict[str, object]] = {}  # the key_pool GlobalTable: the last writer wins
+
+    def worker(clock_offset_s: float) -> KeyPool:
+        pool: KeyPool | None = None
+
+        def persist(slot: KeySlot) -> None:
+            assert pool is not None
+            table[slot.alias] = dict(pool.persisted(slot))
+
+        keys = [ApiKeyConfig(key=SecretStr(f"secret-{i}"), alias=f"key-{i}") for i in (1, 2)]
+        pool = KeyPool(keys, clock=lambda: time.time() + clock_offset_s, on_change=persist)
+        return pool
+
+    def sync(pool: KeyPool) -> None:
+        for alias, data in list(table.items()):
+            if pool.merge(alias, data):
+                pool.republish(alias)
+
+    a, b = worker(0.0), worker(+120.0)  # B's clock runs two minutes ahead
+    a.disable("key-1", "disabled by operator", by_operator=True)
+    lease = b.try_acquire(frozenset({"key-2"}))  # B has not synced yet: it still calls key-1
+    assert lease is not None and lease.alias == "key-1"
+    b.release(lease, ok=False, kind="rate", retry_after=5.0)  # and writes key-1's cooldown over A's record
+    for _ in range(2):
+        sync(a)
+        sync(b)
+    now = time.time()
+    assert a.by_alias["key-1"].state(now) == DISABLED
+    assert b.by_alias["key-1"].state(now + 120) == DISABLED
+    assert table["key-1"]["operator_disabled"] is True
+
+    b.enable("key-1")  # an operator's enable on the other worker holds too
+    for _ in range(2):
+        sync(a)
+        sync(b)
+    assert a.by_alias["key-1"].state(now) != DISABLED and b.by_alias["key-1"].state(now + 120) != DISABLED
