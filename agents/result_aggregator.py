@@ -66,14 +66,14 @@ class Aggregation:
         self.result_expiry.mark_stale()
 
 
-def detection_ttl_s(task_deadline_s: float) -> float:
-    """How long a detection waits for its results: longer than any task can take."""
-    return max(120.0, 4 * task_deadline_s)
-
-
 #: The worker's aggregation, on its Faust tables.
 aggregation = Aggregation(
-    detections, results, camera_view, alerts, detection_expiry=ExpiringIndex(detection_ttl_s(settings.task_deadline_s))
+    detections,
+    results,
+    camera_view,
+    alerts,
+    detection_expiry=ExpiringIndex(settings.detection_ttl()),
+    result_expiry=ExpiringIndex(settings.result_ttl_s),
 )
 
 
@@ -88,10 +88,11 @@ async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs
     aggregation.mark_stale()
 
 
-def compact_detection(det: DetectionResult, now_s: float) -> CompactDetection:
+def compact_detection(det: DetectionResult, now_s: float, partition: int) -> CompactDetection:
     """What the join needs of a detection: frame facts, objects and groups, crop references."""
     return {
         "at": now_s,
+        "p": partition,
         "camera_id": det.camera_id,
         "frame_seq": det.frame_seq,
         "captured_at": det.captured_at,
@@ -115,7 +116,7 @@ async def record_detections(stream):  # type: ignore[no-untyped-def]
         except InvalidRecord:
             continue  # generate_tasks, reading the same topic, sends it to the DLQ once
         try:
-            remember_detection(aggregation, det, time.time())
+            remember_detection(aggregation, det, time.time(), event.message.partition)
         except Exception:
             logger.exception("camera %s: detection %s not recorded", det.camera_id, det.detection_id)
 
@@ -124,12 +125,15 @@ def empty_view(camera_id: str) -> CameraView:
     return {"camera_id": camera_id, "results": [], "counts": {}}
 
 
-def remember_detection(agg: Aggregation, det: DetectionResult, now: float) -> None:
-    """Keep ``det`` for the join (expiring) and as its camera's latest frame."""
-    compact = compact_detection(det, now)
+def remember_detection(agg: Aggregation, det: DetectionResult, now: float, partition: int) -> None:
+    """Keep ``det`` for the join (expiring) and as its camera's latest frame.
+
+    ``partition`` is the current event's: the detection's key lives there (:mod:`agents.expiry`).
+    """
+    compact = compact_detection(det, now, partition)
     agg.detections[det.detection_id] = compact
-    agg.detection_expiry.add(det.detection_id, now)
-    agg.detection_expiry.expire(agg.detections, now)
+    agg.detection_expiry.add(det.detection_id, now, partition)
+    agg.detection_expiry.expire(agg.detections, now, partition)
     view = agg.camera_view.get(camera_key(det.camera_id)) or empty_view(det.camera_id)
     best = max(det.groups, key=lambda g: g.interest, default=None)
     view["latest_detection"] = {
@@ -200,13 +204,19 @@ async def aggregate_results(stream):  # type: ignore[no-untyped-def]
 
 
 async def handle_result(event: EventT[bytes]) -> None:
-    alert = aggregate(aggregation, decode(RiskAssessment, event.value), time.time(), current())
+    result = decode(RiskAssessment, event.value)
+    alert = aggregate(aggregation, result, time.time(), current(), event.message.partition)
     if alert is not None:
         await alerts_topic.send(key=alert.camera_id.encode(), value=to_bytes(alert))
 
 
-def aggregate(agg: Aggregation, result: RiskAssessment, now: float, clients: WorkerClients) -> Alert | None:
-    """Join and record one result (once per task_id); returns the alert to publish, if any."""
+def aggregate(
+    agg: Aggregation, result: RiskAssessment, now: float, clients: WorkerClients, partition: int
+) -> Alert | None:
+    """Join and record one result (once per task_id); returns the alert to publish, if any.
+
+    ``partition`` is the current event's: the result's key lives there (:mod:`agents.expiry`).
+    """
     if agg.results.get(result.task_id) is not None:
         metrics.duplicates_total.inc()
         return None
@@ -214,13 +224,14 @@ def aggregate(agg: Aggregation, result: RiskAssessment, now: float, clients: Wor
     data = joined_result(result, agg.detections.get(result.detection_id))
     agg.results[result.task_id] = {
         "at": now,
+        "p": partition,
         "camera_id": result.camera_id,
         "status": result.status,
         "risk_level": result.risk_level,
         "joined": data["detection"] is not None,
     }
-    agg.result_expiry.add(result.task_id, now)
-    agg.result_expiry.expire(agg.results, now)
+    agg.result_expiry.add(result.task_id, now, partition)
+    agg.result_expiry.expire(agg.results, now, partition)
     metrics.results_total.labels(status=result.status, risk_level=result.risk_level).inc()
     metrics.e2e_seconds.observe(max(0.0, now - result.captured_at / 1000.0))
 

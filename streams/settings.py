@@ -158,6 +158,10 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Cap on tasks per minute over all cameras (0: none); split among workers."
     )
     task_deadline_s: float = Field(default=30.0, gt=0, description="A task not assessed by then expires.")
+    detection_ttl_s: float = Field(
+        default=0.0, ge=0, description="Detections kept for the result join (0: max(120 s, 4 task deadlines))."
+    )
+    result_ttl_s: float = Field(default=3600.0, gt=0, description="Finished tasks remembered for deduplication.")
     min_group_score: float = Field(default=0.3, ge=0, le=1, description="Groups below this interest get no task.")
 
     # --- VLM -----------------------------------------------------------------------------
@@ -207,6 +211,10 @@ class Settings(BaseSettings):
                 f"cooldown_min_s ({self.cooldown_min_s}) must not exceed cooldown_max_s ({self.cooldown_max_s})"
             )
         return self
+
+    def detection_ttl(self) -> float:
+        """How long a detection waits for its results: longer than any task can take."""
+        return self.detection_ttl_s or max(120.0, 4 * self.task_deadline_s)
 
     @property
     def redis_prefix(self) -> str:

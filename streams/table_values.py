@@ -42,6 +42,8 @@ class CompactDetection(TypedDict):
     """``detections``: what the result join needs of a detection."""
 
     at: float
+    #: The partition it was written in: it is deleted there (agents/expiry.py).
+    p: int
     camera_id: str
     frame_seq: int
     captured_at: float
@@ -57,6 +59,7 @@ class ResultEntry(TypedDict):
     """``results``: the aggregator's record of a finished task (a task_id here is a duplicate)."""
 
     at: float
+    p: int
     camera_id: str
     status: str
     risk_level: str

@@ -113,7 +113,7 @@ def deployment(kafka: KafkaCluster, sim_vlm: Proc, redis_url: str, tmp_path: Pat
             "ROADWATCH_KAFKA_URL": kafka.url,
             "ROADWATCH_APP_ID": f"rw-{tag}",
             "ROADWATCH_TOPIC_PREFIX": f"t{tag}-",
-            "ROADWATCH_STORE": "memory://",
+            "ROADWATCH_STORE": "rocksdb://",  # what users run; a test that needs memory:// says why
             "ROADWATCH_REDIS_URL": redis_url,
             "ROADWATCH_VLM_BASE_URL": f"http://127.0.0.1:{sim_vlm.port}/v1",
             "ROADWATCH_VLM_KEYS": ",".join(SIM_KEYS),

@@ -30,10 +30,11 @@ from streams.faust_seam import limit_request_body
 from streams.lag import guard as stall_guard
 from streams.live import hub
 from streams.table_values import CameraState, CameraView
-from streams.tables import alerts, camera_key, camera_state, camera_view, results
+from streams.tables import alerts, camera_key, camera_state, camera_view, detections, results
 from web.auth import WebAuth
 
 logger = logging.getLogger(__name__)
+TABLES = {"detections": detections, "results": results, "camera_view": camera_view, "camera_state": camera_state}
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 STARTED = time.time()
 
@@ -117,6 +118,15 @@ class Results(View):
         camera = request.query.get("camera_id")
         rows = {str(k): v for k, v in results.items() if camera is None or v.get("camera_id") == camera}
         return self.json({"count": len(rows), "results": rows})
+
+
+@app.page("/tables/")
+class Tables(View):
+    """Keys per table on this worker (counted by iterating: for checks and tests, not for dashboards)."""
+
+    async def get(self, request: Request) -> Response:
+        counted = {name: sum(1 for _ in table.keys()) for name, table in TABLES.items()}
+        return self.json({"keys": counted})
 
 
 @app.page("/alerts/")

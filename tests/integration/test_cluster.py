@@ -40,7 +40,7 @@ def test_killing_one_broker_of_three_loses_nothing(cluster3, sim_vlm: Proc, redi
             "ROADWATCH_KAFKA_URL": cluster3.url,
             "ROADWATCH_APP_ID": f"rw3-{tag}",
             "ROADWATCH_TOPIC_PREFIX": f"c{tag}-",
-            "ROADWATCH_STORE": "memory://",
+            "ROADWATCH_STORE": "rocksdb://",
             "ROADWATCH_TOPIC_REPLICAS": "3",
             "ROADWATCH_TOPIC_MIN_INSYNC": "2",
             "ROADWATCH_TOPIC_PARTITIONS": "4",

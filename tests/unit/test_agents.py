@@ -70,22 +70,22 @@ async def test_a_global_cap_of_zero_tokens_stops_tasks(clients):
 async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
     now = time.time()
-    remember_detection(agg, detection("cam-1", 3), now)
+    remember_detection(agg, detection("cam-1", 3), now, 0)
     view = agg.camera_view[camera_key("cam-1")]
     assert view is not None and view["latest_detection"]["frame_seq"] == 3
 
-    alert = aggregate(agg, result_for(3, "high"), now, clients)
+    alert = aggregate(agg, result_for(3, "high"), now, clients, 0)
     assert alert is not None and alert.level == "high" and alert.task_id == "t1"
     entry = agg.results["t1"]
     assert entry is not None and entry["joined"] and entry["status"] == "ok"
 
-    assert aggregate(agg, result_for(3, "high"), now + 1, clients) is None  # the same task again
+    assert aggregate(agg, result_for(3, "high"), now + 1, clients, 0) is None  # the same task again
     assert len(agg.camera_view[camera_key("cam-1")]["results"]) == 1  # type: ignore[index]
 
     # the same group judged high again within the cooldown: merged, not published again
-    assert aggregate(agg, result_for(3, "high", task_id="t2"), now + 2, clients) is None
+    assert aggregate(agg, result_for(3, "high", task_id="t2"), now + 2, clients, 0) is None
     # escalated: published
-    escalated = aggregate(agg, result_for(3, "critical", task_id="t3"), now + 3, clients)
+    escalated = aggregate(agg, result_for(3, "critical", task_id="t3"), now + 3, clients, 0)
     assert escalated is not None and escalated.level == "critical"
     kept = agg.alerts[camera_key("cam-1")]
     assert kept is not None and len(kept) == 1 and kept[0]["count"] == 3
@@ -93,7 +93,7 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
 
 async def test_a_result_without_its_detection_is_kept_unjoined_and_low_risk_raises_no_alert(clients):
     agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
-    assert aggregate(agg, result_for(9, "low"), time.time(), clients) is None
+    assert aggregate(agg, result_for(9, "low"), time.time(), clients, 0) is None
     entry = agg.results["t1"]
     assert entry is not None and not entry["joined"]
 
