@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> RoadwatchApp:
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,
-        web_host=settings.web_host,
+        web_host=settings.advertised_web_host(),  # the canonical URL other workers forward to
         web_transport=f"tcp://{settings.web_host}:{settings.web_port}",
         web_in_thread=False,
         logging_config=None,

@@ -9,6 +9,7 @@ so that a stray ``repr`` or log line shows ``**********`` instead of the key.
 from __future__ import annotations
 
 import json
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,8 @@ class ApiKeyConfig(BaseModel):
 #: Words of the example files' placeholder secrets (deploy/secrets/*.example, deploy/k8s/20-secret.yaml).
 PLACEHOLDER_WORDS = ("replace-me", "replace-with", "changeme", "change-me", "placeholder", "example")
 MIN_TOKEN_CHARS = 16
+#: Bind addresses that mean "every interface": fine to listen on, never an address to reach.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "", "*"})
 
 
 def secret_problem(value: str, *, min_chars: int = MIN_TOKEN_CHARS) -> str | None:
@@ -124,6 +127,11 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Consumer max.poll.interval: a worker silent this long is evicted."
     )
     web_host: str = Field(default="127.0.0.1", description="Worker web server bind address.")
+    web_advertise_host: str | None = Field(
+        default=None,
+        description="Host other workers reach this one's web server at (they forward /cameras/{id}/ there); "
+        "default: web_host, or this machine's address when web_host is a wildcard (0.0.0.0, ::). The pod IP in k8s.",
+    )
     web_port: int = Field(default=6066, ge=1, le=65535, description="Worker web server port.")
     web_token: SecretStr | None = Field(
         default=None,
@@ -211,6 +219,17 @@ class Settings(BaseSettings):
                 f"cooldown_min_s ({self.cooldown_min_s}) must not exceed cooldown_max_s ({self.cooldown_max_s})"
             )
         return self
+
+    def advertised_web_host(self) -> str:
+        """Where other workers reach this one: never a wildcard address, which reaches nothing."""
+        if self.web_advertise_host:
+            return self.web_advertise_host
+        if self.web_host in WILDCARD_HOSTS:
+            try:
+                return socket.gethostbyname(socket.gethostname())
+            except OSError:
+                return socket.gethostname()
+        return self.web_host
 
     def detection_ttl(self) -> float:
         """How long a detection waits for its results: longer than any task can take."""

@@ -185,6 +185,7 @@ class Health(View):
                 "status": "stalled" if stall_guard.stalled else "ok",
                 "stalled_partitions": stall_guard.stalled,
                 "uptime_s": round(time.time() - STARTED, 1),
+                "url": str(app.conf.canonical_url),  # where other workers forward requests for our cameras
                 "partitions": len(assigned),
                 "redis": "degraded" if clients.cache.degraded else "ok",
                 "redis_skipped_writes": clients.cache.skipped,

@@ -33,9 +33,14 @@ def results(port: int) -> dict[str, dict[str, object]]:
     return get_json(f"http://127.0.0.1:{port}/results/")["results"]
 
 
-def test_two_workers_answer_the_same_for_every_camera(kafka, deployment, start_worker):
-    first = start_worker()
-    second = start_worker()
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])  # noqa: S104 - the shipped Dockerfile and k8s bind
+def test_two_workers_answer_the_same_for_every_camera(kafka, deployment, start_worker, bind):
+    """#12.7: bound to 0.0.0.0, every worker advertised http://0.0.0.0:6066 and forwarded requests went nowhere."""
+    first = start_worker({"ROADWATCH_WEB_HOST": bind})
+    second = start_worker({"ROADWATCH_WEB_HOST": bind})
+    for worker in (first, second):
+        advertised = get_json(f"http://127.0.0.1:{worker.port}/health")["url"]
+        assert "0.0.0.0" not in advertised and advertised.endswith(f":{worker.port}"), advertised
     cameras = [f"cam-{i}" for i in range(8)]
     produce_detections(
         kafka.bootstrap,
