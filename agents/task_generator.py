@@ -66,7 +66,7 @@ def tasks_for(
             continue
         tasks.append(
             AssessmentTask(
-                task_id=make_task_id(det.camera_id, det.frame_seq, group.group_id),
+                task_id=make_task_id(det.camera_id, det.frame_seq, group.group_id, det.run),
                 camera_id=det.camera_id,
                 detection_id=det.detection_id,
                 frame_seq=det.frame_seq,

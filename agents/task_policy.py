@@ -63,6 +63,11 @@ def group_key(group: TrafficGroup) -> str:
     return "-".join(str(t) for t in sorted(group.track_ids))
 
 
+def frame_key(det: DetectionResult) -> str:
+    """A frame's identity in the camera's state: the producer run and the frame number."""
+    return f"{det.run}:{det.frame_seq}"
+
+
 def new_state() -> CameraState:
     return {
         "last_seq": -1,
@@ -139,19 +144,23 @@ def plan_tasks(
         st = cast(CameraState, copied)
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
-    if str(det.frame_seq) in st["recent"]:
+    frame = frame_key(det)
+    if frame in st["recent"]:
         # A frame seen before: a redelivery after a crash or rebalance. Its state change may have
         # reached the changelog while its tasks did not, so the tasks decided for it are made again
         # (same task ids: the aggregator drops what was already done).
-        made = set(st["recent"][str(det.frame_seq)])
+        made = set(st["recent"][frame])
         replayed = [Decision(g, "replay") for g in det.groups if g.group_id in made]
         if len(replayed) < len(det.groups):
             skipped["seen_frame"] = len(det.groups) - len(replayed)
         return st, replayed, skipped
     # A frame never planned, behind newer ones, is a record the consumer read again only after
     # later ones (streams.faust_seam). It is planned like any frame, without moving the clock.
-    late = st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
     frame_at = det.captured_at / 1000.0
+    run = st.get("run", "")
+    if det.run != run and frame_at >= st["last_at"]:  # a restarted producer: its count starts again
+        st["run"], st["last_seq"], run = det.run, -1, det.run
+    late = det.run != run or st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
     if not late:  # a newer frame, or one far behind: the producer restarted its count
         if st["last_at"] and frame_at > st["last_at"]:
             inst = 1.0 / (frame_at - st["last_at"])
@@ -198,9 +207,10 @@ def plan_tasks(
             st["pairs"][pair] = {"at": now_s, "gap": pair_gap, "last": now_s}
     st["tokens"] = tokens
     st["tasks_made"] += len(decisions)
-    st["recent"][str(det.frame_seq)] = [d.group.group_id for d in decisions]
-    for old in list(st["recent"]):  # the window behind the clock (a restarted count drops the old one)
-        if not st["last_seq"] - RECENT_FRAMES < int(old) <= st["last_seq"]:
+    st["recent"][frame] = [d.group.group_id for d in decisions]
+    for old in list(st["recent"]):  # the window behind the clock (a restarted producer drops the old one)
+        old_run, _, old_seq = old.rpartition(":")
+        if old_run != st.get("run", "") or not st["last_seq"] - RECENT_FRAMES < int(old_seq) <= st["last_seq"]:
             del st["recent"][old]
 
     # forget groups not seen for a while, so the state stays small

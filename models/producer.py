@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,11 +41,18 @@ from streams.topic_names import TopicNames
 logger = logging.getLogger("roadwatch.producer")
 
 
+def new_run_id() -> str:
+    """A producer run's id: the start time, so runs sort, and a random tail, so they never collide."""
+    return f"{int(time.time()):x}{secrets.token_hex(2)}"
+
+
 class CameraPipeline:
     """Everything per camera: its grabber, its tracker, its sequence numbers."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
+    def __init__(self, cfg: CameraConfig, run: str = "") -> None:
         self.cfg = cfg
+        #: This producer process's run: a restart counts frames from 0 again under a new run.
+        self.run = run or new_run_id()
         source = open_source(cfg.url)
         self.grabber: Grabber | OnDemandGrabber = (
             OnDemandGrabber(cfg.id, source) if source.on_demand else Grabber(cfg.id, source)
@@ -92,6 +100,7 @@ def analyse(
         groups=groups,
         crops=crops,
         produced_at=round(time.time() * 1000.0, 1),
+        run=cam.run,
     )
 
 
@@ -107,7 +116,8 @@ class Producer:
         max_pending: int = 200,
         workers: int = 2,
     ) -> None:
-        self.cams = [CameraPipeline(c) for c in cameras]
+        run = new_run_id()
+        self.cams = [CameraPipeline(c, run) for c in cameras]
         self.detector = detector
         self.settings = settings
         self.topic = TopicNames(settings.topic_prefix).detection_results

@@ -38,7 +38,9 @@ def crop_b64() -> str:
     return base64.b64encode(buf.tobytes()).decode()
 
 
-def detection(camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | None = None) -> DetectionResult:
+def detection(
+    camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | None = None, run: str = ""
+) -> DetectionResult:
     """A frame with one pedestrian next to one car: one pedestrian_vehicle group with an inline crop.
 
     ``track_base`` picks the track ids; a new base makes a new group (and so a new task).
@@ -67,6 +69,7 @@ def detection(camera_id: str, seq: int, *, gap: float = 0.5, track_base: int | N
         objects=[person, car],
         groups=[group],
         crops={group_id: ImageRef(data_b64=crop_b64(), width=200, height=160, size=1000)},
+        run=run,
     )
 
 

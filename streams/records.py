@@ -37,6 +37,8 @@ CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 #: Faust rejects empty strings unless told otherwise; these fields may be empty but must be present.
 BLANK_OK: str = StringField(allow_blank=True, required=True)
+#: ... and these may be empty or absent.
+BLANK_OK_OPTIONAL: str = StringField(allow_blank=True, required=False, default="")
 
 
 class DetectedObject(faust.Record, serializer="json", include_metadata=False):
@@ -106,12 +108,15 @@ class DetectionResult(faust.Record, serializer="json", include_metadata=False):
     crops: dict[str, ImageRef]
     #: When the producer sent it, UTC epoch milliseconds.
     produced_at: float = 0.0
+    #: The producer process's run (a restart starts a new one and counts frames from 0 again);
+    #: empty in records of producers older than the field.
+    run: str = BLANK_OK_OPTIONAL
     v: int = SCHEMA_VERSION
 
     @property
     def detection_id(self) -> str:
-        """Identity of the detection: camera and frame number."""
-        return f"{self.camera_id}:{self.frame_seq}"
+        """Identity of the detection: camera, producer run and frame number."""
+        return f"{self.camera_id}:{self.run}:{self.frame_seq}" if self.run else f"{self.camera_id}:{self.frame_seq}"
 
 
 class AssessmentTask(faust.Record, serializer="json", include_metadata=False):
@@ -178,9 +183,11 @@ class Alert(faust.Record, serializer="json", include_metadata=False):
 RECORD_TYPES: tuple[type[faust.Record], ...] = (DetectionResult, AssessmentTask, RiskAssessment, Alert)
 
 
-def make_task_id(camera_id: str, frame_seq: int, group_id: str) -> str:
-    """Deterministic task id, so a replayed detection makes the same task."""
-    digest = hashlib.sha1(f"{camera_id}|{frame_seq}|{group_id}".encode(), usedforsecurity=False)
+def make_task_id(camera_id: str, frame_seq: int, group_id: str, run: str = "") -> str:
+    """Deterministic task id, so a replayed detection makes the same task; a restarted producer's
+    frames (a new ``run``) make new ones."""
+    ident = f"{camera_id}|{frame_seq}|{group_id}" + (f"|{run}" if run else "")
+    digest = hashlib.sha1(ident.encode(), usedforsecurity=False)
     return digest.hexdigest()[:20]
 
 

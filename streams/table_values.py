@@ -34,8 +34,10 @@ class CameraState(TypedDict):
     groups_seen: int
     tasks_made: int
     skipped: dict[str, int]
-    #: frame_seq (as a string) -> group ids made into tasks, for redeliveries.
+    #: "run:frame_seq" -> group ids made into tasks, for redeliveries.
     recent: NotRequired[dict[str, list[str]]]
+    #: The producer run whose frames ``last_seq`` counts.
+    run: NotRequired[str]
 
 
 class CompactDetection(TypedDict):

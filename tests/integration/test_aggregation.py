@@ -33,7 +33,7 @@ def results(port: int) -> dict[str, dict[str, object]]:
     return get_json(f"http://127.0.0.1:{port}/results/")["results"]
 
 
-@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])  # noqa: S104 - the shipped Dockerfile and k8s bind
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
 def test_two_workers_answer_the_same_for_every_camera(kafka, deployment, start_worker, bind):
     """#12.7: bound to 0.0.0.0, every worker advertised http://0.0.0.0:6066 and forwarded requests went nowhere."""
     first = start_worker({"ROADWATCH_WEB_HOST": bind})

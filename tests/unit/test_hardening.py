@@ -330,3 +330,30 @@ def test_an_operator_disable_survives_another_workers_cooldown_write_whatever_th
         sync(a)
         sync(b)
     assert a.by_alias["key-1"].state(now) != DISABLED and b.by_alias["key-1"].state(now + 120) != DISABLED
+
+
+# --- 11: task ids after a producer restart -----------------------------------------------------
+def test_a_restarted_producer_makes_new_task_ids_and_a_redelivery_keeps_its_own():
+    """#12.11: frame and track ids restart with the producer, so its new frames made the old task
+    ids and the aggregator dropped their results as duplicates (49 of 49 with a replayed source)."""
+    from agents.task_policy import Budget, plan_tasks
+    from streams.records import make_task_id
+
+    budget = Budget(refresh_s=20.0, per_min=600.0, burst=100.0, min_interest=0.3)
+    first_run = [detection("c", seq, run="run-a") for seq in range(3)]
+    state = None
+    ids_a = []
+    for i, det in enumerate(first_run):
+        state, decisions, _ = plan_tasks(state, det, 100.0 + i, budget)
+        ids_a += [make_task_id(det.camera_id, det.frame_seq, d.group.group_id, det.run) for d in decisions]
+    restarted = [detection("c", seq, run="run-b") for seq in range(3)]  # the same frame and track ids
+    ids_b = []
+    for i, det in enumerate(restarted):
+        state, decisions, _ = plan_tasks(state, det, 130.0 + i, budget)
+        assert [d.reason for d in decisions] != ["replay"]
+        ids_b += [make_task_id(det.camera_id, det.frame_seq, d.group.group_id, det.run) for d in decisions]
+    assert ids_b and not set(ids_a) & set(ids_b)
+    assert {d.detection_id for d in first_run}.isdisjoint(d.detection_id for d in restarted)
+    _, again, _ = plan_tasks(state, restarted[2], 140.0, budget)  # a redelivery of the new run
+    assert [d.reason for d in again] == ["replay"]
+    assert make_task_id("c", 2, again[0].group.group_id, "run-b") in ids_b

@@ -51,7 +51,7 @@ def test_a_producer_that_restarts_its_frame_count_is_not_ignored():
     assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 0
     state, decisions, _ = plan_tasks(state, detection("c", 1, track_base=902), 102.0, BUDGET)
     assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 1
-    assert sorted(state["recent"], key=int) == ["0", "1"]  # the old count's frames are forgotten
+    assert sorted(state["recent"]) == [":0", ":1"]  # the old count's frames are forgotten
 
 
 def test_a_redelivered_frame_makes_the_same_tasks_again():
