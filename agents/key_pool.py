@@ -4,11 +4,16 @@ Each worker keeps an in-memory :class:`KeyPool` for its fast decisions (which ke
 right now, how many calls are in flight) and persists every state change to the ``key_pool``
 GlobalTable, so cooldowns and disables survive restarts and reach every worker.
 
-Per-key limits across workers: *partition-proportional shares*. A worker that owns ``k`` of the
-``P`` partitions of ``assessment-tasks`` may use ``k / P`` of every key's requests-per-minute,
-tokens-per-minute and in-flight cap. Shares add up to at most 1 across the group, so the limits
-hold for all workers together without a round trip per call, and load follows the same
-partitions, so capacity goes where the tasks are. The share is recomputed on every rebalance.
+Per-key limits across workers: *partitions own whole calls*. A key's requests per minute and
+in-flight cap are dealt out over the ``P`` partitions of ``assessment-tasks`` in whole calls,
+``L // P`` each and one more to ``L % P`` of them, dealt on from where the previous key's
+ended, so the keys' remainders spread evenly over the partitions. A worker may use the sum of
+what its partitions hold. The workers' sums add up to exactly each limit (the partitions are
+disjoint), so the limits hold for all workers together without a round trip per call; no
+worker rounds a fraction up (``max_in_flight: 2`` over 4 workers is 2 calls, not 4), and none
+rounds a key's small rpm down to nothing while another worker could use it: every call of the
+limit belongs to some partition, and load follows the same partitions. Tokens per minute are
+split in proportion. The assignment is recomputed on every rebalance.
 
 Cooldown policy: a 429 cools the key for the server's Retry-After (or the adaptive time); a
 server error cools it only when the key looks unhealthy (half of its recent calls failed, or three
@@ -49,6 +54,8 @@ class KeySlot:
     """One key's live state in this worker."""
 
     cfg: ApiKeyConfig
+    #: Position in the configuration: where this key's share of the limits starts (see the module doc).
+    index: int = 0
     in_flight: int = 0
     calls: int = 0
     successes: int = 0
@@ -116,25 +123,39 @@ class KeyPool:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[KeySlot], None] | None = None,
     ) -> None:
-        self.slots = [KeySlot(cfg) for cfg in keys]
+        self.slots = [KeySlot(cfg, index=i) for i, cfg in enumerate(keys)]
         self.by_alias = {s.alias: s for s in self.slots}
         self.strategy = strategy
         self.cooldown_min_s = cooldown_min_s
         self.cooldown_max_s = cooldown_max_s
         self.clock = clock
         self.on_change = on_change
-        self.share = 1.0
+        #: This worker's ``assessment-tasks`` partitions and their total (None: it has them all).
+        self.owned: frozenset[int] | None = None
+        self.partitions = 1
         self._rr = itertools.count()
         self._changed = asyncio.Event()
 
     # --- limits ----------------------------------------------------------------------------
-    def set_share(self, share: float) -> None:
-        """This worker's fraction of every key's limits (partitions owned / partitions)."""
-        self.share = max(0.0, min(1.0, share))
+    def set_partitions(self, owned: frozenset[int], partitions: int) -> None:
+        """The ``assessment-tasks`` partitions this worker owns, of ``partitions``."""
+        self.owned, self.partitions = frozenset(p for p in owned if 0 <= p < partitions), max(1, partitions)
         self._changed.set()
 
-    def _cap(self, limit: int | None) -> float:
-        return float("inf") if limit is None else limit * self.share
+    @property
+    def share(self) -> float:
+        """This worker's fraction of the partitions (of every key's tokens per minute)."""
+        return 1.0 if self.owned is None else len(self.owned) / self.partitions
+
+    def _cap(self, limit: int | None, key_index: int) -> float:
+        """This worker's whole calls of ``limit`` for the key at ``key_index``."""
+        if limit is None:
+            return float("inf")
+        if self.owned is None:
+            return float(limit)
+        base, extra = divmod(limit, self.partitions)
+        start = (key_index * extra) % self.partitions  # deal on where the previous key's extras ended
+        return float(sum(base + (1 if (p - start) % self.partitions < extra else 0) for p in self.owned))
 
     def _prune(self, slot: KeySlot, now: float) -> None:
         while slot.starts and slot.starts[0] <= now - WINDOW_S:
@@ -149,16 +170,15 @@ class KeyPool:
             return slot.disabled_until if slot.disabled_until is not None else float("inf")
         at = max(now, slot.cooldown_until)
         self._prune(slot, now)
-        rpm = self._cap(slot.cfg.rpm)
+        rpm = self._cap(slot.cfg.rpm, slot.index)
         if rpm < 1:
             return float("inf")
         if len(slot.starts) >= rpm:
             at = max(at, slot.starts[len(slot.starts) - int(rpm)] + WINDOW_S)
-        tpm = self._cap(slot.cfg.tpm)
+        tpm = float("inf") if slot.cfg.tpm is None else slot.cfg.tpm * self.share
         if slot.tokens and sum(t for _, t in slot.tokens) >= tpm:
             at = max(at, slot.tokens[0][0] + WINDOW_S)
-        cap = self._cap(slot.cfg.max_in_flight)
-        if slot.in_flight >= max(1.0, cap):
+        if slot.in_flight >= self._cap(slot.cfg.max_in_flight, slot.index):
             at = float("inf")  # frees on release, which wakes waiters
         return at
 

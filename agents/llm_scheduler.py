@@ -220,18 +220,20 @@ async def handle_task(event: EventT[bytes]) -> None:
     await risk_results_topic.send(key=task.camera_id.encode(), value=to_bytes(result))
 
 
-def sync_key_pool(clients: WorkerClients, persisted: dict[str, PersistedKey], owned: int | None) -> None:
+def sync_key_pool(
+    clients: WorkerClients, persisted: dict[str, PersistedKey], owned: frozenset[int] | None
+) -> None:
     """Adopt newer key states other workers wrote, and this worker's share of the limits.
 
-    ``owned`` is how many ``assessment-tasks`` partitions this worker has (None: not assigned yet).
+    ``owned`` is the ``assessment-tasks`` partitions this worker has (None: not assigned yet).
     """
     for alias, data in persisted.items():
         if isinstance(data, dict) and clients.pool.merge(str(alias), data):
             clients.pool.republish(str(alias))
     if owned is not None:
-        share = owned / clients.settings.topic_partitions
-        clients.pool.set_share(share)
-        clients.global_cap.share = share  # detections and tasks share camera keys, so partitions
+        clients.pool.set_partitions(owned, clients.settings.topic_partitions)
+        # detections and tasks share camera keys, so partitions: the same share of the global cap
+        clients.global_cap.share = len(owned) / clients.settings.topic_partitions
     clients.pool.snapshot()  # refreshes the key-state gauges
 
 
@@ -240,7 +242,8 @@ def _sync() -> None:
     if clients is None:  # stopping
         return
     assigned = app.assignor.assigned_actives() if app.assignor else set()
-    owned = sum(1 for tp in assigned if tp.topic == assessment_tasks_topic.get_topic_name()) if assigned else None
+    tasks_topic = assessment_tasks_topic.get_topic_name()
+    owned = frozenset(tp.partition for tp in assigned if tp.topic == tasks_topic) if assigned else None
     sync_key_pool(clients, dict(key_pool.items()), owned)
 
 

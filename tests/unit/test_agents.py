@@ -112,7 +112,7 @@ async def test_the_scheduler_adopts_other_workers_key_states_and_its_partition_s
             "updated_at": later,
         }
     }
-    sync_key_pool(clients, persisted, owned=2)  # type: ignore[arg-type]
+    sync_key_pool(clients, persisted, owned=frozenset({0, 1}))  # type: ignore[arg-type]
     assert clients.pool.share == pytest.approx(2 / clients.settings.topic_partitions)
     assert clients.global_cap.share == pytest.approx(2 / clients.settings.topic_partitions)
     states = {row["alias"]: row["state"] for row in clients.pool.snapshot()}

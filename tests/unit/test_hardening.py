@@ -357,3 +357,39 @@ def test_a_restarted_producer_makes_new_task_ids_and_a_redelivery_keeps_its_own(
     _, again, _ = plan_tasks(state, restarted[2], 140.0, budget)  # a redelivery of the new run
     assert [d.reason for d in again] == ["replay"]
     assert make_task_id("c", 2, again[0].group.group_id, "run-b") in ids_b
+
+
+# --- 10: per-key limits across workers ---------------------------------------------------------
+def _workers(keys: list[ApiKeyConfig], partitions: int, workers: int) -> list[KeyPool]:
+    pools = []
+    for w in range(workers):
+        pool = KeyPool(keys)
+        pool.set_partitions(frozenset(range(w, partitions, workers)), partitions)
+        pools.append(pool)
+    return pools
+
+
+def _calls_now(pool: KeyPool) -> dict[str, int]:
+    """How many calls each key takes on this worker right now (in flight, none released)."""
+    taken: dict[str, int] = {}
+    while (lease := pool.try_acquire()) is not None:
+        taken[lease.alias] = taken.get(lease.alias, 0) + 1
+    return taken
+
+
+@pytest.mark.parametrize("workers", [2, 4, 8])
+def test_a_keys_in_flight_cap_holds_for_all_workers_together(workers):
+    """#12.10: max(1, share) let 4 workers run 4 calls on a key with max_in_flight=2."""
+    keys = [ApiKeyConfig(key=SecretStr("k-1"), alias="key-1", max_in_flight=2)]
+    total = sum(_calls_now(p).get("key-1", 0) for p in _workers(keys, partitions=8, workers=workers))
+    assert total == 2
+
+
+def test_a_small_rpm_is_dealt_out_in_whole_calls_and_no_worker_is_left_without_capacity():
+    """#12.10: rpm 6 at a 1/8 share (0.75 calls) made the key unusable on every worker."""
+    keys = [ApiKeyConfig(key=SecretStr(f"k-{i}"), alias=f"key-{i}", rpm=6) for i in range(10)]
+    per_worker = [_calls_now(p) for p in _workers(keys, partitions=8, workers=8)]
+    assert sum(sum(c.values()) for c in per_worker) == 10 * 6, "every call of every key's minute is usable"
+    for alias in (k.alias for k in keys):
+        assert sum(c.get(alias, 0) for c in per_worker) == 6
+    assert min(sum(c.values()) for c in per_worker) >= 7, "each worker holds about 1/8 of 60 calls"

@@ -79,13 +79,16 @@ def test_rpm_limit_is_never_exceeded_and_frees_after_the_window():
 
 
 def test_share_divides_the_limits_between_workers():
-    p, _ = pool(1, rpm=10)
-    p.set_share(0.5)
-    got = 0
-    while (lease := p.try_acquire()) is not None:
-        got += 1
-        p.release(lease, ok=True)
-    assert got == 5
+    got = []
+    for owned in ({0, 1}, {2, 3}):
+        p, _ = pool(1, rpm=10)
+        p.set_partitions(frozenset(owned), 4)
+        n = 0
+        while (lease := p.try_acquire()) is not None:
+            n += 1
+            p.release(lease, ok=True)
+        got.append(n)
+    assert sorted(got) == [4, 6] and sum(got) == 10  # whole calls, exactly the limit together
 
 
 def test_rate_limit_cools_for_retry_after():
