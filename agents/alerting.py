@@ -3,15 +3,18 @@
 A result at or above ``alert_level`` raises an Alert. A group that keeps being judged risky
 would raise one alert per assessment; instead, a new alert for the same camera and group within
 ``alert_cooldown_s`` of the last one is merged into it (its count grows, its level and score
-keep the maximum) and is published again only when the level escalates. The webhook sink (the
-mission's "alert trigger") POSTs each published alert as JSON, with a timeout and retries, from
-a background queue, so a slow or dead receiver never blocks the aggregator.
+keep the maximum) and is published again only when the level escalates. The webhook (the
+mission's "alert trigger") POSTs each published alert as JSON: the ``deliver_alerts`` agent reads
+them from the ``alerts`` topic, many at once, each with a timeout, retries and a bounded age, and
+commits its progress, so a slow receiver never blocks the aggregator or the other alerts, and a
+restarted worker sends again what was not yet delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -45,53 +48,49 @@ def merge_alert(
     return [{**alert, "count": 1, "last_raised_at": alert["raised_at"]}, *recent][:keep], True
 
 
-class WebhookSink:
-    """POSTs alerts to a URL; bounded queue, timeout, retries with backoff; never blocks."""
+class WebhookSender:
+    """POSTs one alert with a timeout and retries; the ``deliver_alerts`` agent runs many at once.
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0, retries: int = 3, queue_size: int = 1000) -> None:
+    An alert older than ``max_age_s`` is not sent any more (counted ``expired``): an alert that
+    arrives an hour late is noise, and a dead receiver must not make every later alert late.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0, retries: int = 3, max_age_s: float = 300.0) -> None:
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.retries = retries
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
-        self._task: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.failed = 0
+        self.max_age_s = max_age_s
+        self._session: aiohttp.ClientSession | None = None
 
-    def put(self, alert: dict[str, Any]) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._drain())
-        try:
-            self.queue.put_nowait(alert)
-        except asyncio.QueueFull:
-            self.failed += 1
-            metrics.webhook_total.labels(outcome="dropped").inc()
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
 
     async def close(self) -> None:
-        """Stop sending (the worker is stopping); what is queued is dropped."""
-        if self._task is not None:
-            self._task.cancel()
+        if self._session is not None:
+            await self._session.close()
 
-    async def _drain(self) -> None:
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:
-            while True:
-                alert = await self.queue.get()
-                await self._send(session, alert)
-
-    async def _send(self, session: aiohttp.ClientSession, alert: dict[str, Any]) -> None:
+    async def send(self, alert: dict[str, Any]) -> str:
+        """Deliver ``alert``; returns the outcome (ok, failed, expired), also counted in metrics."""
+        reason, outcome = "", "failed"
         for attempt in range(self.retries + 1):
+            age_s = time.time() - float(alert.get("raised_at", 0)) / 1000.0
+            if age_s > self.max_age_s:
+                outcome = "expired"
+                break
             try:
-                async with session.post(self.url, json=alert) as resp:
+                async with self.session().post(self.url, json=alert) as resp:
                     if resp.status < 300:
-                        self.sent += 1
-                        metrics.webhook_total.labels(outcome="ok").inc()
-                        return
+                        outcome = "ok"
+                        break
                     reason = f"HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}"
+                reason = type(exc).__name__
+            outcome = "failed"
             if attempt < self.retries:
                 await asyncio.sleep(0.5 * 2**attempt)
-        self.failed += 1
-        metrics.webhook_total.labels(outcome="failed").inc()
-        logger.warning(
-            "alert webhook gave up on task %s after %d attempts: %s", alert.get("task_id"), self.retries + 1, reason
-        )
+        metrics.webhook_total.labels(outcome=outcome).inc()
+        if outcome != "ok":
+            logger.warning("alert webhook: task %s %s (%s)", alert.get("task_id"), outcome, reason or "too old")
+        return outcome

@@ -203,6 +203,22 @@ async def aggregate_results(stream):  # type: ignore[no-untyped-def]
         await guarded(event, handle_result)
 
 
+@app.agent(alerts_topic, name="deliver_alerts", concurrency=settings.alert_webhook_concurrency)
+async def deliver_alerts(stream):  # type: ignore[no-untyped-def]
+    """POST each alert to the webhook, many at once; an alert is acknowledged once it is sent,
+    failed for good or too old, so a restarted worker sends again what it had not finished."""
+    async for event in stream.events():
+        await guarded(event, handle_alert)
+
+
+async def handle_alert(event: EventT[bytes]) -> None:
+    webhook = current().webhook
+    if webhook is None:
+        return
+    alert = decode(Alert, event.value)
+    await webhook.send(record_to_dict(alert))
+
+
 async def handle_result(event: EventT[bytes]) -> None:
     result = decode(RiskAssessment, event.value)
     alert = aggregate(aggregation, result, time.time(), current(), event.message.partition)
@@ -257,6 +273,4 @@ def aggregate(
     metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
     hub.publish("alert", result.camera_id, recent[0])
     clients.cache.put(result.camera_id, result.task_id, recent[0], kind="alert")
-    if clients.webhook is not None:
-        clients.webhook.put(recent[0])
-    return alert
+    return alert  # the caller publishes it on the alerts topic; deliver_alerts POSTs it from there

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agents.alerting import WebhookSink
+from agents.alerting import WebhookSender
 from agents.key_pool import KeyPool, KeySlot
 from agents.task_policy import GlobalCap
 from agents.vlm_client import VlmClient
@@ -37,7 +37,7 @@ class WorkerClients:
     vlm: VlmClient
     images: ImageStore
     cache: ResultCache
-    webhook: WebhookSink | None
+    webhook: WebhookSender | None
     #: The cameras this deployment knows (``cameras_file``), or None to accept any valid id.
     known_cameras: frozenset[str] | None
     #: The global task budget of this worker (its share is set by the scheduler on rebalance).
@@ -68,7 +68,11 @@ class WorkerClients:
             cache=ResultCache(
                 settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s, prefix=settings.redis_prefix
             ),
-            webhook=WebhookSink(settings.alert_webhook_url) if settings.alert_webhook_url else None,
+            webhook=(
+                WebhookSender(settings.alert_webhook_url, max_age_s=settings.alert_webhook_max_age_s)
+                if settings.alert_webhook_url
+                else None
+            ),
             known_cameras=(
                 frozenset(c.id for c in load_cameras(settings.cameras_file)) if settings.cameras_file else None
             ),

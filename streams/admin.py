@@ -28,7 +28,7 @@ def planned_topics(partitions: int | None = None, replicas: int | None = None) -
     rf = replicas or settings.topic_replicas
     isr = {"min.insync.replicas": str(min(settings.topic_min_insync, rf))}
     topics = [NewTopic(t, parts, rf, topic_configs=isr) for t in names.flow]
-    topics += [NewTopic(names.dlq(t), 1, rf, topic_configs=isr) for t in names.main]
+    topics += [NewTopic(names.dlq(t), 1, rf, topic_configs=isr) for t in names.flow]
     for table in app.tables.values():
         topics.append(
             NewTopic(

@@ -192,6 +192,10 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="Alerts for the same group within this are merged into one."
     )
     alert_webhook_url: str | None = Field(default=None, description="POST every published alert here (JSON).")
+    alert_webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Webhook deliveries at once.")
+    alert_webhook_max_age_s: float = Field(
+        default=300.0, gt=0, description="An alert older than this is no longer sent to the webhook (counted)."
+    )
 
     @field_validator("kafka_url")
     @classmethod

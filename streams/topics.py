@@ -36,4 +36,4 @@ risk_results_topic = _raw_topic(names.risk_results)
 alerts_topic = _raw_topic(names.alerts)
 
 #: One DLQ per consumed topic: ``<topic>.dlq``.
-dlq_topics = {name: _raw_topic(names.dlq(name), partitions=1) for name in names.main}
+dlq_topics = {name: _raw_topic(names.dlq(name), partitions=1) for name in (*names.main, names.alerts)}

@@ -131,13 +131,17 @@ def test_repeated_alerts_for_one_group_merge(kafka, deployment, start_worker):
     assert metric(worker.port, 'roadwatch_alerts_total{camera_id="cam-m",level="critical"}') == 1
 
 
-def webhook_receiver(received: list[dict[str, object]]) -> ThreadingHTTPServer:
-    """A real HTTP endpoint on loopback that records the alerts POSTed to it."""
+def webhook_receiver(received: list[dict[str, object]], hang: set[str] | None = None) -> ThreadingHTTPServer:
+    """A real HTTP endpoint on loopback that records the alerts POSTed to it; alerts of the cameras
+    in ``hang`` (changeable while it runs) are held 30 s and never answered."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if hang and body.get("camera_id") in hang:
+                time.sleep(30)
+                return
+            received.append(body)
             self.send_response(204)
             self.end_headers()
 
@@ -180,3 +184,53 @@ def test_a_websocket_client_of_one_worker_sees_the_cameras_of_another(kafka, dep
     owned_by_second = {c for c in cameras if c in {r["camera_id"] for r in results(second.port).values()}}
     assert owned_by_second, "the second worker owns some cameras"
     assert seen == set(cameras)
+
+
+def alert_results(camera_id: str, n: int, now_ms: float) -> list[tuple[str, bytes]]:
+    return [
+        (
+            camera_id,
+            to_bytes(
+                risk_result(
+                    camera_id,
+                    f"{camera_id}-{i}",
+                    detection_id=f"{camera_id}:{i}",
+                    group_id=f"g{i}",  # a new group each: each raises its own alert
+                    captured_at=now_ms,
+                    completed_at=now_ms,
+                )
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_hanging_webhook_delays_no_other_alert_and_a_restart_sends_what_was_not_delivered(
+    kafka, deployment, start_worker
+):
+    """#12.13: alerts went out one at a time from an in-memory queue: a hanging receiver held each
+    for about 23 s (hours for a queue of 1000), and a crash lost them all."""
+    received: list[dict[str, object]] = []
+    hang = {"cam-slow"}
+    hook = webhook_receiver(received, hang)
+    env = {"ROADWATCH_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{hook.server_port}/alerts"}
+    worker = start_worker(env)
+    topic = deployment.prefix + "risk-assessment-results"
+    now = time.time() * 1000
+    asyncio.run(produce(kafka.bootstrap, topic, alert_results("cam-slow", 6, now)))
+    time.sleep(1.0)  # the slow camera's alerts are at the receiver, hanging
+    sent = time.monotonic()
+    asyncio.run(produce(kafka.bootstrap, topic, alert_results("cam-fast", 6, now)))
+    wait_until(lambda: sum(a["camera_id"] == "cam-fast" for a in received) == 6, 20, "the fast camera's alerts")
+    took = time.monotonic() - sent
+    print(f"6 alerts delivered {took:.1f} s after they were raised, 6 others hanging")
+    assert took < 10
+    assert not any(a["camera_id"] == "cam-slow" for a in received)
+
+    worker.kill()  # a crash with six deliveries unfinished
+    hang.clear()
+    again = start_worker(env)
+    wait_until(lambda: sum(a["camera_id"] == "cam-slow" for a in received) >= 6, 60, "the unfinished alerts re-sent")
+    assert {a["task_id"] for a in received} >= {f"cam-slow-{i}" for i in range(6)} | {f"cam-fast-{i}" for i in range(6)}
+    assert again.popen.poll() is None
+    hook.shutdown()
