@@ -1,0 +1,64 @@
+"""The operator's stack (``make up`` / ``make down``) on a fresh state directory (#12.14)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ops.kafka import free_port, port_open
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def stack(command: str, env: dict[str, str], *extra: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ops.stack", command, *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def stack_env(tmp_path) -> dict[str, str]:
+    ports = {name: str(free_port()) for name in ("KAFKA", "REDIS", "VLM", "WEB")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADWATCH_")}
+    env.update({f"ROADWATCH_{name}_PORT": port for name, port in ports.items()})
+    env["ROADWATCH_STATE"] = str(tmp_path / "state")  # nothing there yet: a fresh clone's .state
+    return env
+
+
+def test_make_up_with_two_workers_starts_both_on_a_fresh_state_dir_and_down_stops_all(tmp_path):
+    """#12.14: worker-1 exited with FileNotFoundError for .state/faust/worker-1 (Faust makes no parents)."""
+    env = stack_env(tmp_path)
+    up = stack("up", env, "--workers", "2")
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        status = stack("status", env)
+        assert status.returncode == 0 and status.stdout.count("running") == 6, status.stdout
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stdout
+    assert not any(port_open(int(env[f"ROADWATCH_{n}_PORT"])) for n in ("KAFKA", "REDIS", "VLM", "WEB"))
+
+
+def test_a_failed_start_stops_what_it_had_started(tmp_path):
+    """#12.14: a failed start left the processes it had already started running."""
+    env = stack_env(tmp_path)
+    env["ROADWATCH_TOPIC_PARTITIONS"] = "0"  # the worker refuses this setting and exits
+    up = stack("up", env)
+    assert up.returncode != 0
+    assert "started kafka" in up.stdout, up.stdout
+    assert not any(port_open(int(env[f"ROADWATCH_{n}_PORT"])) for n in ("KAFKA", "REDIS", "VLM")), up.stdout
+    pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
+    assert pids and not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in pids)
+
+
+def _running(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
