@@ -26,7 +26,9 @@ run: $(STAMP) ## run broker, Redis, sim VLM, a worker and a producer on 4 simula
 	@bash .ci/system-deps.sh --quiet
 	$(BIN)/python -m ops.stack run
 
-test: $(STAMP) ## unit and integration tests (starts its own Kafka broker, Redis and sim VLM)
+test: $(STAMP) ## unit and integration tests (installs the system packages they need; starts its own brokers, Redis, sim VLM)
+	@bash .ci/system-deps.sh --quiet --with-browser --with-ops-tools --with-rtsp
+	$(BIN)/python -m ops.kafka fetch >/dev/null
 	$(BIN)/python -m pytest -q -ra
 
 test-unit: $(STAMP) ## unit tests only (no broker)

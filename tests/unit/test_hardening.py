@@ -393,3 +393,21 @@ def test_a_small_rpm_is_dealt_out_in_whole_calls_and_no_worker_is_left_without_c
     for alias in (k.alias for k in keys):
         assert sum(c.get(alias, 0) for c in per_worker) == 6
     assert min(sum(c.values()) for c in per_worker) >= 7, "each worker holds about 1/8 of 60 calls"
+
+
+# --- 15: skips for missing system packages under CI ---------------------------------------------
+@pytest.mark.parametrize(
+    ("reason", "ci", "fails"),
+    [
+        ("redis-server is not installed", "true", True),
+        ("Debian's chromium is not installed (bash .ci/system-deps.sh)", "true", True),
+        ("No module named 'playwright'", "true", True),
+        ("redis-server is not installed", "", False),
+        ("needs a GPU", "true", False),
+    ],
+)
+def test_under_ci_a_skip_for_a_missing_system_package_is_a_failure(reason, ci, fails):
+    """#12.15: `make test` on a fresh machine skipped a quarter of what it claims."""
+    from tests.conftest import skip_is_failure
+
+    assert skip_is_failure(reason, {"CI": ci}) is fails
