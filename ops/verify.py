@@ -122,6 +122,16 @@ def aggregator_view(web_ports: list[int]) -> dict[str, dict[str, Any]]:
     return view
 
 
+def messages_per_task(bootstrap: str, topic: str) -> Counter[str]:
+    """How many messages each task_id has on ``topic`` (results: redeliveries show as more than one)."""
+    return Counter(str(json.loads(v).get("task_id")) for v in asyncio.run(read_all(bootstrap, topic)))
+
+
+def aggregated_counts(web_port: int, cameras: list[str]) -> int:
+    """Results the aggregator counted over ``cameras`` (a result aggregated twice counts twice)."""
+    return sum(sum(get_json(f"http://127.0.0.1:{web_port}/cameras/{c}/").get("counts", {}).values()) for c in cameras)
+
+
 def verify_exactly_once(
     bootstrap: str, web_ports: list[int], *, drain_timeout_s: float = 60.0, prefix: str = ""
 ) -> Report:

@@ -117,7 +117,12 @@ class Settings(BaseSettings):
     topic_replicas: int = Field(default=1, ge=1, le=16, description="Replication factor of new topics.")
     topic_min_insync: int = Field(default=1, ge=1, le=16, description="min.insync.replicas for new topics.")
     session_timeout_s: float = Field(default=10.0, gt=0, description="Consumer session timeout.")
-    rebalance_timeout_s: float = Field(default=10.0, gt=0, description="Consumer rebalance timeout.")
+    rebalance_timeout_s: float = Field(
+        default=40.0,
+        gt=0,
+        description="Consumer rebalance timeout: longer than any event can be in flight (a task's deadline), "
+        "because a rebalance first waits for the events in flight; a dead worker is noticed by the session timeout.",
+    )
     heartbeat_s: float = Field(default=3.0, gt=0, description="Consumer heartbeat interval.")
     commit_interval_s: float = Field(default=1.0, gt=0, description="Offset commit interval.")
     stall_timeout_s: float = Field(
@@ -214,6 +219,16 @@ class Settings(BaseSettings):
                     f"ROADWATCH_WEB_TOKEN {problem}: set a long random token (e.g. `openssl rand -hex 24`), "
                     "unset it to have one made in DATA_DIR/web-token, or turn auth off with ROADWATCH_WEB_AUTH=false"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rebalance_outlasts_a_task(self) -> Settings:
+        if self.rebalance_timeout_s <= self.task_deadline_s:
+            raise ValueError(
+                f"rebalance_timeout_s ({self.rebalance_timeout_s}) must exceed task_deadline_s "
+                f"({self.task_deadline_s}): a rebalance waits for the tasks in flight, and a worker slower "
+                "than the timeout is evicted"
+            )
         return self
 
     @model_validator(mode="after")

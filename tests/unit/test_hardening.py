@@ -411,3 +411,11 @@ def test_under_ci_a_skip_for_a_missing_system_package_is_a_failure(reason, ci, f
     from tests.conftest import skip_is_failure
 
     assert skip_is_failure(reason, {"CI": ci}) is fails
+
+
+def test_a_rebalance_timeout_shorter_than_a_task_is_refused_at_start():
+    """#12.16: a rebalance waits for in-flight tasks (up to their 30 s deadline) under a 10 s timeout."""
+    with pytest.raises(ValidationError, match="rebalance_timeout_s"):
+        Settings(rebalance_timeout_s=10, task_deadline_s=30)
+    defaults = Settings()
+    assert defaults.rebalance_timeout_s > defaults.task_deadline_s
