@@ -45,6 +45,7 @@ from sim.scene import Scene
 from sim.source import scene_from_url
 from streams.images import open_store
 from streams.settings import Settings
+from streams.table_values import CameraState
 
 
 class TruthDetector(Detector):
@@ -100,7 +101,7 @@ def run_camera(
     cam = CameraPipeline(CameraConfig(id=cam_id, url=url, fps=fps))
     with tempfile.TemporaryDirectory(prefix="roadwatch-economy-") as tmp:
         store = open_store(f"file://{tmp}", redis_url=settings.redis_url, ttl_s=60)
-        state: dict[str, Any] | None = None
+        state: CameraState | None = None
         open_spells: dict[tuple[int, int], Spell] = {}
         first_seen: dict[str, float] = {}
         assessed_groups: set[str] = set()

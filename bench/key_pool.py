@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,10 @@ def even_cameras(per_partition: int) -> list[str]:
         if all(len(v) == per_partition for v in chosen.values()):
             return [c for v in chosen.values() for c in v]
     raise AssertionError("unreachable")
+
+
+def ready(worker: Proc) -> bool:
+    return b"Worker ready" in worker.log.read_bytes()
 
 
 def start_vlm(keys: list[str], workdir: Path, name: str) -> tuple[Proc, int]:
@@ -181,7 +186,7 @@ def scheduler_run(workers: int, cluster: KafkaCluster, args: argparse.Namespace,
             )
             procs.append(worker)
             ports.append(port)
-            wait_until(lambda w=worker: b"Worker ready" in w.log.read_bytes(), 120, "worker ready")
+            wait_until(partial(ready, worker), 120, "worker ready")
         wait_until(
             lambda: (
                 sum(get_json(f"http://127.0.0.1:{p}/health")["partitions"] > 0 for p in ports) == workers

@@ -419,3 +419,18 @@ def test_a_rebalance_timeout_shorter_than_a_task_is_refused_at_start():
         Settings(rebalance_timeout_s=10, task_deadline_s=30)
     defaults = Settings()
     assert defaults.rebalance_timeout_s > defaults.task_deadline_s
+
+
+# --- 12: Redis shared by two deployments -------------------------------------------------------
+def test_two_deployments_sharing_a_redis_use_their_own_keys_and_channel():
+    """#12.12: every deployment wrote roadwatch:camera:<id>:latest and published on roadwatch:results,
+    so two sharing a Redis overwrote each other's camera entries and saw each other's results."""
+    from streams.cache import ResultCache
+
+    one = Settings(app_id="roadwatch", topic_prefix="")
+    two = Settings(app_id="roadwatch", topic_prefix="staging-")
+    caches = [ResultCache("redis://127.0.0.1:1/0", 60, 1.0, prefix=s.redis_prefix) for s in (one, two)]
+    assert caches[0].camera_key("cam-1") == "roadwatch:camera:cam-1:latest"  # the default deployment's keys stay
+    assert caches[0].camera_key("cam-1") != caches[1].camera_key("cam-1")
+    assert caches[0].task_key("t") != caches[1].task_key("t")
+    assert caches[0].channel != caches[1].channel
