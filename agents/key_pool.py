@@ -372,7 +372,7 @@ class KeyPool:
         if version > slot.operator_version or (
             version == slot.operator_version and op_disabled and not slot.operator_disabled
         ):
-            if not op_disabled and slot.operator_disabled:  # an operator enabled it elsewhere
+            if not op_disabled:  # an operator's enable elsewhere clears the provider's disable too
                 slot.disabled, slot.disabled_until, slot.cooldown_until = False, None, 0.0
             slot.operator_disabled, slot.operator_version = op_disabled, version
             slot.disabled_reason = str(data.get("disabled_reason") or "")

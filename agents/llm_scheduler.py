@@ -163,6 +163,9 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
                 )
             await asyncio.sleep(backoff)
             continue
+        except Exception:
+            keys.abandon(lease)  # a bug, not the key's fault: free its slot; handle_task makes a failed result
+            raise
         finally:
             metrics.vlm_in_flight.dec()
         keys.release(

@@ -331,6 +331,21 @@ def test_an_operator_disable_survives_another_workers_cooldown_write_whatever_th
         sync(b)
     assert a.by_alias["key-1"].state(now) != DISABLED and b.by_alias["key-1"].state(now + 120) != DISABLED
 
+    # the provider's disable (a 401) on the worker whose clock runs ahead; an operator's enable on
+    # the other one, older by that clock, still clears it everywhere
+    lease = b.try_acquire(frozenset({"key-1"}))
+    assert lease is not None and lease.alias == "key-2"
+    b.release(lease, ok=False, kind="auth")
+    for _ in range(2):
+        sync(a)
+        sync(b)
+    assert a.by_alias["key-2"].state(now) == DISABLED
+    a.enable("key-2")
+    for _ in range(2):
+        sync(a)
+        sync(b)
+    assert a.by_alias["key-2"].state(now) != DISABLED and b.by_alias["key-2"].state(now + 120) != DISABLED
+
 
 # --- 11: task ids after a producer restart -----------------------------------------------------
 def test_a_restarted_producer_makes_new_task_ids_and_a_redelivery_keeps_its_own():
