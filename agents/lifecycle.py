@@ -17,8 +17,8 @@ def persist_key(slot: KeySlot) -> None:
     """Every key state change goes to the key_pool GlobalTable (seen by all workers)."""
     try:
         key_pool[slot.alias] = current().pool.persisted(slot)
-    except Exception:  # the producer is not started (shutdown): keep going
-        logger.debug("key_pool not persisted for %s", slot.alias, exc_info=True)
+    except Exception:  # the producer is not started (shutdown): keep going, but say so
+        logger.warning("key %s: state not persisted to the key_pool table", slot.alias, exc_info=True)
 
 
 async def build_clients() -> None:

@@ -234,3 +234,29 @@ def test_a_hanging_webhook_delays_no_other_alert_and_a_restart_sends_what_was_no
     assert {a["task_id"] for a in received} >= {f"cam-slow-{i}" for i in range(6)} | {f"cam-fast-{i}" for i in range(6)}
     assert again.popen.poll() is None
     hook.shutdown()
+
+
+def test_an_operator_disable_on_one_worker_reaches_the_other_on_the_shipped_store(kafka, deployment, start_worker):
+    """Key state is written outside events (an operator's POST, the 1 s sync). Faust's RocksDB store
+    refuses such writes after the changelog send; key_pool now uses the memory store, rebuilt from
+    its changelog. Either way the switch must reach every worker."""
+    from ops.http import post_json
+
+    first = start_worker()
+    second = start_worker()
+    post_json(f"http://127.0.0.1:{first.port}/keys/key-2/disable", {})
+
+    def state_on_second() -> str:
+        keys = {k["alias"]: k for k in get_json(f"http://127.0.0.1:{second.port}/keys/")["keys"]}
+        return str(keys["key-2"]["state"])
+
+    wait_until(lambda: state_on_second() == "DISABLED", 20, "the disable seen by the other worker")
+    post_json(f"http://127.0.0.1:{second.port}/keys/key-2/enable", {})
+    wait_until(
+        lambda: (
+            {k["alias"]: k for k in get_json(f"http://127.0.0.1:{first.port}/keys/")["keys"]}["key-2"]["state"]
+            != "DISABLED"
+        ),
+        20,
+        "the enable seen by the first worker",
+    )
