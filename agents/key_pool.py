@@ -6,14 +6,17 @@ GlobalTable, so cooldowns and disables survive restarts and reach every worker.
 
 Per-key limits across workers: *partitions own whole calls*. A key's requests per minute and
 in-flight cap are dealt out over the ``P`` partitions of ``assessment-tasks`` in whole calls,
-``L // P`` each and one more to ``L % P`` of them, dealt on from where the previous key's
+``L // P`` each and one more to ``L % P`` of them, dealt on from where the previous keys'
 ended, so the keys' remainders spread evenly over the partitions. A worker may use the sum of
 what its partitions hold. The workers' sums add up to exactly each limit (the partitions are
 disjoint), so the limits hold for all workers together without a round trip per call; no
 worker rounds a fraction up (``max_in_flight: 2`` over 4 workers is 2 calls, not 4), and none
 rounds a key's small rpm down to nothing while another worker could use it: every call of the
-limit belongs to some partition, and load follows the same partitions. Tokens per minute are
-split in proportion. The assignment is recomputed on every rebalance.
+limit belongs to some partition, and load follows the same partitions. The price: a key whose
+limit is smaller than the number of workers serves only the workers whose partitions hold its
+calls (a deployment with one key of ``max_in_flight: 2`` and four workers leaves two of them
+without it); give each key limits of at least one call per worker, or several keys. Tokens per
+minute are split in proportion. The assignment is recomputed on every rebalance.
 
 Cooldown policy: a 429 cools the key for the server's Retry-After (or the adaptive time); a
 server error cools it only when the key looks unhealthy (half of its recent calls failed, or three
@@ -33,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from streams import metrics
 from streams.errors import NoKeyAvailable
@@ -147,14 +150,17 @@ class KeyPool:
         """This worker's fraction of the partitions (of every key's tokens per minute)."""
         return 1.0 if self.owned is None else len(self.owned) / self.partitions
 
-    def _cap(self, limit: int | None, key_index: int) -> float:
-        """This worker's whole calls of ``limit`` for the key at ``key_index``."""
+    def _cap(self, slot: KeySlot, kind: Literal["rpm", "max_in_flight"]) -> float:
+        """This worker's whole calls of ``slot``'s ``kind`` limit (see the module docstring)."""
+        limit: int | None = getattr(slot.cfg, kind)
         if limit is None:
             return float("inf")
         if self.owned is None:
             return float(limit)
         base, extra = divmod(limit, self.partitions)
-        start = (key_index * extra) % self.partitions  # deal on where the previous key's extras ended
+        # deal on from where the keys before this one ended
+        dealt = sum((getattr(s.cfg, kind) or 0) % self.partitions for s in self.slots[: slot.index])
+        start = dealt % self.partitions
         return float(sum(base + (1 if (p - start) % self.partitions < extra else 0) for p in self.owned))
 
     def _prune(self, slot: KeySlot, now: float) -> None:
@@ -170,7 +176,7 @@ class KeyPool:
             return slot.disabled_until if slot.disabled_until is not None else float("inf")
         at = max(now, slot.cooldown_until)
         self._prune(slot, now)
-        rpm = self._cap(slot.cfg.rpm, slot.index)
+        rpm = self._cap(slot, "rpm")
         if rpm < 1:
             return float("inf")
         if len(slot.starts) >= rpm:
@@ -178,7 +184,7 @@ class KeyPool:
         tpm = float("inf") if slot.cfg.tpm is None else slot.cfg.tpm * self.share
         if slot.tokens and sum(t for _, t in slot.tokens) >= tpm:
             at = max(at, slot.tokens[0][0] + WINDOW_S)
-        if slot.in_flight >= self._cap(slot.cfg.max_in_flight, slot.index):
+        if slot.in_flight >= self._cap(slot, "max_in_flight"):
             at = float("inf")  # frees on release, which wakes waiters
         return at
 

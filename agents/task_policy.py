@@ -36,6 +36,8 @@ RECENT_FRAMES = 64
 PAIR_REACH = 1.5
 #: Groups at or above this interest have a pedestrian near a vehicle (see models.grouping).
 RISK_INTEREST = 0.6
+#: Earlier producer runs of a camera whose redelivered frames are still recognised.
+EARLIER_RUNS = 3
 #: Share of the burst that only risk groups may spend.
 RESERVE = 0.8
 
@@ -157,11 +159,18 @@ def plan_tasks(
     # A frame never planned, behind newer ones, is a record the consumer read again only after
     # later ones (streams.faust_seam). It is planned like any frame, without moving the clock.
     frame_at = det.captured_at / 1000.0
-    run = st.get("run", "")
-    if det.run != run and frame_at >= st["last_at"]:  # a restarted producer: its count starts again
-        st["run"], st["last_seq"], run = det.run, -1, det.run
-    late = det.run != run or st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
-    if not late:  # a newer frame, or one far behind: the producer restarted its count
+    run, earlier_runs = st.get("run", ""), list(st.get("runs", []))
+    if det.run != run and det.run not in earlier_runs:
+        # a restarted producer: its count starts again (whatever its clock says against the old one's)
+        earlier_runs = [*earlier_runs, run][-EARLIER_RUNS:]
+        st["run"], st["runs"], st["last_seq"], run = det.run, earlier_runs, -1, det.run
+    if det.run != run:  # a redelivered frame of an earlier run: planned, the clock stays
+        late = True
+    elif det.run:  # with run ids, a frame behind the newest is always a redelivery, never a restart
+        late = det.frame_seq <= st["last_seq"]
+    else:  # producers without run ids: a count far behind is a restart
+        late = st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
+    if not late:  # a newer frame, or (without run ids) a restarted count
         if st["last_at"] and frame_at > st["last_at"]:
             inst = 1.0 / (frame_at - st["last_at"])
             st["fps"] = inst if not st["fps"] else 0.8 * st["fps"] + 0.2 * inst
@@ -208,9 +217,17 @@ def plan_tasks(
     st["tokens"] = tokens
     st["tasks_made"] += len(decisions)
     st["recent"][frame] = [d.group.group_id for d in decisions]
-    for old in list(st["recent"]):  # the window behind the clock (a restarted producer drops the old one)
+    # remembered: the current run's window behind its clock, and the newest frames of earlier runs
+    # (their redeliveries can still arrive after a restart)
+    earlier_kept = 0
+    for old in reversed(list(st["recent"])):
         old_run, _, old_seq = old.rpartition(":")
-        if old_run != st.get("run", "") or not st["last_seq"] - RECENT_FRAMES < int(old_seq) <= st["last_seq"]:
+        if old_run == st.get("run", ""):
+            keep = st["last_seq"] - RECENT_FRAMES < int(old_seq) <= st["last_seq"] or old == frame
+        else:
+            keep = old_run in st.get("runs", []) and earlier_kept < RECENT_FRAMES
+            earlier_kept += keep
+        if not keep:
             del st["recent"][old]
 
     # forget groups not seen for a while, so the state stays small

@@ -100,10 +100,15 @@ class ResultCache:
             if self.degraded:
                 self._skip()
                 continue
-            body = json.dumps(payload, separators=(",", ":"))
-            message = json.dumps(
-                {"type": kind, "camera_id": camera_id, "origin": ORIGIN, "data": payload}, separators=(",", ":")
-            )
+            try:
+                body = json.dumps(payload, separators=(",", ":"))
+                message = json.dumps(
+                    {"type": kind, "camera_id": camera_id, "origin": ORIGIN, "data": payload}, separators=(",", ":")
+                )
+            except (TypeError, ValueError):  # not JSON: skip it, keep the writer alive
+                self._skip()
+                logger.warning("camera %s: %s not JSON-serialisable, not cached", camera_id, kind)
+                continue
             try:
                 pipe = self.client().pipeline(transaction=False)
                 if kind == "result":
@@ -152,8 +157,13 @@ class ResultCache:
                             metrics.relay_dropped_total.inc()
                             continue
                         origin, kind, camera_id, payload = parsed
-                        if origin != ORIGIN:
+                        if origin == ORIGIN:
+                            continue
+                        try:
                             deliver(kind, camera_id, payload)
+                        except Exception:  # an app task that raises crashes the worker: never here
+                            metrics.relay_dropped_total.inc()
+                            logger.warning("relayed %s of camera %s not delivered", kind, camera_id, exc_info=True)
             except (RedisError, OSError, TimeoutError):
                 await asyncio.sleep(self.retry_s)
             finally:

@@ -36,8 +36,9 @@ class CameraState(TypedDict):
     skipped: dict[str, int]
     #: "run:frame_seq" -> group ids made into tasks, for redeliveries.
     recent: NotRequired[dict[str, list[str]]]
-    #: The producer run whose frames ``last_seq`` counts.
+    #: The producer run whose frames ``last_seq`` counts, and the runs before it (newest last).
     run: NotRequired[str]
+    runs: NotRequired[list[str]]
 
 
 class CompactDetection(TypedDict):

@@ -23,6 +23,24 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/health", "/health/"})
 
 
+def make_token_file(path: Path) -> None:
+    """Write a new token to ``path`` (mode 0600) atomically: written whole under another name, then
+    linked into place, so no reader (another worker sharing the data dir) ever sees it half-written,
+    and when two workers race, the first link wins and both use its token."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another worker made it first
+    finally:
+        draft.unlink(missing_ok=True)
+
+
 class WebAuth:
     """The worker's token check; refuses everything until :meth:`load` ran."""
 
@@ -45,12 +63,13 @@ class WebAuth:
             return
         path = Path(settings.data_dir) / "web-token"
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(24))
+            make_token_file(path)
         logger.warning("web token required; it is in %s (set ROADWATCH_WEB_TOKEN to choose one)", path)
-        self.token = path.read_text().strip()
+        token = path.read_text().strip()
+        problem = secret_problem(token)
+        if problem:  # an empty token would equal "no credentials"
+            raise ConfigError(f"the web token in {path} {problem}: delete the file to have a new one made")
+        self.token = token
 
     def allows(self, request: Any) -> bool:
         """True for an open path, when auth is off, or when the request carries the token."""

@@ -449,3 +449,42 @@ def test_two_deployments_sharing_a_redis_use_their_own_keys_and_channel():
     assert caches[0].camera_key("cam-1") != caches[1].camera_key("cam-1")
     assert caches[0].task_key("t") != caches[1].task_key("t")
     assert caches[0].channel != caches[1].channel
+
+
+async def test_an_empty_token_file_is_refused_and_a_raced_token_file_is_shared(tmp_path):
+    """A worker that died between creating the token file and writing it left it empty, and an
+    empty token equals "no credentials"; two workers on one data dir could read a half-written file."""
+    from web.auth import WebAuth, make_token_file
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "web-token").write_text("")
+    with pytest.raises(ConfigError, match="web-token"):
+        await WebAuth().load(Settings(data_dir=data, web_auth=True, web_token=None))
+    fresh = tmp_path / "fresh" / "web-token"
+    make_token_file(fresh)
+    first = fresh.read_text()
+    make_token_file(fresh)  # the second worker: keeps the first's token
+    assert fresh.read_text() == first and len(first) >= 24 and oct(fresh.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in fresh.parent.iterdir()] == ["web-token"]
+
+
+def test_a_restarted_producer_with_a_slower_clock_and_old_runs_redeliveries_are_handled():
+    """Review of #12.11: a new run whose clock is behind the old one's counted as late forever, and an
+    earlier run's redelivered frame was planned again instead of replayed."""
+    from agents.task_policy import Budget, plan_tasks
+
+    budget = Budget(refresh_s=20.0, per_min=600.0, burst=100.0, min_interest=0.3)
+    old = detection("c", 7, run="run-a")
+    state, first, _ = plan_tasks(None, old, 100.0, budget)
+    behind = detection("c", 0, run="run-b", track_base=50)
+    behind_clock = {**json.loads(to_bytes(behind)), "captured_at": old.captured_at - 60_000}
+    restarted = decode(DetectionResult, json.dumps(behind_clock).encode())
+    state, _, _ = plan_tasks(state, restarted, 101.0, budget)
+    assert state["run"] == "run-b" and state["last_seq"] == 0, "the new run's count took over"
+    state, _, _ = plan_tasks(state, detection("c", 1, run="run-b", track_base=52), 102.0, budget)
+    assert state["last_seq"] == 1 and "run-b:0" in state["recent"]
+    _, again, _ = plan_tasks(state, old, 103.0, budget)  # the earlier run's frame, redelivered
+    assert [d.reason for d in again] == ["replay"] and [d.group.group_id for d in again] == [
+        d.group.group_id for d in first
+    ]
