@@ -15,7 +15,7 @@ batch at a time, one batch per event, so a large table never blocks the event lo
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from itertools import islice
 from typing import Any
 
@@ -23,8 +23,18 @@ from typing import Any
 class ExpiringIndex:
     """Remembers when and in which partition each key was written; deletes keys older than ``ttl_s``."""
 
-    def __init__(self, ttl_s: float, *, max_deletes: int = 200, scan_batch: int = 500) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        max_deletes: int = 200,
+        scan_batch: int = 500,
+        partition_of: Callable[[dict[str, Any]], int | None] | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
+        #: The partition of a value written before values recorded theirs (None: unknown, kept).
+        self.partition_of = partition_of
+        self._restarts = 0
         self.max_deletes = max_deletes
         self.scan_batch = scan_batch
         self._heaps: dict[int, list[tuple[float, str]]] = {}
@@ -45,14 +55,23 @@ class ExpiringIndex:
             return
         try:
             batch = list(islice(self._scan, self.scan_batch))
-        except RuntimeError:  # an in-memory table changed under the iterator: take a snapshot
-            self._scan = iter(list(table.items()))
-            batch = list(islice(self._scan, self.scan_batch))
+        except RuntimeError:
+            # the table changed under the iterator (a dict in memory, or the store's set of partition
+            # databases grew): start the scan again, and after a few tries take one snapshot
+            self._restarts += 1
+            self._heaps = {}
+            self._scan = iter(table.items()) if self._restarts < 3 else iter(list(table.items()))
+            return
         if len(batch) < self.scan_batch:
-            self._scan = None
+            self._scan, self._restarts = None, 0
         for key, value in batch:
-            if isinstance(value, dict) and isinstance(value.get("p"), int):
-                self.add(str(key), float(value.get("at", 0.0)), value["p"])
+            if not isinstance(value, dict):
+                continue
+            partition = value.get("p")
+            if not isinstance(partition, int) and self.partition_of is not None:
+                partition = self.partition_of(value)
+            if isinstance(partition, int):
+                self.add(str(key), float(value.get("at", 0.0)), partition)
 
     def expire(self, table: MutableMapping[str, Any], now_s: float, partition: int) -> int:
         """Delete up to ``max_deletes`` expired keys of ``partition`` (the current event's)."""

@@ -16,6 +16,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 from mode import BaseSignalT
 
@@ -66,14 +67,23 @@ class Aggregation:
         self.result_expiry.mark_stale()
 
 
+def camera_partition(value: dict[str, Any]) -> int | None:
+    """The partition of a table value written before values recorded theirs: its camera's, as the
+    producer's partitioner (Kafka's murmur2 of the key) put its records there."""
+    camera_id = value.get("camera_id")
+    if not isinstance(camera_id, str):
+        return None
+    return int(murmur2(camera_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
+
+
 #: The worker's aggregation, on its Faust tables.
 aggregation = Aggregation(
     detections,
     results,
     camera_view,
     alerts,
-    detection_expiry=ExpiringIndex(settings.detection_ttl()),
-    result_expiry=ExpiringIndex(settings.result_ttl_s),
+    detection_expiry=ExpiringIndex(settings.detection_ttl(), partition_of=camera_partition),
+    result_expiry=ExpiringIndex(settings.result_ttl_s, partition_of=camera_partition),
 )
 
 

@@ -82,9 +82,26 @@ def test_after_a_rebalance_the_index_is_rebuilt_a_batch_per_event_and_expiry_goe
 
 
 @pytest.mark.parametrize("legacy", [{"at": 0.0}, "not a dict", None])
-def test_values_without_a_partition_are_left_alone(legacy):
+def test_values_whose_partition_cannot_be_known_are_left_alone(legacy):
     table, index = PartitionedTable(partitions=2), ExpiringIndex(1.0)
     table.parts[1]["old"] = legacy
     table.current = 0
     index.expire(table, 1000.0, 0)
     assert "old" in table.parts[1] and table.misplaced == []
+
+
+def test_values_written_before_partitions_were_recorded_expire_in_their_cameras_partition():
+    """Entries left by the previous version (no ``p``) must not stay forever: their camera says where."""
+    from agents.result_aggregator import camera_partition
+
+    partitions = 8
+    table = PartitionedTable(partitions=partitions)
+    index = ExpiringIndex(1.0, partition_of=lambda v: camera_partition(v) % partitions)
+    cameras = [f"cam-{i}" for i in range(6)]
+    for cam in cameras:
+        table.current = camera_partition({"camera_id": cam}) % partitions
+        table[f"{cam}:1"] = {"at": 0.0, "camera_id": cam}  # as 13ba722 wrote them
+    for cam in cameras:  # later traffic of each camera, in its own partition
+        table.current = camera_partition({"camera_id": cam}) % partitions
+        index.expire(table, 1000.0, table.current)
+    assert len(table) == 0 and table.misplaced == []
