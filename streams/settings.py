@@ -245,9 +245,13 @@ class Settings(BaseSettings):
             return self.web_advertise_host
         if self.web_host in WILDCARD_HOSTS:
             try:
-                return socket.gethostbyname(socket.gethostname())
+                address = socket.gethostbyname(socket.gethostname())
             except OSError:
-                return socket.gethostname()
+                address = ""
+            # Debian maps the host name to 127.0.1.1: loopback reaches no other machine, a name may
+            if address and not address.startswith("127."):
+                return address
+            return socket.getfqdn()
         return self.web_host
 
     def detection_ttl(self) -> float:

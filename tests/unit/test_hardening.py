@@ -488,3 +488,16 @@ def test_a_restarted_producer_with_a_slower_clock_and_old_runs_redeliveries_are_
     assert [d.reason for d in again] == ["replay"] and [d.group.group_id for d in again] == [
         d.group.group_id for d in first
     ]
+
+
+def test_a_wildcard_bind_never_advertises_a_wildcard_or_loopback_address(monkeypatch):
+    """#12.7 and its review: 0.0.0.0 was advertised as is; a Debian host name resolves to 127.0.1.1."""
+    import socket
+
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "127.0.1.1")
+    monkeypatch.setattr(socket, "getfqdn", lambda: "worker-3.example.internal")
+    assert Settings(web_host="0.0.0.0").advertised_web_host() == "worker-3.example.internal"
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "10.1.2.3")
+    assert Settings(web_host="0.0.0.0").advertised_web_host() == "10.1.2.3"
+    assert Settings(web_host="0.0.0.0", web_advertise_host="pod-ip").advertised_web_host() == "pod-ip"
+    assert Settings(web_host="127.0.0.1").advertised_web_host() == "127.0.0.1"
