@@ -136,6 +136,9 @@ class KeyPool:
         #: This worker's ``assessment-tasks`` partitions and their total (None: it has them all).
         self.owned: frozenset[int] | None = None
         self.partitions = 1
+        #: Per key, this worker's whole calls of its rpm and in-flight limits (dealt on rebalance).
+        self._caps: dict[tuple[int, str], float] = {}
+        self._deal()
         self._rr = itertools.count()
         self._changed = asyncio.Event()
 
@@ -143,6 +146,7 @@ class KeyPool:
     def set_partitions(self, owned: frozenset[int], partitions: int) -> None:
         """The ``assessment-tasks`` partitions this worker owns, of ``partitions``."""
         self.owned, self.partitions = frozenset(p for p in owned if 0 <= p < partitions), max(1, partitions)
+        self._deal()
         self._changed.set()
 
     @property
@@ -150,18 +154,27 @@ class KeyPool:
         """This worker's fraction of the partitions (of every key's tokens per minute)."""
         return 1.0 if self.owned is None else len(self.owned) / self.partitions
 
+    def _deal(self) -> None:
+        """Deal every key's rpm and in-flight limits over the partitions (see the module docstring)."""
+        self._caps = {}
+        for kind in ("rpm", "max_in_flight"):
+            dealt = 0  # extras the keys before this one dealt: the next key deals on from there
+            for slot in self.slots:
+                limit: int | None = getattr(slot.cfg, kind)
+                if limit is None:
+                    cap = float("inf")
+                elif self.owned is None:
+                    cap = float(limit)
+                else:
+                    base, extra = divmod(limit, self.partitions)
+                    start = dealt % self.partitions
+                    cap = float(sum(base + (1 if (p - start) % self.partitions < extra else 0) for p in self.owned))
+                    dealt += extra
+                self._caps[(slot.index, kind)] = cap
+
     def _cap(self, slot: KeySlot, kind: Literal["rpm", "max_in_flight"]) -> float:
-        """This worker's whole calls of ``slot``'s ``kind`` limit (see the module docstring)."""
-        limit: int | None = getattr(slot.cfg, kind)
-        if limit is None:
-            return float("inf")
-        if self.owned is None:
-            return float(limit)
-        base, extra = divmod(limit, self.partitions)
-        # deal on from where the keys before this one ended
-        dealt = sum((getattr(s.cfg, kind) or 0) % self.partitions for s in self.slots[: slot.index])
-        start = dealt % self.partitions
-        return float(sum(base + (1 if (p - start) % self.partitions < extra else 0) for p in self.owned))
+        """This worker's whole calls of ``slot``'s ``kind`` limit."""
+        return self._caps[(slot.index, kind)]
 
     def _prune(self, slot: KeySlot, now: float) -> None:
         while slot.starts and slot.starts[0] <= now - WINDOW_S:

@@ -185,12 +185,11 @@ def test_failover_falls_back_to_a_tried_key_when_the_others_are_disabled():
 
 def test_acquire_waits_for_the_first_key_to_recover_then_gives_up_at_the_deadline():
     async def scenario() -> None:
-        p = KeyPool([ApiKeyConfig(key=SecretStr("s"), alias="k")])
+        p = KeyPool([ApiKeyConfig(key=SecretStr("s"), alias="k", max_in_flight=1)])
         lease = p.try_acquire()
         assert lease is not None
         loop = asyncio.get_running_loop()
         loop.call_later(0.05, lambda: p.release(lease, ok=True))
-        p.by_alias["k"].cfg = p.by_alias["k"].cfg.model_copy(update={"max_in_flight": 1})
         import time
 
         got = await p.acquire(time.time() + 2)
