@@ -208,7 +208,7 @@ async def handle_task(event: EventT[bytes]) -> None:
     clients = current()
     if time.time() * 1000.0 > task.deadline:
         result = _result(
-            task, "expired", model=settings.vlm_model, error="deadline passed before the task was picked up"
+            task, "expired", model=clients.settings.vlm_model, error="deadline passed before the task was picked up"
         )
     else:
         try:
@@ -218,14 +218,12 @@ async def handle_task(event: EventT[bytes]) -> None:
         except Exception as exc:  # a bug must not lose the task: it becomes a failed result
             logger.exception("task %s: unexpected error", task.task_id)
             result = _result(
-                task, "failed", model=settings.vlm_model, error=f"internal error: {type(exc).__name__}: {exc}"
+                task, "failed", model=clients.settings.vlm_model, error=f"internal error: {type(exc).__name__}: {exc}"
             )
     await risk_results_topic.send(key=task.camera_id.encode(), value=to_bytes(result))
 
 
-def sync_key_pool(
-    clients: WorkerClients, persisted: dict[str, PersistedKey], owned: frozenset[int] | None
-) -> None:
+def sync_key_pool(clients: WorkerClients, persisted: dict[str, PersistedKey], owned: frozenset[int] | None) -> None:
     """Adopt newer key states other workers wrote, and this worker's share of the limits.
 
     ``owned`` is the ``assessment-tasks`` partitions this worker has (None: not assigned yet).

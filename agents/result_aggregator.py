@@ -39,13 +39,15 @@ from streams.records import (
     risk_rank,
     to_bytes,
 )
+from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection, ResultEntry
 from streams.tables import alerts, camera_key, camera_view, detections, results
 from streams.topics import alerts_topic, detection_results_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
 
-RESULT_TTL_S = 3600.0
+#: The settings' defaults, for an Aggregation built without the worker's settings (unit tests).
+DEFAULTS = Settings.model_construct()
 LATEST_RESULTS = 12
 ALERTS_KEPT = 100
 
@@ -58,8 +60,8 @@ class Aggregation:
     results: MutableMapping[str, ResultEntry | None]
     camera_view: MutableMapping[bytes, CameraView | None]
     alerts: MutableMapping[bytes, list[dict[str, Any]] | None]
-    detection_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(120.0))
-    result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(RESULT_TTL_S))
+    detection_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.detection_ttl()))
+    result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.result_ttl_s))
 
     def mark_stale(self) -> None:
         """After a rebalance: the worker may own keys it never saw being written."""
