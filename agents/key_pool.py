@@ -1,30 +1,39 @@
-"""The pool of VLM API keys: selection, limits, failover and adaptive cooldowns.
+"""The pool of VLM API keys: selection, provider quotas, a model chain, failover and adaptive cooldowns.
 
 Each worker keeps an in-memory :class:`KeyPool` for its fast decisions (which key is free
 right now, how many calls are in flight) and persists every state change to the ``key_pool``
 GlobalTable, so cooldowns and disables survive restarts and reach every worker.
 
-Per-key limits across workers: *partitions own whole calls*. A key's requests per minute and
-in-flight cap are dealt out over the ``P`` partitions of ``assessment-tasks`` in whole calls,
-``L // P`` each and one more to ``L % P`` of them, dealt on from where the previous keys'
-ended, so the keys' remainders spread evenly over the partitions. A worker may use the sum of
-what its partitions hold. The workers' sums add up to exactly each limit (the partitions are
-disjoint), so the limits hold for all workers together without a round trip per call; no
-worker rounds a fraction up (``max_in_flight: 2`` over 4 workers is 2 calls, not 4), and none
-rounds a key's small rpm down to nothing while another worker could use it: every call of the
-limit belongs to some partition, and load follows the same partitions. The price: a key whose
-limit is smaller than the number of workers serves only the workers whose partitions hold its
-calls (a deployment with one key of ``max_in_flight: 2`` and four workers leaves two of them
-without it); give each key limits of at least one call per worker, or several keys. Tokens per
-minute are split in proportion. The assignment is recomputed on every rebalance.
+Quotas belong to the provider's unit, not to a key (``docs/ARCHITECTURE.md``, "The key pool"):
+a key spends the budget of its (account, model), of its sub-workspace's (account, workspace,
+model) when it has one, and its own when it declares ``rpm``/``tpm`` (:mod:`agents.budgets`).
+A call may go out on a key and model only when every one of those budgets has room; budgets are
+smoothed per second and ramp up from idle, and a 429 cools the whole (account, model), so ten
+keys of one account are scheduled as the one quota they are. A key without an ``account`` is its
+own account (a plain key list behaves as one account per key). The model chain is tried in
+order: when the first model's budgets are spent or cooling, the next model serves.
 
-Cooldown policy: a 429 cools the key for the server's Retry-After (or the adaptive time); a
-server error cools it only when the key looks unhealthy (half of its recent calls failed, or three
-in a row with 30% failed), because every key sees the server's background error rate, and a
-healthy key cooled for it loses more capacity than the cooling saves. The adaptive time grows
-from ``cooldown_min_s`` to ``cooldown_max_s`` with the recent failure rate. 401/403 and arrears
-disable the key until re-enabled; an exhausted quota disables it until the window resets. State
-changes (cooldowns, disables, enables) are persisted; per-call counters stay in memory.
+Limits across workers: *partitions own whole calls*. A budget's requests per minute and a key's
+in-flight cap are dealt out over the ``P`` partitions of ``assessment-tasks`` in whole calls,
+``L // P`` each and one more to ``L % P`` of them, dealt on from where the previous limits'
+ended, so the remainders spread evenly over the partitions. A worker may use the sum of what its
+partitions hold. The workers' sums add up to exactly each limit (the partitions are disjoint),
+so the limits hold for all workers together without a round trip per call; no worker rounds a
+fraction up (``max_in_flight: 2`` over 4 workers is 2 calls, not 4), and none rounds a small rpm
+down to nothing while another worker could use it. The price: a limit smaller than the number
+of workers serves only the workers whose partitions hold its calls; give each limit at least one
+call per worker. Tokens per minute and per-second rates are split in proportion. The assignment
+is recomputed on every rebalance.
+
+Cooldown policy: a 429 (rate or token limit) cools the (account, model) for the server's
+Retry-After (or the adaptive time); a burst refusal cools it for a second, after which the ramp
+starts again from its floor. A server error cools a key only when the key looks unhealthy (half
+of its recent calls failed, or three in a row with 30% failed), because every key sees the
+server's background error rate; the same rule over a model's calls cools the (account, model), so
+a failing model hands over to the next in the chain. The adaptive time grows from
+``cooldown_min_s`` to ``cooldown_max_s`` with the recent failure rate. 401/403 and arrears
+disable the key until re-enabled; an exhausted balance (OpenAI's ``insufficient_quota``)
+disables it until the window resets. State changes are persisted; per-call counters stay in memory.
 """
 
 from __future__ import annotations
@@ -32,15 +41,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from agents.budgets import WINDOW_S, Budget
 from streams import metrics
 from streams.errors import NoKeyAvailable
-from streams.settings import ApiKeyConfig, KeyStrategy
+from streams.settings import ApiKeyConfig, KeyStrategy, QuotaConfig
 from streams.table_values import PersistedKey
 from streams.vocabulary import VlmErrorKind
 
@@ -48,8 +59,11 @@ logger = logging.getLogger(__name__)
 
 AVAILABLE, IN_USE, COOLING, DISABLED = "AVAILABLE", "IN_USE", "COOLING", "DISABLED"
 STATES = (AVAILABLE, IN_USE, COOLING, DISABLED)
-WINDOW_S = 60.5  # a little over a minute, so arrival jitter never crosses a server's 60 s window
 RECENT = 20
+#: A burst refusal without a Retry-After: wait this long, then ramp again from the floor.
+BURST_COOL_S = 1.0
+#: Refusals that spent nothing (the provider refused before counting tokens).
+REFUSED: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage"})
 
 
 @dataclass
@@ -57,7 +71,7 @@ class KeySlot:
     """One key's live state in this worker."""
 
     cfg: ApiKeyConfig
-    #: Position in the configuration: where this key's share of the limits starts (see the module doc).
+    #: Position in the configuration: where this key's share of the in-flight cap starts.
     index: int = 0
     in_flight: int = 0
     calls: int = 0
@@ -76,17 +90,21 @@ class KeySlot:
     operator_version: int = 0
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     starts: deque[float] = field(default_factory=deque)
-    tokens: deque[tuple[float, int]] = field(default_factory=deque)
     current_weight: float = 0.0
 
     @property
     def alias(self) -> str:
         return self.cfg.alias
 
+    @property
+    def account(self) -> str:
+        return self.cfg.account_name
+
     def failure_rate(self) -> float:
         return 0.0 if not self.recent else 1.0 - sum(self.recent) / len(self.recent)
 
     def state(self, now: float) -> str:
+        """The key's own state (see :meth:`KeyPool.key_state` for its quotas' too)."""
         if self.operator_disabled:
             return DISABLED
         if self.disabled and (self.disabled_until is None or now < self.disabled_until):
@@ -96,25 +114,41 @@ class KeySlot:
         return IN_USE if self.in_flight else AVAILABLE
 
 
+Shared = KeySlot | Budget
+
+
 @dataclass
 class Lease:
-    """A key handed to one call; give it back with :meth:`KeyPool.release`."""
+    """A key and model handed to one call; give it back with :meth:`KeyPool.release`."""
 
     slot: KeySlot
     started: float
     waited_s: float
+    model: str = ""
+    budgets: tuple[Budget, ...] = ()
+    #: Each budget's token entry of this call (the estimate until the provider's count replaces it).
+    entries: tuple[list[float], ...] = ()
 
     @property
     def alias(self) -> str:
         return self.slot.alias
 
     @property
+    def account(self) -> str:
+        return self.slot.account
+
+    @property
     def secret(self) -> str:
         return self.slot.cfg.key.get_secret_value()
 
 
+def quota_alias(account: str, model: str, workspace: str = "") -> str:
+    """The name a quota's shared state goes by (never a key)."""
+    return f"quota:{account}/{workspace}/{model}" if workspace else f"quota:{account}/{model}"
+
+
 class KeyPool:
-    """Chooses a key per call and learns from each outcome."""
+    """Chooses a key and model per call and learns from each outcome."""
 
     def __init__(
         self,
@@ -124,23 +158,87 @@ class KeyPool:
         cooldown_min_s: float = 10.0,
         cooldown_max_s: float = 120.0,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[KeySlot], None] | None = None,
+        on_change: Callable[[Shared], None] | None = None,
+        models: Sequence[str] = ("qwen-vl-plus",),
+        quotas: Iterable[QuotaConfig] = (),
+        smoothing: bool = True,
+        ramp_start: float = 0.25,
+        ramp_growth: float = 1.5,
     ) -> None:
         self.slots = [KeySlot(cfg, index=i) for i, cfg in enumerate(keys)]
         self.by_alias = {s.alias: s for s in self.slots}
+        for alias in self.by_alias:
+            if alias.startswith(("quota:", "key:")):
+                raise ValueError(f"key alias {alias!r}: 'quota:' and 'key:' name the pool's quotas")
+        self.models = list(models) or ["qwen-vl-plus"]
         self.strategy = strategy
         self.cooldown_min_s = cooldown_min_s
         self.cooldown_max_s = cooldown_max_s
         self.clock = clock
         self.on_change = on_change
+        self.smoothing, self.ramp_start, self.ramp_growth = smoothing, ramp_start, ramp_growth
+        self.budgets: dict[str, Budget] = {}
+        #: (key index, model) -> the budgets a call with that key and model spends.
+        self.paths: dict[tuple[int, str], tuple[Budget, ...]] = {}
+        self._build_budgets(list(quotas))
         #: This worker's ``assessment-tasks`` partitions and their total (None: it has them all).
         self.owned: frozenset[int] | None = None
         self.partitions = 1
-        #: Per key, this worker's whole calls of its rpm and in-flight limits (dealt on rebalance).
-        self._caps: dict[tuple[int, str], float] = {}
+        #: Per key, this worker's whole calls of its in-flight limit (dealt on rebalance).
+        self._caps: dict[int, float] = {}
         self._deal()
         self._rr = itertools.count()
         self._changed = asyncio.Event()
+
+    def _build_budgets(self, quotas: list[QuotaConfig]) -> None:
+        accounts = {s.account for s in self.slots}
+        workspaces = {(s.account, s.cfg.workspace) for s in self.slots if s.cfg.workspace}
+        for q in quotas:
+            if q.account not in accounts:
+                raise ValueError(
+                    f"vlm_quotas: no key belongs to account {q.account!r} (keys' accounts: {sorted(accounts)})"
+                )
+            if q.workspace and (q.account, q.workspace) not in workspaces:
+                raise ValueError(f"vlm_quotas: no key of account {q.account!r} is in workspace {q.workspace!r}")
+            if q.model != "*" and q.model not in self.models:
+                logger.warning("vlm_quotas: model %s of account %s is not in the model chain", q.model, q.account)
+
+        def declared(account: str, workspace: str, model: str) -> QuotaConfig | None:
+            exact = [q for q in quotas if (q.account, q.workspace, q.model) == (account, workspace, model)]
+            wildcard = [q for q in quotas if (q.account, q.workspace, q.model) == (account, workspace, "*")]
+            found = exact or wildcard
+            return found[0] if found else None
+
+        def budget(alias: str, account: str, model: str, workspace: str, q: Any) -> Budget:
+            if alias not in self.budgets:
+                self.budgets[alias] = Budget(
+                    alias=alias,
+                    account=account,
+                    model=model,
+                    workspace=workspace,
+                    rpm=getattr(q, "rpm", None),
+                    tpm=getattr(q, "tpm", None),
+                    rps=getattr(q, "rps", None),
+                    tps=getattr(q, "tps", None),
+                    index=len(self.budgets),
+                )
+            return self.budgets[alias]
+
+        for slot in self.slots:
+            own = None
+            if slot.cfg.rpm is not None or slot.cfg.tpm is not None:  # the key's own limits, every model
+                own = budget(f"key:{slot.alias}", slot.account, "*", "", slot.cfg)
+            for model in self.models:
+                path = [
+                    budget(quota_alias(slot.account, model), slot.account, model, "", declared(slot.account, "", model))
+                ]
+                ws = slot.cfg.workspace
+                ws_quota = declared(slot.account, ws, model) if ws else None
+                if ws_quota is not None:
+                    path.append(budget(quota_alias(slot.account, model, ws), slot.account, model, ws, ws_quota))
+                if own is not None:
+                    path.append(own)
+                self.paths[(slot.index, model)] = tuple(path)
 
     # --- limits ----------------------------------------------------------------------------
     def set_partitions(self, owned: frozenset[int], partitions: int) -> None:
@@ -151,54 +249,50 @@ class KeyPool:
 
     @property
     def share(self) -> float:
-        """This worker's fraction of the partitions (of every key's tokens per minute)."""
+        """This worker's fraction of the partitions (of every tokens-per-minute and per-second limit)."""
         return 1.0 if self.owned is None else len(self.owned) / self.partitions
 
+    def _dealt(self, limit: int | None, dealt: int) -> tuple[float, int]:
+        """This worker's whole calls of ``limit``, dealt on from ``dealt``; and the new ``dealt``."""
+        if limit is None:
+            return math.inf, dealt
+        if self.owned is None:
+            return float(limit), dealt
+        base, extra = divmod(limit, self.partitions)
+        start = dealt % self.partitions
+        cap = float(sum(base + (1 if (p - start) % self.partitions < extra else 0) for p in self.owned))
+        return cap, dealt + extra
+
     def _deal(self) -> None:
-        """Deal every key's rpm and in-flight limits over the partitions (see the module docstring)."""
-        self._caps = {}
-        for kind in ("rpm", "max_in_flight"):
-            dealt = 0  # extras the keys before this one dealt: the next key deals on from there
-            for slot in self.slots:
-                limit: int | None = getattr(slot.cfg, kind)
-                if limit is None:
-                    cap = float("inf")
-                elif self.owned is None:
-                    cap = float(limit)
-                else:
-                    base, extra = divmod(limit, self.partitions)
-                    start = dealt % self.partitions
-                    cap = float(sum(base + (1 if (p - start) % self.partitions < extra else 0) for p in self.owned))
-                    dealt += extra
-                self._caps[(slot.index, kind)] = cap
+        """Deal every rpm and in-flight limit over the partitions (see the module docstring)."""
+        dealt = 0
+        for slot in self.slots:
+            self._caps[slot.index], dealt = self._dealt(slot.cfg.max_in_flight, dealt)
+        dealt = 0
+        for b in sorted(self.budgets.values(), key=lambda b: b.index):
+            b.rpm_cap, dealt = self._dealt(b.rpm, dealt)
+            b.share = self.share
 
-    def _cap(self, slot: KeySlot, kind: Literal["rpm", "max_in_flight"]) -> float:
-        """This worker's whole calls of ``slot``'s ``kind`` limit."""
-        return self._caps[(slot.index, kind)]
-
-    def _prune(self, slot: KeySlot, now: float) -> None:
-        while slot.starts and slot.starts[0] <= now - WINDOW_S:
-            slot.starts.popleft()
-        while slot.tokens and slot.tokens[0][0] <= now - WINDOW_S:
-            slot.tokens.popleft()
-
-    def _free_at(self, slot: KeySlot, now: float) -> float:
-        """When ``slot`` can take one more call (now if it can)."""
+    def _key_free_at(self, slot: KeySlot, now: float) -> float:
         state = slot.state(now)
         if state == DISABLED:
-            return slot.disabled_until if slot.disabled_until is not None else float("inf")
-        at = max(now, slot.cooldown_until)
-        self._prune(slot, now)
-        rpm = self._cap(slot, "rpm")
-        if rpm < 1:
-            return float("inf")
-        if len(slot.starts) >= rpm:
-            at = max(at, slot.starts[len(slot.starts) - int(rpm)] + WINDOW_S)
-        tpm = float("inf") if slot.cfg.tpm is None else slot.cfg.tpm * self.share
-        if slot.tokens and sum(t for _, t in slot.tokens) >= tpm:
-            at = max(at, slot.tokens[0][0] + WINDOW_S)
-        if slot.in_flight >= self._cap(slot, "max_in_flight"):
-            at = float("inf")  # frees on release, which wakes waiters
+            return slot.disabled_until if slot.disabled_until is not None else math.inf
+        if slot.in_flight >= self._caps[slot.index]:
+            return math.inf  # frees on release, which wakes waiters
+        return max(now, slot.cooldown_until)
+
+    def _free_at(self, slot: KeySlot, model: str, now: float, tokens: int = 0) -> float:
+        """When ``slot`` can take one more call of ``model`` (now if it can)."""
+        at = self._key_free_at(slot, now)
+        if at == math.inf:
+            return at
+        for b in self.paths[(slot.index, model)]:
+            at = max(
+                at,
+                b.free_at(now, tokens, smoothing=self.smoothing, start=self.ramp_start, growth=self.ramp_growth),
+            )
+            if at == math.inf:
+                break
         return at
 
     # --- choosing --------------------------------------------------------------------------
@@ -216,41 +310,75 @@ class KeyPool:
             return min(ready, key=lambda s: (s.latency_ewma_ms if s.calls else 0.0, s.in_flight))
         return min(ready, key=lambda s: (s.in_flight, len(s.starts), s.calls))
 
-    def try_acquire(self, exclude: frozenset[str] = frozenset()) -> Lease | None:
-        """A lease on the best key free right now, or None.
+    def try_acquire(
+        self,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        models: Sequence[str] | None = None,
+        tokens: int = 0,
+        usable: Callable[[KeySlot, str], bool] | None = None,
+    ) -> Lease | None:
+        """A lease on the best key free right now, for the first model of ``models`` that has one.
 
         Keys in ``exclude`` (those a task already failed on) are used only when every other
         key is disabled or capped, so failover moves to another key whenever one exists.
+        ``usable`` may rule out a key and model (a spent daily budget).
         """
         now = self.clock()
-        others = [s for s in self.slots if s.alias not in exclude]
-        if all(self._free_at(s, now) == float("inf") for s in others):
-            others = self.slots
-        ready = [s for s in others if self._free_at(s, now) <= now]
-        if not ready:
-            return None
-        slot = self._choose(ready)
-        slot.in_flight += 1
-        slot.calls += 1
-        slot.starts.append(now)
-        return Lease(slot=slot, started=now, waited_s=0.0)
+        for model in models or self.models:
+            allowed = [s for s in self.slots if usable is None or usable(s, model)]
+            others = [s for s in allowed if s.alias not in exclude]
+            if all(self._free_at(s, model, now, tokens) == math.inf for s in others):
+                others = allowed
+            ready = [s for s in others if self._free_at(s, model, now, tokens) <= now]
+            if not ready:
+                continue
+            slot = self._choose(ready)
+            slot.in_flight += 1
+            slot.calls += 1
+            slot.starts.append(now)
+            path = self.paths[(slot.index, model)]
+            entries = tuple(b.start(now, tokens, start=self.ramp_start, growth=self.ramp_growth) for b in path)
+            return Lease(slot=slot, started=now, waited_s=0.0, model=model, budgets=path, entries=entries)
+        return None
 
-    def next_free_at(self) -> float:
+    def next_free_at(
+        self,
+        models: Sequence[str] | None = None,
+        tokens: int = 0,
+        usable: Callable[[KeySlot, str], bool] | None = None,
+    ) -> float:
         now = self.clock()
-        return min((self._free_at(s, now) for s in self.slots), default=float("inf"))
+        return min(
+            (
+                self._free_at(s, m, now, tokens)
+                for m in models or self.models
+                for s in self.slots
+                if usable is None or usable(s, m)
+            ),
+            default=math.inf,
+        )
 
-    async def acquire(self, deadline: float, exclude: frozenset[str] = frozenset()) -> Lease:
+    async def acquire(
+        self,
+        deadline: float,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        models: Sequence[str] | None = None,
+        tokens: int = 0,
+        usable: Callable[[KeySlot, str], bool] | None = None,
+    ) -> Lease:
         """Wait for a key until ``deadline`` (epoch s); raises NoKeyAvailable after it."""
         started = self.clock()
         while True:
-            lease = self.try_acquire(exclude)
+            lease = self.try_acquire(exclude, models=models, tokens=tokens, usable=usable)
             if lease is not None:
                 lease.waited_s = self.clock() - started
                 return lease
             now = self.clock()
             if now >= deadline:
                 raise NoKeyAvailable(f"no key free before the deadline (waited {now - started:.1f}s)")
-            wake = min(self.next_free_at(), deadline)
+            wake = min(self.next_free_at(models, tokens, usable), deadline)
             self._changed.clear()
             try:  # asyncio.timeout: unlike wait_for on 3.11, never swallows a cancellation
                 async with asyncio.timeout(max(0.005, min(wake - now, 1.0))):
@@ -266,20 +394,25 @@ class KeyPool:
         ok: bool,
         kind: VlmErrorKind | None = None,
         latency_ms: float = 0.0,
-        tokens: int = 0,
+        tokens: int | None = None,
         retry_after: float | None = None,
         reason: str = "",
     ) -> None:
-        """Record the outcome of the call made with ``lease``."""
+        """Record the outcome of the call made with ``lease``; ``tokens``: the provider's count."""
         slot, now = lease.slot, self.clock()
         slot.in_flight = max(0, slot.in_flight - 1)
-        if tokens:
-            slot.tokens.append((now, tokens))
+        actual = 0 if (not ok and kind in REFUSED) else tokens
+        for entry in lease.entries:
+            Budget.finish(entry, actual)
+        model_budget = lease.budgets[0] if lease.budgets else None
         if ok or kind in ("content", "request", "parse"):  # the key worked; the request did not
             slot.successes += ok
             slot.failures += not ok
             slot.consecutive_failures = 0
             slot.recent.append(True)
+            if model_budget is not None:
+                model_budget.recent.append(True)
+                model_budget.consecutive_failures = 0
             if latency_ms:
                 a = 0.2
                 slot.latency_ewma_ms = (
@@ -287,9 +420,10 @@ class KeyPool:
                 )
         else:
             slot.failures += 1
-            slot.consecutive_failures += 1
-            slot.recent.append(False)
-            self._react(slot, kind, retry_after, reason, now)
+            if kind not in ("rate", "burst"):  # a quota's refusal says nothing about the key's health
+                slot.consecutive_failures += 1
+                slot.recent.append(False)
+            self._react(lease, kind, retry_after, reason, now)
         self._changed.set()
 
     def abandon(self, lease: Lease) -> None:
@@ -298,8 +432,8 @@ class KeyPool:
         self._changed.set()
 
     @staticmethod
-    def unhealthy(slot: KeySlot) -> bool:
-        """A key whose server errors are its own, not the background rate every key sees.
+    def unhealthy(slot: KeySlot | Budget) -> bool:
+        """A key (or model) whose server errors are its own, not the background rate every key sees.
 
         At a 10% transient error rate two failures in a row happen to ~45% of keys within a
         minute (measured in bench/key_pool.py), so they alone must not cool a key. Nor may a
@@ -311,13 +445,14 @@ class KeyPool:
         rate = slot.failure_rate()
         return (samples >= 10 and rate >= 0.5) or (slot.consecutive_failures >= 3 and rate >= 0.3)
 
-    def adaptive_cooldown(self, slot: KeySlot) -> float:
+    def adaptive_cooldown(self, slot: KeySlot | Budget) -> float:
         span = self.cooldown_max_s - self.cooldown_min_s
         return self.cooldown_min_s + span * min(1.0, slot.failure_rate() * 1.5)
 
     def _react(
-        self, slot: KeySlot, kind: VlmErrorKind | None, retry_after: float | None, reason: str, now: float
+        self, lease: Lease, kind: VlmErrorKind | None, retry_after: float | None, reason: str, now: float
     ) -> None:
+        slot = lease.slot
         if kind == "auth":
             self.disable(slot.alias, reason or "key rejected (401/403)")
         elif kind == "arrearage":
@@ -326,10 +461,31 @@ class KeyPool:
         elif kind == "quota":
             until = now + (retry_after if retry_after is not None else 3600.0)
             self.disable(slot.alias, reason or "quota exhausted", until=until)
-        elif kind == "rate" or (kind == "server" and self.unhealthy(slot)):
-            wait = retry_after if retry_after is not None else self.adaptive_cooldown(slot)
-            slot.cooldown_until = max(slot.cooldown_until, now + wait)
-            self._publish(slot)
+        elif kind in ("rate", "burst"):
+            # the provider counts per account and model: every key of it is refused alike
+            for b in lease.budgets:
+                b.throttled += 1
+                if kind == "burst":
+                    wait = retry_after if retry_after is not None else BURST_COOL_S
+                else:
+                    b.recent.append(False)
+                    wait = retry_after if retry_after is not None else self.adaptive_cooldown(b)
+                self._cool(b, now + wait)
+            metrics.quota_throttled_total.labels(account=lease.account, model=lease.model, kind=kind).inc()
+        elif kind == "server":
+            if self.unhealthy(slot):
+                self._cool(slot, now + (retry_after if retry_after is not None else self.adaptive_cooldown(slot)))
+            if lease.budgets:
+                b = lease.budgets[0]
+                b.recent.append(False)
+                b.consecutive_failures += 1
+                if self.unhealthy(b):  # the model itself fails: the chain's next model serves meanwhile
+                    self._cool(b, now + self.adaptive_cooldown(b))
+
+    def _cool(self, item: Shared, until: float) -> None:
+        if until > item.cooldown_until:
+            item.cooldown_until = until
+            self._publish(item)
 
     def disable(self, alias: str, reason: str, *, until: float | None = None, by_operator: bool = False) -> None:
         """Disable a key: by the provider's answer (until re-enabled, or ``until``), or by an operator."""
@@ -354,36 +510,40 @@ class KeyPool:
         logger.info("key %s enabled", alias)
         self._publish(slot)
 
-    def _publish(self, slot: KeySlot) -> None:
+    def _publish(self, item: Shared) -> None:
         """A state change (cooldown, disable, enable): wake waiters and persist it."""
-        slot.updated_at = self.clock()
+        item.updated_at = self.clock()
         self._changed.set()
         if self.on_change is not None:
-            self.on_change(slot)
+            self.on_change(item)
 
     # --- sharing state ---------------------------------------------------------------------
-    def persisted(self, slot: KeySlot) -> PersistedKey:
-        """What the key_pool table keeps of a key (never the key itself)."""
+    def shared(self, alias: str) -> Shared | None:
+        """A key's or a quota's state, by the name it is persisted under."""
+        return self.by_alias.get(alias) or self.budgets.get(alias)
+
+    def persisted(self, item: Shared) -> PersistedKey:
+        """What the key_pool table keeps of a key or quota (never the key itself)."""
         return {
-            "alias": slot.alias,
-            "cooldown_until": slot.cooldown_until,
-            "disabled": slot.disabled,
-            "disabled_reason": slot.disabled_reason,
-            "disabled_until": slot.disabled_until,
-            "updated_at": slot.updated_at,
-            "operator_disabled": slot.operator_disabled,
-            "operator_version": slot.operator_version,
+            "alias": item.alias,
+            "cooldown_until": item.cooldown_until,
+            "disabled": item.disabled,
+            "disabled_reason": item.disabled_reason,
+            "disabled_until": item.disabled_until,
+            "updated_at": item.updated_at,
+            "operator_disabled": item.operator_disabled,
+            "operator_version": item.operator_version,
         }
 
     def merge(self, alias: str, data: Mapping[str, Any]) -> bool:
-        """Apply another worker's (or an earlier run's) state of a key; True when ours is ahead.
+        """Apply another worker's (or an earlier run's) state of a key or quota; True when ours is ahead.
 
         The operator's switch follows ``operator_version`` (a disable wins a tie), never a clock,
         so a cooldown another worker writes cannot undo a disable. The provider's state (cooldown,
         disable) follows the newer ``updated_at``. When the record is behind this worker's operator
         state (another worker overwrote it before it saw the switch), the caller writes ours back.
         """
-        slot = self.by_alias.get(alias)
+        slot = self.shared(alias)
         if slot is None:
             return False
         version, op_disabled = int(data.get("operator_version") or 0), bool(data.get("operator_disabled"))
@@ -411,24 +571,41 @@ class KeyPool:
         return behind
 
     def republish(self, alias: str) -> None:
-        """Write this worker's state of a key again (the shared record is behind it)."""
-        slot = self.by_alias[alias]
-        if self.on_change is not None:
-            self.on_change(slot)
+        """Write this worker's state of a key or quota again (the shared record is behind it)."""
+        item = self.shared(alias)
+        if item is not None and self.on_change is not None:
+            self.on_change(item)
+
+    def key_state(self, slot: KeySlot, now: float | None = None) -> str:
+        """The key's state, COOLING also when every model's quota it spends is cooling."""
+        now = self.clock() if now is None else now
+        state = slot.state(now)
+        if state in (AVAILABLE, IN_USE) and all(
+            any(b.cooldown_until > now for b in self.paths[(slot.index, m)]) for m in self.models
+        ):
+            return COOLING
+        return state
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-key view for /keys/ and metrics: aliases and numbers only."""
         now = self.clock()
         rows = []
         for s in self.slots:
-            state = s.state(now)
+            state = self.key_state(s, now)
+            cooling_until = max(
+                [s.cooldown_until, *(b.cooldown_until for m in self.models for b in self.paths[(s.index, m)])]
+            )
+            while s.starts and s.starts[0] <= now - WINDOW_S:
+                s.starts.popleft()
             for st in STATES:
                 metrics.key_state.labels(key_alias=s.alias, state=st).set(1 if st == state else 0)
             rows.append(
                 {
                     "alias": s.alias,
+                    "account": s.account,
+                    "workspace": s.cfg.workspace,
                     "state": state,
-                    "cooldown_remaining_s": round(max(0.0, s.cooldown_until - now), 1),
+                    "cooldown_remaining_s": round(max(0.0, cooling_until - now), 1) if state == COOLING else 0.0,
                     "disabled_reason": s.disabled_reason if state == DISABLED else "",
                     "in_flight": s.in_flight,
                     "calls": s.calls,
@@ -439,6 +616,33 @@ class KeyPool:
                     "weight": s.cfg.weight,
                     "rpm": s.cfg.rpm,
                     "calls_last_min": len(s.starts),
+                }
+            )
+        return rows
+
+    def quota_snapshot(self) -> list[dict[str, Any]]:
+        """Per (account, model) quota: limits, this worker's share and use, state. Names only."""
+        now = self.clock()
+        rows = []
+        for b in self.budgets.values():
+            b.prune(now)
+            keys = sorted({s.alias for (i, m), path in self.paths.items() if b in path for s in [self.slots[i]]})
+            rows.append(
+                {
+                    "quota": b.alias,
+                    "account": b.account,
+                    "model": b.model,
+                    "workspace": b.workspace,
+                    "keys": keys,
+                    "rpm": b.rpm,
+                    "tpm": b.tpm,
+                    "rps": b.rps,
+                    "rpm_share": None if b.rpm_cap == math.inf else b.rpm_cap,
+                    "state": b.state(now),
+                    "cooldown_remaining_s": round(max(0.0, b.cooldown_until - now), 1),
+                    "calls_last_min": len(b.starts),
+                    "tokens_last_min": int(sum(n for _, n in b.tokens)),
+                    "throttled": b.throttled,
                 }
             )
         return rows

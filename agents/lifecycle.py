@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import logging
 
-from agents.key_pool import KeySlot
+from agents.key_pool import Shared
 from agents.worker_clients import WorkerClients, current, install
 from streams.app import app, settings
-from streams.tables import key_pool
+from streams.tables import key_pool, vlm_spend
 
 logger = logging.getLogger(__name__)
 
 
-def persist_key(slot: KeySlot) -> None:
-    """Every key state change goes to the key_pool GlobalTable (seen by all workers)."""
+def persist_key(slot: Shared) -> None:
+    """Every key and quota state change goes to the key_pool GlobalTable (seen by all workers)."""
     try:
         key_pool[slot.alias] = current().pool.persisted(slot)
     except Exception:  # the producer is not started (shutdown): keep going, but say so
@@ -22,7 +22,7 @@ def persist_key(slot: KeySlot) -> None:
 
 
 async def build_clients() -> None:
-    install(WorkerClients.build(settings, on_key_change=persist_key))
+    install(WorkerClients.build(settings, on_key_change=persist_key, spend_rows=vlm_spend))
 
 
 async def close_clients() -> None:

@@ -27,14 +27,17 @@ from typing import Any
 from faust.types import EventT
 from mode import BaseSignalT
 
-from agents.vlm_client import KEY_FAULTS, RETRYABLE
+from agents.costs import Estimate, downscale_factor, image_tokens, text_tokens
+from agents.key_pool import KeySlot
+from agents.vlm_client import KEY_FAULTS, RETRYABLE, SYSTEM_PROMPT
 from agents.worker_clients import WorkerClients, current, current_or_none
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
 from streams.errors import BadImage, ImageMissing, NoKeyAvailable, VlmError
-from streams.images import resolve
+from streams.images import header_size, resolve
 from streams.records import AssessmentTask, RiskAssessment, TaskStatus, decode, to_bytes
+from streams.settings import Settings
 from streams.table_values import PersistedKey
 from streams.tables import key_pool
 from streams.topics import assessment_tasks_topic, risk_results_topic
@@ -65,6 +68,10 @@ def _result(
     latency_ms: float = 0.0,
     queue_ms: float = 0.0,
     error: str | None = None,
+    account: str = "",
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cost: float = 0.0,
 ) -> RiskAssessment:
     return RiskAssessment(
         task_id=task.task_id,
@@ -83,27 +90,81 @@ def _result(
         completed_at=time.time() * 1000.0,
         queue_ms=queue_ms,
         error=error,
+        account=account,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=round(cost, 9),
     )
 
 
-async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: int | None = None) -> RiskAssessment:
-    """Assess one task with failover across keys; always returns a result."""
-    vlm, keys, s = clients.vlm, clients.pool, clients.settings
+def _crop_for_call(jpeg: bytes, max_pixels: int) -> tuple[bytes, int, int]:
+    """The crop as sent (downscaled within ``max_pixels``) and its size: image tokens grow with area."""
+    width, height = header_size(jpeg)
+    factor = downscale_factor(width, height, max_pixels)
+    if factor >= 1.0:
+        return jpeg, width, height
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadImage("crop does not decode")
+    size = (max(1, int(width * factor)), max(1, int(height * factor)))
+    ok, out = cv2.imencode(
+        ".jpg", cv2.resize(image, size, interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 85]
+    )
+    if not ok:  # pragma: no cover - encoding a decoded image does not fail
+        raise BadImage("crop does not re-encode")
+    return out.tobytes(), size[0], size[1]
+
+
+def model_chain(task: AssessmentTask, s: Settings) -> list[str]:
+    """The models this task may use, best first (the best may be kept for the most interesting groups)."""
+    chain = s.model_chain()
+    if len(chain) > 1 and task.group.interest < s.vlm_first_model_min_interest:
+        return chain[1:]
+    return chain
+
+
+async def assess(
+    task: AssessmentTask, clients: WorkerClients, *, max_retries: int | None = None, partition: int = 0
+) -> RiskAssessment:
+    """Assess one task with failover across keys and models; always returns a result.
+
+    ``partition`` is the task's ``assessment-tasks`` partition, where its spend is booked.
+    """
+    vlm, keys, s, ledger = clients.vlm, clients.pool, clients.settings, clients.spend
     retries = s.vlm_max_retries if max_retries is None else max_retries
     deadline = task.deadline / 1000.0
-    model = s.vlm_model
+    chain = model_chain(task, s)
+    model = chain[0]
     try:
         jpeg = await asyncio.to_thread(resolve, task.image, clients.images)  # decoding is CPU work
+        jpeg, width, height = await asyncio.to_thread(_crop_for_call, jpeg, s.vlm_max_crop_pixels)
     except ImageMissing as exc:
         reason = "bad" if isinstance(exc, BadImage) else "missing"
         metrics.bad_images_total.labels(reason=reason).inc()
         return _result(task, "failed", model=model, error=f"image {reason}: {exc}")
     context = describe(task)
+    estimate = Estimate(image_tokens(width, height) + text_tokens(SYSTEM_PROMPT, context), s.vlm_max_tokens)
+    camera = task.camera_id
+
+    def usable(slot: KeySlot, candidate: str) -> bool:
+        """A daily budget left for the call's worst case (the account's share, the camera's)."""
+        worst = ledger.worst_case(candidate, estimate)
+        return ledger.account_left(slot.account) >= worst and ledger.camera_left(camera) >= worst
+
+    if not any(usable(slot, m) for slot in keys.slots for m in chain):
+        scope = (
+            "camera" if all(ledger.camera_left(camera) < ledger.worst_case(m, estimate) for m in chain) else "account"
+        )
+        metrics.budget_skipped_total.labels(scope=scope).inc()
+        return _result(task, "skipped", model=model, error=f"the {scope}'s daily VLM budget is spent")
     queue_s, last_error, attempt, server_failures = 0.0, "", 0, 0
     tried: set[str] = set()
     # Every key once, plus the retries: a provider refusing every key at once (429 with
     # Retry-After: 0) must not turn one task into a loop of calls.
-    max_calls = max(1, len(keys.slots)) + retries
+    max_calls = max(1, len(keys.slots)) * len(chain) + retries
     while server_failures <= retries:
         if attempt >= max_calls:
             break
@@ -112,8 +173,13 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
                 task, "expired", model=model, attempts=attempt, queue_ms=queue_s * 1000, error=last_error or None
             )
         try:
-            lease = await keys.acquire(deadline, exclude=frozenset(tried))
+            lease = await keys.acquire(
+                deadline, exclude=frozenset(tried), models=chain, tokens=estimate.total, usable=usable
+            )
         except NoKeyAvailable as exc:
+            if not any(usable(slot, m) for slot in keys.slots for m in chain):  # spent while waiting
+                metrics.budget_skipped_total.labels(scope="account").inc()
+                return _result(task, "skipped", model=model, attempts=attempt, error="the daily VLM budget is spent")
             return _result(
                 task,
                 "expired",
@@ -122,6 +188,8 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
                 queue_ms=queue_s * 1000,
                 error=f"{exc}; last error: {last_error or 'none'}",
             )
+        # no await since the lease was granted: the budget check and this reservation are one step
+        reservation = ledger.reserve(lease.account, camera, partition, ledger.worst_case(lease.model, estimate))
         queue_s += lease.waited_s
         metrics.queue_wait_seconds.observe(lease.waited_s)
         attempt += 1
@@ -131,21 +199,24 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the call completes, and then the task outlives its cancellation
             async with clients.calls_gate, asyncio.timeout(max(0.1, deadline - time.time())):
-                answer = await vlm.assess(lease.secret, jpeg, context)
+                answer = await vlm.assess(lease.secret, jpeg, context, model=lease.model)
         except asyncio.CancelledError:
             keys.abandon(lease)  # the worker is stopping or rebalancing: the call says nothing of the key
+            ledger.cancel(reservation)
             raise
         except (VlmError, TimeoutError) as exc:
+            ledger.cancel(reservation)
             err = exc if isinstance(exc, VlmError) else VlmError("server", "task deadline reached during call")
             keys.release(lease, ok=False, kind=err.kind, retry_after=err.retry_after, reason=str(err))
             metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome=err.kind).inc()
-            last_error = f"{lease.alias}: {err}"
+            metrics.vlm_model_calls_total.labels(account=lease.account, model=lease.model, outcome=err.kind).inc()
+            last_error = f"{lease.alias} {lease.model}: {err}"
             logger.info("task %s camera %s: %s (attempt %d)", task.task_id, task.camera_id, last_error, attempt)
             if err.kind not in RETRYABLE:
                 return _result(
                     task,
                     "failed",
-                    model=model,
+                    model=lease.model,
                     key_alias=lease.alias,
                     attempts=attempt,
                     queue_ms=queue_s * 1000,
@@ -165,13 +236,25 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
             continue
         except Exception:
             keys.abandon(lease)  # a bug, not the key's fault: free its slot; handle_task makes a failed result
+            ledger.cancel(reservation)
             raise
         finally:
             metrics.vlm_in_flight.dec()
+        answered = answer.model or lease.model
+        cost = ledger.settle(reservation, lease.model, answer.prompt_tokens, answer.completion_tokens)
         keys.release(
             lease, ok=True, latency_ms=answer.latency_ms, tokens=answer.prompt_tokens + answer.completion_tokens
         )
         metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome="ok").inc()
+        metrics.vlm_model_calls_total.labels(account=lease.account, model=lease.model, outcome="ok").inc()
+        metrics.vlm_tokens_total.labels(account=lease.account, model=lease.model, direction="input").inc(
+            answer.prompt_tokens
+        )
+        metrics.vlm_tokens_total.labels(account=lease.account, model=lease.model, direction="output").inc(
+            answer.completion_tokens
+        )
+        metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(cost)
+        metrics.camera_cost_total.labels(camera_id=camera).inc(cost)
         metrics.vlm_latency_seconds.observe(answer.latency_ms / 1000.0)
         a = answer.assessment
         return _result(
@@ -184,7 +267,11 @@ async def assess(task: AssessmentTask, clients: WorkerClients, *, max_retries: i
             attempts=attempt,
             latency_ms=answer.latency_ms,
             queue_ms=queue_s * 1000,
-            model=answer.model or model,
+            model=answered,
+            account=lease.account,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            cost=cost,
         )
     return _result(
         task,
@@ -208,17 +295,23 @@ async def handle_task(event: EventT[bytes]) -> None:
     clients = current()
     if time.time() * 1000.0 > task.deadline:
         result = _result(
-            task, "expired", model=clients.settings.vlm_model, error="deadline passed before the task was picked up"
+            task,
+            "expired",
+            model=clients.settings.model_chain()[0],
+            error="deadline passed before the task was picked up",
         )
     else:
         try:
-            result = await assess(task, clients)
+            result = await assess(task, clients, partition=event.message.partition)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not lose the task: it becomes a failed result
             logger.exception("task %s: unexpected error", task.task_id)
             result = _result(
-                task, "failed", model=clients.settings.vlm_model, error=f"internal error: {type(exc).__name__}: {exc}"
+                task,
+                "failed",
+                model=clients.settings.model_chain()[0],
+                error=f"internal error: {type(exc).__name__}: {exc}",
             )
     await risk_results_topic.send(key=task.camera_id.encode(), value=to_bytes(result))
 
@@ -233,6 +326,7 @@ def sync_key_pool(clients: WorkerClients, persisted: dict[str, PersistedKey], ow
             clients.pool.republish(str(alias))
     if owned is not None:
         clients.pool.set_partitions(owned, clients.settings.topic_partitions)
+        clients.spend.set_partitions(owned, clients.settings.topic_partitions)
         # detections and tasks share camera keys, so partitions: the same share of the global cap
         clients.global_cap.share = len(owned) / clients.settings.topic_partitions
     clients.pool.snapshot()  # refreshes the key-state gauges

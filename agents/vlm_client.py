@@ -10,9 +10,11 @@ codes (``docs/ARCHITECTURE.md``, "The key pool"):
 kind       answer                                        pool's reaction
 ========== ============================================= ==================================
 auth       401 InvalidApiKey, 403                        disable the key
-quota      429 Throttling.AllocationQuota / quota        disable until the window resets
+quota      429 insufficient_quota (a spent balance)      disable until the window resets
 arrearage  400 Arrearage                                 disable, loudly
-rate       429 Throttling.RateQuota / Throttling         cool down (Retry-After wins)
+rate       429 Throttling.RateQuota / Throttling /       cool the (account, model) (Retry-After
+           Throttling.AllocationQuota (RPM/TPM)          wins)
+burst      429 "Request rate increased too quickly"      cool the (account, model) a second, ramp
 content    400 DataInspectionFailed                      failed result, no retry
 request    other 4xx                                     failed result, no retry
 server     5xx, timeout, connection reset                retry on another key
@@ -43,10 +45,12 @@ SYSTEM_PROMPT = (
 )
 
 #: Error kinds after which another key may succeed.
-RETRYABLE: frozenset[VlmErrorKind] = frozenset({"server", "rate", "auth", "quota", "arrearage"})
+RETRYABLE: frozenset[VlmErrorKind] = frozenset({"server", "rate", "burst", "auth", "quota", "arrearage"})
 #: Failures that say nothing about the request, only about the key that carried it: the task moves
 #: to another key at once and keeps its retries for server failures.
-KEY_FAULTS: frozenset[VlmErrorKind] = frozenset({"rate", "auth", "quota", "arrearage"})
+KEY_FAULTS: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage"})
+#: DashScope's header that queues a burst on the provider's side instead of refusing it.
+QUEUE_HEADER = "X-DashScope-Queue-Enable"
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,12 @@ def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
     if status in (401, 403):
         return VlmError("auth", f"{label}: key rejected", status=status)
     if status == 429:
-        if "allocationquota" in text or "quota exceeded" in text or "insufficient_quota" in text:
+        if "insufficient_quota" in text or "check your plan and billing" in text:  # OpenAI: no balance left
             return VlmError("quota", f"{label}: quota exhausted", status=status, retry_after=retry_after)
+        if "increased too quickly" in text:
+            return VlmError("burst", f"{label}: traffic grew too fast", status=status, retry_after=retry_after)
+        # RateQuota (RPM/RPS) and AllocationQuota (TPM/TPS) are the account's per-model rate limits:
+        # both clear within about a minute
         return VlmError("rate", f"{label}: rate limited", status=status, retry_after=retry_after)
     if status == 400 and "arrearage" in text:
         return VlmError("arrearage", f"{label}: account in arrears", status=status)
@@ -122,9 +130,19 @@ def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
 class VlmClient:
     """One per worker: a pooled aiohttp session against an OpenAI-compatible base URL."""
 
-    def __init__(self, base_url: str, model: str, *, timeout_s: float, pool_size: int, max_tokens: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        timeout_s: float,
+        pool_size: int,
+        max_tokens: int,
+        server_queue: bool = False,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
+        self.server_queue = server_queue
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.pool_size = pool_size
         self.max_tokens = max_tokens
@@ -142,10 +160,13 @@ class VlmClient:
         if self._session is not None:
             await self._session.close()
 
-    async def assess(self, api_key: str, jpeg: bytes, context: str) -> VlmAnswer:
-        """Call the VLM once with ``api_key``; raises VlmError with the kind of failure."""
-        body = build_request(self.model, jpeg, context, self.max_tokens)
+    async def assess(self, api_key: str, jpeg: bytes, context: str, *, model: str | None = None) -> VlmAnswer:
+        """Call ``model`` (default: the client's) once with ``api_key``; raises VlmError with the kind of failure."""
+        model = model or self.model
+        body = build_request(model, jpeg, context, self.max_tokens)
         headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        if self.server_queue:
+            headers[QUEUE_HEADER] = "true"
         started = time.perf_counter()
         try:
             async with self.session().post(self.url, json=body, headers=headers) as resp:
@@ -176,5 +197,5 @@ class VlmClient:
             latency_ms=latency_ms,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
-            model=str(data.get("model") or self.model),
+            model=str(data.get("model") or model),
         )

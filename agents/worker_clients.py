@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.alerting import WebhookSender
-from agents.key_pool import KeyPool, KeySlot
+from agents.costs import SpendLedger
+from agents.key_pool import KeyPool, Shared
 from agents.task_policy import GlobalCap
 from agents.vlm_client import VlmClient
 from models.cameras import load_cameras
@@ -44,10 +46,20 @@ class WorkerClients:
     global_cap: GlobalCap
     #: Bounds the VLM calls in flight in this worker.
     calls_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(50))
+    #: Today's spend against the daily budgets (rows in the ``vlm_spend`` table in a worker).
+    spend: SpendLedger = field(default_factory=lambda: SpendLedger({}, {}, None, {}))
 
     @classmethod
-    def build(cls, settings: Settings, *, on_key_change: Callable[[KeySlot], None] | None = None) -> WorkerClients:
-        """Everything from the settings; ``on_key_change`` persists key state changes (the key_pool table)."""
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        on_key_change: Callable[[Shared], None] | None = None,
+        spend_rows: MutableMapping[Any, Any] | None = None,
+    ) -> WorkerClients:
+        """Everything from the settings; ``on_key_change`` persists key and quota state changes (the
+        key_pool table), ``spend_rows`` holds the day's spend (the vlm_spend table)."""
+        chain = settings.model_chain()
         return cls(
             settings=settings,
             pool=KeyPool(
@@ -56,13 +68,19 @@ class WorkerClients:
                 cooldown_min_s=settings.cooldown_min_s,
                 cooldown_max_s=settings.cooldown_max_s,
                 on_change=on_key_change,
+                models=chain,
+                quotas=settings.quotas(),
+                smoothing=settings.vlm_smoothing,
+                ramp_start=settings.vlm_ramp_start,
+                ramp_growth=settings.vlm_ramp_growth,
             ),
             vlm=VlmClient(
                 settings.vlm_base_url,
-                settings.vlm_model,
+                chain[0],
                 timeout_s=settings.vlm_timeout_s,
                 pool_size=settings.vlm_concurrency,
                 max_tokens=settings.vlm_max_tokens,
+                server_queue=settings.vlm_server_queue,
             ),
             images=open_store(settings.image_store, redis_url=settings.redis_url, ttl_s=settings.image_ttl_s),
             cache=ResultCache(
@@ -78,6 +96,12 @@ class WorkerClients:
             ),
             global_cap=GlobalCap(settings.global_budget_per_min),
             calls_gate=asyncio.Semaphore(settings.vlm_concurrency),
+            spend=SpendLedger(
+                settings.prices(),
+                settings.account_budgets(),
+                settings.camera_daily_budget,
+                {} if spend_rows is None else spend_rows,
+            ),
         )
 
     async def close(self) -> None:

@@ -63,12 +63,12 @@ PARTITIONS = 8
 
 def accepted(stats: dict[str, Any]) -> int:
     return sum(
-        v.get("requests", 0) - v.get("429", 0) - v.get("429_quota", 0) - v.get("401", 0) for v in stats["keys"].values()
+        v.get("requests", 0) - v.get("429", 0) - v.get("429_burst", 0) - v.get("401", 0) for v in stats["keys"].values()
     )
 
 
 def rejected_429(stats: dict[str, Any]) -> int:
-    return sum(v.get("429", 0) for v in stats["keys"].values())
+    return sum(v.get("429", 0) + v.get("429_burst", 0) for v in stats["keys"].values())
 
 
 def even_cameras(per_partition: int) -> list[str]:

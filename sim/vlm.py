@@ -1,17 +1,35 @@
-"""A simulated OpenAI-compatible VLM endpoint that answers like DashScope's Qwen-VL.
+"""A simulated OpenAI-compatible VLM endpoint that answers and limits like DashScope's Qwen-VL.
 
-``python -m sim.vlm --port 8089 [--keys k1,k2] [--rpm 60] [--latency-ms 400 --p95-ms 900]
+``python -m sim.vlm --port 8089 [--keys k1,k2] [--accounts '{"acct-a": ["k1", "k2"]}']
+[--rpm 60 | --limits '{"qwen-vl-max": {"rpm": 120, "tpm": 100000}}'] [--latency-ms 400 --p95-ms 900]
 [--fail-rate 0.02] [--timeout-rate 0.0] [--garbage-rate 0.0]``
 
 * ``POST /v1/chat/completions`` with ``Authorization: Bearer KEY``: checks the key (401
-  ``InvalidApiKey`` for unknown or revoked keys), enforces per-key requests per minute over a
-  sliding 60 s window (429 ``Throttling.RateQuota`` with ``Retry-After``), an optional per-key
-  quota (429 ``Throttling.AllocationQuota``), injects 500/503 and hangs at the configured
-  rates, waits a lognormal latency with the given median and p95, and answers a JSON risk
-  assessment derived deterministically from the request (same request, same answer), echoing
-  the prompt's ``Ref`` so that tests can check the join.
+  ``InvalidApiKey`` for unknown or revoked keys) and the model (400 for an unknown one), then
+  limits as Model Studio documents it, per *account and model* (every key of an account adds up;
+  a key not listed in ``--accounts`` is its own account):
+
+  - requests per minute over a sliding 60 s window, and per second as a token bucket of one
+    second's calls (RPS = RPM/60): 429 ``Throttling.RateQuota`` "Requests rate limit exceeded";
+  - tokens per minute (and per second, TPS = TPM/60), counting the call's input and output:
+    429 ``Throttling.AllocationQuota`` "Allocated quota exceeded";
+  - growth: more calls in the last second than twice those of the second before plus one (and
+    over a floor of 40% of the per-second rate, at least 3): 429 ``Throttling.BurstRate``
+    "Request rate increased too quickly" (Model Studio documents the limit, not its threshold,
+    which it "adjusts dynamically": this is the simulator's choice);
+  - with the ``X-DashScope-Queue-Enable: true`` header, a call the per-second or growth limit
+    would refuse waits its turn (up to ``queue_timeout_s``) instead.
+
+  It injects 500/503 and hangs at the configured rates, waits a lognormal latency with the
+  given median and p95, and answers a JSON risk assessment derived deterministically from the
+  request (same request, same answer), echoing the prompt's ``Ref`` so that tests can check the
+  join. ``usage`` counts image tokens by area as Qwen-VL does (28x28 px a token, 4..1280 per
+  image, plus 2) and text tokens by words and punctuation.
 * ``GET /v1/models``: the model list, as the ``openai`` client expects.
 * ``GET /admin/stats``: per-key counters (keys shown by their last 4 characters).
+* ``GET /admin/usage``: the ground truth per account and model: accepted calls, tokens, refusals
+  by kind, and (``?calls=1``) every accepted call's time and tokens, for benchmarks to compare
+  against.
 * ``POST /admin/revoke`` / ``/admin/restore`` ``{"key": "..."}``: revoke a key at run time.
 * ``POST /admin/config``: change rates at run time (``fail_rate``, ``latency_ms``...);
   ``{"throttle_s": 30}`` answers every key 429 with a Retry-After for the next 30 s.
@@ -21,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -36,11 +55,16 @@ from typing import Any
 
 from aiohttp import web
 
+from streams.errors import BadImage
+from streams.images import header_size
 from streams.settings import parse_keys
 
 logger = logging.getLogger("roadwatch.sim.vlm")
 
 REF = re.compile(r"Ref ([0-9a-f]{6,40})")
+WORDS = re.compile(r"\w+|[^\w\s]")
+QUEUE_HEADER = "X-DashScope-Queue-Enable"
+DEFAULT_MODELS = ("qwen-vl-plus", "qwen-vl-max")
 GAP = re.compile(r"gap ([0-9.]+) pedestrian heights")
 KIND = re.compile(r"group kind (\w+)")
 Z95 = 1.6449
@@ -51,9 +75,13 @@ class SimConfig:
     """What the simulated endpoint does; all of it can change at run time."""
 
     keys: set[str] = field(default_factory=set)  # empty: any key is valid
-    rpm: int = 0  # 0: unlimited
-    quota: int = 0  # calls per key before AllocationQuota (0: none)
-    quota_reset_s: float = 60.0
+    #: key -> account; a key not listed is its own account.
+    accounts: dict[str, str] = field(default_factory=dict)
+    #: model -> its limits for each account: rpm, tpm, rps, tps (absent: from ``rpm``, or none).
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    rpm: int = 0  # every model's requests per minute per account unless ``limits`` says (0: unlimited)
+    burst_factor: float = 2.0  # 0: no growth limit
+    queue_timeout_s: float = 10.0
     latency_ms: float = 300.0
     p95_ms: float = 800.0
     fail_rate: float = 0.0
@@ -70,15 +98,65 @@ def tail(key: str) -> str:
     return "…" + key[-4:]
 
 
+@dataclass
+class Quota:
+    """One (account, model) as the provider counts it."""
+
+    calls: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    bucket: float = -1.0  # the per-second bucket's level (-1: full, set on first use)
+    bucket_at: float = 0.0
+    usage: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    log: list[tuple[float, int, int]] = field(default_factory=list)
+
+
+def smart_resize(
+    width: int, height: int, factor: int = 28, min_px: int = 4 * 28 * 28, max_px: int = 1280 * 28 * 28
+) -> tuple[int, int]:
+    """Qwen-VL's resize before patching (from its published preprocessing)."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_px:
+        beta = math.sqrt(height * width / max_px)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_px:
+        beta = math.sqrt(min_px / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return w, h
+
+
+def count_tokens(messages: list[Any], content: str) -> tuple[int, int]:
+    """(prompt, completion) tokens of a call as the provider bills them."""
+    prompt = 0
+    for message in messages:
+        prompt += 3
+        body = message.get("content") if isinstance(message, dict) else None
+        parts = body if isinstance(body, list) else [{"type": "text", "text": body or ""}]
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "image_url":
+                url = str(part.get("image_url", {}).get("url", ""))
+                try:
+                    width, height = header_size(base64.b64decode(url.split(",", 1)[-1][:65536] + "=="))
+                except (ValueError, BadImage):
+                    width, height = 28, 28
+                w, h = smart_resize(max(1, width), max(1, height))
+                prompt += (w // 28) * (h // 28) + 2
+            else:
+                prompt += len(WORDS.findall(str(part.get("text", ""))))
+    return prompt, len(WORDS.findall(content))
+
+
 class SimVlm:
     """State of the simulated endpoint."""
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.revoked: set[str] = set()
-        self.windows: dict[str, deque[float]] = defaultdict(deque)
-        self.quota_used: dict[str, int] = defaultdict(int)
-        self.quota_since: dict[str, float] = {}
+        self.quotas: dict[tuple[str, str], Quota] = defaultdict(Quota)
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.rng = random.Random(cfg.seed)
         self.in_flight = 0
@@ -94,6 +172,57 @@ class SimVlm:
         body = {"error": {"code": code, "message": message, "type": code}, "request_id": f"sim-{time.time_ns()}"}
         return web.json_response(body, status=status, headers=headers)
 
+    def account(self, key: str) -> str:
+        return self.cfg.accounts.get(key, tail(key))
+
+    def limits(self, model: str) -> dict[str, float]:
+        limits = dict(self.cfg.limits.get(model, {}))
+        if "rpm" not in limits and self.cfg.rpm:
+            limits["rpm"] = self.cfg.rpm
+        return limits
+
+    def admit(self, q: Quota, limits: dict[str, float], now: float, tokens: int) -> tuple[str, str, float] | None:
+        """None when the call fits the quota now; else the refusal (code, kind, seconds to wait)."""
+        while q.calls and q.calls[0] <= now - 60.0:
+            q.calls.popleft()
+        while q.tokens and q.tokens[0][0] <= now - 60.0:
+            q.tokens.popleft()
+        rpm, tpm = limits.get("rpm"), limits.get("tpm")
+        rps = limits.get("rps") or (rpm / 60.0 if rpm else None)
+        tps = limits.get("tps") or (tpm / 60.0 if tpm else None)
+        if rpm and len(q.calls) >= rpm:
+            return "rate", "Throttling.RateQuota", q.calls[0] + 60.0 - now
+        used = sum(n for _, n in q.tokens)
+        if tpm and used + tokens > tpm:
+            freed, wait = 0, 60.0
+            for t, n in q.tokens:
+                freed += n
+                if used - freed + tokens <= tpm:
+                    wait = t + 60.0 - now
+                    break
+            return "tokens", "Throttling.AllocationQuota", wait
+        if rps:
+            capacity = max(1.0, rps)
+            level = capacity if q.bucket < 0 else min(capacity, q.bucket + (now - q.bucket_at) * rps)
+            q.bucket, q.bucket_at = level, now
+            if level < 1.0:
+                return "rate", "Throttling.RateQuota", (1.0 - level) / rps
+        if tps:
+            last = sum(n for t, n in q.tokens if t > now - 1.0)
+            if last and last + tokens > tps:
+                return "tokens", "Throttling.AllocationQuota", 1.0
+        if rps and self.cfg.burst_factor:
+            last1 = sum(1 for t in q.calls if t > now - 1.0)
+            prev1 = sum(1 for t in q.calls if now - 2.0 < t <= now - 1.0)
+            floor = max(3, math.ceil(rps * 0.4))
+            if last1 >= max(floor, self.cfg.burst_factor * prev1 + 1):
+                return "burst", "Throttling.BurstRate", 1.0
+        q.calls.append(now)
+        q.tokens.append((now, tokens))
+        if rps:
+            q.bucket -= 1.0
+        return None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         alias = tail(key) if key else "none"
@@ -102,6 +231,18 @@ class SimVlm:
         if not key or (self.cfg.keys and key not in self.cfg.keys) or key in self.revoked:
             counters["401"] += 1
             return self.error(401, "InvalidApiKey", "Invalid API-key provided.")
+        try:
+            body = await request.json()
+            messages = body["messages"]
+            model = str(body.get("model", "qwen-vl-plus"))
+            if not isinstance(messages, list):
+                raise TypeError("messages")
+        except (ValueError, KeyError, TypeError):
+            counters["400"] += 1
+            return self.error(400, "InvalidParameter", "Request body is not a chat completion request.")
+        if model not in self.cfg.limits and model not in DEFAULT_MODELS:
+            counters["400"] += 1
+            return self.error(400, "InvalidParameter", "Model not exist.")
         now = time.monotonic()
         if self.throttle_until > now:
             counters["429_throttled"] += 1
@@ -111,44 +252,37 @@ class SimVlm:
                 "Requests rate limit exceeded, please try again later.",
                 {"Retry-After": f"{math.ceil(self.throttle_until - now)}"},
             )
-        if self.cfg.quota:
-            since = self.quota_since.setdefault(key, now)
-            if now - since >= self.cfg.quota_reset_s:
-                self.quota_since[key], self.quota_used[key] = now, 0
-            if self.quota_used[key] >= self.cfg.quota:
-                counters["429_quota"] += 1
-                reset = self.quota_since[key] + self.cfg.quota_reset_s - now
-                return self.error(
-                    429,
-                    "Throttling.AllocationQuota",
-                    "Allocated quota exceeded, please increase your quota limit.",
-                    {"Retry-After": f"{max(1, math.ceil(reset))}"},
-                )
-            self.quota_used[key] += 1
-        if self.cfg.rpm:
-            window = self.windows[key]
-            while window and window[0] <= now - 60.0:
-                window.popleft()
-            if len(window) >= self.cfg.rpm:
-                counters["429"] += 1
-                retry = window[0] + 60.0 - now
-                return self.error(
-                    429,
-                    "Throttling.RateQuota",
-                    "Requests rate limit exceeded, please try again later.",
-                    {"Retry-After": f"{max(1, math.ceil(retry))}"},
-                )
-            window.append(now)
-        try:
-            body = await request.json()
-            messages = body["messages"]
-        except (ValueError, KeyError, TypeError):
-            counters["400"] += 1
-            return self.error(400, "InvalidParameter", "Request body is not a chat completion request.")
+        roll = self.rng.random()
+        text = " ".join(_texts(messages))
+        if roll < self.cfg.timeout_rate + self.cfg.fail_rate + self.cfg.garbage_rate and roll >= (
+            self.cfg.timeout_rate + self.cfg.fail_rate
+        ):
+            content = "I am not sure what to say about this picture."
+        else:
+            content = assess_text(text, _image_digest(messages))
+        prompt_tokens, completion_tokens = count_tokens(messages, content)
+        account = self.account(key)
+        quota = self.quotas[(account, model)]
+        limits = self.limits(model)
+        queued_until = now + self.cfg.queue_timeout_s if request.headers.get(QUEUE_HEADER) == "true" else now
+        while (refusal := self.admit(quota, limits, time.monotonic(), prompt_tokens + completion_tokens)) is not None:
+            kind, code, wait = refusal
+            if time.monotonic() + min(wait, 0.02) < queued_until:
+                await asyncio.sleep(min(max(wait, 0.005), 0.05))
+                continue
+            counters["429" if kind != "burst" else "429_burst"] += 1
+            if kind == "tokens":
+                counters["429_tokens"] += 1
+            quota.usage[f"429_{kind}"] += 1
+            message = {
+                "rate": "Requests rate limit exceeded, please try again later.",
+                "tokens": "Allocated quota exceeded, please increase your quota limit.",
+                "burst": "Request rate increased too quickly, please slow down.",
+            }[kind]
+            return self.error(429, code, message, {"Retry-After": f"{max(1, math.ceil(wait))}"})
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            roll = self.rng.random()
             if roll < self.cfg.timeout_rate:
                 counters["hang"] += 1
                 await asyncio.sleep(self.cfg.hang_s)
@@ -162,31 +296,47 @@ class SimVlm:
                     "InternalError" if status == 500 else "ServiceUnavailable",
                     "An internal error has occurred, please try again later.",
                 )
-            text = " ".join(_texts(messages))
             if roll < self.cfg.timeout_rate + self.cfg.fail_rate + self.cfg.garbage_rate:
                 counters["garbage"] += 1
-                content = "I am not sure what to say about this picture."
-            else:
-                content = assess_text(text, _image_digest(messages))
             counters["200"] += 1
+            quota.usage["calls"] += 1
+            quota.usage["prompt_tokens"] += prompt_tokens
+            quota.usage["completion_tokens"] += completion_tokens
+            quota.log.append((round(time.time(), 3), prompt_tokens, completion_tokens))
             return web.json_response(
                 {
                     "id": f"chatcmpl-sim-{time.time_ns()}",
                     "object": "chat.completion",
                     "created": int(time.time()),
-                    "model": body.get("model", "qwen-vl-plus"),
+                    "model": model,
                     "choices": [
                         {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                     ],
                     "usage": {
-                        "prompt_tokens": 400 + len(text) // 4,
-                        "completion_tokens": len(content) // 4,
-                        "total_tokens": 400 + len(text) // 4 + len(content) // 4,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
                     },
                 }
             )
         finally:
             self.in_flight -= 1
+
+    async def admin_usage(self, request: web.Request) -> web.Response:
+        with_calls = request.query.get("calls") == "1"
+        return web.json_response(
+            {
+                "quotas": [
+                    {
+                        "account": account,
+                        "model": model,
+                        **dict(q.usage),
+                        **({"log": q.log} if with_calls else {}),
+                    }
+                    for (account, model), q in sorted(self.quotas.items())
+                ]
+            }
+        )
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -194,7 +344,7 @@ class SimVlm:
                 "object": "list",
                 "data": [
                     {"id": m, "object": "model", "created": 0, "owned_by": "sim"}
-                    for m in ("qwen-vl-plus", "qwen-vl-max")
+                    for m in sorted({*DEFAULT_MODELS, *self.cfg.limits})
                 ],
             }
         )
@@ -212,12 +362,12 @@ class SimVlm:
 
     async def admin_config(self, request: web.Request) -> web.Response:
         for name, value in (await request.json()).items():
-            if not hasattr(self.cfg, name) or name == "keys":
+            if not hasattr(self.cfg, name) or name in ("keys", "accounts", "limits"):
                 raise web.HTTPBadRequest(text=f"unknown setting {name}")
             setattr(self.cfg, name, type(getattr(self.cfg, name))(value))
             if name == "throttle_s":
                 self.throttle_until = time.monotonic() + float(value)
-        return web.json_response({k: v for k, v in vars(self.cfg).items() if k != "keys"})
+        return web.json_response({k: v for k, v in vars(self.cfg).items() if k not in ("keys", "accounts")})
 
     def app(self) -> web.Application:
         application = web.Application(client_max_size=8 * 1024 * 1024)
@@ -225,6 +375,7 @@ class SimVlm:
         application.router.add_post("/compatible-mode/v1/chat/completions", self.chat)
         application.router.add_get("/v1/models", self.models)
         application.router.add_get("/admin/stats", self.admin_stats)
+        application.router.add_get("/admin/usage", self.admin_usage)
         application.router.add_post("/admin/revoke", self.admin_revoke)
         application.router.add_post("/admin/restore", self.admin_revoke)
         application.router.add_post("/admin/config", self.admin_config)
@@ -304,8 +455,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--keys", default="", help="valid keys, comma-separated (empty: any)")
     parser.add_argument("--keys-file", type=Path, default=None, help="valid keys from a file (as ROADWATCH_VLM_KEYS)")
-    parser.add_argument("--rpm", type=int, default=0)
-    parser.add_argument("--quota", type=int, default=0)
+    parser.add_argument("--rpm", type=int, default=0, help="every model's requests per minute per account")
+    parser.add_argument("--accounts", default="", help='JSON: {"account": ["key", ...]}; other keys: own account')
+    parser.add_argument("--limits", default="", help='JSON: {"model": {"rpm": .., "tpm": .., "rps": .., "tps": ..}}')
+    parser.add_argument("--burst-factor", type=float, default=2.0)
     parser.add_argument("--latency-ms", type=float, default=300.0)
     parser.add_argument("--p95-ms", type=float, default=800.0)
     parser.add_argument("--fail-rate", type=float, default=0.0)
@@ -317,10 +470,13 @@ def main(argv: list[str] | None = None) -> None:
     keys = {k for k in args.keys.split(",") if k}
     if args.keys_file is not None:
         keys |= {k.key.get_secret_value() for k in parse_keys(args.keys_file.read_text())}
+    accounts = {key: account for account, members in json.loads(args.accounts or "{}").items() for key in members}
     cfg = SimConfig(
         keys=keys,
+        accounts=accounts,
+        limits={m: {k: float(v) for k, v in lim.items()} for m, lim in json.loads(args.limits or "{}").items()},
+        burst_factor=args.burst_factor,
         rpm=args.rpm,
-        quota=args.quota,
         latency_ms=args.latency_ms,
         p95_ms=args.p95_ms,
         fail_rate=args.fail_rate,

@@ -43,6 +43,36 @@ tasks_skipped_total = Counter(
 vlm_calls_total = Counter(
     "roadwatch_vlm_calls_total", "VLM calls by outcome and key alias.", ["key_alias", "outcome"], registry=REGISTRY
 )
+vlm_model_calls_total = Counter(
+    "roadwatch_vlm_model_calls_total",
+    "VLM calls by account, model and outcome.",
+    ["account", "model", "outcome"],
+    registry=REGISTRY,
+)
+vlm_tokens_total = Counter(
+    "roadwatch_vlm_tokens_total",
+    "Tokens the provider counted (its usage), by account, model and direction (input, output).",
+    ["account", "model", "direction"],
+    registry=REGISTRY,
+)
+vlm_cost_total = Counter(
+    "roadwatch_vlm_cost_total", "Cost of VLM calls by the price table.", ["account", "model"], registry=REGISTRY
+)
+camera_cost_total = Counter(
+    "roadwatch_camera_cost_total", "Cost of VLM calls per camera.", ["camera_id"], registry=REGISTRY
+)
+quota_throttled_total = Counter(
+    "roadwatch_quota_throttled_total",
+    "429s of an (account, model) quota: rate (RPM/TPM) or burst (grew too fast).",
+    ["account", "model", "kind"],
+    registry=REGISTRY,
+)
+budget_skipped_total = Counter(
+    "roadwatch_budget_skipped_total",
+    "Tasks skipped because a daily budget was spent, by scope (account, camera).",
+    ["scope"],
+    registry=REGISTRY,
+)
 vlm_latency_seconds = Histogram(
     "roadwatch_vlm_latency_seconds", "VLM call latency.", buckets=LATENCY_BUCKETS_S, registry=REGISTRY
 )

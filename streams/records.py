@@ -162,6 +162,13 @@ class RiskAssessment(faust.Record, serializer="json", include_metadata=False):
     #: Time spent waiting for a key, ms.
     queue_ms: float = 0.0
     error: str | None = None
+    #: The provider account whose quota the answering call spent (a configured name, never a key).
+    account: str = BLANK_OK_OPTIONAL
+    #: Tokens of the answering call as the provider counted them (its ``usage``), and their cost by
+    #: the configured price table (0 without one).
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
     v: int = SCHEMA_VERSION
 
 
@@ -253,6 +260,8 @@ def validate(record: faust.Record) -> None:
             raise InvalidRecord(f"risk_score {record.risk_score} outside 0..1")
         if record.status not in TASK_STATUSES:
             raise InvalidRecord(f"status {record.status!r} not one of {TASK_STATUSES}")
+        if record.prompt_tokens < 0 or record.completion_tokens < 0 or not 0 <= record.cost < 1e9:
+            raise InvalidRecord("tokens and cost must not be negative")
     elif isinstance(record, AssessmentTask):
         if record.reason not in TASK_REASONS:
             raise InvalidRecord(f"reason {record.reason!r} not one of {TASK_REASONS}")

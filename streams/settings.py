@@ -34,6 +34,52 @@ class ApiKeyConfig(BaseModel):
     rpm: int | None = Field(default=None, gt=0, description="Requests per minute allowed on this key.")
     tpm: int | None = Field(default=None, gt=0, description="Tokens per minute allowed on this key.")
     max_in_flight: int | None = Field(default=None, gt=0, description="Concurrent calls cap.")
+    account: str = Field(
+        default="",
+        description="The provider account the key belongs to; its keys share the account's quota per model "
+        "(DashScope counts RPM/TPM per account and model). Empty: the key is its own account.",
+    )
+    workspace: str = Field(
+        default="", description="A sub-workspace of the account with its own per-model limits (optional)."
+    )
+
+    @property
+    def account_name(self) -> str:
+        """The account whose quota this key spends (its alias when none is declared)."""
+        return self.account or self.alias
+
+
+class QuotaConfig(BaseModel):
+    """The provider's limits of one (account, model), or of a sub-workspace of the account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account: str = Field(min_length=1, description="The account (as the keys' ``account``).")
+    model: str = Field(default="*", min_length=1, description="The model these limits are for; * for every model.")
+    workspace: str = Field(default="", description="A sub-workspace's own limits (within the account's).")
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute.")
+    tpm: int | None = Field(default=None, gt=0, description="Tokens (input + output) per minute.")
+    rps: float | None = Field(default=None, gt=0, description="Requests per second (default rpm / 60).")
+    tps: float | None = Field(default=None, gt=0, description="Tokens per second (default tpm / 60).")
+
+
+class PriceConfig(BaseModel):
+    """What one model costs per 1,000 tokens (in any currency; budgets are in the same)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_1k: float = Field(ge=0)
+    output_per_1k: float = Field(ge=0)
+
+
+def _json_setting(name: str, raw: str, default: object) -> object:
+    raw = raw.strip()
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
 
 
 #: Words of the example files' placeholder secrets (deploy/secrets/*.example, deploy/k8s/20-secret.yaml).
@@ -187,6 +233,48 @@ class Settings(BaseSettings):
     vlm_max_retries: int = Field(default=2, ge=0, le=10, description="Retries on another key.")
     vlm_backoff_base_s: float = Field(default=2.0, ge=0, description="Backoff base: base**attempt seconds.")
     vlm_max_tokens: int = Field(default=300, gt=0, description="max_tokens of each completion.")
+    vlm_models: str = Field(
+        default="",
+        description="A model chain, comma-separated (qwen-vl-max,qwen-vl-plus): when the first model's quota is "
+        "spent or it fails, the next serves. Empty: vlm_model alone.",
+    )
+    vlm_first_model_min_interest: float = Field(
+        default=0.0, ge=0, le=1, description="Only groups at least this interesting may use the chain's first model."
+    )
+    vlm_quotas: str = Field(
+        default="",
+        description='Limits per (account, model), JSON list: [{"account": "a", "model": "qwen-vl-max", "rpm": 120, '
+        '"tpm": 100000}]; a "workspace" entry limits a sub-workspace within the account.',
+    )
+    vlm_smoothing: bool = Field(
+        default=True,
+        description="Spread each quota's calls evenly over the second and ramp up from idle (DashScope refuses "
+        "bursts); off: only the per-minute windows.",
+    )
+    vlm_ramp_start: float = Field(
+        default=0.25, gt=0, le=1, description="From idle, a quota starts at this fraction of its per-second rate."
+    )
+    vlm_ramp_growth: float = Field(
+        default=1.5, gt=1, le=4, description="A quota's calls per second may grow by this factor each second."
+    )
+    vlm_server_queue: bool = Field(
+        default=False,
+        description="Send X-DashScope-Queue-Enable: true, so the provider queues bursts instead of refusing them.",
+    )
+    vlm_prices: str = Field(
+        default="",
+        description='Price per model, JSON: {"qwen-vl-max": {"input_per_1k": 0.003, "output_per_1k": 0.009}}.',
+    )
+    vlm_account_daily_budget: str = Field(
+        default="", description='Daily spend cap per account, JSON: {"acct-a": 5.0} (UTC days; same currency).'
+    )
+    camera_daily_budget: float | None = Field(default=None, gt=0, description="Daily spend cap per camera.")
+    vlm_max_crop_pixels: int = Field(
+        default=401_408,
+        ge=3136,
+        description="Crops larger than this (width x height) are downscaled before encoding: image tokens grow "
+        "with the area (one per 28x28 px on Qwen-VL), so this caps a call's cost.",
+    )
     key_strategy: KeyStrategy = Field(default="least_loaded", description="Key selection strategy.")
     cooldown_min_s: float = Field(default=10.0, ge=0, description="Shortest cooldown after a failure.")
     cooldown_max_s: float = Field(default=120.0, ge=0, description="Longest cooldown after a failure.")
@@ -232,6 +320,29 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _providers_consistent(self) -> Settings:
+        """Quotas, prices and budgets that cannot mean what they say are refused at start."""
+        quotas, prices, budgets = self.quotas(), self.prices(), self.account_budgets()
+        chain = self.model_chain()
+        if len(set(chain)) != len(chain):
+            raise ValueError(f"vlm_models names a model twice: {chain}")
+        seen = set()
+        for q in quotas:
+            if q.rpm is None and q.tpm is None and q.rps is None and q.tps is None:
+                raise ValueError(f"vlm_quotas: account {q.account!r} model {q.model!r} declares no limit")
+            ident = (q.account, q.workspace, q.model)
+            if ident in seen:
+                raise ValueError(f"vlm_quotas: account {q.account!r} model {q.model!r} is declared twice")
+            seen.add(ident)
+        if budgets or self.camera_daily_budget is not None:
+            unpriced = [m for m in chain if m not in prices]
+            if unpriced:
+                raise ValueError(
+                    f"a daily budget is set but vlm_prices has no price for {unpriced}: spend could not be counted"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _cooldowns_ordered(self) -> Settings:
         if self.cooldown_min_s > self.cooldown_max_s:
             raise ValueError(
@@ -267,6 +378,32 @@ class Settings(BaseSettings):
     def bootstrap_servers(self) -> str:
         """The broker list as aiokafka wants it (host:port,host:port)."""
         return ",".join(url.removeprefix("kafka://") for url in self.kafka_url.split(";"))
+
+    def model_chain(self) -> list[str]:
+        """The models to try, best first."""
+        chain = [m.strip() for m in self.vlm_models.split(",") if m.strip()]
+        return chain or [self.vlm_model]
+
+    def quotas(self) -> list[QuotaConfig]:
+        """The declared (account, model) limits."""
+        loaded = _json_setting("vlm_quotas", self.vlm_quotas, [])
+        if not isinstance(loaded, list):
+            raise ValueError("vlm_quotas must be a JSON list of objects")
+        return [QuotaConfig.model_validate(q) for q in loaded]
+
+    def prices(self) -> dict[str, PriceConfig]:
+        """The price table, per model."""
+        loaded = _json_setting("vlm_prices", self.vlm_prices, {})
+        if not isinstance(loaded, dict):
+            raise ValueError("vlm_prices must be a JSON object: model -> {input_per_1k, output_per_1k}")
+        return {str(m): PriceConfig.model_validate(p) for m, p in loaded.items()}
+
+    def account_budgets(self) -> dict[str, float]:
+        """Daily spend caps per account."""
+        loaded = _json_setting("vlm_account_daily_budget", self.vlm_account_daily_budget, {})
+        if not isinstance(loaded, dict) or not all(isinstance(v, int | float) and v > 0 for v in loaded.values()):
+            raise ValueError("vlm_account_daily_budget must be a JSON object: account -> a positive amount")
+        return {str(a): float(v) for a, v in loaded.items()}
 
     def api_keys(self) -> list[ApiKeyConfig]:
         """The configured keys: the file wins over the variable when both are set."""

@@ -39,6 +39,10 @@ camera_view = app.Table("camera_view", default=None, key_type=bytes, partitions=
 #: camera_id -> the last 100 alerts of the camera (list, newest first).
 alerts = app.Table("alerts", default=None, key_type=bytes, partitions=settings.topic_partitions)
 
+#: ``cam:<camera>`` / ``acct:<account>@<partition>`` -> the day's VLM spend (agents/costs.py); written by
+#: the scheduler while it handles a task, so a row lives in the partition of the tasks it counts.
+vlm_spend = app.Table("vlm_spend", default=None, key_type=str, partitions=settings.topic_partitions)
+
 #: key alias -> persisted key state (state, cooldown_until, disabled reason, totals).
 key_pool = app.GlobalTable(
     "key_pool",

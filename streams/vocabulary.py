@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-#: How a task ended; every task ends in exactly one.
-TaskStatus = Literal["ok", "failed", "expired"]
+#: How a task ended; every task ends in exactly one (``skipped``: a daily budget was spent, so no
+#: call was made; alerts that need no VLM still flow).
+TaskStatus = Literal["ok", "failed", "expired", "skipped"]
 TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
 #: Why the task generator made a task (``replay``: a redelivered frame makes its tasks again).
 TaskReason = Literal["new", "changed", "refresh", "replay"]
@@ -19,5 +20,5 @@ RiskLevel = Literal["none", "low", "medium", "high", "critical"]
 RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 #: How a VLM call failed (``agents/vlm_client.py`` maps each provider answer to one; the key pool
 #: reacts by kind).
-VlmErrorKind = Literal["auth", "quota", "arrearage", "rate", "content", "request", "server", "parse"]
+VlmErrorKind = Literal["auth", "quota", "arrearage", "rate", "burst", "content", "request", "server", "parse"]
 VLM_ERROR_KINDS: tuple[VlmErrorKind, ...] = get_args(VlmErrorKind)

@@ -144,14 +144,19 @@ class Keys(View):
     """Key aliases, states and numbers; never a key."""
 
     async def get(self, request: Request) -> Response:
-        pool = current().pool
+        clients = current()
+        pool = clients.pool
         rows = pool.snapshot()
         return self.json(
             {
                 "strategy": pool.strategy,
                 "share": round(pool.share, 3),
+                "models": pool.models,
                 "keys": rows,
                 "available": sum(r["state"] in ("AVAILABLE", "IN_USE") for r in rows),
+                "quotas": pool.quota_snapshot(),
+                # today's calls, tokens and spend per account through this worker's partitions
+                "spend_today": clients.spend.today_by_account(),
             }
         )
 
@@ -170,7 +175,7 @@ class KeyAction(View):
             pool.enable(alias)
         else:
             return self.json({"error": "action must be enable or disable"}, status=400)
-        return self.json({"alias": alias, "state": pool.by_alias[alias].state(time.time())})
+        return self.json({"alias": alias, "state": pool.key_state(pool.by_alias[alias])})
 
 
 @app.page("/health")

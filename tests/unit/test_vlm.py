@@ -60,14 +60,14 @@ async def test_a_good_key_gets_a_parsed_assessment_echoing_the_ref(sim):
     [
         ({"key": "wrong-key-0000"}, "auth"),
         ({"rpm": 1, "calls": 2}, "rate"),
-        ({"quota": 1, "calls": 2}, "quota"),
+        ({"limits": {"qwen-vl-plus": {"tpm": 50}}, "calls": 1}, "rate"),
         ({"fail_rate": 1.0}, "server"),
         ({"garbage_rate": 1.0}, "parse"),
     ],
 )
 async def test_each_failure_has_the_kind_the_pool_reacts_to(sim, setup, kind):
     simulator, url = sim
-    for name in ("rpm", "quota", "fail_rate", "garbage_rate"):
+    for name in ("rpm", "limits", "fail_rate", "garbage_rate"):
         if name in setup:
             setattr(simulator.cfg, name, setup[name])
     vlm = client(url)
@@ -96,7 +96,9 @@ async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
         (401, '{"code": "InvalidApiKey", "message": "Invalid API-key provided."}', "auth"),
         (403, "", "auth"),
         (429, '{"error": {"code": "Throttling.RateQuota", "message": "Requests rate limit exceeded"}}', "rate"),
-        (429, '{"error": {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded"}}', "quota"),
+        (429, '{"error": {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded"}}', "rate"),
+        (429, '{"error": {"code": "Throttling.BurstRate", "message": "Request rate increased too quickly"}}', "burst"),
+        (429, '{"error": {"code": "insufficient_quota", "message": "You exceeded your current quota"}}', "quota"),
         (
             400,
             '{"code": "Arrearage", "message": "Access denied, please make sure your account is in good standing."}',

@@ -1,0 +1,375 @@
+"""Quotas as the provider counts them (#14): per (account, model), smoothed per second, ramped from
+idle, cooled together; the model chain; tokens, cost and daily budgets; the simulated provider."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator
+
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+from pydantic import SecretStr, ValidationError
+
+from agents.costs import Estimate, SpendLedger, account_row, camera_row, image_tokens, price
+from agents.key_pool import COOLING, KeyPool
+from agents.vlm_client import VlmClient
+from sim.vlm import SimConfig, SimVlm, count_tokens
+from streams.errors import VlmError
+from streams.settings import ApiKeyConfig, PriceConfig, QuotaConfig, Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def account_keys(n: int = 10, account: str = "acct", prefix: str = "k") -> list[ApiKeyConfig]:
+    return [
+        ApiKeyConfig(key=SecretStr(f"{prefix}-secret-{i}"), alias=f"{prefix}-{i}", account=account) for i in range(n)
+    ]
+
+
+def drive(pool: KeyPool, clock: Clock, seconds: float, step: float = 0.005) -> list[tuple[float, str, str]]:
+    """Take every call the pool grants, releasing each at once; (time, key, model) of each."""
+    calls = []
+    end = clock.now + seconds
+    while clock.now < end:
+        while (lease := pool.try_acquire(tokens=0)) is not None:
+            calls.append((clock.now, lease.alias, lease.model))
+            pool.release(lease, ok=True, tokens=0)
+        clock.now += step
+    return calls
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_ten_keys_of_one_account_are_paced_as_the_one_quota_they_share():
+    clock = Clock()
+    pool = KeyPool(account_keys(10), clock=clock, models=["qwen-vl-max"], quotas=[QuotaConfig(account="acct", rpm=120)])
+    start = clock.now
+    times = [t - start for t, _, _ in drive(pool, clock, 120.0)]
+    assert max_in_window(times, 60.0) <= 120  # the account's minute, whatever the number of keys
+    assert max_in_window(times, 1.0) <= 2  # the per-second rate (RPM/60): no burst
+    assert sum(1 for t in times if 60 <= t < 120) >= 0.95 * 120  # and the quota is used
+    per_second = [sum(1 for t in times if k <= t < k + 1) for k in range(8)]
+    assert per_second[0] == 1  # the ramp starts at its floor (a quarter of the rate) ...
+    for before, now in itertools.pairwise(per_second):
+        assert now <= max(2, 2 * before - 1)  # ... and grows slower than the provider refuses
+
+
+def test_without_smoothing_a_minute_of_calls_goes_out_at_once():
+    """The baseline the smoothing exists for: the provider refuses this burst."""
+    clock = Clock()
+    pool = KeyPool(
+        account_keys(10),
+        clock=clock,
+        models=["qwen-vl-max"],
+        quotas=[QuotaConfig(account="acct", rpm=120)],
+        smoothing=False,
+    )
+    start = clock.now
+    times = [t - start for t, _, _ in drive(pool, clock, 2.0)]
+    assert len(times) == 120 and max_in_window(times, 1.0) == 120
+
+
+def test_a_429_cools_every_key_of_the_account_for_that_model_and_the_next_model_serves():
+    clock = Clock()
+    pool = KeyPool(
+        account_keys(4),
+        clock=clock,
+        models=["qwen-vl-max", "qwen-vl-plus"],
+        quotas=[QuotaConfig(account="acct", model="qwen-vl-max", rpm=600), QuotaConfig(account="acct", rpm=600)],
+    )
+    lease = pool.try_acquire()
+    assert lease is not None and lease.model == "qwen-vl-max"
+    pool.release(lease, ok=False, kind="rate", retry_after=20)
+    clock.now += 1.0
+    nxt = pool.try_acquire()
+    assert nxt is not None and nxt.model == "qwen-vl-plus"  # every key of the account is refused on max
+    assert all(row["state"] == COOLING for row in pool.quota_snapshot() if row["model"] == "qwen-vl-max")
+    assert pool.key_state(pool.by_alias[lease.alias]) != COOLING  # the key still serves the next model
+    clock.now += 20.0
+    back = pool.try_acquire()
+    assert back is not None and back.model == "qwen-vl-max"
+
+
+def test_two_accounts_are_two_quotas_and_a_plain_key_is_its_own_account():
+    clock = Clock()
+    keys = account_keys(3, "a", "a") + account_keys(3, "b", "b") + [ApiKeyConfig(key=SecretStr("p-1"), alias="plain")]
+    pool = KeyPool(
+        keys,
+        clock=clock,
+        smoothing=False,
+        quotas=[QuotaConfig(account="a", rpm=10), QuotaConfig(account="b", rpm=5), QuotaConfig(account="plain", rpm=2)],
+    )
+    calls = drive(pool, clock, 1.0)
+    by_account: dict[str, int] = {}
+    for _, alias, _ in calls:
+        by_account[alias[0]] = by_account.get(alias[0], 0) + 1
+    assert by_account == {"a": 10, "b": 5, "p": 2}
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_an_account_quota_is_dealt_over_the_workers_in_whole_calls(workers):
+    partitions, got = 8, 0
+    for w in range(workers):
+        clock = Clock()
+        pool = KeyPool(account_keys(10), clock=clock, smoothing=False, quotas=[QuotaConfig(account="acct", rpm=13)])
+        pool.set_partitions(frozenset(range(w, partitions, workers)), partitions)
+        got += len(drive(pool, clock, 0.5))
+    assert got == 13
+
+
+def test_tokens_per_minute_count_estimates_in_flight_and_the_providers_count_after():
+    clock = Clock()
+    pool = KeyPool(account_keys(2), clock=clock, smoothing=False, quotas=[QuotaConfig(account="acct", tpm=1000)])
+    leases = [pool.try_acquire(tokens=300) for _ in range(3)]
+    assert all(lease is not None for lease in leases)
+    assert pool.try_acquire(tokens=300) is None  # 900 reserved + 300 > 1000
+    for lease in leases:
+        assert lease is not None
+        pool.release(lease, ok=True, tokens=100)  # the provider counted 100 each
+    assert pool.try_acquire(tokens=300) is not None
+
+
+def test_quotas_naming_no_known_account_or_workspace_are_refused():
+    with pytest.raises(ValueError, match="no key belongs to account 'typo'"):
+        KeyPool(account_keys(2), quotas=[QuotaConfig(account="typo", rpm=10)])
+    with pytest.raises(ValueError, match="workspace 'ws'"):
+        KeyPool(account_keys(2), quotas=[QuotaConfig(account="acct", workspace="ws", rpm=10)])
+
+
+def test_a_workspace_has_its_own_limit_within_the_account():
+    clock = Clock()
+    keys = [
+        ApiKeyConfig(key=SecretStr("w-1"), alias="ws-key", account="acct", workspace="ws"),
+        ApiKeyConfig(key=SecretStr("m-1"), alias="main-key", account="acct"),
+    ]
+    pool = KeyPool(
+        keys,
+        clock=clock,
+        smoothing=False,
+        quotas=[QuotaConfig(account="acct", rpm=10), QuotaConfig(account="acct", workspace="ws", rpm=3)],
+    )
+    calls = drive(pool, clock, 0.5)
+    assert len(calls) == 10 and sum(1 for _, alias, _ in calls if alias == "ws-key") <= 3
+
+
+def test_settings_refuse_budgets_without_prices_and_duplicate_quotas():
+    with pytest.raises(ValidationError, match="no price"):
+        Settings(camera_daily_budget=1.0)
+    with pytest.raises(ValidationError, match="declared twice"):
+        Settings(vlm_quotas='[{"account": "a", "rpm": 1}, {"account": "a", "rpm": 2}]')
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        Settings(vlm_prices="{oops")
+    ok = Settings(
+        vlm_models="qwen-vl-max,qwen-vl-plus",
+        vlm_prices='{"qwen-vl-max": {"input_per_1k": 0.003, "output_per_1k": 0.009}, '
+        '"qwen-vl-plus": {"input_per_1k": 0.001, "output_per_1k": 0.003}}',
+        vlm_account_daily_budget='{"acct": 2.5}',
+    )
+    assert ok.model_chain() == ["qwen-vl-max", "qwen-vl-plus"] and ok.account_budgets() == {"acct": 2.5}
+
+
+# --- tokens and cost ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("size", "tokens"),
+    [((28, 28), 4 + 2), ((448, 448), 256 + 2), ((640, 480), 23 * 17 + 2), ((4000, 3000), None)],
+)
+def test_image_tokens_follow_the_area(size, tokens):
+    got = image_tokens(*size)
+    if tokens is None:
+        assert 1000 <= got <= 1280 + 2  # capped by the model's maximum pixels
+    else:
+        assert got == tokens
+
+
+def test_the_estimate_is_never_below_what_the_provider_counts():
+    """The reservation is a worst case, so a budget is never overrun by calls in flight."""
+    from agents.vlm_client import SYSTEM_PROMPT, build_request
+
+    for width, height in ((64, 128), (300, 200), (640, 640)):
+        jpeg = cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes()
+        context = "Camera cam-7, group kind pedestrian_vehicle, 2 road users, gap 0.40 pedestrian heights. Ref ab12cd."
+        messages = build_request("qwen-vl-plus", jpeg, context, 300)["messages"]
+        counted, _ = count_tokens(messages, "")
+        from agents.costs import text_tokens
+
+        estimate = image_tokens(width, height) + text_tokens(SYSTEM_PROMPT, context)
+        assert counted <= estimate <= counted * 1.6
+
+
+def _ledger(**kw: object) -> tuple[SpendLedger, Clock, dict[str, object]]:
+    clock, rows = Clock(), {}
+    prices = {"m": PriceConfig(input_per_1k=1.0, output_per_1k=2.0)}
+    ledger = SpendLedger(prices, kw.get("accounts", {}), kw.get("camera"), rows, clock=clock)  # type: ignore[arg-type]
+    return ledger, clock, rows
+
+
+def test_a_camera_budget_counts_reservations_and_actual_spend():
+    ledger, clock, rows = _ledger(camera=1.0)
+    worst = ledger.worst_case("m", Estimate(prompt_tokens=200, max_output_tokens=100))
+    assert worst == pytest.approx(0.4)
+    first = ledger.reserve("a", "cam", 3, worst)
+    second = ledger.reserve("a", "cam", 3, worst)
+    assert ledger.camera_left("cam") == pytest.approx(0.2)  # two worst cases in flight
+    assert ledger.settle(first, "m", 150, 20) == pytest.approx(0.19)
+    ledger.cancel(second)
+    assert ledger.camera_left("cam") == pytest.approx(0.81)
+    assert rows[camera_row("cam")]["calls"] == 1 and rows[account_row("a", 3)]["cost"] == pytest.approx(0.19)
+    clock.now += 86_400  # a new UTC day: nothing spent yet
+    assert ledger.camera_left("cam") == pytest.approx(1.0)
+
+
+def test_an_account_budget_is_shared_by_the_workers_partitions():
+    ledger, _, rows = _ledger(accounts={"a": 8.0})
+    ledger.set_partitions(frozenset({0, 1}), 8)  # a quarter of the partitions: 2.0 of the budget
+    assert ledger.account_left("a") == pytest.approx(2.0)
+    rows[account_row("a", 0)] = {"day": time.strftime("%Y-%m-%d", time.gmtime(1_000_000.0)), "cost": 0.5}
+    rows[account_row("a", 5)] = {"day": time.strftime("%Y-%m-%d", time.gmtime(1_000_000.0)), "cost": 9.0}  # not ours
+    assert ledger.account_left("a") == pytest.approx(1.5)
+    assert ledger.account_left("other") == math.inf
+
+
+# --- the simulated provider and the real client -----------------------------------------------
+@pytest.fixture
+async def provider() -> AsyncIterator[tuple[SimVlm, str]]:
+    keys = {f"acct-key-{i:04d}" for i in range(10)}
+    sim = SimVlm(
+        SimConfig(
+            keys=keys,
+            accounts={k: "acct" for k in keys},
+            limits={"qwen-vl-plus": {"rpm": 600}},
+            latency_ms=30,
+            p95_ms=60,
+        )
+    )
+    runner = web.AppRunner(sim.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield sim, f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()
+
+
+async def _load(url: str, pool: KeyPool, seconds: float, callers: int = 20) -> tuple[int, int]:
+    """Callers taking keys from ``pool`` for ``seconds``; (accepted, refused) calls."""
+    jpeg = cv2.imencode(".jpg", np.zeros((96, 64, 3), np.uint8))[1].tobytes()
+    vlm = VlmClient(url, "qwen-vl-plus", timeout_s=5, pool_size=callers, max_tokens=50)
+    end, counts = time.time() + seconds, [0, 0]
+
+    async def caller() -> None:
+        while time.time() < end:
+            try:
+                lease = await pool.acquire(end)
+            except Exception:
+                return
+            try:
+                answer = await vlm.assess(lease.secret, jpeg, "group kind single. Ref abcdef")
+            except VlmError as exc:
+                counts[1] += 1
+                pool.release(lease, ok=False, kind=exc.kind, retry_after=exc.retry_after)
+            else:
+                counts[0] += 1
+                pool.release(lease, ok=True, tokens=answer.prompt_tokens + answer.completion_tokens)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    await vlm.close()
+    return counts[0], counts[1]
+
+
+async def test_the_paced_pool_uses_an_accounts_quota_without_a_refusal_and_the_burst_baseline_is_refused(provider):
+    sim, url = provider
+    keys = [
+        ApiKeyConfig(key=SecretStr(k), alias=f"key-{i}", account="acct") for i, k in enumerate(sorted(sim.cfg.keys))
+    ]
+    quotas = [QuotaConfig(account="acct", rpm=600)]
+    paced = KeyPool(keys, quotas=quotas)
+    accepted, refused = await _load(url, paced, 6.0)
+    assert refused == 0, {k: v for k, v in sim.quotas[("acct", "qwen-vl-plus")].usage.items() if "429" in k}
+    assert accepted >= 25  # the ramp from 2 calls a second, then the per-second rate
+    await asyncio.sleep(2.5)  # the provider's last seconds empty: a fresh start for the baseline
+    sim.quotas.clear()
+    accepted_b, refused_b = await _load(url, KeyPool(keys, quotas=quotas, smoothing=False), 6.0)
+    assert refused_b > 0  # the same quota released a minute at a time: the provider refuses the bursts
+    usage = {(q["account"], q["model"]): q for q in (await _usage(url))["quotas"]}
+    assert usage[("acct", "qwen-vl-plus")]["calls"] == accepted_b
+
+
+async def _usage(url: str) -> dict[str, object]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url.removesuffix("/v1") + "/admin/usage") as resp:
+            return await resp.json()
+
+
+async def test_the_provider_counts_image_tokens_by_area_in_usage(provider):
+    sim, url = provider
+    key = sorted(sim.cfg.keys)[0]
+    vlm = VlmClient(url, "qwen-vl-plus", timeout_s=5, pool_size=2, max_tokens=50)
+    small = cv2.imencode(".jpg", np.zeros((56, 56, 3), np.uint8))[1].tobytes()
+    large = cv2.imencode(".jpg", np.zeros((448, 448, 3), np.uint8))[1].tobytes()
+    a = await vlm.assess(key, small, "Ref abcdef")
+    b = await vlm.assess(key, large, "Ref abcdef")
+    await vlm.close()
+    assert b.prompt_tokens - a.prompt_tokens == (256 + 2) - (4 + 2)
+    assert price({"qwen-vl-plus": PriceConfig(input_per_1k=1, output_per_1k=0)}, "qwen-vl-plus", 1000, 5) == 1.0
+
+
+async def test_the_scheduler_books_cost_and_model_and_skips_once_the_camera_budget_is_spent(provider, tmp_path):
+    import dataclasses
+
+    from agents.llm_scheduler import assess
+    from agents.worker_clients import WorkerClients
+    from sim.records import assessment_task, detection
+
+    sim, url = provider
+    keys = sorted(sim.cfg.keys)
+    settings = Settings(
+        vlm_base_url=url,
+        image_store=f"file://{tmp_path}",
+        vlm_keys=",".join(keys),
+        vlm_prices='{"qwen-vl-plus": {"input_per_1k": 0.5, "output_per_1k": 1.0}}',
+        camera_daily_budget=0.5,
+        vlm_max_tokens=100,
+    )
+    clients = WorkerClients.build(settings)
+    clients = dataclasses.replace(
+        clients, pool=KeyPool([k.model_copy(update={"account": "acct"}) for k in settings.api_keys()])
+    )
+    statuses, cost = [], 0.0
+    for seq in range(1, 12):
+        result = await assess(assessment_task(detection("cam-b", seq), f"t{seq}", deadline_in_ms=10_000), clients)
+        statuses.append(result.status)
+        if result.status == "ok":
+            assert result.model == "qwen-vl-plus" and result.account == "acct" and result.prompt_tokens > 0
+            assert result.cost == pytest.approx(
+                price(settings.prices(), "qwen-vl-plus", result.prompt_tokens, result.completion_tokens)
+            )
+            cost += result.cost
+        else:
+            assert result.status == "skipped" and "camera" in (result.error or "")
+    await clients.close()
+    assert "ok" in statuses and statuses[-1] == "skipped"
+    assert statuses == sorted(statuses)  # "ok" until the budget is spent, "skipped" from then on
+    assert cost <= 0.5
+    usage = (await _usage(url))["quotas"]
+    billed = sum(price(settings.prices(), "qwen-vl-plus", q["prompt_tokens"], q["completion_tokens"]) for q in usage)
+    assert billed == pytest.approx(cost)  # the provider's ground truth
