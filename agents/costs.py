@@ -140,13 +140,19 @@ class SpendLedger:
         row = self._row(key)
         return float(row["cost"]) if row else 0.0
 
-    def account_left(self, account: str) -> float:
-        """What this worker may still spend of the account today (inf without a budget)."""
+    def account_share(self, account: str) -> float:
+        """This worker's share of the account's daily budget (inf without a budget)."""
         budget = self.account_budgets.get(account)
         if budget is None:
             return math.inf
+        return budget * (1.0 if self.owned is None else len(self.owned) / self.partitions)
+
+    def account_left(self, account: str) -> float:
+        """What this worker may still spend of the account today (inf without a budget)."""
+        share = self.account_share(account)
+        if share == math.inf:
+            return share
         parts = range(self.partitions) if self.owned is None else sorted(self.owned)
-        share = budget * (1.0 if self.owned is None else len(self.owned) / self.partitions)
         spent = sum(self.spent(account_row(account, p)) for p in parts)
         return share - spent - self.pending_accounts.get(account, 0.0)
 
@@ -206,6 +212,6 @@ class SpendLedger:
             for name in total:
                 total[name] += value.get(name, 0)
         for account, total in out.items():
-            budget = self.account_budgets.get(account)
-            total["budget_share"] = round(self.account_left(account) + total["cost"], 6) if budget else -1
+            share = self.account_share(account)
+            total["budget_share"] = -1 if share == math.inf else round(share, 6)
         return out

@@ -226,8 +226,41 @@ async def test_verify_keys_reports_each_alias_and_never_a_key(sim, monkeypatch, 
     settings = Settings(vlm_base_url=url, vlm_keys=f"{GOOD},{OTHER},wrong-key-9999")
     monkeypatch.setattr(vk, "get_settings", lambda: settings)
     rows = await vk.verify(5.0)
-    assert [(alias, outcome, status) for alias, outcome, status, _ in rows] == [
+    assert [(alias, outcome, status) for alias, _, outcome, status, _ in rows] == [
         ("key-1", "ok", 200),
         ("key-2", "auth", 401),
         ("key-3", "auth", 401),
     ]
+
+
+async def test_verify_keys_checks_every_model_and_says_which_keys_share_a_quota(sim, monkeypatch, capsys):
+    import json
+
+    import ops.verify_keys as vk
+    from streams.settings import Settings
+
+    _, url = sim
+    keys = [
+        {"key": GOOD, "alias": "a-1", "account": "acct-a"},
+        {"key": OTHER, "alias": "a-2", "account": "acct-a"},
+        {"key": "solo-key-3333", "alias": "solo"},
+    ]
+    settings = Settings(
+        vlm_base_url=url,
+        vlm_keys=json.dumps(keys),
+        vlm_models="qwen-vl-max,no-such-model",
+        vlm_quotas='[{"account": "acct-a", "model": "qwen-vl-max", "rpm": 120}]',
+    )
+    monkeypatch.setattr(vk, "get_settings", lambda: settings)
+    with pytest.raises(SystemExit) as done:  # main runs its own event loop: off this test's
+        await asyncio.to_thread(vk.main, ["--json"])
+    assert done.value.code == 1  # the unknown model is unusable
+    out = json.loads(capsys.readouterr().out)
+    outcomes = {(k["alias"], k["model"]): k["outcome"] for k in out["keys"]}
+    assert outcomes[("a-1", "qwen-vl-max")] == "ok" and outcomes[("a-1", "no-such-model")] == "request"
+    assert outcomes[("solo", "qwen-vl-max")] == "auth"  # the simulator knows only its two keys
+    groups = {(g["account"], g["model"]): g for g in out["quotas"]}
+    assert groups[("acct-a", "qwen-vl-max")]["keys"] == ["a-1", "a-2"] and groups[("acct-a", "qwen-vl-max")]["shared"]
+    assert groups[("acct-a", "qwen-vl-max")]["limits"] == {"account": {"rpm": 120}}
+    assert groups[("solo", "qwen-vl-max")]["shared"] is False and groups[("solo", "qwen-vl-max")]["limits"] is None
+    assert GOOD not in json.dumps(out) and OTHER not in json.dumps(out)
