@@ -373,3 +373,29 @@ async def test_the_scheduler_books_cost_and_model_and_skips_once_the_camera_budg
     usage = (await _usage(url))["quotas"]
     billed = sum(price(settings.prices(), "qwen-vl-plus", q["prompt_tokens"], q["completion_tokens"]) for q in usage)
     assert billed == pytest.approx(cost)  # the provider's ground truth
+
+
+def test_the_best_model_can_be_kept_for_the_most_interesting_groups():
+    from agents.llm_scheduler import model_chain
+    from sim.records import assessment_task, detection
+
+    s = Settings(vlm_models="qwen-vl-max,qwen-vl-plus", vlm_first_model_min_interest=0.7)
+    task = assessment_task(detection("cam-i", 1), "t-i", deadline_in_ms=10_000)
+    dull = task.derive(group=task.group.derive(interest=0.5))
+    keen = task.derive(group=task.group.derive(interest=0.9))
+    assert model_chain(dull, s) == ["qwen-vl-plus"]
+    assert model_chain(keen, s) == ["qwen-vl-max", "qwen-vl-plus"]
+    assert model_chain(dull, Settings(vlm_models="qwen-vl-max,qwen-vl-plus")) == ["qwen-vl-max", "qwen-vl-plus"]
+
+
+def test_a_large_crop_is_downscaled_within_the_pixel_budget_before_it_is_sent():
+    from agents.llm_scheduler import _crop_for_call
+
+    big = cv2.imencode(".jpg", np.full((1200, 1600, 3), 90, np.uint8))[1].tobytes()
+    sent, width, height = _crop_for_call(big, 401_408)
+    assert width * height <= 401_408 and abs(width / height - 4 / 3) < 0.01
+    decoded = cv2.imdecode(np.frombuffer(sent, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == (height, width)
+    assert image_tokens(width, height) < image_tokens(1600, 1200)
+    small = cv2.imencode(".jpg", np.zeros((100, 80, 3), np.uint8))[1].tobytes()
+    assert _crop_for_call(small, 401_408) == (small, 80, 100)
