@@ -71,8 +71,9 @@ class Budget(Shared):
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     consecutive_failures: int = 0
     throttled: int = 0
-    #: The calls per second the ramp allows now (see :meth:`start`).
+    #: The calls per second the ramp allows now, and the earliest start of the next call (see :meth:`start`).
     ramp: float = 0.0
+    tat: float = 0.0
 
     @property
     def limited(self) -> bool:
@@ -136,9 +137,8 @@ class Budget(Shared):
                     at = max(at, now + 1.0)
         if not smoothing:
             return at
-        rate = self.rate()
-        if rate != math.inf and self.starts:
-            at = max(at, self.starts[-1] + 1.0 / (min(rate, max(self.ramp, rate * start)) * PACE))
+        if self.rate() != math.inf and self.starts:
+            at = max(at, self.tat)
         tps = self.tps_cap()
         if tps != math.inf:
             recent = self.tokens_since(at - 1.0)
@@ -158,10 +158,19 @@ class Budget(Shared):
             floor = rate * start
             ramp = max(self.ramp, floor)
             gap = now - self.starts[-1] if self.starts else math.inf
-            if gap > 1.5 / ramp:
+            idle = gap > 1.5 / ramp
+            if idle:
                 self.ramp = max(floor, min(ramp, growth / gap))
             else:
                 self.ramp = min(rate, ramp * growth**gap)
+            # the next call's earliest start (GCRA): spaced at the paced rate from where this one
+            # was due, so a late wake-up (the event loop's delay) is made up instead of lowering
+            # the rate by that delay: by at most half an interval where the provider's per-second
+            # bucket holds more than one call (rate > 1/s), else by the pace's 3% headroom; from
+            # idle, nothing to make up
+            interval = 1.0 / (max(self.ramp, floor) * PACE)
+            slack = interval * ((1.0 - PACE) + (0.5 if rate > 1.0 else 0.0))
+            self.tat = (now if idle else max(self.tat, now - slack)) + interval
         self.starts.append(now)
         entry = [now, float(tokens)]
         self.tokens.append(entry)

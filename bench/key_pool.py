@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             cluster.stop()
     series = {k: v.pop("series") for k, v in report.items() if isinstance(v, dict) and "series" in v}
+    if args.out.is_file():  # keep what bench/quotas.py wrote into the same file
+        kept = {k: v for k, v in json.loads(args.out.read_text()).items() if k not in report}
+        report = {**report, **kept}
     save(args.out, report, series=series)
 
 

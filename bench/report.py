@@ -209,6 +209,46 @@ def render(folder: Path) -> str:
             table(rows, ["configuration", "efficiency", "self-inflicted 429", "tasks ok", "queue wait p95 ms", "calls"])
         )
         out += ["", "![throughput](throughput.png)", "", "![key states](key_states.png)", ""]
+        quota_rows = []
+        for name, r in kp.items():
+            if not isinstance(r, dict) or "self_inflicted_429_rate" not in r:
+                continue
+            quota_rows.append(
+                [
+                    name.replace("_", " "),
+                    r["efficiency"],
+                    r["self_inflicted_429_rate"],
+                    r["accepted_calls"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items())),
+                    ", ".join(f"{k} {v}" for k, v in sorted(r["results_by_model"].items())),
+                    r.get("cost_error", "-"),
+                    r.get("budget_overrun_calls", "-"),
+                ]
+            )
+        if quota_rows:
+            out += ["### Quotas per account and model (`bench/quotas.py`)", ""]
+            out.append(
+                "A simulated provider that counts every key of an account against one quota per model, per "
+                "second and on growth, as Model Studio documents; efficiency = accepted calls / the quotas' "
+                "calls in the measured window."
+            )
+            out.append("")
+            out.append(
+                table(
+                    quota_rows,
+                    [
+                        "scenario",
+                        "efficiency",
+                        "429s / accepted",
+                        "accepted calls",
+                        "results",
+                        "answered by",
+                        "cost error",
+                        "budget overrun calls",
+                    ],
+                )
+            )
+            out.append("")
     if det:
         out += ["## Detection", ""]
         rows = [

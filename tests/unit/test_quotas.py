@@ -399,3 +399,32 @@ def test_a_large_crop_is_downscaled_within_the_pixel_budget_before_it_is_sent():
     assert image_tokens(width, height) < image_tokens(1600, 1200)
     small = cv2.imencode(".jpg", np.zeros((100, 80, 3), np.uint8))[1].tobytes()
     assert _crop_for_call(small, 401_408) == (small, 80, 100)
+
+
+async def test_with_the_queue_header_the_provider_queues_a_burst_instead_of_refusing_it(provider):
+    sim, url = provider
+    key = sorted(sim.cfg.keys)[0]
+    jpeg = cv2.imencode(".jpg", np.zeros((56, 56, 3), np.uint8))[1].tobytes()
+
+    async def burst(queue: bool) -> list[str]:
+        vlm = VlmClient(url, "qwen-vl-plus", timeout_s=20, pool_size=30, max_tokens=20, server_queue=queue)
+
+        async def one() -> str:
+            try:
+                await vlm.assess(key, jpeg, "Ref abcdef")
+                return "ok"
+            except VlmError as exc:
+                return exc.kind
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(20)))
+        finally:
+            await vlm.close()
+
+    refused = await burst(queue=False)  # 20 at once against 10 a second
+    assert "ok" in refused and set(refused) - {"ok"} <= {"rate", "burst"} and refused.count("ok") < 20
+    await asyncio.sleep(2.5)
+    sim.quotas.clear()
+    started = time.monotonic()
+    queued = await burst(queue=True)
+    assert queued == ["ok"] * 20 and time.monotonic() - started > 1.0  # served, at the provider's pace
