@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--account-budget-calls", type=float, default=120, help="the account's budget, in calls")
     parser.add_argument("--camera-budget-calls", type=float, default=30, help="each camera's budget, in calls")
     parser.add_argument("--out", type=Path, default=RESULTS / "key_pool.json")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the logs here (default: a temporary dir)")
     args = parser.parse_args(argv)
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
     chosen = set(filter(None, args.only.split(",")))
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         ("cost_and_budget" + ("" if w == 1 else f"_workers_{w}"), partial(cost_and_budget, w)) for w in workers
     ]
     with tempfile.TemporaryDirectory(prefix="roadwatch-quotas-") as tmp:
-        workdir = Path(tmp)
+        workdir = args.workdir or Path(tmp)
         cluster = KafkaCluster(workdir / "kafka", size=1).start()
         try:
             for name, fn in scenarios:
