@@ -11,9 +11,9 @@ increased too quickly"). A :class:`Budget` therefore
   never makes two calls look closer than the provider allows) instead of releasing a minute's
   calls at once;
 * ramps up from idle: the calls of the current second may be at most ``growth`` times those of
-  the second before (and at least ``start`` of the per-second rate), so a rise from nothing to
-  full rate takes a few seconds instead of one burst (from a quarter of the rate to all of it in
-  about seven);
+  the second before (and at least ``start`` of the per-second rate, or one call a second), so a
+  rise from nothing to full rate takes a few seconds instead of one burst (from a quarter of the
+  rate to all of it in about four);
 * cools as a whole on a 429, for every key that spends it.
 
 With ``smoothing`` off only the minute windows apply (providers without per-second limits).
@@ -68,7 +68,9 @@ class Budget(Shared):
     #: This worker's whole calls of ``rpm`` and its share of the other limits (set when dealt).
     rpm_cap: float = math.inf
     share: float = 1.0
+    #: Server health (True: the call worked); and, apart, the recent 429s (True: refused).
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
+    refused: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))
     consecutive_failures: int = 0
     throttled: int = 0
     #: The calls per second the ramp allows now, and the earliest start of the next call (see :meth:`start`).
@@ -155,7 +157,9 @@ class Budget(Shared):
         """
         rate = self.rate()
         if rate != math.inf:
-            floor = rate * start
+            # at least a call a second (or the whole rate below that): a quarter of a small
+            # per-worker share (60 rpm over 8 workers) would space the first calls 30 s apart
+            floor = min(rate, max(rate * start, 1.0))
             ramp = max(self.ramp, floor)
             gap = now - self.starts[-1] if self.starts else math.inf
             idle = gap > 1.5 / ramp
@@ -184,6 +188,9 @@ class Budget(Shared):
 
     def failure_rate(self) -> float:
         return 0.0 if not self.recent else 1.0 - sum(self.recent) / len(self.recent)
+
+    def refusal_rate(self) -> float:
+        return 0.0 if not self.refused else sum(self.refused) / len(self.refused)
 
     def state(self, now: float) -> str:
         return "COOLING" if now < self.cooldown_until else "AVAILABLE"

@@ -9,13 +9,16 @@ about four in English), and the reservation counts ``max_tokens`` of output, so 
 made when its worst case fits what is left of a budget: a budget is never overrun by the calls in
 flight when it runs out.
 
-The day's spend lives in the ``vlm_spend`` table, written by the scheduler while it handles a task,
-so a row lands in the changelog partition of that task and follows it on a rebalance:
+The day's spend lives in the ``vlm_spend`` GlobalTable, so every worker reads every row:
 
-* ``cam:<camera>``: the camera's spend (a camera's tasks are all in one partition);
-* ``acct:<account>@<partition>``: the account's spend through that partition. A worker may spend
-  the share of an account's budget its partitions hold (``budget * owned / partitions``), as the
-  key pool deals rate limits: the workers' shares add up to the budget without a round trip.
+* ``cam:<camera>``: the camera's spend;
+* ``acct:<account>@<slice>``: the account's spend booked against one of its ``P`` slices (one per
+  ``assessment-tasks`` partition, ``budget / P`` each). A worker may spend the room left in the
+  slices of the partitions it owns, pooled: a call is booked against whichever of those slices
+  have room. A slice's row records what was spent against it whoever spent it, so when a
+  rebalance moves a partition its slice moves with its spend, and the slices together never
+  allow more than the budget (within the calls in flight at the moment of a rebalance). Budgets
+  per slice, not per worker, because a worker's identity does not survive a rebalance.
 """
 
 from __future__ import annotations
@@ -104,12 +107,18 @@ def account_row(account: str, partition: int) -> str:
 
 @dataclass
 class Reservation:
-    """The worst-case cost of a call in flight, held against its account's and camera's budgets."""
+    """The worst-case cost of a call in flight, held against its camera's budget and its account's
+    slices (``slices``: slice -> amount; empty without an account budget)."""
 
     account: str
     camera_id: str
     partition: int
     amount: float
+    slices: dict[int, float] = field(default_factory=dict)
+
+
+def _blank(day: str) -> dict[str, Any]:
+    return {"day": day, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
 
 
 @dataclass
@@ -124,7 +133,7 @@ class SpendLedger:
     clock: Callable[[], float] = time.time
     owned: frozenset[int] | None = None
     partitions: int = 1
-    pending_accounts: dict[str, float] = field(default_factory=dict)
+    pending_slices: dict[tuple[str, int], float] = field(default_factory=dict)
     pending_cameras: dict[str, float] = field(default_factory=dict)
 
     def set_partitions(self, owned: frozenset[int], partitions: int) -> None:
@@ -140,21 +149,31 @@ class SpendLedger:
         row = self._row(key)
         return float(row["cost"]) if row else 0.0
 
+    def _slices(self) -> list[int]:
+        return list(range(self.partitions)) if self.owned is None else sorted(self.owned)
+
+    def slice_left(self, account: str, part: int) -> float:
+        """Room left in one of the account's slices (may be negative after an overrun)."""
+        budget = self.account_budgets[account]
+        return (
+            budget / self.partitions
+            - self.spent(account_row(account, part))
+            - self.pending_slices.get((account, part), 0.0)
+        )
+
     def account_share(self, account: str) -> float:
-        """This worker's share of the account's daily budget (inf without a budget)."""
+        """The account's budget in the slices this worker owns (inf without a budget)."""
         budget = self.account_budgets.get(account)
         if budget is None:
             return math.inf
-        return budget * (1.0 if self.owned is None else len(self.owned) / self.partitions)
+        return budget * len(self._slices()) / self.partitions
 
     def account_left(self, account: str) -> float:
-        """What this worker may still spend of the account today (inf without a budget)."""
-        share = self.account_share(account)
-        if share == math.inf:
-            return share
-        parts = range(self.partitions) if self.owned is None else sorted(self.owned)
-        spent = sum(self.spent(account_row(account, p)) for p in parts)
-        return share - spent - self.pending_accounts.get(account, 0.0)
+        """What this worker may still spend of the account today (inf without a budget): the room
+        in its slices (an overrun slice lends nothing, and takes nothing from the others)."""
+        if account not in self.account_budgets:
+            return math.inf
+        return sum(max(0.0, self.slice_left(account, p)) for p in self._slices())
 
     def camera_left(self, camera_id: str) -> float:
         """What the camera may still spend today (inf without a budget)."""
@@ -166,41 +185,78 @@ class SpendLedger:
         return price(self.prices, model, estimate.prompt_tokens, estimate.max_output_tokens)
 
     def reserve(self, account: str, camera_id: str, partition: int, amount: float) -> Reservation:
-        self.pending_accounts[account] = self.pending_accounts.get(account, 0.0) + amount
+        """Hold ``amount`` against the camera and the account's owned slices (the task's own slice
+        first, then those with the most room)."""
+        slices: dict[int, float] = {}
+        if account in self.account_budgets:
+            need = amount
+            order = sorted(self._slices(), key=lambda p: (p != partition, -self.slice_left(account, p)))
+            for p in order:
+                if need <= 1e-12:
+                    break
+                take = min(need, max(0.0, self.slice_left(account, p)))
+                if take > 0:
+                    slices[p] = take
+                    need -= take
+            if need > 1e-12:  # more than the room left (callers check first): the task's own slice
+                slices[partition] = slices.get(partition, 0.0) + need
+            for p, take in slices.items():
+                self.pending_slices[(account, p)] = self.pending_slices.get((account, p), 0.0) + take
         self.pending_cameras[camera_id] = self.pending_cameras.get(camera_id, 0.0) + amount
-        return Reservation(account, camera_id, partition, amount)
+        return Reservation(account, camera_id, partition, amount, slices)
 
     def cancel(self, reservation: Reservation) -> None:
         """The reserved call was not made, or was refused before it cost anything."""
-        for pending, name in (
-            (self.pending_accounts, reservation.account),
-            (self.pending_cameras, reservation.camera_id),
-        ):
-            left = pending.get(name, 0.0) - reservation.amount
-            if left <= 1e-12:
-                pending.pop(name, None)
-            else:
-                pending[name] = left
+        for p, take in reservation.slices.items():
+            _release(self.pending_slices, (reservation.account, p), take)
+        _release(self.pending_cameras, reservation.camera_id, reservation.amount)
 
     def settle(self, reservation: Reservation, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        """Record a call's actual usage in place of its reservation; returns its cost.
-
-        Call from the task's event (the rows are table writes in its partition)."""
+        """Record a call's usage in place of its reservation; returns its cost. The cost is booked
+        against the slices the call reserved; anything above the reservation (the worst-case
+        estimate should prevent it) in the room of this worker's other slices, and only where there
+        is none does the task's own slice run over."""
         self.cancel(reservation)
         cost = price(self.prices, model, prompt_tokens, completion_tokens)
-        day = today(self.clock())
-        for key in (camera_row(reservation.camera_id), account_row(reservation.account, reservation.partition)):
-            row = self._row(key) or {"day": day, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
-            row = dict(row)
-            row["calls"] += 1
-            row["prompt_tokens"] += prompt_tokens
-            row["completion_tokens"] += completion_tokens
-            row["cost"] = round(row["cost"] + cost, 9)
-            self.rows[key] = row
+        booked: dict[int, float] = {}
+        left = cost
+        for p, take in reservation.slices.items():
+            part = min(left, take)
+            booked[p] = part
+            left -= part
+        if left > 1e-12 and reservation.account in self.account_budgets:
+            # above the reservation (a bad estimate): into the room of this worker's other slices
+            for p in self._slices():
+                room = self.slice_left(reservation.account, p) - booked.get(p, 0.0)
+                if room > 0 and left > 1e-12:
+                    part = min(left, room)
+                    booked[p] = booked.get(p, 0.0) + part
+                    left -= part
+        if left > 1e-12 or not booked:  # no room anywhere: the task's own slice runs over
+            booked[reservation.partition] = booked.get(reservation.partition, 0.0) + max(0.0, left)
+        self._book(camera_row(reservation.camera_id), cost, prompt_tokens, completion_tokens, calls=1)
+        for i, (p, part) in enumerate(booked.items()):
+            first = i == 0  # the call and its tokens count once, on its first slice
+            self._book(
+                account_row(reservation.account, p),
+                part,
+                prompt_tokens if first else 0,
+                completion_tokens if first else 0,
+                calls=1 if first else 0,
+            )
         return cost
 
+    def _book(self, key: str, cost: float, prompt_tokens: int, completion_tokens: int, *, calls: int) -> None:
+        row = dict(self._row(key) or _blank(today(self.clock())))
+        row["calls"] += calls
+        row["prompt_tokens"] += prompt_tokens
+        row["completion_tokens"] += completion_tokens
+        row["cost"] = round(row["cost"] + cost, 9)
+        self.rows[key] = row
+
     def today_by_account(self) -> dict[str, dict[str, float]]:
-        """Today's spend per account through this worker's partitions (for ``/keys/``)."""
+        """Today's spend per account over all workers (for ``/keys/``), with the budget and this
+        worker's room in it."""
         out: dict[str, dict[str, float]] = {}
         day = today(self.clock())
         for key, value in list(self.rows.items()):
@@ -209,9 +265,21 @@ class SpendLedger:
                 continue
             account = key[5:].rsplit("@", 1)[0]
             total = out.setdefault(account, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
-            for name in total:
+            for name in ("calls", "prompt_tokens", "completion_tokens", "cost"):
                 total[name] += value.get(name, 0)
+        for account in self.account_budgets:
+            out.setdefault(account, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
         for account, total in out.items():
-            share = self.account_share(account)
-            total["budget_share"] = -1 if share == math.inf else round(share, 6)
+            budget = self.account_budgets.get(account)
+            total["budget"] = -1 if budget is None else budget
+            left = self.account_left(account)
+            total["left_here"] = -1 if left == math.inf else round(left, 6)
         return out
+
+
+def _release(pending: dict[Any, float], name: Any, amount: float) -> None:
+    left = pending.get(name, 0.0) - amount
+    if left <= 1e-12:
+        pending.pop(name, None)
+    else:
+        pending[name] = left

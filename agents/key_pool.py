@@ -25,15 +25,17 @@ of workers serves only the workers whose partitions hold its calls; give each li
 call per worker. Tokens per minute and per-second rates are split in proportion. The assignment
 is recomputed on every rebalance.
 
-Cooldown policy: a 429 (rate or token limit) cools the (account, model) for the server's
-Retry-After (or the adaptive time); a burst refusal cools it for a second, after which the ramp
-starts again from its floor. A server error cools a key only when the key looks unhealthy (half
-of its recent calls failed, or three in a row with 30% failed), because every key sees the
-server's background error rate; the same rule over a model's calls cools the (account, model), so
-a failing model hands over to the next in the chain. The adaptive time grows from
-``cooldown_min_s`` to ``cooldown_max_s`` with the recent failure rate. 401/403 and arrears
-disable the key until re-enabled; an exhausted balance (OpenAI's ``insufficient_quota``)
-disables it until the window resets. State changes are persisted; per-call counters stay in memory.
+Cooldown policy: a 429 (rate or token limit) cools the (account, model), not a key's own limits
+(which are ours, for every model), for the server's Retry-After (or the adaptive time); a burst
+refusal cools it for a second, after which calls ramp up again (a pause of a second or more resets
+the ramp to what the provider saw last). A server error cools a key only when the key looks
+unhealthy (half of its recent calls failed, or three in a row with 30% failed), because every key
+sees the server's background error rate; the same rule over a model's calls cools the (account,
+model), so a failing model hands over to the next in the chain. The adaptive time grows from
+``cooldown_min_s`` to ``cooldown_max_s`` with the recent failure rate. 401/403 and arrears disable
+the key until re-enabled; an exhausted balance (OpenAI's ``insufficient_quota``) disables it until
+the window resets.
+State changes are persisted; per-call counters stay in memory.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ logger = logging.getLogger(__name__)
 AVAILABLE, IN_USE, COOLING, DISABLED = "AVAILABLE", "IN_USE", "COOLING", "DISABLED"
 STATES = (AVAILABLE, IN_USE, COOLING, DISABLED)
 RECENT = 20
-#: A burst refusal without a Retry-After: wait this long, then ramp again from the floor.
+#: A burst refusal without a Retry-After: wait this long; the calls after it ramp up again (budgets.py).
 BURST_COOL_S = 1.0
 #: Refusals that spent nothing (the provider refused before counting tokens).
 REFUSED: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage"})
@@ -412,6 +414,7 @@ class KeyPool:
             slot.recent.append(True)
             if model_budget is not None:
                 model_budget.recent.append(True)
+                model_budget.refused.append(False)
                 model_budget.consecutive_failures = 0
             if latency_ms:
                 a = 0.2
@@ -445,9 +448,12 @@ class KeyPool:
         rate = slot.failure_rate()
         return (samples >= 10 and rate >= 0.5) or (slot.consecutive_failures >= 3 and rate >= 0.3)
 
-    def adaptive_cooldown(self, slot: KeySlot | Budget) -> float:
+    def adaptive_cooldown(self, slot: KeySlot | Budget, *, refusals: bool = False) -> float:
+        """From ``cooldown_min_s`` up to ``cooldown_max_s`` with the recent failure rate (of a
+        quota's 429s with ``refusals``, else of server errors)."""
+        rate = slot.refusal_rate() if refusals and isinstance(slot, Budget) else slot.failure_rate()
         span = self.cooldown_max_s - self.cooldown_min_s
-        return self.cooldown_min_s + span * min(1.0, slot.failure_rate() * 1.5)
+        return self.cooldown_min_s + span * min(1.0, rate * 1.5)
 
     def _react(
         self, lease: Lease, kind: VlmErrorKind | None, retry_after: float | None, reason: str, now: float
@@ -462,14 +468,19 @@ class KeyPool:
             until = now + (retry_after if retry_after is not None else 3600.0)
             self.disable(slot.alias, reason or "quota exhausted", until=until)
         elif kind in ("rate", "burst"):
-            # the provider counts per account and model: every key of it is refused alike
+            # the provider counts per account and model: every key of it is refused alike. A key's
+            # own limits (``key:``, every model) are ours, not the provider's: a refusal of one
+            # model leaves that key's other models alone.
             for b in lease.budgets:
+                if b.model == "*":
+                    continue
                 b.throttled += 1
                 if kind == "burst":
                     wait = retry_after if retry_after is not None else BURST_COOL_S
                 else:
-                    b.recent.append(False)
-                    wait = retry_after if retry_after is not None else self.adaptive_cooldown(b)
+                    # refusals grow the next cooldown; they are not the model's health (server errors)
+                    b.refused.append(True)
+                    wait = retry_after if retry_after is not None else self.adaptive_cooldown(b, refusals=True)
                 self._cool(b, now + wait)
             metrics.quota_throttled_total.labels(account=lease.account, model=lease.model, kind=kind).inc()
         elif kind == "server":

@@ -8,12 +8,19 @@ before committing): a killed worker's successor re-runs the unfinished tasks, an
 aggregator drops the duplicates by task_id. The consumer thread keeps polling while calls are
 slow, so a slow VLM never trips ``max.poll.interval``.
 
-A call that failed on server trouble (5xx, timeout) is retried on another key, up to
-``vlm_max_retries`` times, after a jittered backoff of ``vlm_backoff_base_s ** n`` seconds, never
-past the task's deadline. A call refused because of its *key* (revoked, out of quota, rate
-limited) moves to another key at once without spending a retry: the request was never judged,
-and every key is tried at most once per task, so this is bounded by the pool's size. A task that cannot
-get a key or an answer before its deadline becomes an ``expired`` result: nothing vanishes.
+A call that failed on server trouble (5xx, timeout) is retried on another key, and on a model of
+the chain that has not failed yet where there is one, up to ``vlm_max_retries`` times, after a
+jittered backoff of ``vlm_backoff_base_s ** n`` seconds, never past the task's deadline. A call
+refused because of its *key* or its quota (revoked, out of balance, rate limited) moves to
+another key at once without spending a retry: the request was never judged. The calls of one
+task are bounded by (keys x models) + ``vlm_max_retries``. A task that cannot get a key or an
+answer before its deadline becomes an ``expired`` result, one whose daily budget (account or
+camera) cannot cover the call's worst case a ``skipped`` one: nothing vanishes.
+
+Spend: a call's worst case is reserved against the daily budgets before it is sent; its actual
+usage replaces the reservation after. A call the provider may have billed without answering
+usefully (an unparseable answer, a timeout or cancellation after it was sent) is booked at its
+reported usage or, failing that, at the worst case: a budget errs on the side of stopping.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 from faust.types import EventT
 from mode import BaseSignalT
 
-from agents.costs import Estimate, downscale_factor, image_tokens, text_tokens
+from agents.costs import Estimate, Reservation, SpendLedger, downscale_factor, image_tokens, text_tokens
 from agents.key_pool import KeySlot
 from agents.vlm_client import KEY_FAULTS, RETRYABLE, SYSTEM_PROMPT
 from agents.worker_clients import WorkerClients, current, current_or_none
@@ -162,6 +169,7 @@ async def assess(
         return _result(task, "skipped", model=model, error=f"the {scope}'s daily VLM budget is spent")
     queue_s, last_error, attempt, server_failures = 0.0, "", 0, 0
     tried: set[str] = set()
+    failed_models: set[str] = set()  # a retry after a server error prefers a model that has not failed
     # Every key once, plus the retries: a provider refusing every key at once (429 with
     # Retry-After: 0) must not turn one task into a loop of calls.
     max_calls = max(1, len(keys.slots)) * len(chain) + retries
@@ -173,8 +181,9 @@ async def assess(
                 task, "expired", model=model, attempts=attempt, queue_ms=queue_s * 1000, error=last_error or None
             )
         try:
+            models = sorted(chain, key=lambda m: m in failed_models)  # stable: chain order otherwise
             lease = await keys.acquire(
-                deadline, exclude=frozenset(tried), models=chain, tokens=estimate.total, usable=usable
+                deadline, exclude=frozenset(tried), models=models, tokens=estimate.total, usable=usable
             )
         except NoKeyAvailable as exc:
             if not any(usable(slot, m) for slot in keys.slots for m in chain):  # spent while waiting
@@ -202,11 +211,20 @@ async def assess(
                 answer = await vlm.assess(lease.secret, jpeg, context, model=lease.model)
         except asyncio.CancelledError:
             keys.abandon(lease)  # the worker is stopping or rebalancing: the call says nothing of the key
-            ledger.cancel(reservation)
+            ledger.settle(
+                reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens
+            )  # sent: may be billed
             raise
         except (VlmError, TimeoutError) as exc:
-            ledger.cancel(reservation)
-            err = exc if isinstance(exc, VlmError) else VlmError("server", "task deadline reached during call")
+            err = (
+                exc
+                if isinstance(exc, VlmError)
+                else VlmError("server", "task deadline reached during call", billed=True)
+            )
+            billed = _book_failed(ledger, reservation, lease.model, estimate, err)
+            if billed:
+                metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(billed)
+                metrics.camera_cost_total.labels(camera_id=camera).inc(billed)
             keys.release(lease, ok=False, kind=err.kind, retry_after=err.retry_after, reason=str(err))
             metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome=err.kind).inc()
             metrics.vlm_model_calls_total.labels(account=lease.account, model=lease.model, outcome=err.kind).inc()
@@ -224,6 +242,7 @@ async def assess(
                 )
             if err.kind in KEY_FAULTS:
                 continue  # not the request's fault: the next key at once, no retry spent
+            failed_models.add(lease.model)
             server_failures += 1
             if server_failures > retries:
                 break
@@ -236,22 +255,31 @@ async def assess(
             continue
         except Exception:
             keys.abandon(lease)  # a bug, not the key's fault: free its slot; handle_task makes a failed result
-            ledger.cancel(reservation)
+            ledger.settle(reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens)
             raise
         finally:
             metrics.vlm_in_flight.dec()
         answered = answer.model or lease.model
-        cost = ledger.settle(reservation, lease.model, answer.prompt_tokens, answer.completion_tokens)
+        reported = answer.prompt_tokens is not None
+        # no usage in the answer: the estimate is booked (the prompt's, and every allowed output token)
+        prompt_tokens = answer.prompt_tokens if answer.prompt_tokens is not None else estimate.prompt_tokens
+        completion_tokens = (
+            answer.completion_tokens
+            if reported and answer.completion_tokens is not None
+            else estimate.max_output_tokens
+        )
+        cost = ledger.settle(reservation, lease.model, prompt_tokens, completion_tokens)
         keys.release(
-            lease, ok=True, latency_ms=answer.latency_ms, tokens=answer.prompt_tokens + answer.completion_tokens
+            lease,
+            ok=True,
+            latency_ms=answer.latency_ms,
+            tokens=prompt_tokens + completion_tokens if reported else None,
         )
         metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome="ok").inc()
         metrics.vlm_model_calls_total.labels(account=lease.account, model=lease.model, outcome="ok").inc()
-        metrics.vlm_tokens_total.labels(account=lease.account, model=lease.model, direction="input").inc(
-            answer.prompt_tokens
-        )
+        metrics.vlm_tokens_total.labels(account=lease.account, model=lease.model, direction="input").inc(prompt_tokens)
         metrics.vlm_tokens_total.labels(account=lease.account, model=lease.model, direction="output").inc(
-            answer.completion_tokens
+            completion_tokens
         )
         metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(cost)
         metrics.camera_cost_total.labels(camera_id=camera).inc(cost)
@@ -269,8 +297,8 @@ async def assess(
             queue_ms=queue_s * 1000,
             model=answered,
             account=lease.account,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             cost=cost,
         )
     return _result(
@@ -281,6 +309,17 @@ async def assess(
         queue_ms=queue_s * 1000,
         error=f"gave up after {attempt} attempts; last error: {last_error}",
     )
+
+
+def _book_failed(ledger: SpendLedger, reservation: Reservation, model: str, estimate: Estimate, err: VlmError) -> float:
+    """Book a failed call the provider may have billed (an answer it sent, a call timed out after it
+    was sent): at its ``usage`` where the answer said, else at the worst case; free the reservation
+    of one it refused. Returns the cost booked."""
+    if not err.billed:
+        ledger.cancel(reservation)
+        return 0.0
+    prompt, completion = err.usage or (estimate.prompt_tokens, estimate.max_output_tokens)
+    return ledger.settle(reservation, model, prompt, completion)
 
 
 @app.agent(assessment_tasks_topic, name="assess_tasks", concurrency=settings.vlm_concurrency)

@@ -59,8 +59,9 @@ class VlmAnswer:
 
     assessment: Assessment
     latency_ms: float
-    prompt_tokens: int
-    completion_tokens: int
+    #: The provider's ``usage``; None where the answer had none (the budgets then book the estimate).
+    prompt_tokens: int | None
+    completion_tokens: int | None
     model: str
 
 
@@ -173,8 +174,8 @@ class VlmClient:
                 text = await resp.text(errors="replace")
                 if resp.status != 200:
                     raise classify_error(resp.status, text, resp.headers)
-        except TimeoutError as exc:
-            raise VlmError("server", f"timeout after {self.timeout.total}s") from exc
+        except TimeoutError as exc:  # the provider may have answered (and billed) after we gave up
+            raise VlmError("server", f"timeout after {self.timeout.total}s", billed=True) from exc
         except asyncio.CancelledError:
             raise
         except aiohttp.ClientError as exc:
@@ -185,17 +186,29 @@ class VlmClient:
             content = data["choices"][0]["message"]["content"]
             if isinstance(content, list):  # some servers return content parts
                 content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            usage = data.get("usage") or {}
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise VlmError("parse", f"not a chat completion: {text[:160]!r}", status=200) from exc
+            raise VlmError("parse", f"not a chat completion: {text[:160]!r}", status=200, billed=True) from exc
+        usage = _usage(data)
         try:
             assessment = parse_answer(str(content))
-        except UnparseableAnswer as exc:
-            raise VlmError("parse", str(exc), status=200) from exc
+        except UnparseableAnswer as exc:  # an answer all the same: the provider billed it
+            raise VlmError("parse", str(exc), status=200, billed=True, usage=usage) from exc
         return VlmAnswer(
             assessment=assessment,
             latency_ms=latency_ms,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=None if usage is None else usage[0],
+            completion_tokens=None if usage is None else usage[1],
             model=str(data.get("model") or model),
         )
+
+
+def _usage(data: Any) -> tuple[int, int] | None:
+    """The answer's (prompt, completion) tokens, None where it has no usable ``usage``."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    try:
+        prompt, completion = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (prompt, completion) if prompt >= 0 and completion >= 0 else None

@@ -24,6 +24,7 @@ from agents.task_policy import GlobalCap
 from agents.vlm_client import VlmClient
 from models.cameras import load_cameras
 from streams.cache import ResultCache
+from streams.errors import ConfigError
 from streams.images import ImageStore, open_store
 from streams.settings import Settings
 
@@ -60,10 +61,18 @@ class WorkerClients:
         """Everything from the settings; ``on_key_change`` persists key and quota state changes (the
         key_pool table), ``spend_rows`` holds the day's spend (the vlm_spend table)."""
         chain = settings.model_chain()
+        keys = settings.api_keys()
+        accounts = {k.account_name for k in keys}
+        unknown = sorted(set(settings.account_budgets()) - accounts)
+        if unknown:  # a typo would leave the real account without its cap
+            raise ConfigError(
+                f"vlm_account_daily_budget names accounts no key belongs to: {unknown}"
+                f" (keys' accounts: {sorted(accounts)})"
+            )
         return cls(
             settings=settings,
             pool=KeyPool(
-                settings.api_keys(),
+                keys,
                 strategy=settings.key_strategy,
                 cooldown_min_s=settings.cooldown_min_s,
                 cooldown_max_s=settings.cooldown_max_s,

@@ -313,7 +313,7 @@ def cost_and_budget(workers: int, cluster: KafkaCluster, workdir: Path, args: ar
                 await client.close()
 
         answer = asyncio.run(call())
-        per_call = priced("qwen-vl-plus", answer.prompt_tokens, answer.completion_tokens)
+        per_call = priced("qwen-vl-plus", answer.prompt_tokens or 0, answer.completion_tokens or 0)
         budgets["per_call"] = per_call
         budgets["account"] = round(per_call * args.account_budget_calls, 6)
         budgets["camera"] = round(per_call * args.camera_budget_calls, 6)

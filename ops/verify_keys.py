@@ -72,7 +72,8 @@ def quota_groups(settings: Settings) -> list[dict[str, Any]]:
                 (f"workspace {q.workspace}" if q.workspace else "account"): {
                     k: v for k, v in (("rpm", q.rpm), ("tpm", q.tpm), ("rps", q.rps), ("tps", q.tps)) if v is not None
                 }
-                for q in sorted(declared, key=lambda q: (q.workspace, q.model != model))
+                # the exact model last, so it wins over the wildcard as in the pool
+                for q in sorted(declared, key=lambda q: (q.workspace, q.model == model))
             }
             groups.append(
                 {

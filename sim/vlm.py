@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ import re
 import sys
 import time
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,6 +382,19 @@ class SimVlm:
         application.router.add_post("/admin/restore", self.admin_revoke)
         application.router.add_post("/admin/config", self.admin_config)
         return application
+
+    @contextlib.asynccontextmanager
+    async def serving(self, host: str = "127.0.0.1") -> AsyncIterator[str]:
+        """Serve in this event loop on a free port (tests, in-process benchmarks); yields the base URL."""
+        runner = web.AppRunner(self.app())
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            yield f"http://{host}:{port}/v1"
+        finally:
+            await runner.cleanup()
 
 
 def _texts(messages: list[Any]) -> list[str]:

@@ -30,13 +30,28 @@ class NoKeyAvailable(RoadwatchError):
 
 
 class VlmError(RoadwatchError):
-    """A VLM call failed; ``kind`` says how, which decides the key pool's reaction."""
+    """A VLM call failed; ``kind`` says how, which decides the key pool's reaction.
 
-    def __init__(self, kind: VlmErrorKind, message: str, *, status: int = 0, retry_after: float | None = None) -> None:
+    ``billed``: the provider may have charged for it (it answered 200, or the call timed out after
+    it was sent), so the budgets book it: at ``usage`` (prompt, completion tokens) when the answer
+    said, else at the call's worst case."""
+
+    def __init__(
+        self,
+        kind: VlmErrorKind,
+        message: str,
+        *,
+        status: int = 0,
+        retry_after: float | None = None,
+        billed: bool = False,
+        usage: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.billed = billed
+        self.usage = usage
 
 
 class UnparseableAnswer(RoadwatchError):

@@ -2,10 +2,10 @@
 
 Camera-keyed tables are co-partitioned with the main topics: a worker holds the state of the
 cameras whose partitions it owns, and ``/cameras/{id}/`` is routed there with ``table_route``.
-``key_pool`` is a GlobalTable written through the partitioner (from the scheduler or a web
-request alike), so every worker sees every key's cooldown and disable; it has one partition
-and a recovery buffer of 1, the configuration Faust documents against a GlobalTable recovery
-loop with several instances.
+``key_pool`` and ``vlm_spend`` are GlobalTables written through the partitioner (from the
+scheduler or a web request alike), so every worker sees every key's cooldown and disable and
+every budget's spend; each has one partition and a recovery buffer of 1, the configuration Faust
+documents against a GlobalTable recovery loop with several instances.
 """
 
 from __future__ import annotations
@@ -39,9 +39,18 @@ camera_view = app.Table("camera_view", default=None, key_type=bytes, partitions=
 #: camera_id -> the last 100 alerts of the camera (list, newest first).
 alerts = app.Table("alerts", default=None, key_type=bytes, partitions=settings.topic_partitions)
 
-#: ``cam:<camera>`` / ``acct:<account>@<partition>`` -> the day's VLM spend (agents/costs.py); written by
-#: the scheduler while it handles a task, so a row lives in the partition of the tasks it counts.
-vlm_spend = app.Table("vlm_spend", default=None, key_type=str, partitions=settings.topic_partitions)
+#: ``cam:<camera>`` / ``acct:<account>@<slice>`` -> the day's VLM spend (agents/costs.py). Global, so
+#: a worker reads the spend of every camera and every slice of an account's budget, whichever
+#: worker booked it (a rebalance moves a slice's owner, not its spend); configured as key_pool.
+vlm_spend = app.GlobalTable(
+    "vlm_spend",
+    default=None,
+    key_type=str,
+    partitions=1,
+    recovery_buffer_size=1,
+    use_partitioner=True,
+    store="memory://",
+)
 
 #: key alias -> persisted key state (state, cooldown_until, disabled reason, totals).
 key_pool = app.GlobalTable(

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import cv2
 import numpy as np
 import pytest
-from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from agents.costs import Estimate, SpendLedger, account_row, camera_row, image_tokens, price
@@ -246,6 +245,212 @@ def test_an_account_budget_is_shared_by_the_workers_partitions():
     assert ledger.account_left("other") == math.inf
 
 
+def test_a_rebalance_moves_an_accounts_budget_slices_with_their_spend():
+    """Worker A spends 6 of 8 while it owns every partition; after a rebalance A and B together may
+    spend only the 2 left, whichever partitions the spend went through (one table: global)."""
+    a, _, rows = _ledger(accounts={"acct": 8.0})
+    a.set_partitions(frozenset(range(8)), 8)
+    for _ in range(8):  # every call through partition 0, 0.75 each
+        a.settle(a.reserve("acct", "cam", 0, 0.75), "m", 750, 0)
+    assert a.account_left("acct") == pytest.approx(2.0)
+    b = SpendLedger(a.prices, {"acct": 8.0}, None, rows, clock=a.clock)
+    a.set_partitions(frozenset({0, 1, 2, 3}), 8)
+    b.set_partitions(frozenset({4, 5, 6, 7}), 8)
+    assert a.account_left("acct") + b.account_left("acct") == pytest.approx(2.0)
+    assert sum(v["calls"] for k, v in rows.items() if k.startswith("acct:")) == 8  # a call counts once
+    held = b.reserve("acct", "cam-2", 5, b.account_left("acct"))  # B takes all it may
+    assert b.account_left("acct") == pytest.approx(0.0) and sum(held.slices.values()) == pytest.approx(held.amount)
+    b.settle(held, "m", round(held.amount * 1000), 0)
+    a_left = a.account_left("acct")
+    assert a.reserve("acct", "cam", 1, a_left).amount == a_left  # and A what its slices hold
+    spent = sum(v["cost"] for k, v in rows.items() if k.startswith("acct:"))
+    assert spent + a_left == pytest.approx(8.0)  # never more than the budget between them
+
+
+def test_a_cost_above_its_reservation_fills_other_slices_before_one_runs_over():
+    ledger, _, _ = _ledger(accounts={"acct": 4.0})
+    ledger.set_partitions(frozenset({0, 1}), 4)  # two slices of 1.0
+    reservation = ledger.reserve("acct", "cam", 0, 0.5)
+    assert reservation.slices == {0: 0.5}
+    ledger.settle(reservation, "m", 1500, 0)  # 1.5: more than the worst case (a bad estimate)
+    assert ledger.account_left("acct") == pytest.approx(0.5)  # the excess went into slice 1's room
+    ledger.settle(ledger.reserve("acct", "cam", 0, 0.5), "m", 1500, 0)  # no room left anywhere: slice 0 runs over
+    assert ledger.spent(account_row("acct", 0)) == pytest.approx(2.0)
+    ledger.set_partitions(frozenset({1}), 4)
+    assert ledger.account_left("acct") == 0.0  # slice 1 is full; slice 0's overrun is not its debt
+    ledger.set_partitions(frozenset({0, 2}), 4)
+    assert ledger.account_left("acct") == pytest.approx(1.0)  # an overrun slice takes nothing from the others
+
+
+def test_the_spend_table_is_global_so_every_worker_reads_every_slice():
+    from faust.tables.globaltable import GlobalTable
+
+    from streams.tables import key_pool, vlm_spend
+
+    assert isinstance(vlm_spend, GlobalTable) and vlm_spend.use_partitioner
+    assert isinstance(key_pool, GlobalTable)
+
+
+def test_a_budget_for_an_account_no_key_belongs_to_is_refused(tmp_path):
+    from agents.worker_clients import WorkerClients
+    from streams.errors import ConfigError
+
+    settings = Settings(
+        image_store=f"file://{tmp_path}",
+        vlm_keys="sk-aaaa1111",
+        vlm_prices='{"qwen-vl-plus": {"input_per_1k": 1, "output_per_1k": 1}}',
+        vlm_account_daily_budget='{"acount-typo": 5}',
+    )
+    with pytest.raises(ConfigError, match="acount-typo"):
+        WorkerClients.build(settings)
+
+
+def test_verify_keys_reports_the_exact_models_limits_over_the_wildcard():
+    from ops.verify_keys import quota_groups
+
+    settings = Settings(
+        vlm_keys='[{"key": "sk-aaaa1111", "account": "a"}, {"key": "sk-bbbb2222", "account": "a"}]',
+        vlm_models="qwen-vl-max,qwen-vl-plus",
+        vlm_quotas='[{"account": "a", "rpm": 600}, {"account": "a", "model": "qwen-vl-plus", "rpm": 60}]',
+    )
+    limits = {g["model"]: g["limits"] for g in quota_groups(settings)}
+    assert limits == {"qwen-vl-max": {"account": {"rpm": 600}}, "qwen-vl-plus": {"account": {"rpm": 60}}}
+
+
+def test_a_429_on_one_model_leaves_the_keys_own_limits_for_the_other_models():
+    clock = Clock()
+    key = ApiKeyConfig(key=SecretStr("sk-own-limit"), alias="k", rpm=600)
+    pool = KeyPool([key], clock=clock, models=["m1", "m2"], smoothing=False)
+    lease = pool.try_acquire(models=["m1"])
+    assert lease is not None
+    pool.release(lease, ok=False, kind="rate", retry_after=30)
+    assert pool.budgets["key:k"].cooldown_until == 0.0  # our own limit, not the provider's
+    assert pool.try_acquire(models=["m1"]) is None
+    assert pool.try_acquire(models=["m2"]) is not None
+
+
+def test_refusals_are_not_counted_as_a_models_server_failures():
+    """Ten 429s then one 5xx: the model is throttled, not failing, and keeps serving."""
+    clock = Clock()
+    pool = KeyPool(account_keys(3), clock=clock, models=["m1", "m2"], smoothing=False)
+    for _ in range(10):
+        lease = pool.try_acquire(models=["m1"])
+        assert lease is not None
+        pool.release(lease, ok=False, kind="rate", retry_after=0)
+    lease = pool.try_acquire(models=["m1"])
+    assert lease is not None
+    pool.release(lease, ok=False, kind="server")
+    budget = pool.budgets["quota:acct/m1"]
+    assert budget.cooldown_until <= clock.now and budget.refusal_rate() > 0.9
+    assert pool.adaptive_cooldown(budget, refusals=True) == pool.cooldown_max_s
+
+
+def test_the_ramp_floor_never_spaces_a_small_share_further_than_its_rate():
+    """60 rpm over 8 partitions, this worker owning one: 7.5 calls a minute, one every ~8 s from the
+    first call on (a quarter of that share would wait 33 s)."""
+    clock = Clock()
+    pool = KeyPool(account_keys(2), clock=clock, quotas=[QuotaConfig(account="acct", rpm=60, rps=1)])
+    pool.set_partitions(frozenset({3}), 8)
+    times = [t for t, _, _ in drive(pool, clock, 30.0, step=0.05)]
+    assert len(times) >= 3
+    assert times[1] - times[0] == pytest.approx(60 / 7.5 / 0.97, abs=0.1)
+
+
+async def test_a_retry_after_a_server_error_moves_to_a_model_that_has_not_failed(tmp_path):
+    import dataclasses
+
+    from agents.answer_parser import Assessment
+    from agents.llm_scheduler import assess
+    from agents.vlm_client import VlmAnswer
+    from agents.worker_clients import WorkerClients
+    from sim.records import assessment_task, detection
+
+    class FirstModelDown:
+        """A provider whose first model answers 503 (a model outage, not a key's)."""
+
+        calls: list[str] = []
+
+        async def assess(self, api_key: str, jpeg: bytes, context: str, *, model: str | None = None) -> VlmAnswer:
+            self.calls.append(str(model))
+            if model == "m1":
+                raise VlmError("server", "HTTP 503", status=503)
+            return VlmAnswer(Assessment("low", 0.2, "fine"), 5.0, 100, 10, str(model))
+
+        async def close(self) -> None:
+            return None
+
+    settings = Settings(
+        image_store=f"file://{tmp_path}", vlm_keys="sk-aaaa1111,sk-bbbb2222", vlm_models="m1,m2", vlm_backoff_base_s=1.0
+    )
+    provider = FirstModelDown()
+    clients = dataclasses.replace(WorkerClients.build(settings), vlm=provider)  # type: ignore[arg-type]
+    result = await assess(assessment_task(detection("cam-m", 1), "t-m", deadline_in_ms=10_000), clients)
+    await clients.close()
+    assert result.status == "ok" and result.model == "m2"
+    assert provider.calls == ["m1", "m2"]
+
+
+async def test_a_failed_call_the_provider_billed_is_booked_and_one_it_refused_is_not(tmp_path):
+    """An unparseable answer is billed at its usage (the provider's ground truth); a call that timed
+    out after it was sent, at its worst case; a 429 costs nothing."""
+    import dataclasses
+
+    from agents.costs import camera_row
+    from agents.llm_scheduler import assess
+    from agents.worker_clients import WorkerClients
+    from sim.records import assessment_task, detection
+
+    prices = '{"qwen-vl-plus": {"input_per_1k": 1.0, "output_per_1k": 2.0}}'
+    for mode in ("garbage", "hang"):
+        sim = SimVlm(
+            SimConfig(
+                latency_ms=5,
+                p95_ms=10,
+                garbage_rate=1.0 if mode == "garbage" else 0.0,
+                timeout_rate=1.0 if mode == "hang" else 0.0,
+                hang_s=3.0,
+            )
+        )
+        async with sim.serving() as url:
+            settings = Settings(
+                vlm_base_url=url,
+                image_store=f"file://{tmp_path}",
+                vlm_keys="sk-aaaa1111",
+                vlm_prices=prices,
+                vlm_timeout_s=0.3,
+                vlm_max_retries=0,
+                vlm_max_tokens=100,
+                camera_daily_budget=10.0,
+            )
+            clients = WorkerClients.build(settings)
+            rows: dict[str, object] = {}
+            clients = dataclasses.replace(clients, spend=dataclasses.replace(clients.spend, rows=rows))
+            result = await assess(assessment_task(detection("cam-x", 1), "t-x", deadline_in_ms=10_000), clients)
+            await clients.close()
+            usage = (await _usage(url))["quotas"]
+        assert result.status == "failed", result
+        booked = rows[camera_row("cam-x")]
+        if mode == "garbage":
+            (truth,) = usage
+            assert (booked["prompt_tokens"], booked["completion_tokens"]) == (
+                truth["prompt_tokens"],
+                truth["completion_tokens"],
+            )
+        else:  # nothing came back: the worst case, every allowed output token
+            assert usage == [] or all(q.get("calls", 0) == 0 for q in usage)
+            assert booked["completion_tokens"] == 100 and booked["cost"] > 0
+    limited = SpendLedger({}, {}, None, {})
+    assert limited.camera_left("any") == math.inf
+
+
+def test_the_usage_is_read_only_when_the_answer_has_one():
+    from agents.vlm_client import _usage
+
+    assert _usage({"usage": {"prompt_tokens": 12, "completion_tokens": 3}}) == (12, 3)
+    assert _usage({"usage": None}) is None and _usage({}) is None
+    assert _usage({"usage": {"prompt_tokens": "n/a"}}) is None
+
+
 # --- the simulated provider and the real client -----------------------------------------------
 @pytest.fixture
 async def provider() -> AsyncIterator[tuple[SimVlm, str]]:
@@ -259,13 +464,8 @@ async def provider() -> AsyncIterator[tuple[SimVlm, str]]:
             p95_ms=60,
         )
     )
-    runner = web.AppRunner(sim.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield sim, f"http://127.0.0.1:{port}/v1"
-    await runner.cleanup()
+    async with sim.serving() as url:
+        yield sim, url
 
 
 async def _load(url: str, pool: KeyPool, seconds: float, callers: int = 20) -> tuple[int, int]:

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
 from agents.key_pool import DISABLED, KeyPool
@@ -25,13 +24,8 @@ OTHER = "good-key-2222"
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[SimVlm, str]]:
     sim = SimVlm(SimConfig(keys={GOOD, OTHER}, latency_ms=5, p95_ms=10))
-    runner = web.AppRunner(sim.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield sim, f"http://127.0.0.1:{port}/v1"
-    await runner.cleanup()
+    async with sim.serving() as url:
+        yield sim, url
 
 
 def client(url: str, timeout_s: float = 5.0) -> VlmClient:
