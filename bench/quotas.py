@@ -134,7 +134,11 @@ def run(
         ROADWATCH_VLM_KEYS=json.dumps(keys_json),
         ROADWATCH_REDIS_URL="redis://127.0.0.1:1/0",
         ROADWATCH_IMAGE_STORE=f"file://{workdir / 'img'}",
-        ROADWATCH_TASK_DEADLINE_S="30",
+        # the offered tasks are due in 600 s (bench.key_pool.offer_tasks): with the default 30 s the
+        # worker's stall guard (deadline + 10 s in flight) rejoins, then exits, while tasks wait for
+        # the quota; a rebalance's timeout must exceed the deadline
+        ROADWATCH_TASK_DEADLINE_S="600",
+        ROADWATCH_REBALANCE_TIMEOUT_S="630",
         **env_extra,
     )
     procs: list[Proc] = [sim]
