@@ -260,13 +260,12 @@ async def assess(
         finally:
             metrics.vlm_in_flight.dec()
         answered = answer.model or lease.model
-        reported = answer.prompt_tokens is not None
+        reported = answer.prompt_tokens is not None and answer.completion_tokens is not None
         # no usage in the answer: the estimate is booked (the prompt's, and every allowed output token)
-        prompt_tokens = answer.prompt_tokens if answer.prompt_tokens is not None else estimate.prompt_tokens
-        completion_tokens = (
-            answer.completion_tokens
-            if reported and answer.completion_tokens is not None
-            else estimate.max_output_tokens
+        prompt_tokens, completion_tokens = (
+            (answer.prompt_tokens, answer.completion_tokens)
+            if answer.prompt_tokens is not None and answer.completion_tokens is not None
+            else (estimate.prompt_tokens, estimate.max_output_tokens)
         )
         cost = ledger.settle(reservation, lease.model, prompt_tokens, completion_tokens)
         keys.release(

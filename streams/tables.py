@@ -10,6 +10,8 @@ documents against a GlobalTable recovery loop with several instances.
 
 from __future__ import annotations
 
+from typing import Any
+
 from streams.app import app, settings
 
 #: Values are plain JSON (dicts and lists), readable in the changelog topics. Camera-keyed tables
@@ -39,29 +41,26 @@ camera_view = app.Table("camera_view", default=None, key_type=bytes, partitions=
 #: camera_id -> the last 100 alerts of the camera (list, newest first).
 alerts = app.Table("alerts", default=None, key_type=bytes, partitions=settings.topic_partitions)
 
+
+def _global_table(name: str) -> Any:
+    """A GlobalTable of str keys written through the partitioner, also outside events (the 1 s
+    sync, an operator's POST): Faust's RocksDB store asserts a current event on every write (after
+    the changelog send); the memory store, rebuilt from the changelog at start, takes them."""
+    return app.GlobalTable(
+        name,
+        default=None,
+        key_type=str,
+        partitions=1,
+        recovery_buffer_size=1,
+        use_partitioner=True,
+        store="memory://",
+    )
+
+
 #: ``cam:<camera>`` / ``acct:<account>@<slice>`` -> the day's VLM spend (agents/costs.py). Global, so
 #: a worker reads the spend of every camera and every slice of an account's budget, whichever
-#: worker booked it (a rebalance moves a slice's owner, not its spend); configured as key_pool.
-vlm_spend = app.GlobalTable(
-    "vlm_spend",
-    default=None,
-    key_type=str,
-    partitions=1,
-    recovery_buffer_size=1,
-    use_partitioner=True,
-    store="memory://",
-)
+#: worker booked it (a rebalance moves a slice's owner, not its spend).
+vlm_spend = _global_table("vlm_spend")
 
 #: key alias -> persisted key state (state, cooldown_until, disabled reason, totals).
-key_pool = app.GlobalTable(
-    "key_pool",
-    default=None,
-    key_type=str,
-    partitions=1,
-    recovery_buffer_size=1,
-    use_partitioner=True,
-    # written outside events (the 1 s sync, an operator's POST): Faust's RocksDB store asserts a
-    # current event on every write (after the changelog send); the memory store, rebuilt from the
-    # changelog at start, takes them
-    store="memory://",
-)
+key_pool = _global_table("key_pool")
