@@ -7,6 +7,7 @@ SIGKILL after a timeout; waiting is a poll with a deadline that names what it wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,8 +53,12 @@ def alive(pid: int) -> bool:
         return True
 
 
-def stop_group(pid: int, timeout_s: float = 15.0, *, name: str = "") -> bool:
-    """SIGTERM the process group of ``pid``, SIGKILL it after ``timeout_s``; True if it had to be killed."""
+def stop_group(pid: int, timeout_s: float = 15.0, *, name: str = "", dump_first: bool = False) -> bool:
+    """SIGTERM the process group of ``pid``, SIGKILL it after ``timeout_s``; True if it had to be killed.
+
+    ``dump_first`` sends the leader SIGUSR1 before the SIGKILL: a mode/Faust worker answers it by
+    writing every thread's and task's stack to its log, which is what explains a hung shutdown.
+    """
     if not alive(pid):
         return False
     try:
@@ -66,6 +71,10 @@ def stop_group(pid: int, timeout_s: float = 15.0, *, name: str = "") -> bool:
     killed = alive(pid)
     if killed:
         print(f"{name or pid} (pid {pid}) did not stop in {timeout_s:.0f}s: SIGKILL", flush=True)
+        if dump_first:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+            time.sleep(2.0)
     try:  # also what is left in the group (children of a stopped leader)
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -97,8 +106,9 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.running():
-            stop_group(self.popen.pid, timeout_s, name=self.name)
+        if self.running() and stop_group(self.popen.pid, timeout_s, name=self.name, dump_first=True):
+            header = f"--- the end of {self.name}'s log (with its stacks after SIGUSR1) ---"
+            print(f"{header}\n{self.tail(12000)}", flush=True)
         self.popen.wait(10)
 
     def kill(self) -> None:
