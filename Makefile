@@ -46,6 +46,7 @@ lock: $(STAMP) ## re-resolve requirements.lock (every pinned version, extras dev
 bench: $(STAMP) ## benchmarks (~30 min, progress on stdout): results, plots and REPORT.md under bench/results/
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.key_pool
+	$(BIN)/python -m bench.quotas
 	$(BIN)/python -m bench.detection
 	$(BIN)/python -m bench.economy
 	$(BIN)/python -m bench.report
