@@ -14,6 +14,10 @@ increased too quickly"). A :class:`Budget` therefore
   the second before (and at least ``start`` of the per-second rate, or one call a second), so a
   rise from nothing to full rate takes a few seconds instead of one burst (from a quarter of the
   rate to all of it in about four);
+* with several workers and a per-second bucket of fewer calls than there are partitions (1 rps
+  over 8 partitions), starts calls only in this worker's slots of a grid on the shared clock:
+  slot ``k`` of the whole quota's rate belongs to partition ``k mod P``, so the workers take
+  turns instead of landing two calls in one of the provider's seconds (see :meth:`Budget.next_slot`);
 * cools as a whole on a 429, for every key that spends it.
 
 With ``smoothing`` off only the minute windows apply (providers without per-second limits).
@@ -29,6 +33,11 @@ from dataclasses import dataclass, field
 WINDOW_S = 60.5  # a little over a minute, so arrival jitter never crosses a server's 60 s window
 #: Pace at this fraction of the per-second rate: headroom for the network's arrival jitter.
 PACE = 0.97
+#: Slots of a grid (several workers, a bucket of one call) pace at this fraction of the rate, and
+#: a call may start up to ``GRID_LATE`` of a slot after it opens: 4% of a second at 1 rps for a
+#: busy event loop's late wake-up, and still 1% of the interval for the network's jitter.
+GRID_PACE = 0.95
+GRID_LATE = 0.04
 RECENT = 20
 
 
@@ -76,6 +85,14 @@ class Budget(Shared):
     #: The calls per second the ramp allows now, and the earliest start of the next call (see :meth:`start`).
     ramp: float = 0.0
     tat: float = 0.0
+    #: With several workers and a small per-second bucket, slots of ``grid`` seconds on the shared
+    #: clock: slot ``k`` is partition ``k % modulus``'s, and this worker starts calls only in the
+    #: slots of its partitions (``slots``; see :meth:`next_slot` for ``late``). ``grid`` 0:
+    #: no slots (one worker, no per-second rate, or a bucket every partition gets a call of).
+    grid: float = 0.0
+    slots: frozenset[int] = frozenset()
+    modulus: int = 1
+    late: float = 0.0
 
     @property
     def limited(self) -> bool:
@@ -89,6 +106,51 @@ class Budget(Shared):
         if self.rps is not None:
             rates.append(self.rps * self.share)
         return min(rates) if rates else math.inf
+
+    def total_rate(self) -> float:
+        """The whole quota's calls per second, over every worker (inf: none declared)."""
+        rates = [r for r in ((self.rpm / 60.0) if self.rpm else None, self.rps) if r is not None]
+        return min(rates) if rates else math.inf
+
+    def set_slots(self, owned: frozenset[int] | None, partitions: int) -> None:
+        """Slots for this worker when it shares a bucket too small to deal (see the module docstring).
+
+        The provider's per-second bucket holds ``max(1, rate)`` calls. Where every partition gets a
+        whole call of it, each worker's own pacing at its share is safe without coordination (the
+        sum of the workers' paced streams fits the bucket); where not, two workers pacing a half
+        call a second each would meet in one second, so they take turns on the clock instead.
+        """
+        rate = self.total_rate()
+        if owned is None or not owned or len(owned) >= partitions or rate == math.inf or max(1.0, rate) >= partitions:
+            self.grid, self.slots, self.modulus, self.late = 0.0, frozenset(), 1, 0.0
+            return
+        if rate < 2.0:  # a bucket of one call: consecutive calls at least an interval apart
+            self.grid = 1.0 / (rate * GRID_PACE)
+            self.late = self.grid * GRID_LATE
+        else:  # a bucket of two or more calls absorbs a late start of up to half a slot
+            self.grid = 1.0 / (rate * PACE)
+            self.late = self.grid * 0.5
+        self.slots, self.modulus = owned, partitions
+
+    def next_slot(self, t: float) -> float:
+        """The earliest start at or after ``t`` that keeps this worker's calls in its own slots.
+
+        A start must fall in one of its slots, at most one a slot, an interval after its previous
+        start; in the last
+        slot of a run of its own it may be at most ``late`` after the slot opens (a wake-up a
+        little late), since a later start would crowd the next worker's first call. Anywhere in
+        a slot followed by another of its own, a late start only delays its own next call.
+        """
+        g, modulus, slots = self.grid, self.modulus, self.slots
+        if self.starts:  # a call a slot, a provider's interval apart (and 1% more, for jitter)
+            last = self.starts[-1]
+            t = max(t, last + g * (GRID_PACE + 0.01), (math.floor(last / g) + 1) * g)
+        for _ in range(2 * modulus + 2):
+            k = math.floor(t / g)
+            if k % modulus in slots and (t - k * g <= self.late or (k + 1) % modulus in slots):
+                return t
+            t = (k + 1) * g
+        return t
 
     def tpm_cap(self) -> float:
         return math.inf if self.tpm is None else self.tpm * self.share
@@ -139,8 +201,10 @@ class Budget(Shared):
                     at = max(at, now + 1.0)
         if not smoothing:
             return at
-        if self.rate() != math.inf and self.starts:
-            at = max(at, self.tat)
+        if self.rate() != math.inf and self.starts and (not self.grid or self.ramp < self.rate()):
+            at = max(at, self.tat)  # in slots, the worker's own pacing only while it ramps up
+        if self.grid:
+            at = self.next_slot(at)
         tps = self.tps_cap()
         if tps != math.inf:
             recent = self.tokens_since(at - 1.0)
@@ -162,7 +226,8 @@ class Budget(Shared):
             floor = min(rate, max(rate * start, 1.0))
             ramp = max(self.ramp, floor)
             gap = now - self.starts[-1] if self.starts else math.inf
-            idle = gap > 1.5 / ramp
+            # in slots, a worker waits up to a round of the others' slots between its own
+            idle = gap > self.grid * self.modulus + 1.5 / ramp
             if idle:
                 self.ramp = max(floor, min(ramp, growth / gap))
             else:

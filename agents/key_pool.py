@@ -274,6 +274,7 @@ class KeyPool:
         for b in sorted(self.budgets.values(), key=lambda b: b.index):
             b.rpm_cap, dealt = self._dealt(b.rpm, dealt)
             b.share = self.share
+            b.set_slots(self.owned if self.smoothing else None, self.partitions)
 
     def _key_free_at(self, slot: KeySlot, now: float) -> float:
         state = slot.state(now)
