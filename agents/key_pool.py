@@ -362,6 +362,9 @@ class KeyPool:
             default=math.inf,
         )
 
+    def _any_usable(self, models: Sequence[str] | None, usable: Callable[[KeySlot, str], bool]) -> bool:
+        return any(usable(s, m) for m in models or self.models for s in self.slots)
+
     async def acquire(
         self,
         deadline: float,
@@ -371,7 +374,8 @@ class KeyPool:
         tokens: int = 0,
         usable: Callable[[KeySlot, str], bool] | None = None,
     ) -> Lease:
-        """Wait for a key until ``deadline`` (epoch s); raises NoKeyAvailable after it."""
+        """Wait for a key until ``deadline`` (epoch s); raises NoKeyAvailable after it, or at once
+        when ``usable`` rules out every key and no call in flight can change that."""
         started = self.clock()
         while True:
             lease = self.try_acquire(exclude, models=models, tokens=tokens, usable=usable)
@@ -381,6 +385,11 @@ class KeyPool:
             now = self.clock()
             if now >= deadline:
                 raise NoKeyAvailable(f"no key free before the deadline (waited {now - started:.1f}s)")
+            if usable is not None and not self._any_usable(models, usable):
+                # a spent daily budget: only a call in flight settling below its reservation can
+                # make room; with none, waiting would hold the task until its deadline for nothing
+                if not any(s.in_flight for s in self.slots):
+                    raise NoKeyAvailable("no key may serve it, and no call in flight can make room")
             wake = min(self.next_free_at(models, tokens, usable), deadline)
             self._changed.clear()
             try:  # asyncio.timeout: unlike wait_for on 3.11, never swallows a cancellation

@@ -133,7 +133,13 @@ class Sampler(threading.Thread):
 
 
 async def offer_tasks(
-    bootstrap: str, topic: str, cameras: list[str], rate: float, duration: float, events: list[tuple[float, Any]]
+    bootstrap: str,
+    topic: str,
+    cameras: list[str],
+    rate: float,
+    duration: float,
+    events: list[tuple[float, Any]],
+    deadline_s: float = 600.0,
 ) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
@@ -145,7 +151,7 @@ async def offer_tasks(
             due = int(elapsed * rate) + 1
             while sent < due:
                 cam = cameras[sent % len(cameras)]
-                task = assessment_task(detection(cam, sent), f"kp-{sent:06d}", deadline_in_ms=600_000)
+                task = assessment_task(detection(cam, sent), f"kp-{sent:06d}", deadline_in_ms=deadline_s * 1000.0)
                 await producer.send(topic, key=cam.encode(), value=to_bytes(task))
                 sent += 1
             await asyncio.sleep(0.02)

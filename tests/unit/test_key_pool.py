@@ -201,6 +201,34 @@ def test_acquire_waits_for_the_first_key_to_recover_then_gives_up_at_the_deadlin
     asyncio.run(scenario())
 
 
+def test_a_task_no_key_may_serve_gives_up_at_once_unless_a_call_in_flight_can_make_room():
+    """A spent budget (``usable`` refusing every key) with nothing in flight: a task must not wait
+    for its deadline (bench.quotas' 600 s tasks did, past the benchmark's wait); a call in flight
+    may settle below its reservation and free room, so then the task waits for it."""
+
+    async def scenario() -> None:
+        import time
+
+        p = KeyPool([ApiKeyConfig(key=SecretStr("s"), alias="k", max_in_flight=2)])
+        room = {"open": False}
+        started = time.monotonic()
+        with pytest.raises(NoKeyAvailable, match="no call in flight"):
+            await p.acquire(time.time() + 30, usable=lambda slot, model: room["open"])
+        assert time.monotonic() - started < 0.5
+        lease = p.try_acquire()
+        assert lease is not None
+
+        def settle() -> None:
+            room["open"] = True
+            p.release(lease, ok=True)
+
+        asyncio.get_running_loop().call_later(0.05, settle)
+        got = await p.acquire(time.time() + 30, usable=lambda slot, model: room["open"])
+        assert got.alias == "k" and got.waited_s > 0.03
+
+    asyncio.run(scenario())
+
+
 def test_merge_adopts_newer_state_from_another_worker():
     p, clock = pool(1)
     p.merge("key-1", {"cooldown_until": clock.now + 50, "disabled": False, "updated_at": clock.now + 1})
