@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from agents.key_pool import Shared
-from agents.worker_clients import WorkerClients, current, install
+from agents.worker_clients import WorkerClients, current, current_or_none, install
 from streams.app import app, settings
 from streams.tables import key_pool, vlm_spend
 
@@ -26,7 +26,10 @@ async def build_clients() -> None:
 
 
 async def close_clients() -> None:
-    await current().close()
+    clients = current_or_none()
+    if clients is None:  # the start failed before they were built: its own error says why
+        return
+    await clients.close()
     install(None)
 
 

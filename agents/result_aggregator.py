@@ -1,11 +1,10 @@
-"""Agents ``record_detections`` and ``aggregate_results``: the end of the pipeline.
+"""Agents ``aggregate_results`` and ``deliver_alerts``: the end of the pipeline.
 
-``record_detections`` keeps each detection (objects and groups, not the crops) in the expiring
-``detections`` table and the camera's latest frame summary in ``camera_view``.
-``aggregate_results`` joins each result with its detection, drops a task_id it has already
-aggregated (at-least-once delivery made effectively-once), caches it in Redis (never blocking),
-pushes it to WebSocket clients and raises an Alert at or above ``alert_level``. Both topics are
-keyed by camera, so a camera's detections and results meet on the same worker.
+``aggregate_results`` joins each result with its detection (kept by the task generator, see
+:mod:`agents.detection_join`), drops a task_id it has already aggregated (at-least-once delivery
+made effectively-once), caches it in Redis (never blocking), pushes it to WebSocket clients and
+raises an Alert at or above ``alert_level``. Detections and results are keyed by camera, so a
+camera's detections and results meet on the same worker.
 """
 
 from __future__ import annotations
@@ -16,23 +15,19 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.types import EventT
 from mode import BaseSignalT
 
 from agents.alerting import merge_alert
-from agents.camera_filter import check_camera
+from agents.detection_join import camera_partition, empty_view
 from agents.expiry import ExpiringIndex
 from agents.worker_clients import WorkerClients, current
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
-from streams.errors import InvalidRecord
-from streams.images import image_url
 from streams.live import hub
 from streams.records import (
     Alert,
-    DetectionResult,
     RiskAssessment,
     decode,
     record_to_dict,
@@ -42,7 +37,7 @@ from streams.records import (
 from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection, ResultEntry
 from streams.tables import alerts, camera_key, camera_view, detections, results
-from streams.topics import alerts_topic, detection_results_topic, risk_results_topic
+from streams.topics import alerts_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +55,11 @@ class Aggregation:
     results: MutableMapping[str, ResultEntry | None]
     camera_view: MutableMapping[bytes, CameraView | None]
     alerts: MutableMapping[bytes, list[dict[str, Any]] | None]
-    detection_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.detection_ttl()))
     result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.result_ttl_s))
 
     def mark_stale(self) -> None:
         """After a rebalance: the worker may own keys it never saw being written."""
-        self.detection_expiry.mark_stale()
         self.result_expiry.mark_stale()
-
-
-def camera_partition(value: dict[str, Any]) -> int | None:
-    """The partition of a table value written before values recorded theirs: its camera's, as the
-    producer's partitioner (Kafka's murmur2 of the key) put its records there."""
-    camera_id = value.get("camera_id")
-    if not isinstance(camera_id, str):
-        return None
-    return int(murmur2(camera_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
 
 
 #: The worker's aggregation, on its Faust tables.
@@ -84,7 +68,6 @@ aggregation = Aggregation(
     results,
     camera_view,
     alerts,
-    detection_expiry=ExpiringIndex(settings.detection_ttl(), partition_of=camera_partition),
     result_expiry=ExpiringIndex(settings.result_ttl_s, partition_of=camera_partition),
 )
 
@@ -98,78 +81,6 @@ async def relay_other_workers() -> None:
 @app.on_rebalance_complete.connect
 async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     aggregation.mark_stale()
-
-
-def compact_detection(det: DetectionResult, now_s: float, partition: int) -> CompactDetection:
-    """What the join needs of a detection: frame facts, objects and groups, crop references."""
-    return {
-        "at": now_s,
-        "p": partition,
-        "camera_id": det.camera_id,
-        "frame_seq": det.frame_seq,
-        "captured_at": det.captured_at,
-        "frame_w": det.frame_w,
-        "frame_h": det.frame_h,
-        "model": det.model,
-        "objects": [record_to_dict(o) for o in det.objects],
-        "groups": [record_to_dict(g) for g in det.groups],
-        # crops by reference only: inline ones would make every changelog write heavy
-        "crops": {gid: {"url": image_url(ref), "region": ref.region} for gid, ref in det.crops.items() if ref.uri},
-    }
-
-
-@app.agent(detection_results_topic, name="record_detections")
-async def record_detections(stream):  # type: ignore[no-untyped-def]
-    """Remember detections for the join and the camera's latest frame for the views."""
-    async for event in stream.events():
-        try:
-            det = decode(DetectionResult, event.value)
-            check_camera(det, current().known_cameras, count=False)  # generate_tasks counts it
-        except InvalidRecord:
-            continue  # generate_tasks, reading the same topic, sends it to the DLQ once
-        try:
-            remember_detection(aggregation, det, time.time(), event.message.partition)
-        except Exception:
-            logger.exception("camera %s: detection %s not recorded", det.camera_id, det.detection_id)
-
-
-def empty_view(camera_id: str) -> CameraView:
-    return {"camera_id": camera_id, "results": [], "counts": {}}
-
-
-def remember_detection(agg: Aggregation, det: DetectionResult, now: float, partition: int) -> None:
-    """Keep ``det`` for the join (expiring) and as its camera's latest frame.
-
-    ``partition`` is the current event's: the detection's key lives there (:mod:`agents.expiry`).
-    """
-    compact = compact_detection(det, now, partition)
-    agg.detections[det.detection_id] = compact
-    agg.detection_expiry.add(det.detection_id, now, partition)
-    agg.detection_expiry.expire(agg.detections, now, partition)
-    view = agg.camera_view.get(camera_key(det.camera_id)) or empty_view(det.camera_id)
-    best = max(det.groups, key=lambda g: g.interest, default=None)
-    view["latest_detection"] = {
-        "frame_seq": compact["frame_seq"],
-        "captured_at": compact["captured_at"],
-        "frame_w": compact["frame_w"],
-        "frame_h": compact["frame_h"],
-        "model": compact["model"],
-        "objects": len(det.objects),
-        "groups": [
-            {
-                "group_id": g.group_id,
-                "kind": g.kind,
-                "bbox": g.bbox,
-                "min_gap": g.min_gap,
-                "interest": g.interest,
-            }
-            for g in det.groups
-        ],
-        "crop": image_url(det.crops[best.group_id]) if best and best.group_id in det.crops else None,
-        "crop_group": best.group_id if best else None,
-    }
-    view["updated_at"] = now
-    agg.camera_view[camera_key(det.camera_id)] = view
 
 
 def joined_result(result: RiskAssessment, detection: CompactDetection | None) -> dict[str, Any]:

@@ -4,6 +4,8 @@ Reads every detection of the cameras this worker owns, keeps each camera's state
 ``camera_state`` table and emits one :class:`AssessmentTask` per group that
 :func:`agents.task_policy.plan_tasks` finds worth a VLM call. The task id is deterministic, so
 a redelivered detection makes the same task and the aggregator suppresses the duplicate result.
+It also keeps, for the aggregator, the detections that made a task and each camera's latest
+frame (:mod:`agents.detection_join`): one decode per detection.
 
 :func:`tasks_for` is the handler with its table passed in, so a unit test runs it on a dict.
 """
@@ -17,6 +19,7 @@ from collections.abc import MutableMapping
 from faust.types import EventT
 
 from agents.camera_filter import check_camera
+from agents.detection_join import detection_join, record_detection
 from agents.task_policy import Budget, GlobalCap, plan_tasks
 from agents.worker_clients import current
 from streams import metrics
@@ -87,7 +90,13 @@ async def handle_detection(event: EventT[bytes]) -> None:
     clients = current()
     check_camera(det, clients.known_cameras)
     metrics.detections_total.labels(camera_id=det.camera_id).inc()
-    for task in tasks_for(det, time.time(), camera_state, clients.global_cap, settings):
+    now = time.time()
+    tasks = tasks_for(det, now, camera_state, clients.global_cap, settings)
+    try:  # before the tasks leave: their results must find it
+        record_detection(detection_join, det, now, event.message.partition, joined=bool(tasks))
+    except Exception:  # the tasks matter more than their join
+        logger.exception("camera %s: detection %s not recorded", det.camera_id, det.detection_id)
+    for task in tasks:
         await assessment_tasks_topic.send(key=det.camera_id.encode(), value=to_bytes(task))
 
 

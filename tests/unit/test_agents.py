@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agents.result_aggregator import Aggregation, aggregate, remember_detection
+from agents.detection_join import DetectionJoin, record_detection
+from agents.result_aggregator import Aggregation, aggregate
 from agents.task_generator import tasks_for
 from agents.task_policy import GlobalCap
 from agents.worker_clients import WorkerClients
@@ -70,7 +71,7 @@ async def test_a_global_cap_of_zero_tokens_stops_tasks(clients):
 async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
     now = time.time()
-    remember_detection(agg, detection("cam-1", 3), now, 0)
+    record_detection(DetectionJoin(agg.detections, agg.camera_view), detection("cam-1", 3), now, 0, joined=True)
     view = agg.camera_view[camera_key("cam-1")]
     assert view is not None and view["latest_detection"]["frame_seq"] == 3
 
@@ -89,6 +90,25 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     assert escalated is not None and escalated.level == "critical"
     kept = agg.alerts[camera_key("cam-1")]
     assert kept is not None and len(kept) == 1 and kept[0]["count"] == 3
+
+
+def test_only_detections_that_made_a_task_are_kept_and_a_cameras_view_is_written_once_a_second():
+    join = DetectionJoin(detections={}, camera_view={})
+    now = 1_000.0
+    record_detection(join, detection("cam-1", 1), now, 0, joined=False)
+    assert join.detections == {}  # no task, never joined
+    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 1  # type: ignore[index]
+    kept = detection("cam-1", 2)
+    record_detection(join, kept, now + 0.5, 0, joined=True)
+    assert list(join.detections) == [kept.detection_id]
+    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 1  # type: ignore[index]
+    record_detection(join, detection("cam-2", 7), now + 0.5, 0, joined=False)  # cameras apart
+    assert join.camera_view[camera_key("cam-2")]["latest_detection"]["frame_seq"] == 7  # type: ignore[index]
+    record_detection(join, detection("cam-1", 3), now + 1.0, 0, joined=False)
+    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 3  # type: ignore[index]
+    join.mark_stale()  # after a rebalance another worker may have written the view last
+    record_detection(join, detection("cam-1", 4), now + 1.1, 0, joined=False)
+    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 4  # type: ignore[index]
 
 
 async def test_a_result_without_its_detection_is_kept_unjoined_and_low_risk_raises_no_alert(clients):
