@@ -21,25 +21,54 @@ from streams.app import app, settings
 #: table's serializers from its ``key_type``/``value_type`` arguments, not from a schema.
 
 
+MIB = 1024 * 1024
+
+
+def rocksdb_options() -> dict[str, int]:
+    """RocksDB settings for each table partition's database (a fresh dict: Faust's store pops keys
+    from the one it is given).
+
+    Faust's defaults are sized for one database a process: 64 MiB memtables x 3 and a 2 GiB block
+    cache, each per database, and a worker opens one per table and partition (5 x 8 by default). Under
+    load the unflushed memtables and their write-ahead logs grew a worker's RSS and data dir by
+    ~130 MB a minute each (bench/capacity.py's soak, 100 cameras): small memtables flush, and
+    compaction drops the overwritten values (camera_state is rewritten on every frame), early.
+    """
+    return {
+        "write_buffer_size": 4 * MIB,
+        "max_write_buffer_number": 2,
+        "target_file_size_base": 8 * MIB,
+        "block_cache_size": 8 * MIB,
+        "block_cache_compressed_size": 8 * MIB,
+    }
+
+
+def _partitioned(name: str, key_type: type) -> Any:
+    """A table co-partitioned with the main topics, on the store's options above."""
+    return app.Table(
+        name, default=None, key_type=key_type, partitions=settings.topic_partitions, options=rocksdb_options()
+    )
+
+
 def camera_key(camera_id: str) -> bytes:
     """The key of a camera in the camera-keyed tables."""
     return camera_id.encode()
 
 
 #: camera_id -> task-generator state: last frame, fps, groups assessed, VLM token bucket.
-camera_state = app.Table("camera_state", default=None, key_type=bytes, partitions=settings.topic_partitions)
+camera_state = _partitioned("camera_state", bytes)
 
 #: detection_id -> compact detection (objects, groups, frame size) for the result join.
-detections = app.Table("detections", default=None, key_type=str, partitions=settings.topic_partitions)
+detections = _partitioned("detections", str)
 
 #: task_id -> the final aggregated result (idempotence: a task_id seen here is a duplicate).
-results = app.Table("results", default=None, key_type=str, partitions=settings.topic_partitions)
+results = _partitioned("results", str)
 
 #: camera_id -> what the web views show: latest detection, latest results, counters.
-camera_view = app.Table("camera_view", default=None, key_type=bytes, partitions=settings.topic_partitions)
+camera_view = _partitioned("camera_view", bytes)
 
 #: camera_id -> the last 100 alerts of the camera (list, newest first).
-alerts = app.Table("alerts", default=None, key_type=bytes, partitions=settings.topic_partitions)
+alerts = _partitioned("alerts", bytes)
 
 
 def _global_table(name: str) -> Any:
