@@ -43,10 +43,11 @@ lock: $(STAMP) ## re-resolve requirements.lock (every pinned version, extras dev
 	$(BIN)/pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra yolo --python-version 3.11 --custom-compile-command "make lock" -o requirements.lock
 
-bench: $(STAMP) ## benchmarks (~30 min, progress on stdout): results, plots and REPORT.md under bench/results/
+bench: $(STAMP) ## benchmarks (~70 min, progress on stdout): results, plots and REPORT.md under bench/results/
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.key_pool
 	$(BIN)/python -m bench.quotas
+	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.detection
 	$(BIN)/python -m bench.economy
 	$(BIN)/python -m bench.report

@@ -145,6 +145,7 @@ def table(rows: list[list[Any]], head: list[str]) -> str:
 def render(folder: Path) -> str:
     pipe, kp = load(folder, "pipeline.json"), load(folder, "key_pool.json")
     det, eco, gpu = load(folder, "detection.json"), load(folder, "economy.json"), load(folder, "gpu_batch.json")
+    cap = load(folder, "capacity.json")
     out = ["# roadwatch benchmark report", ""]
     out.append("Written by `make bench` (`python -m bench.report`) from the JSON beside this file; every ratio")
     out.append("compares figures measured in the same run on the same machine.")
@@ -285,6 +286,32 @@ def render(folder: Path) -> str:
             )
         )
         out.append("")
+    if cap:
+        out += ["## Capacity", ""]
+        out.append(
+            "Synthetic detections at N cameras x 2 fps from a plain producer into the real topology "
+            f"(`bench/capacity.py`); one worker holds {cap.get('max_cameras_one_worker')} cameras with e2e p95 "
+            "under 2 s on this machine."
+        )
+        out.append("")
+        rows = [
+            [
+                lv["cameras"],
+                lv["workers"],
+                f"{lv['offered_detections_per_s']} / {lv['processed_detections_per_s']}",
+                lv["vlm_calls_per_s"],
+                lv["worker_cpu_ms_per_detection"],
+                lv["lag_end_s"],
+                f"{lv['e2e_ms']['p50']} / {lv['e2e_ms']['p95']} / {lv['e2e_ms']['p99']}",
+                lv["ok_rate"],
+            ]
+            for key in ("one_worker", "two_workers")
+            for lv in cap.get(key, {}).get("levels", [])
+        ]
+        head = ["cameras", "workers", "det/s offered / processed", "VLM calls/s", "CPU ms/det", "lag s", "e2e ms", "ok"]
+        out.append(table(rows, head))
+        flame = "Where a worker's time goes: [flame graph](capacity_flame.svg)."
+        out += ["", "![capacity](capacity.png)", "", flame, ""]
     if gpu:
         out += ["## GPU batching", ""]
         rows = [
