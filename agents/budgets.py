@@ -136,10 +136,10 @@ class Budget(Shared):
         """The earliest start at or after ``t`` that keeps this worker's calls in its own slots.
 
         A start must fall in one of its slots, at most one a slot, an interval after its previous
-        start; in the last
-        slot of a run of its own it may be at most ``late`` after the slot opens (a wake-up a
-        little late), since a later start would crowd the next worker's first call. Anywhere in
-        a slot followed by another of its own, a late start only delays its own next call.
+        start; in the last slot of a run of its own it may be at most ``late`` after the slot
+        opens (a wake-up a little late), since a later start would crowd the next worker's first
+        call. Anywhere in a slot followed by another of its own, a late start only delays its own
+        next call.
         """
         g, modulus, slots = self.grid, self.modulus, self.slots
         if self.starts:  # a call a slot, a provider's interval apart (and 1% more, for jitter)

@@ -362,7 +362,8 @@ class KeyPool:
             default=math.inf,
         )
 
-    def _any_usable(self, models: Sequence[str] | None, usable: Callable[[KeySlot, str], bool]) -> bool:
+    def any_usable(self, models: Sequence[str] | None, usable: Callable[[KeySlot, str], bool]) -> bool:
+        """Whether ``usable`` allows some key for some of ``models`` (a daily budget left)."""
         return any(usable(s, m) for m in models or self.models for s in self.slots)
 
     async def acquire(
@@ -385,7 +386,7 @@ class KeyPool:
             now = self.clock()
             if now >= deadline:
                 raise NoKeyAvailable(f"no key free before the deadline (waited {now - started:.1f}s)")
-            if usable is not None and not self._any_usable(models, usable):
+            if usable is not None and not self.any_usable(models, usable):
                 # a spent daily budget: only a call in flight settling below its reservation can
                 # make room; with none, waiting would hold the task until its deadline for nothing
                 if not any(s.in_flight for s in self.slots):

@@ -161,7 +161,7 @@ async def assess(
         worst = ledger.worst_case(candidate, estimate)
         return ledger.account_left(slot.account) >= worst and ledger.camera_left(camera) >= worst
 
-    if not any(usable(slot, m) for slot in keys.slots for m in chain):
+    if not keys.any_usable(chain, usable):
         scope = (
             "camera" if all(ledger.camera_left(camera) < ledger.worst_case(m, estimate) for m in chain) else "account"
         )
@@ -186,7 +186,7 @@ async def assess(
                 deadline, exclude=frozenset(tried), models=models, tokens=estimate.total, usable=usable
             )
         except NoKeyAvailable as exc:
-            if not any(usable(slot, m) for slot in keys.slots for m in chain):  # spent while waiting
+            if not keys.any_usable(chain, usable):  # spent while waiting
                 metrics.budget_skipped_total.labels(scope="account").inc()
                 return _result(task, "skipped", model=model, attempts=attempt, error="the daily VLM budget is spent")
             return _result(

@@ -30,9 +30,10 @@ def rocksdb_options() -> dict[str, int]:
 
     Faust's defaults are sized for one database a process: 64 MiB memtables x 3 and a 2 GiB block
     cache, each per database, and a worker opens one per table and partition (5 x 8 by default). Under
-    load the unflushed memtables and their write-ahead logs grew a worker's RSS and data dir by
-    ~130 MB a minute each (bench/capacity.py's soak, 100 cameras): small memtables flush, and
-    compaction drops the overwritten values (camera_state is rewritten on every frame), early.
+    load the unflushed memtables and their write-ahead logs grew a worker's RSS by 111 MB and its
+    data dir by 78 MB a minute (bench/capacity.py's soak, 100 cameras; 22 and 3 with these): small
+    memtables flush, and compaction drops the overwritten values (camera_state is rewritten on
+    every frame), early.
     """
     return {
         "write_buffer_size": 4 * MIB,
