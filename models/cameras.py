@@ -7,18 +7,52 @@ cameras:
     fps: 2                            # analysis frames per second
     enabled: true
     zones: {crossing: [[100, 200], [300, 200], [300, 340], [100, 340]]}   # optional
+    calibration:                      # optional: the road plane, for speeds, TTC and PET in metres
+      points: [[u, v, x, y], ...]     # 4+ image pixels with their ground position in metres
+      anchor: bottom                  # where a box touches the ground: bottom (oblique view) or centre (top-down)
 ```
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from models.calibration import MAX_ERROR_M, Calibration, CalibrationError, fit
 from streams.errors import ConfigError
 from streams.records import CAMERA_ID as ID
+
+
+class CalibrationConfig(BaseModel):
+    """A camera's ground plane; fitted when the file is read, so a bad one stops the producer at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    points: list[tuple[float, float, float, float]] = Field(
+        min_length=4, description="[u, v, x, y]: image pixel and ground position in metres."
+    )
+    anchor: Literal["bottom", "centre"] = Field(
+        default="bottom",
+        description="Where a box meets the ground: bottom centre for an oblique camera, centre for a top-down one.",
+    )
+    max_error_m: float = Field(default=MAX_ERROR_M, gt=0, description="Refuse a fit with a point off by more.")
+    _fitted: Calibration | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _fit(self) -> CalibrationConfig:
+        try:
+            self._fitted = fit(self.points, self.max_error_m)
+        except CalibrationError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def fitted(self) -> Calibration:
+        if self._fitted is None:  # only a model built without validation (model_construct) lacks it
+            self._fitted = fit(self.points, self.max_error_m)
+        return self._fitted
 
 
 class CameraConfig(BaseModel):
@@ -31,6 +65,7 @@ class CameraConfig(BaseModel):
     fps: float = Field(default=2.0, gt=0, le=30, description="Analysis frames per second.")
     enabled: bool = True
     zones: dict[str, list[tuple[int, int]]] = Field(default_factory=dict, description="Named polygons.")
+    calibration: CalibrationConfig | None = Field(default=None, description="Image-to-ground homography.")
 
     @field_validator("id")
     @classmethod
@@ -56,6 +91,8 @@ def load_cameras(path: Path) -> list[CameraConfig]:
         raise ConfigError(f"cameras file {path} not found") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(data, dict):  # top-level x-* keys hold YAML anchors shared by cameras, as in compose files
+        data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         parsed = CamerasFile.model_validate(data)
     except ValidationError as exc:

@@ -20,6 +20,9 @@ import numpy as np
 from models.geometry import box_gap
 
 VEHICLE_CLASSES = ("car", "car", "car", "truck", "bus")
+#: The scene is drawn top-down at this scale: a 62-80 px car is 3.9-5 m, a 40-47 px lane 2.5-2.9 m,
+#: vehicles drive 3.4-7.5 m/s and pedestrians walk 1.4-2.4 m/s. Its cameras' exact calibration.
+PX_PER_M = 16.0
 #: No actor stays on screen longer than this (slowest pedestrian crossing plus a pause).
 MAX_LIFETIME_S = 40.0
 
@@ -86,6 +89,11 @@ class Scene:
         self._starts = [a.t0 for a in self.actors]
         self._by_id = {a.actor_id: a for a in self.actors}
         self._noise_rng = np.random.default_rng(seed)
+
+    def calibration_points(self) -> list[list[float]]:
+        """The frame's corners with their ground position (x east, y north, metres; origin bottom left)."""
+        w, h = self.width, self.height
+        return [[0, h, 0, 0], [w, h, w / PX_PER_M, 0], [w, 0, w / PX_PER_M, h / PX_PER_M], [0, 0, 0, h / PX_PER_M]]
 
     def _background(self, rng: random.Random) -> np.ndarray:
         h, w = self.height, self.width

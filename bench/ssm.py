@@ -1,0 +1,446 @@
+"""Conflict measures against SUMO's SSM device, through a virtual camera, and on a real intersection.
+
+``python -m bench.ssm [--scenarios grid_tls,grid_priority] [--fps 2]``
+
+* ``sumo``: each scenario of :data:`sim.sumo.SCENARIOS` runs in SUMO with the SSM device on
+  every vehicle; its trajectories (FCD) are replayed through :mod:`models.ssm` at the camera
+  rate (positions only: velocities come from :class:`models.ssm.GroundTrack` as they would on
+  a camera). ``recall``: SUMO conflicts with minimum TTC <= 1.5 s for which roadwatch flags
+  the same pair at TTC <= 1.5 s within the conflict's time window (1 s either side).
+  ``precision``: of the pairs roadwatch flags at TTC <= 1.5 s, the share SUMO logs as a
+  conflict at all (TTC < 3 s, DRAC > 3 m/s^2 or PET < 2 s) around the same time.
+  ``ttc_abs_err_s_p50`` compares the minimum TTC over the window on following conflicts. The
+  disagreements are sorted by reason.
+* ``sumo.via_camera``: the same, seen by a pinhole camera over the central intersection:
+  projected to pixels, Gaussian pixel noise added, brought back by a calibration fitted from
+  clicked (rounded) points; only conflicts whose two vehicles the camera sees count.
+* ``dlr_urban``: see :mod:`bench.dlr_urban` (the tasi wheel's real intersection).
+
+Writes ``bench/results/ssm.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.pipeline import RESULTS, log, save
+from models.calibration import fit
+from models.lanes import FlowMap
+from models.ssm import GroundTrack, PathHistory, RoadUser, Thresholds, pair_ttc
+from sim.sumo import (
+    CAR_LENGTH_M,
+    CAR_WIDTH_M,
+    FOLLOWING_TYPES,
+    SCENARIOS,
+    SumoConflict,
+    Trajectories,
+    VirtualCamera,
+    read_fcd,
+    read_ssm,
+    run,
+)
+
+#: SUMO's encounter type for two footprints overlapping (its own collision check).
+COLLISION_TYPE = 111
+#: Seconds either side of a SUMO conflict's window in which roadwatch may find it.
+SLACK_S = 1.0
+#: The first seconds of a run teach the lanes (models.lanes) and are not scored.
+WARMUP_S = 120.0
+
+
+@dataclass
+class Replay:
+    """What roadwatch's engine saw in one replay: TTC per pair over time, PET per crossing."""
+
+    fps: float
+    #: pair -> [(t, ttc)] for every sample with a finite TTC within the horizon
+    ttc: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+    #: pair -> [(t, pet)]
+    pet: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+    #: pair -> sample times at which either was on an internal (junction) lane or changed lane
+    pairs_evaluated: int = 0
+    frames: int = 0
+    engine_s: float = 0.0
+
+    def flagged(self, threshold: float) -> dict[tuple[str, str], list[float]]:
+        out: dict[tuple[str, str], list[float]] = {}
+        for pair, series in self.ttc.items():
+            times = [t for t, v in series if v <= threshold]
+            if times:
+                out[pair] = times
+        return out
+
+
+def replay(
+    traj: Trajectories,
+    fps: float,
+    *,
+    camera: VirtualCamera | None = None,
+    noise_px: float = 0.0,
+    seed: int = 0,
+    horizon_s: float = 5.0,
+    learn: bool = True,
+) -> Replay:
+    """Trajectories through the engine at ``fps``, optionally as a camera sees them."""
+    rng = np.random.default_rng(seed)
+    calib = fit(camera.clicked_points()) if camera else None
+    tracks: dict[str, GroundTrack] = {}
+    ids: dict[str, int] = {}
+    names: dict[int, str] = {}
+    paths = PathHistory(window_s=10.0)
+    lanes = (
+        FlowMap(
+            (float(traj.x.min()) - 10, float(traj.y.min()) - 10, float(traj.x.max()) + 10, float(traj.y.max()) + 10)
+        )
+        if learn
+        else None
+    )
+    out = Replay(fps)
+    last_seen: dict[str, float] = {}
+    for when, rows in traj.frames(fps):
+        xy = np.c_[traj.x[rows], traj.y[rows]]
+        if camera is not None and calib is not None:
+            pix, inside = camera.project(xy)
+            rows, pix = rows[inside], pix[inside]
+            pix = pix + rng.normal(0.0, noise_px, pix.shape)
+            xy = calib.to_ground(pix)
+        users = []
+        for row, (x, y) in zip(rows, xy, strict=True):
+            name = str(traj.vehicle[row])
+            if name not in ids:
+                ids[name] = len(ids) + 1
+                names[ids[name]] = name
+            if last_seen.get(name, -1e9) < when - 2.0:
+                tracks[name] = GroundTrack()
+            last_seen[name] = when
+            state = tracks[name].update(when, float(x), float(y))
+            heading = state.heading
+            if not tracks[name].heading_known:
+                heading = float(traj.heading[row]) if camera is None else heading
+            users.append(
+                RoadUser(
+                    ids[name],
+                    "car",
+                    state.x,
+                    state.y,
+                    state.vx,
+                    state.vy,
+                    heading,
+                    CAR_LENGTH_M,
+                    CAR_WIDTH_M,
+                    state.yaw_rate,
+                )
+            )
+        started = time.process_time()
+        near = _near(users, 60.0)
+        ttc = pair_ttc(near, horizon_s, lanes)
+        if lanes is not None and users:
+            lanes.learn(
+                np.array([(u.x, u.y) for u in users]),
+                np.array([u.heading for u in users]),
+                np.array([u.speed for u in users]),
+            )
+        crossings = paths.add(when, users)
+        out.engine_s += time.process_time() - started
+        out.frames += 1
+        out.pairs_evaluated += len(near) * (len(near) - 1) // 2
+        for (a, b), value in ttc.items():
+            out.ttc[_key(names[a], names[b])].append((when, value))
+        for enc in crossings:
+            out.pet[_key(names[enc.first], names[enc.second])].append((enc.at, enc.pet_s))
+    return out
+
+
+def _near(users: list[RoadUser], radius: float) -> list[RoadUser]:
+    """The users with another user within ``radius`` m (SUMO's SSM device looks 50 m ahead)."""
+    if len(users) < 2:
+        return users
+    pos = np.array([(u.x, u.y) for u in users])
+    d = np.hypot(*(pos[:, None, :] - pos[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    keep = d.min(axis=1) <= radius
+    return [u for u, k in zip(users, keep, strict=True) if k]
+
+
+def _key(a: str, b: str) -> tuple[str, str]:
+    first, second = sorted((a, b))
+    return first, second
+
+
+def compare(
+    conflicts: list[SumoConflict],
+    seen: Replay,
+    traj: Trajectories,
+    *,
+    ttc_threshold: float = 1.5,
+    visible: set[tuple[str, str]] | None = None,
+    warmup_s: float = 0.0,
+) -> dict[str, Any]:
+    """Recall, precision and TTC error of ``seen`` against SUMO's ``conflicts``."""
+    by_pair: dict[tuple[str, str], list[SumoConflict]] = defaultdict(list)
+    for c in conflicts:
+        by_pair[c.pair].append(c)
+    # SUMO logs each conflict twice (each vehicle as ego); one per pair and window
+    positives: dict[tuple[str, str, float], SumoConflict] = {}
+    artefacts = {
+        (*c.pair, round(c.begin)) for c in conflicts if c.min_ttc_type == COLLISION_TYPE and c.begin >= warmup_s
+    }
+    for c in conflicts:
+        if c.min_ttc_type == COLLISION_TYPE or c.begin < warmup_s:
+            continue
+        if c.min_ttc <= ttc_threshold and (visible is None or c.pair in visible):
+            key = (*c.pair, round(c.begin))
+            if key not in positives or c.min_ttc < positives[key].min_ttc:
+                positives[key] = c
+    flagged = {p: ts for p, ts in seen.flagged(ttc_threshold).items() if ts[-1] >= warmup_s}
+    found, missed, errors, following_errors = 0, [], [], []
+    for c in positives.values():
+        series = [v for t, v in seen.ttc.get(c.pair, []) if c.begin - SLACK_S <= t <= c.end + SLACK_S]
+        if series and min(series) <= ttc_threshold:
+            found += 1
+            errors.append(abs(min(series) - c.min_ttc))
+        else:
+            missed.append(c)
+    # car following, where a lane-keeping camera sees all SUMO knows: every following conflict SUMO logs (TTC < 3 s)
+    following: dict[tuple[str, str, float], SumoConflict] = {}
+    for c in conflicts:
+        if c.min_ttc_type in FOLLOWING_TYPES and c.begin >= warmup_s and (visible is None or c.pair in visible):
+            following.setdefault((*c.pair, round(c.begin)), c)
+    following_found = 0
+    for c in following.values():
+        series = [v for t, v in seen.ttc.get(c.pair, []) if c.begin - SLACK_S <= t <= c.end + SLACK_S]
+        if series:
+            following_found += 1
+            following_errors.append(abs(min(series) - c.min_ttc))
+    if visible is not None:
+        flagged = {p: ts for p, ts in flagged.items() if p in visible}
+    true_pairs, false_pairs = 0, []
+    for pair, times in flagged.items():
+        logged = by_pair.get(pair, [])
+        if any(c.begin - SLACK_S <= t <= c.end + SLACK_S for c in logged for t in times):
+            true_pairs += 1
+        else:
+            false_pairs.append((pair, times))
+    reasons = _false_reasons(false_pairs, traj)
+    return {
+        "sumo_conflicts_ttc_le_threshold": len(positives),
+        "sumo_ssm_collision_artefacts_left_out": len(artefacts),
+        "found": found,
+        "recall": round(found / len(positives), 3) if positives else None,
+        "flagged_pairs": len(flagged),
+        "flagged_pairs_sumo_logs": true_pairs,
+        "precision": round(true_pairs / len(flagged), 3) if flagged else None,
+        "ttc_abs_err_s_p50": _pct(errors, 50),
+        "ttc_abs_err_s_p90": _pct(errors, 90),
+        "by_type": {
+            name: {
+                "sumo": sum(1 for c in positives.values() if _type_name(c.min_ttc_type) == name),
+                "missed": sum(1 for c in missed if _type_name(c.min_ttc_type) == name),
+            }
+            for name in sorted({_type_name(c.min_ttc_type) for c in positives.values()})
+        },
+        "following": {
+            "sumo_conflicts_ttc_lt_3s": len(following),
+            "found_with_finite_ttc": following_found,
+            "ttc_abs_err_s_p50": _pct(following_errors, 50),
+            "ttc_abs_err_s_p90": _pct(following_errors, 90),
+            "errors": following_errors,
+        },
+        "false_positive_reasons": reasons,
+    }
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for item in items:
+        out[item] += 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+_TYPE_NAMES = {
+    1: "following",
+    2: "following",
+    3: "following",
+    4: "adjacent_lanes",
+    5: "merging",
+    6: "merging",
+    7: "merging",
+    8: "merging",
+    9: "crossing",
+    10: "crossing",
+    11: "crossing",
+    12: "in_conflict_area",
+    13: "in_conflict_area",
+    14: "in_conflict_area",
+    15: "left_conflict_area",
+    16: "left_conflict_area",
+    17: "left_conflict_area",
+    18: "following_passed",
+    19: "merging_passed",
+    20: "oncoming",
+    COLLISION_TYPE: "collision",
+}
+
+
+def _type_name(code: int) -> str:
+    return _TYPE_NAMES.get(code, f"type_{code}")
+
+
+def _false_reasons(false_pairs: list[tuple[tuple[str, str], list[float]]], traj: Trajectories) -> dict[str, int]:
+    """Why roadwatch flagged a pair SUMO did not log, from what the two vehicles were doing at the time."""
+    index: dict[tuple[str, float], tuple[str, float, float]] = {}
+    wanted = {v for pair, _ in false_pairs for v in pair}
+    for row in np.flatnonzero(np.isin(traj.vehicle, list(wanted))):
+        index[(str(traj.vehicle[row]), round(float(traj.t[row]), 1))] = (
+            str(traj.lane[row]),
+            float(traj.heading[row]),
+            float(traj.speed[row]),
+        )
+    reasons = []
+    for (a, b), times in false_pairs:
+        t = times[0]
+        sa, sb = index.get((a, round(t, 1))), index.get((b, round(t, 1)))
+        before_a, before_b = index.get((a, round(t - 1.0, 1))), index.get((b, round(t - 1.0, 1)))
+        if sa is None or sb is None:
+            reasons.append("unknown")
+            continue
+        turn = abs(math.remainder(sa[1] - sb[1], math.tau))
+        if (before_a and before_a[0] != sa[0] and not sa[0].startswith(":") and not before_a[0].startswith(":")) or (
+            before_b and before_b[0] != sb[0] and not sb[0].startswith(":") and not before_b[0].startswith(":")
+        ):
+            reasons.append("lane_change")
+        elif sa[0].startswith(":") or sb[0].startswith(":"):
+            reasons.append("turning_in_junction" if turn > math.radians(20) else "in_junction")
+        elif turn > math.radians(150):
+            reasons.append("oncoming")
+        elif sa[0] == sb[0]:
+            reasons.append("same_lane_braking")
+        else:
+            reasons.append("other")
+    return _count(reasons)
+
+
+def pet_compare(conflicts: list[SumoConflict], seen: Replay, pet_threshold: float = 2.0) -> dict[str, Any]:
+    """SUMO's crossing PETs under ``pet_threshold`` against roadwatch's from the driven paths."""
+    positives: dict[tuple[str, str, float], SumoConflict] = {}
+    for c in conflicts:
+        if c.pet <= pet_threshold and c.min_ttc_type != COLLISION_TYPE:
+            positives.setdefault((*c.pair, round(c.pet_time)), c)
+    found, errors = 0, []
+    for c in positives.values():
+        near = [v for t, v in seen.pet.get(c.pair, []) if abs(t - c.pet_time) <= 3.0]
+        if near:
+            best = min(near, key=lambda v: abs(v - c.pet))
+            errors.append(abs(best - c.pet))
+            if best <= pet_threshold + 0.5:
+                found += 1
+    return {
+        "sumo_pet_le_threshold": len(positives),
+        "found": found,
+        "recall": round(found / len(positives), 3) if positives else None,
+        "pet_abs_err_s_p50": _pct(errors, 50),
+    }
+
+
+def visible_pairs(traj: Trajectories, camera: VirtualCamera, fps: float) -> set[tuple[str, str]]:
+    """Pairs the camera sees together in at least one frame."""
+    out: set[tuple[str, str]] = set()
+    for _, rows in traj.frames(fps):
+        _, inside = camera.project(np.c_[traj.x[rows], traj.y[rows]])
+        names = sorted(str(v) for v in traj.vehicle[rows][inside])
+        out.update((a, b) for i, a in enumerate(names) for b in names[i + 1 :])
+    return out
+
+
+def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[str, Any]:
+    scenario = SCENARIOS[name]
+    started = time.monotonic()
+    fcd, ssm_log = run(scenario, workdir / name)
+    traj = read_fcd(fcd)
+    conflicts = read_ssm(ssm_log)
+    log(f"{name}: SUMO {time.monotonic() - started:.0f} s, {len(conflicts)} conflicts logged, {len(traj.t)} FCD rows")
+    seen = replay(traj, fps)
+    result = compare(conflicts, seen, traj, warmup_s=WARMUP_S)
+    result["pet"] = pet_compare(conflicts, seen)
+    result["pairs_per_s"] = round(seen.pairs_evaluated / seen.engine_s) if seen.engine_s else None
+    camera = VirtualCamera(target=(150.0, 150.0))
+    seen_cam = replay(traj, fps, camera=camera, noise_px=noise_px, seed=scenario.seed)
+    cam = compare(conflicts, seen_cam, traj, visible=visible_pairs(traj, camera, fps), warmup_s=WARMUP_S)
+    cam["noise_px"] = noise_px
+    cam["calibration_rms_m"] = round(fit(camera.clicked_points()).rms_error_m, 3)
+    result["via_camera"] = cam
+    result["duration_s"] = scenario.duration_s
+    log(
+        f"{name}: recall {result['recall']} precision {result['precision']}; "
+        f"via camera {cam['recall']} / {cam['precision']}"
+    )
+    return result
+
+
+def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Totals over the scenarios: the acceptance figures."""
+
+    def total(path: tuple[str, ...], key: str) -> int:
+        out = 0
+        for res in per_scenario.values():
+            node = res
+            for p in path:
+                node = node[p]
+            out += int(node[key])
+        return out
+
+    def ratio(path: tuple[str, ...], num: str, den: str) -> float | None:
+        d = total(path, den)
+        return round(total(path, num) / d, 3) if d else None
+
+    return {
+        "recall": ratio((), "found", "sumo_conflicts_ttc_le_threshold"),
+        "precision": ratio((), "flagged_pairs_sumo_logs", "flagged_pairs"),
+        "via_camera": {
+            "recall": ratio(("via_camera",), "found", "sumo_conflicts_ttc_le_threshold"),
+            "precision": ratio(("via_camera",), "flagged_pairs_sumo_logs", "flagged_pairs"),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ssm", description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--fps", type=float, default=2.0, help="camera analysis rate the trajectories are sampled at")
+    parser.add_argument("--noise-px", type=float, default=1.0, help="pixel noise of the virtual camera (sigma)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ssm.json")
+    args = parser.parse_args(argv)
+    th = Thresholds()
+    with tempfile.TemporaryDirectory(prefix="roadwatch-sumo-") as tmp:
+        per = {name: run_scenario(name, Path(tmp), args.fps, args.noise_px) for name in args.scenarios.split(",")}
+    sumo: dict[str, Any] = {
+        "fps": args.fps,
+        "ttc_threshold_s": th.ttc_s,
+        **summarise(per),
+        "ttc_abs_err_s_p50": _pct([e for r in per.values() for e in r["following"]["errors"]], 50),
+        "scenarios": per,
+    }
+    for r in per.values():
+        r["following"].pop("errors")
+        r["via_camera"]["following"].pop("errors")
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report["sumo"] = sumo
+    save(args.out, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The conflict measures on cases worked by hand, the calibration's refusals, and SUMO as an oracle."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.calibration import CalibrationError, fit
+from models.lanes import FlowMap
+from models.ssm import (
+    DEFAULT_EXTENT,
+    GroundTrack,
+    PathHistory,
+    RoadUser,
+    Thresholds,
+    drac,
+    measure,
+    pair_ttc,
+)
+
+
+def user(
+    track_id: int,
+    cls: str,
+    x: float,
+    y: float,
+    vx: float,
+    vy: float,
+    *,
+    heading: float | None = None,
+    yaw_rate: float = 0.0,
+) -> RoadUser:
+    length, width = DEFAULT_EXTENT[cls]
+    head = math.atan2(vy, vx) if heading is None else heading
+    return RoadUser(track_id, cls, x, y, vx, vy, head, length, width, yaw_rate)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        # follower 20 m behind at 10 m/s, leader at 5 m/s: gap 20 - 4.5 = 15.5 m closing at 5 m/s
+        (user(1, "car", 0, 0, 10, 0), user(2, "car", 20, 0, 5, 0), 3.1),
+        # head-on in the same lane: 30 - 4.5 = 25.5 m at 20 m/s
+        (user(1, "car", 0, 0, 10, 0), user(2, "car", 30, 0, -10, 0), 1.275),
+        # a pedestrian walking into the car's path: the boxes first overlap when the car's front
+        # reaches x = 29.75 (t = 2.75) while the pedestrian is already inside the lane band (t >= 2.57)
+        (user(1, "car", 0, 0, 10, 0), user(2, "person", 30, -5, 0, 1.5), 2.75),
+        # already overlapping
+        (user(1, "car", 0, 0, 0, 0), user(2, "car", 3, 0, 0, 0, heading=0.0), 0.0),
+    ],
+)
+def test_ttc_matches_hand_worked_cases(a: RoadUser, b: RoadUser, expected: float) -> None:
+    assert pair_ttc([a, b])[(1, 2)] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # parallel lanes 3.5 m apart: discs of the cars' length would collide, rectangles do not
+        (user(1, "car", 0, 0, 10, 0), user(2, "car", 20, 3.5, 5, 0)),
+        # a queue at a light: nobody moves
+        (user(1, "car", 0, 0, 0, 0, heading=0.0), user(2, "car", 6, 0, 0, 0, heading=0.0)),
+        # moving apart
+        (user(1, "car", 0, 0, -5, 0), user(2, "car", 10, 0, 5, 0)),
+        # two pedestrians are not a conflict pair
+        (user(1, "person", 0, 0, 1, 0), user(2, "person", 2, 0, -1, 0)),
+    ],
+)
+def test_pairs_that_never_meet_have_no_ttc(a: RoadUser, b: RoadUser) -> None:
+    assert pair_ttc([a, b]) == {}
+
+
+def test_a_turning_car_is_followed_along_its_arc() -> None:
+    # heading north at 5 m/s turning left at 0.5 rad/s: a quarter circle of radius 10 m centred on
+    # (-10, 0). A car coming south down x = -10 meets it near the end of the arc, which a straight
+    # extrapolation misses entirely.
+    turning = user(1, "car", 0, 0, 0, 5, yaw_rate=0.5)
+    oncoming = user(2, "car", -10, 30, 0, -5)
+    straight = user(1, "car", 0, 0, 0, 5)
+    assert pair_ttc([straight, oncoming]) == {}
+    assert 2.0 < pair_ttc([turning, oncoming])[(1, 2)] < 4.0
+
+
+def test_drac_is_the_textbook_following_formula() -> None:
+    # (v_f - v_l)^2 / (2 gap): 5^2 / (2 * 15.5)
+    ttc = np.array([3.1])
+    assert drac(np.array([5.0]), ttc)[0] == pytest.approx(25 / 31)
+    assert drac(np.array([5.0]), np.array([np.inf]))[0] == 0.0
+
+
+def test_measure_flags_by_threshold_and_names_the_pair() -> None:
+    close = measure([user(1, "car", 0, 0, 10, 0), user(2, "person", 12, 0, 0, 0, heading=0.0)])
+    assert [(c.a, c.b, c.pair) for c in close] == [(1, 2, "pedestrian-vehicle")]
+    assert close[0].ttc_s == pytest.approx((12 - 2.25 - 0.25) / 10)
+    far = measure([user(1, "car", 0, 0, 10, 0), user(2, "person", 40, 0, 0, 0, heading=0.0)])
+    assert far == []  # TTC 3.75 s, DRAC 1.3 m/s^2: under both thresholds
+    with pytest.raises(ValueError, match="ttc_s"):
+        Thresholds(ttc_s=0)
+
+
+def test_pet_of_a_crossing_from_the_paths_driven() -> None:
+    # the car passes (0, 0) at t = 3 and clears a 0.5 m pedestrian's path 0.25 s later; the pedestrian
+    # reaches the car's 1.8 m wide path (0.25 + 0.9) / 1.0 s before (0, 0), at t = 6.85: PET 3.6 s
+    paths = PathHistory()
+    found = []
+    for k in range(40):
+        t = k * 0.5
+        found += paths.add(t, [user(1, "car", -30 + 10 * t, 0, 10, 0), user(2, "person", 0, -8 + 1.0 * t, 0, 1.0)])
+    assert len(found) == 1
+    assert (found[0].first, found[0].second, found[0].pair) == (1, 2, "pedestrian-vehicle")
+    assert found[0].pet_s == pytest.approx(3.6)
+
+
+def test_ground_track_velocity_heading_and_turn_rate() -> None:
+    track = GroundTrack()
+    for k in range(6):
+        state = track.update(k * 0.5, 2.0 * k * 0.5, 1.0)
+    assert (state.vx, state.vy, state.yaw_rate) == pytest.approx((2.0, 0.0, 0.0), abs=1e-9)
+    # braking at 2 m/s^2 from 10 m/s: the speed now, not half a window ago
+    braking = GroundTrack()
+    for k in range(5):
+        t = k * 0.5
+        state = braking.update(t, 10 * t - t * t, 0.0)
+    assert state.vx == pytest.approx(10 - 2 * 2.0, abs=0.05)
+    # a quarter circle of radius 10 at 5 m/s: 0.5 rad/s counter-clockwise
+    turning = GroundTrack()
+    for k in range(8):
+        a = 0.5 * k * 0.5
+        state = turning.update(k * 0.5, 10 * math.sin(a), 10 - 10 * math.cos(a))
+    assert state.yaw_rate == pytest.approx(0.5, abs=0.05)
+    assert state.heading == pytest.approx(0.5 * 3.5, abs=0.1)
+
+
+def test_lanes_straighten_a_car_leaving_a_bend() -> None:
+    # eastbound traffic at y = 0 teaches the lane; a car coming out of a bend at 15 degrees is
+    # predicted back along the lane, not across the oncoming one at y = 3.2
+    lanes = FlowMap((-50, -20, 50, 20))
+    for x in np.arange(-40, 40, 1.0):
+        lanes.learn(np.array([[x, 0.0]] * 3), np.zeros(3), np.full(3, 10.0))
+    steps = np.arange(0, 3.05, 0.1)
+    pos, head = lanes.predict(
+        np.array([[0.0, 0.0]]), np.array([math.radians(15)]), np.array([10.0]), np.zeros(1), steps
+    )
+    assert abs(head[0, -1]) < math.radians(1)
+    assert pos[0, -1, 1] < 1.0  # straight on it would be at 30 * sin(15 deg) = 7.8 m
+    oncoming = user(2, "car", 40, 3.2, -10, 0)
+    leaving = user(1, "car", 0, 0, 10 * math.cos(math.radians(15)), 10 * math.sin(math.radians(15)))
+    assert pair_ttc([leaving, oncoming], horizon_s=5.0) != {}
+    assert pair_ttc([leaving, oncoming], horizon_s=5.0, lanes=lanes) == {}
+
+
+def test_calibration_fits_and_refuses() -> None:
+    square = [[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 40, 22.5], [0, 0, 0, 22.5]]
+    calib = fit(square)
+    assert calib.rms_error_m < 1e-6
+    assert calib.to_ground([[320, 180]])[0] == pytest.approx([20, 11.25])
+    assert calib.to_image([[20, 11.25]])[0] == pytest.approx([320, 180])
+    with pytest.raises(CalibrationError, match="at least 4"):
+        fit(square[:3])
+    with pytest.raises(CalibrationError, match="one line"):
+        fit([[0, 0, 0, 0], [100, 0, 10, 0], [200, 0, 20, 0], [0, 100, 0, 10]])
+    with pytest.raises(CalibrationError, match=r"point 5 is off by \d") as refused:
+        fit([*square, [320, 180, 25, 11.25]])
+    assert "off by" in str(refused.value).split("\n", 1)[1]  # each point's error follows
+
+
+def test_sumo_oracle_on_a_small_grid(tmp_path: Path) -> None:
+    """The SUMO replay end to end on a 2-minute priority grid: every following conflict SUMO logs is seen
+    with a TTC close to SUMO's, and the PETs of its crossings are found."""
+    pytest.importorskip("sumo")
+    from bench.ssm import compare, pet_compare, replay
+    from sim.sumo import SCENARIOS, Scenario, read_fcd, read_ssm, run
+
+    base = SCENARIOS["grid_priority"]
+    small = Scenario("small", base.net, period_s=1.5, duration_s=150.0, seed=2)
+    fcd, log = run(small, tmp_path)
+    traj = read_fcd(fcd)
+    conflicts = read_ssm(log)
+    seen = replay(traj, 2.0)
+    result = compare(conflicts, seen, traj)
+    assert result["following"]["sumo_conflicts_ttc_lt_3s"] >= 3
+    assert result["following"]["found_with_finite_ttc"] >= 0.9 * result["following"]["sumo_conflicts_ttc_lt_3s"]
+    assert result["following"]["ttc_abs_err_s_p50"] <= 0.3
+    pet = pet_compare(conflicts, seen)
+    assert pet["sumo_pet_le_threshold"] >= 3
+    assert pet["recall"] >= 0.8
