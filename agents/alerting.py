@@ -34,6 +34,8 @@ def merge_alert(
             continue
         if alert["raised_at"] - float(old.get("last_raised_at", old["raised_at"])) > cooldown_s * 1000:
             break
+        if awaits_verdict(old) and alert.get("source", "vlm") == "vlm":
+            return [judged(old, alert), *recent[:i], *recent[i + 1 :]][:keep], True
         escalated = risk_rank(alert["level"]) > risk_rank(old["level"])
         merged = {
             **old,
@@ -46,6 +48,44 @@ def merge_alert(
         }
         return [merged, *recent[:i], *recent[i + 1 :]][:keep], escalated
     return [{**alert, "count": 1, "last_raised_at": alert["raised_at"]}, *recent][:keep], True
+
+
+def awaits_verdict(alert: dict[str, Any]) -> bool:
+    """A measured alert the VLM has not judged yet."""
+    return alert.get("source") == "measured" and not alert.get("verdict")
+
+
+def pending_measured(recent: list[dict[str, Any]], group_id: str, now_ms: float, cooldown_s: float) -> bool:
+    """Whether the camera has a measured alert on ``group_id`` within the cooldown still awaiting the VLM."""
+    return any(
+        a.get("group_id") == group_id
+        and awaits_verdict(a)
+        and now_ms - float(a.get("last_raised_at", a["raised_at"])) <= cooldown_s * 1000
+        for a in recent
+    )
+
+
+def judged(measured: dict[str, Any], vlm: dict[str, Any]) -> dict[str, Any]:
+    """The measured alert updated by the VLM's answer on the same group: the same alert, its level now the VLM's.
+
+    The verdict says which way the VLM went; the measured facts stay in ``measured_summary`` and
+    ``measured_level``, so a reader sees both judgements.
+    """
+    new, old = risk_rank(vlm["level"]), risk_rank(measured["level"])
+    verdict = "escalated" if new > old else "confirmed" if new == old else "downgraded"
+    return {
+        **measured,
+        "level": vlm["level"],
+        "score": vlm["score"],
+        "summary": vlm["summary"],
+        "verdict": verdict,
+        "measured_level": measured["level"],
+        "measured_summary": measured["summary"],
+        "vlm_task_id": vlm["task_id"],
+        "count": int(measured.get("count", 1)) + 1,
+        "last_raised_at": vlm["raised_at"],
+        "last_task_id": vlm["task_id"],
+    }
 
 
 class WebhookSender:

@@ -56,10 +56,24 @@ def describe(task: AssessmentTask) -> str:
     """The text part of the prompt: what the detector knows about the group."""
     group = task.group
     gap = "n/a" if group.min_gap is None else f"{group.min_gap:.2f} pedestrian heights"
-    return (
+    text = (
         f"Camera {task.camera_id}, group kind {group.kind}, {len(group.track_ids)} road users, "
-        f"closest pedestrian-vehicle gap {gap}. Ref {task.task_id}."
+        f"closest pedestrian-vehicle gap {gap}."
     )
+    conflict = task.conflict
+    if conflict is not None:  # a calibrated camera measured it: the model gets the numbers, not just the picture
+        facts = [f"Measured on the ground: {conflict.pair} conflict between road users {conflict.a} and {conflict.b}"]
+        if conflict.speeds_mps:
+            facts.append("speeds " + " and ".join(f"{v:.1f} m/s" for v in conflict.speeds_mps))
+        facts.append(f"closing at {conflict.closing_mps:.1f} m/s")
+        if conflict.ttc_s is not None:
+            facts.append(f"time to collision {conflict.ttc_s:.1f} s")
+        if conflict.pet_s is not None:
+            facts.append(f"post-encroachment time {conflict.pet_s:.1f} s")
+        if conflict.drac_mps2:
+            facts.append(f"braking needed {conflict.drac_mps2:.1f} m/s^2")
+        text += " " + ", ".join(facts) + "."
+    return f"{text} Ref {task.task_id}."
 
 
 def _result(

@@ -18,7 +18,7 @@ from typing import Any
 from faust.types import EventT
 from mode import BaseSignalT
 
-from agents.alerting import merge_alert
+from agents.alerting import merge_alert, pending_measured
 from agents.detection_join import camera_partition, empty_view
 from agents.expiry import ExpiringIndex
 from agents.worker_clients import WorkerClients, current
@@ -28,6 +28,7 @@ from streams.dlq import guarded
 from streams.live import hub
 from streams.records import (
     Alert,
+    Conflict,
     RiskAssessment,
     decode,
     record_to_dict,
@@ -104,9 +105,18 @@ def joined_result(result: RiskAssessment, detection: CompactDetection | None) ->
 
 
 def alert_for(result: RiskAssessment, now_s: float, level: str) -> Alert | None:
-    """The alert an ok result at or above ``level`` raises."""
-    if result.status != "ok" or risk_rank(result.risk_level) < risk_rank(level):
+    """The alert an ok or measured result at or above ``level`` raises."""
+    if result.status not in ("ok", "measured") or risk_rank(result.risk_level) < risk_rank(level):
         return None
+    return as_alert(result, now_s)
+
+
+def _conflict(data: Any) -> Conflict | None:
+    return Conflict.from_data(data) if isinstance(data, dict) else None
+
+
+def as_alert(result: RiskAssessment, now_s: float) -> Alert:
+    """``result`` as an alert, whatever its level (a VLM answer below the alert level still judges a measured one)."""
     return Alert(
         task_id=result.task_id,
         camera_id=result.camera_id,
@@ -116,6 +126,8 @@ def alert_for(result: RiskAssessment, now_s: float, level: str) -> Alert | None:
         group_id=result.group_id,
         detection_id=result.detection_id,
         raised_at=now_s * 1000.0,
+        source="measured" if result.status == "measured" else "vlm",
+        conflict=result.conflict,
     )
 
 
@@ -191,6 +203,10 @@ def aggregate(
     hub.publish("result", result.camera_id, data)
 
     alert = alert_for(result, now, s.alert_level)
+    if alert is None and result.status == "ok":
+        # an answer below the alert level still judges (downgrades) a measured alert on its group
+        if pending_measured(agg.alerts.get(key) or [], result.group_id, now * 1000.0, s.alert_cooldown_s):
+            alert = as_alert(result, now)
     if alert is None:
         return None
     alert_data = {**record_to_dict(alert), "detection": data["detection"]}
@@ -198,6 +214,21 @@ def aggregate(
     agg.alerts[key] = recent
     if not publish:
         return None
+    if recent[0].get("verdict"):  # the VLM judged a measured alert: the alert topic carries that same alert, updated
+        top = recent[0]
+        alert = Alert(
+            task_id=top["task_id"],
+            camera_id=result.camera_id,
+            level=top["level"],
+            score=top["score"],
+            summary=top["summary"],
+            group_id=top["group_id"],
+            detection_id=top["detection_id"],
+            raised_at=now * 1000.0,
+            source="measured",
+            verdict=top["verdict"],
+            conflict=alert.conflict if alert.conflict is not None else _conflict(top.get("conflict")),
+        )
     metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
     hub.publish("alert", result.camera_id, recent[0])
     clients.cache.put(result.camera_id, result.task_id, recent[0], kind="alert")

@@ -20,16 +20,24 @@ from faust.types import EventT
 
 from agents.camera_filter import check_camera
 from agents.detection_join import detection_join, record_detection
-from agents.task_policy import Budget, GlobalCap, plan_tasks
+from agents.task_policy import Budget, GlobalCap, MeasuredAlert, conflict_key, measured_alerts, plan_tasks
 from agents.worker_clients import current
 from streams import metrics
 from streams.app import app, settings
 from streams.dlq import guarded
-from streams.records import AssessmentTask, DetectionResult, decode, make_task_id, to_bytes
+from streams.records import (
+    AssessmentTask,
+    Conflict,
+    DetectionResult,
+    RiskAssessment,
+    decode,
+    make_task_id,
+    to_bytes,
+)
 from streams.settings import Settings
 from streams.table_values import CameraState
 from streams.tables import camera_key, camera_state
-from streams.topics import assessment_tasks_topic, detection_results_topic
+from streams.topics import assessment_tasks_topic, detection_results_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +87,67 @@ def tasks_for(
                 reason=decision.reason,
                 created_at=now_ms,
                 deadline=now_ms + s.task_deadline_s * 1000.0,
+                conflict=decision.conflict,
             )
         )
         metrics.tasks_total.labels(camera_id=det.camera_id, reason=decision.reason).inc()
     return tasks
+
+
+#: The risk score a measured result carries, by level (the VLM's scores are its own).
+MEASURED_SCORE = {"none": 0.0, "low": 0.3, "medium": 0.55, "high": 0.8, "critical": 0.95}
+
+
+def measured_results_for(
+    det: DetectionResult, now_s: float, states: MutableMapping[bytes, CameraState | None], s: Settings
+) -> list[RiskAssessment]:
+    """Results of status ``measured`` for the conflicts of ``det`` that alert before any VLM answer."""
+    key = camera_key(det.camera_id)
+    state = states.get(key)
+    if not det.conflicts or state is None:
+        return []
+    alerts = measured_alerts(state, det, now_s, s.measured_alert_level, s.alert_cooldown_s)
+    states[key] = state
+    return [measured_result(det, alert, now_s) for alert in alerts]
+
+
+def measured_result(det: DetectionResult, alert: MeasuredAlert, now_s: float) -> RiskAssessment:
+    """A measured conflict as a result: joined, cached, pushed and alerted on like the VLM's, without a call."""
+    c = alert.conflict
+    group_id = alert.group_id or f"conflict-{conflict_key(c)}"
+    return RiskAssessment(
+        task_id=make_task_id(det.camera_id, det.frame_seq, group_id, det.run) + ":measured",
+        camera_id=det.camera_id,
+        detection_id=det.detection_id,
+        group_id=group_id,
+        status="measured",
+        risk_level=c.level,
+        risk_score=MEASURED_SCORE.get(c.level, 0.0),
+        summary=summarise(c),
+        model="ssm",
+        key_alias="",
+        attempts=0,
+        latency_ms=0.0,
+        captured_at=det.captured_at,
+        completed_at=now_s * 1000.0,
+        conflict=c,
+    )
+
+
+def summarise(c: Conflict) -> str:
+    """One sentence of the measured facts."""
+    parts = []
+    if c.ttc_s is not None:
+        parts.append(f"time to collision {c.ttc_s:.1f} s")
+    if c.pet_s is not None:
+        parts.append(f"post-encroachment time {c.pet_s:.1f} s")
+    speeds = " and ".join(f"{v:.1f}" for v in c.speeds_mps or [])
+    return (
+        f"Measured {c.pair} conflict between road users {c.a} and {c.b}: {', '.join(parts) or 'braking needed'}"
+        + (f" at {speeds} m/s" if speeds else "")
+        + (f", {c.drac_mps2:.1f} m/s^2 of braking to avoid it" if c.drac_mps2 else "")
+        + "."
+    )
 
 
 async def handle_detection(event: EventT[bytes]) -> None:
@@ -92,10 +157,13 @@ async def handle_detection(event: EventT[bytes]) -> None:
     metrics.detections_total.labels(camera_id=det.camera_id).inc()
     now = time.time()
     tasks = tasks_for(det, now, camera_state, clients.global_cap, settings)
+    measured = measured_results_for(det, now, camera_state, settings)
     try:  # before the tasks leave: their results must find it
-        record_detection(detection_join, det, now, event.message.partition, joined=bool(tasks))
+        record_detection(detection_join, det, now, event.message.partition, joined=bool(tasks or measured))
     except Exception:  # the tasks matter more than their join
         logger.exception("camera %s: detection %s not recorded", det.camera_id, det.detection_id)
+    for result in measured:  # first: these alert without waiting for any VLM
+        await risk_results_topic.send(key=det.camera_id.encode(), value=to_bytes(result))
     for task in tasks:
         await assessment_tasks_topic.send(key=det.camera_id.encode(), value=to_bytes(task))
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from models.geometry import VEHICLES, box_gap
-from streams.records import DetectionResult, TaskReason, TrafficGroup
-from streams.table_values import CameraState
+from streams.records import Conflict, DetectionResult, TaskReason, TrafficGroup, risk_rank
+from streams.table_values import CameraState, SeenConflict
 
 #: A gap that shrank to this fraction of the assessed one counts as a material change.
 GAP_SHRINK = 0.7
@@ -54,10 +54,64 @@ class Budget:
 
 @dataclass(frozen=True)
 class Decision:
-    """A group to assess and why (new, changed, refresh)."""
+    """A group to assess and why (new, changed, refresh, conflict), with the conflict that made it."""
 
     group: TrafficGroup
     reason: TaskReason
+    conflict: Conflict | None = None
+
+
+@dataclass(frozen=True)
+class MeasuredAlert:
+    """A conflict severe enough to alert on before the VLM answers, and the group it is in ("" if none)."""
+
+    conflict: Conflict
+    group_id: str
+
+
+def conflict_key(conflict: Conflict) -> str:
+    return f"{min(conflict.a, conflict.b)}~{max(conflict.a, conflict.b)}"
+
+
+def conflicts_by_group(det: DetectionResult) -> dict[str, Conflict]:
+    """Each group's most urgent measured conflict between two of its members (conflicts come most urgent first)."""
+    out: dict[str, Conflict] = {}
+    for conflict in det.conflicts or []:
+        for group in det.groups:
+            if group.group_id not in out and conflict.a in group.track_ids and conflict.b in group.track_ids:
+                out[group.group_id] = conflict
+                break
+    return out
+
+
+def measured_alerts(
+    st: CameraState, det: DetectionResult, now_s: float, level: str, cooldown_s: float
+) -> list[MeasuredAlert]:
+    """The conflicts of ``det`` at or above ``level`` that raise a measured alert now, recorded in ``st``.
+
+    One alert per pair of road users within ``cooldown_s``, unless its level rises: the VLM's
+    answer to the group's task then confirms, escalates or downgrades that alert.
+    """
+    seen = st.setdefault("conflicts", {})
+    groups = conflicts_by_group(det)
+    group_of = {conflict_key(c): gid for gid, c in groups.items()}
+    out = []
+    for conflict in det.conflicts or []:
+        key = conflict_key(conflict)
+        entry = seen.setdefault(key, _new_conflict(now_s))
+        entry["last"] = now_s
+        if risk_rank(conflict.level) < risk_rank(level):
+            continue
+        recent = now_s - entry["alert_at"] < cooldown_s
+        if recent and risk_rank(conflict.level) <= risk_rank(entry["alert_level"]):
+            continue
+        entry["alert_at"], entry["alert_level"] = now_s, conflict.level
+        out.append(MeasuredAlert(conflict, group_of.get(key, "")))
+    return out
+
+
+def _new_conflict(now_s: float) -> SeenConflict:
+    return {"task_at": 0.0, "task_level": "none", "alert_at": 0.0, "alert_level": "none", "last": now_s}
 
 
 def group_key(group: TrafficGroup) -> str:
@@ -142,7 +196,12 @@ def plan_tasks(
     if state is None:
         st = new_state()
     else:  # .get: states written before a field existed are still read
-        copied = {**state, "groups": dict(state.get("groups", {})), "pairs": dict(state.get("pairs", {}))}
+        copied = {
+            **state,
+            "groups": dict(state.get("groups", {})),
+            "pairs": dict(state.get("pairs", {})),
+            "conflicts": {k: dict(v) for k, v in state.get("conflicts", {}).items()},
+        }
         st = cast(CameraState, copied)
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
@@ -184,7 +243,19 @@ def plan_tasks(
 
     st["groups_seen"] += len(det.groups)
     candidates: list[tuple[float, Decision, dict[str, float]]] = []
+    conflicts = conflicts_by_group(det)
+    seen_conflicts = st.setdefault("conflicts", {})
     for group in det.groups:
+        conflict = conflicts.get(group.group_id)
+        if conflict is not None:
+            # a measured conflict comes ahead of the pixel heuristics: a pair not assessed for it
+            # within the refresh period, or whose conflict got more severe, is worth a call
+            entry = seen_conflicts.setdefault(conflict_key(conflict), _new_conflict(now_s))
+            entry["last"] = now_s
+            stale = now_s - entry["task_at"] >= budget.refresh_s
+            if stale or risk_rank(conflict.level) > risk_rank(entry["task_level"]):
+                candidates.append((2.0, Decision(group, "conflict", conflict), risk_pairs(group, det)))
+                continue
         if group.interest < budget.min_interest:
             skipped["low_interest"] = skipped.get("low_interest", 0) + 1
             continue
@@ -210,6 +281,9 @@ def plan_tasks(
             continue
         tokens -= 1.0
         decisions.append(decision)
+        if decision.conflict is not None:
+            entry = seen_conflicts[conflict_key(decision.conflict)]
+            entry["task_at"], entry["task_level"] = now_s, decision.conflict.level
         gap = decision.group.min_gap
         st["groups"][group_key(decision.group)] = {"at": now_s, "gap": gap, "last": now_s}
         for pair, pair_gap in pairs.items():
@@ -234,6 +308,7 @@ def plan_tasks(
     horizon = now_s - 3 * budget.refresh_s
     for table in ("groups", "pairs"):
         st[table] = {k: v for k, v in st[table].items() if float(v.get("last", v["at"])) >= horizon}
+    st["conflicts"] = {k: v for k, v in seen_conflicts.items() if v["last"] >= horizon}
     totals = dict(st.get("skipped", {}))
     for why, n in skipped.items():
         totals[why] = totals.get(why, 0) + n

@@ -29,6 +29,7 @@ from prometheus_client import start_http_server
 from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
 from models.detectors import Detector, DetectorKind, make_detector
+from models.ground_view import GroundView, Seen
 from models.grouping import cluster
 from models.sources import Frame, Grabber, OnDemandGrabber, open_source
 from models.tracking import Tracker
@@ -59,6 +60,10 @@ class CameraPipeline:
         )
         self.tracker = Tracker()
         self.frame_seq = 0
+        #: calibrated cameras only: speeds and conflicts in metres and seconds
+        self.ground = (
+            GroundView(cfg.calibration.fitted(), cfg.calibration.anchor) if cfg.calibration is not None else None
+        )
 
 
 def analyse(
@@ -70,16 +75,27 @@ def analyse(
     metrics.detector_seconds.labels(backend=detector.name).observe(time.perf_counter() - started)
     found = cam.tracker.split_merged(found, frame.captured_at)
     tracks = cam.tracker.update(found, frame.captured_at)
-    objects = [
-        DetectedObject(
-            track_id=tr.track_id,
-            cls=det.cls,
-            conf=det.conf,
-            bbox=[round(v, 1) for v in det.bbox],
-            speed=round(tr.speed, 1),
+    on_ground, conflicts = (
+        cam.ground.observe(
+            frame.captured_at, [Seen(tr.track_id, det.cls, det.bbox) for det, tr in zip(found, tracks, strict=True)]
         )
-        for det, tr in zip(found, tracks, strict=True)
-    ]
+        if cam.ground is not None
+        else ({}, None)
+    )
+    objects = []
+    for det, tr in zip(found, tracks, strict=True):
+        user = on_ground.get(tr.track_id)
+        objects.append(
+            DetectedObject(
+                track_id=tr.track_id,
+                cls=det.cls,
+                conf=det.conf,
+                bbox=[round(v, 1) for v in det.bbox],
+                speed=round(tr.speed, 1),
+                ground=[round(user.x, 2), round(user.y, 2)] if user else None,
+                velocity=[round(user.vx, 2), round(user.vy, 2)] if user else None,
+            )
+        )
     groups = cluster(objects)
     crops: dict[str, ImageRef] = {}
     for group in groups:
@@ -101,6 +117,7 @@ def analyse(
         crops=crops,
         produced_at=round(time.time() * 1000.0, 1),
         run=cam.run,
+        conflicts=conflicts,
     )
 
 

@@ -77,6 +77,8 @@ MIN_YAW_RATE = 0.1
 MAX_YAW_RATE = 0.8
 #: Step (s) of the sampled prediction for turning road users.
 TURN_STEP_S = 0.1
+#: A pair closing in slower than this (m/s) is no conflict (walking past a parked car).
+MIN_CLOSING_MPS = 0.5
 #: Two paths cross for PET only at more than this angle (degrees); shallower is following or merging.
 PET_MIN_ANGLE_DEG = 20.0
 
@@ -227,8 +229,11 @@ def measure(
     if not left.size:
         return []
     ttc, closing = _pair_ttc(users, left, right, th.horizon_s, lanes)
+    # footprints that overlap already are a position or size error far more often than a crash, which
+    # frames before it show closing in: only pairs that will meet, and are closing in, count
+    approaching = (ttc > 0) & (closing >= MIN_CLOSING_MPS)
     dr = drac(closing, ttc)
-    flagged = np.flatnonzero((ttc <= th.ttc_s) | (dr >= th.drac_mps2))
+    flagged = np.flatnonzero(approaching & ((ttc <= th.ttc_s) | (dr >= th.drac_mps2)))
     conflicts = [
         Conflict(
             a=users[left[i]].track_id,

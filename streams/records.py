@@ -24,6 +24,9 @@ from faust.models.fields import StringField
 
 from streams.errors import InvalidRecord
 from streams.faust_seam import record_fields
+from streams.vocabulary import ALERT_SOURCES as ALERT_SOURCES
+from streams.vocabulary import ALERT_VERDICTS as ALERT_VERDICTS
+from streams.vocabulary import CONFLICT_PAIRS as CONFLICT_PAIRS
 from streams.vocabulary import RISK_LEVELS as RISK_LEVELS
 from streams.vocabulary import TASK_REASONS as TASK_REASONS
 from streams.vocabulary import TASK_STATUSES as TASK_STATUSES
@@ -31,7 +34,10 @@ from streams.vocabulary import RiskLevel as RiskLevel
 from streams.vocabulary import TaskReason as TaskReason
 from streams.vocabulary import TaskStatus as TaskStatus
 
-SCHEMA_VERSION = 1
+#: Version 2 added ground positions, speeds and conflicts in metres (calibrated cameras), an alert's
+#: source and verdict; every field it added has a default, so version 1 records still read.
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 #: Detection records are a few KB (crops above 4 KB travel by reference); anything near the
 #: broker's 1 MiB message limit is not ours.
@@ -58,6 +64,31 @@ class DetectedObject(faust.Record, serializer="json", include_metadata=False):
     bbox: list[float]
     #: Speed in pixels per second from the tracker (0 for a new track).
     speed: float = 0.0
+    #: Calibrated cameras only: position on the ground [x, y] and velocity [vx, vy], metres and m/s.
+    ground: list[float] | None = None
+    velocity: list[float] | None = None
+
+
+class Conflict(faust.Record, serializer="json", include_metadata=False):
+    """Two road users that came close in time, measured on the ground (models/ssm.py)."""
+
+    #: Track ids of the two road users.
+    a: int
+    b: int
+    #: One of :data:`CONFLICT_PAIRS`.
+    pair: str
+    #: Time to collision at constant velocity (s); None when their paths do not meet.
+    ttc_s: float | None = None
+    #: Post-encroachment time (s) of a crossing just completed; None when none.
+    pet_s: float | None = None
+    #: Deceleration that avoids the collision, m/s^2.
+    drac_mps2: float = 0.0
+    #: Closing speed, m/s.
+    closing_mps: float = 0.0
+    #: The speeds of a and b, m/s.
+    speeds_mps: list[float] | None = None
+    #: How severe by the thresholds (agents/task_policy.conflict_level): a risk level.
+    level: str = "low"
 
 
 class TrafficGroup(faust.Record, serializer="json", include_metadata=False):
@@ -115,6 +146,8 @@ class DetectionResult(faust.Record, serializer="json", include_metadata=False):
     #: The producer process's run (a restart starts a new one and counts frames from 0 again);
     #: empty in records of producers older than the field.
     run: str = BLANK_OK_OPTIONAL
+    #: Calibrated cameras only: the conflicts measured in this frame, most urgent first.
+    conflicts: list[Conflict] | None = None
     v: int = SCHEMA_VERSION
 
     @property
@@ -139,6 +172,8 @@ class AssessmentTask(faust.Record, serializer="json", include_metadata=False):
     created_at: float
     #: After this (epoch ms) the task is expired instead of assessed.
     deadline: float
+    #: The conflict that made it (reason ``conflict``): its measures go into the VLM's prompt.
+    conflict: Conflict | None = None
     v: int = SCHEMA_VERSION
 
 
@@ -173,6 +208,8 @@ class RiskAssessment(faust.Record, serializer="json", include_metadata=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    #: Status ``measured``: the conflict that is the whole judgement.
+    conflict: Conflict | None = None
     v: int = SCHEMA_VERSION
 
 
@@ -187,6 +224,12 @@ class Alert(faust.Record, serializer="json", include_metadata=False):
     group_id: str = StringField(required=True)
     detection_id: str
     raised_at: float
+    #: One of :data:`ALERT_SOURCES`: ``measured`` alerts go out before any VLM answer.
+    source: str = "vlm"
+    #: One of :data:`ALERT_VERDICTS`: what the VLM's answer did to a measured alert.
+    verdict: str = BLANK_OK_OPTIONAL
+    #: The measured conflict behind a ``measured`` alert.
+    conflict: Conflict | None = None
     v: int = SCHEMA_VERSION
 
 
@@ -278,6 +321,8 @@ def validate(record: faust.Record) -> None:
             _check_box(group.bbox, f"group {group.group_id}")
             if any(m < 0 or m >= len(record.objects) for m in group.members):
                 raise InvalidRecord(f"group {group.group_id}: member index outside objects")
+        for conflict in record.conflicts or []:
+            _check_conflict(conflict)
     elif isinstance(record, RiskAssessment):
         if record.risk_level not in RISK_LEVELS:
             raise InvalidRecord(f"risk_level {record.risk_level!r} not one of {RISK_LEVELS}")
@@ -287,11 +332,29 @@ def validate(record: faust.Record) -> None:
             raise InvalidRecord(f"status {record.status!r} not one of {TASK_STATUSES}")
         if record.prompt_tokens < 0 or record.completion_tokens < 0 or not 0 <= record.cost < 1e9:
             raise InvalidRecord("tokens and cost must not be negative")
+        if record.conflict is not None:
+            _check_conflict(record.conflict)
     elif isinstance(record, AssessmentTask):
         if record.reason not in TASK_REASONS:
             raise InvalidRecord(f"reason {record.reason!r} not one of {TASK_REASONS}")
-    elif isinstance(record, Alert) and record.level not in RISK_LEVELS:
-        raise InvalidRecord(f"level {record.level!r} not one of {RISK_LEVELS}")
+        if record.conflict is not None:
+            _check_conflict(record.conflict)
+    elif isinstance(record, Alert):
+        if record.level not in RISK_LEVELS:
+            raise InvalidRecord(f"level {record.level!r} not one of {RISK_LEVELS}")
+        if record.source not in ALERT_SOURCES or record.verdict not in ALERT_VERDICTS:
+            raise InvalidRecord(f"alert source {record.source!r} / verdict {record.verdict!r} unknown")
+        if record.conflict is not None:
+            _check_conflict(record.conflict)
+
+
+def _check_conflict(conflict: Conflict) -> None:
+    if conflict.pair not in CONFLICT_PAIRS or conflict.level not in RISK_LEVELS:
+        raise InvalidRecord(f"conflict pair {conflict.pair!r} / level {conflict.level!r} unknown")
+    for name in ("ttc_s", "pet_s"):
+        value = getattr(conflict, name)
+        if value is not None and not 0 <= value < 1e4:
+            raise InvalidRecord(f"conflict {name} {value} must be 0 or more seconds")
 
 
 def decode(record_type: type[R], body: bytes | None) -> R:
@@ -335,8 +398,8 @@ def _loads_explained(text: str) -> Any:
 
 def _from_data(record_type: type[R], data: dict[str, Any]) -> R:
     version = data.get("v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise InvalidRecord(f"schema version {version!r} not supported (expected {SCHEMA_VERSION})")
+    if version not in SUPPORTED_VERSIONS or type(version) is not int:
+        raise InvalidRecord(f"schema version {version!r} not supported (expected one of {SUPPORTED_VERSIONS})")
     fields, defaults = record_fields(record_type)
     missing = [name for name in fields if name not in defaults and name not in data]
     if missing:

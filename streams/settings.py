@@ -284,6 +284,12 @@ class Settings(BaseSettings):
     alert_cooldown_s: float = Field(
         default=60.0, ge=0, description="Alerts for the same group within this are merged into one."
     )
+    measured_alert_level: RiskLevel = Field(
+        default="high",
+        description="A calibrated camera's measured conflict at or above this alerts at once, before the VLM "
+        "answers (high: TTC or PET 1 s or less; critical: 0.5 s); the VLM's answer then confirms, escalates or "
+        "downgrades that alert. 'none' alerts on every conflict.",
+    )
     alert_webhook_url: str | None = Field(default=None, description="POST every published alert here (JSON).")
     alert_webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Webhook deliveries at once.")
     alert_webhook_max_age_s: float = Field(

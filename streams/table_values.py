@@ -20,6 +20,19 @@ class SeenGroup(TypedDict):
     last: float
 
 
+class SeenConflict(TypedDict):
+    """A measured conflict between two tracks, as the task generator last acted on it."""
+
+    #: When a VLM task was last made for it (0: never), and the level then.
+    task_at: float
+    task_level: str
+    #: When a measured alert was last raised for it (0: never), and the level then.
+    alert_at: float
+    alert_level: str
+    #: When it was last measured (epoch s); unseen ones are forgotten.
+    last: float
+
+
 class CameraState(TypedDict):
     """``camera_state``: the task generator's per-camera state."""
 
@@ -39,6 +52,8 @@ class CameraState(TypedDict):
     #: The producer run whose frames ``last_seq`` counts, and the runs before it (newest last).
     run: NotRequired[str]
     runs: NotRequired[list[str]]
+    #: "a~b" (the smaller track id first) -> the measured conflicts of calibrated cameras.
+    conflicts: NotRequired[dict[str, SeenConflict]]
 
 
 class CompactDetection(TypedDict):

@@ -10,10 +10,13 @@ from typing import Literal, get_args
 
 #: How a task ended; every task ends in exactly one (``skipped``: a daily budget was spent, so no
 #: call was made; alerts that need no VLM still flow).
-TaskStatus = Literal["ok", "failed", "expired", "skipped"]
+#: ``measured``: no VLM call at all, the conflict measures of a calibrated camera (models/ssm.py) judged the
+#: group; its task id ends in ``:measured`` and the VLM's own result for the group follows under the plain id.
+TaskStatus = Literal["ok", "failed", "expired", "skipped", "measured"]
 TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
-#: Why the task generator made a task (``replay``: a redelivered frame makes its tasks again).
-TaskReason = Literal["new", "changed", "refresh", "replay"]
+#: Why the task generator made a task (``replay``: a redelivered frame makes its tasks again; ``conflict``:
+#: the camera measured a conflict between two of the group's road users).
+TaskReason = Literal["new", "changed", "refresh", "replay", "conflict"]
 TASK_REASONS: tuple[TaskReason, ...] = get_args(TaskReason)
 #: The VLM's risk levels, lowest first.
 RiskLevel = Literal["none", "low", "medium", "high", "critical"]
@@ -22,3 +25,12 @@ RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 #: reacts by kind).
 VlmErrorKind = Literal["auth", "quota", "arrearage", "rate", "burst", "content", "request", "server", "parse"]
 VLM_ERROR_KINDS: tuple[VlmErrorKind, ...] = get_args(VlmErrorKind)
+#: Where an alert's judgement came from: the VLM, or the measured conflict (alerted before any VLM answer).
+AlertSource = Literal["vlm", "measured"]
+ALERT_SOURCES: tuple[AlertSource, ...] = get_args(AlertSource)
+#: What the VLM's answer did to a measured alert.
+AlertVerdict = Literal["", "confirmed", "escalated", "downgraded"]
+ALERT_VERDICTS: tuple[AlertVerdict, ...] = get_args(AlertVerdict)
+#: A conflict's pair of road users.
+ConflictPair = Literal["pedestrian-vehicle", "cyclist-vehicle", "vehicle-vehicle"]
+CONFLICT_PAIRS: tuple[ConflictPair, ...] = get_args(ConflictPair)

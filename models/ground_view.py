@@ -1,0 +1,164 @@
+"""What a calibrated camera knows on the ground: positions, speeds and conflicts in metres and seconds.
+
+The producer keeps one per calibrated camera. Each analysed frame's tracked boxes go in; out
+come each object's ground position and velocity (the box's ground point through the camera's
+homography, smoothed by :class:`models.ssm.GroundTrack`) and the conflicts between road users:
+TTC and DRAC from this frame's states (predicted along the lanes the camera has learned,
+:mod:`models.lanes`), PET from the paths driven. The task generator triggers on the conflicts
+and raises measured alerts without waiting for the VLM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.calibration import Calibration
+from models.lanes import FlowMap
+from models.ssm import DEFAULT_EXTENT, GroundTrack, PathHistory, RoadUser, Thresholds, measure
+from streams.records import Conflict
+
+#: A track not seen for this long starts a new ground track when it comes back.
+TRACK_GAP_S = 2.0
+#: The learned lanes cover at most this far (m) around the calibration points' centre.
+MAX_LANE_SPAN_M = 200.0
+#: Positions a track needs before it takes part in conflicts.
+MIN_SAMPLES = 3
+#: Conflicts kept per frame (most urgent first): a crowded frame does not flood the record.
+MAX_CONFLICTS = 8
+
+
+def conflict_level(ttc_s: float | None, pet_s: float | None, drac_mps2: float, th: Thresholds) -> str:
+    """A risk level for measured values: critical at half a second, high at one, medium at the thresholds."""
+    soonest = min(v for v in (ttc_s, pet_s, math.inf) if v is not None)
+    if soonest <= 0.5:
+        return "critical"
+    if soonest <= 1.0:
+        return "high"
+    if (
+        (ttc_s is not None and ttc_s <= th.ttc_s)
+        or (pet_s is not None and pet_s <= th.pet_s)
+        or drac_mps2 >= th.drac_mps2
+    ):
+        return "medium"
+    return "low"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One tracked box of a frame."""
+
+    track_id: int
+    cls: str
+    bbox: Sequence[float]
+
+
+class GroundView:
+    """One calibrated camera's road users on the ground."""
+
+    def __init__(self, calibration: Calibration, anchor: str = "bottom", thresholds: Thresholds | None = None) -> None:
+        self.calibration = calibration
+        self.anchor = anchor
+        self.thresholds = thresholds or Thresholds()
+        self.tracks: dict[int, tuple[float, GroundTrack]] = {}
+        self.paths = PathHistory()
+        centre = calibration.ground_points.mean(axis=0)
+        spread = np.ptp(calibration.ground_points, axis=0).max() + 60.0
+        half = min(MAX_LANE_SPAN_M, spread) / 2
+        self.lanes = FlowMap((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
+
+    def ground_point(self, bbox: Sequence[float]) -> tuple[float, float]:
+        x1, y1, x2, y2 = bbox[:4]
+        v = y2 if self.anchor == "bottom" else (y1 + y2) / 2
+        gx, gy = self.calibration.to_ground([[(x1 + x2) / 2, v]])[0]
+        return float(gx), float(gy)
+
+    def extent(self, obj: Seen) -> tuple[float, float]:
+        """Length and width (m): a top-down camera measures them from the box; an oblique one cannot."""
+        if self.anchor == "centre":
+            x1, y1, x2, y2 = obj.bbox[:4]
+            corners = self.calibration.to_ground([[x1, y1], [x2, y1], [x1, y2]])
+            sides = sorted((float(np.hypot(*(corners[1] - corners[0]))), float(np.hypot(*(corners[2] - corners[0])))))
+            if all(math.isfinite(v) and v > 0 for v in sides):
+                return sides[1], sides[0]
+        return DEFAULT_EXTENT.get(obj.cls, (1.0, 1.0))
+
+    def observe(self, t: float, seen: Sequence[Seen]) -> tuple[dict[int, RoadUser], list[Conflict]]:
+        """The frame at ``t`` (seconds): each track's state on the ground, and the conflicts, most urgent first."""
+        users: dict[int, RoadUser] = {}
+        for obj in seen:
+            gx, gy = self.ground_point(obj.bbox)
+            if not (math.isfinite(gx) and math.isfinite(gy)):
+                continue  # above the horizon of the ground plane: no ground position
+            last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
+            if t - last > TRACK_GAP_S:
+                track = GroundTrack()
+            self.tracks[obj.track_id] = (t, track)
+            state = track.update(t, gx, gy)
+            length, width = self.extent(obj)
+            users[obj.track_id] = RoadUser(
+                obj.track_id,
+                obj.cls,
+                state.x,
+                state.y,
+                state.vx,
+                state.vy,
+                state.heading,
+                length,
+                width,
+                state.yaw_rate,
+            )
+        for track_id in [k for k, (at, _) in self.tracks.items() if t - at > TRACK_GAP_S]:
+            del self.tracks[track_id]
+        # a track takes part once it has a second of history: a new box's first positions (an object
+        # entering the frame, a blob splitting) give velocities no one drove
+        members = [
+            u for u in users.values() if u.kind is not None and len(self.tracks[u.track_id][1].samples) >= MIN_SAMPLES
+        ]
+        th = self.thresholds
+        found: dict[tuple[int, int], Conflict] = {}
+        for c in measure(members, th, self.lanes):
+            ttc = None if math.isinf(c.ttc_s) else round(c.ttc_s, 2)
+            found[(min(c.a, c.b), max(c.a, c.b))] = self._conflict(users, c.a, c.b, c.pair, ttc, None, c.drac_mps2)
+        for enc in self.paths.add(t, members):
+            if enc.pet_s > th.pet_s or enc.first not in users or enc.second not in users:
+                continue
+            key = (min(enc.first, enc.second), max(enc.first, enc.second))
+            known = found.get(key)
+            found[key] = self._conflict(
+                users,
+                enc.first,
+                enc.second,
+                enc.pair,
+                known.ttc_s if known else None,
+                round(enc.pet_s, 2),
+                known.drac_mps2 if known else 0.0,
+            )
+        vehicles = [u for u in members if u.kind == "vehicle"]
+        if vehicles:
+            self.lanes.learn(
+                np.array([(u.x, u.y) for u in vehicles]),
+                np.array([u.heading for u in vehicles]),
+                np.array([u.speed for u in vehicles]),
+            )
+        ranked = sorted(found.values(), key=lambda c: min(v for v in (c.ttc_s, c.pet_s, math.inf) if v is not None))
+        return users, ranked[:MAX_CONFLICTS]
+
+    def _conflict(
+        self, users: dict[int, RoadUser], a: int, b: int, pair: str, ttc: float | None, pet: float | None, drac: float
+    ) -> Conflict:
+        ua, ub = users[a], users[b]
+        return Conflict(
+            a=a,
+            b=b,
+            pair=pair,
+            ttc_s=ttc,
+            pet_s=pet,
+            drac_mps2=round(drac, 2),
+            closing_mps=round(math.hypot(ua.vx - ub.vx, ua.vy - ub.vy), 2),
+            speeds_mps=[round(ua.speed, 2), round(ub.speed, 2)],
+            level=conflict_level(ttc, pet, drac, self.thresholds),
+        )

@@ -1,0 +1,171 @@
+"""Measured conflicts in the pipeline: a trigger ahead of the pixel rules, alerts before the VLM, its verdict."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from agents.alerting import judged, merge_alert, pending_measured
+from agents.llm_scheduler import describe
+from agents.task_generator import measured_results_for, tasks_for
+from agents.task_policy import Budget, GlobalCap, measured_alerts, plan_tasks
+from models.calibration import fit
+from models.ground_view import GroundView, Seen, conflict_level
+from models.ssm import Thresholds
+from sim.records import assessment_task, detection
+from streams.records import Conflict, DetectionResult, decode, to_bytes
+from streams.settings import Settings
+
+BUDGET = Budget(refresh_s=20.0, per_min=6.0, burst=3.0, min_interest=0.3)
+
+
+def with_conflict(det: DetectionResult, level: str = "high", ttc: float | None = 0.8) -> DetectionResult:
+    a, b = det.groups[0].track_ids
+    det.conflicts = [Conflict(a=a, b=b, pair="pedestrian-vehicle", ttc_s=ttc, speeds_mps=[1.4, 8.0], level=level)]
+    return det
+
+
+@pytest.mark.parametrize(
+    ("ttc", "pet", "drac", "level"),
+    [
+        (0.4, None, 0.0, "critical"),
+        (None, 0.9, 0.0, "high"),
+        (1.4, None, 0.0, "medium"),
+        (None, 1.9, 0.0, "medium"),
+        (2.5, None, 3.5, "medium"),
+        (2.5, None, 1.0, "low"),
+    ],
+)
+def test_conflict_levels(ttc: float | None, pet: float | None, drac: float, level: str) -> None:
+    assert conflict_level(ttc, pet, drac, Thresholds()) == level
+
+
+def test_a_conflict_makes_a_task_ahead_of_the_pixel_rules_and_again_only_when_it_worsens() -> None:
+    state, decisions, _ = plan_tasks(None, detection("c", 1, track_base=10), 100.0, BUDGET)
+    assert [d.reason for d in decisions] == ["new"]
+    # the same pair a second later: the pixel rules see nothing new, the measured conflict does
+    state, decisions, _ = plan_tasks(state, with_conflict(detection("c", 2, track_base=10), "medium"), 101.0, BUDGET)
+    assert [(d.reason, d.conflict.level if d.conflict else None) for d in decisions] == [("conflict", "medium")]
+    state, decisions, _ = plan_tasks(state, with_conflict(detection("c", 3, track_base=10), "medium"), 102.0, BUDGET)
+    assert decisions == []
+    state, decisions, _ = plan_tasks(state, with_conflict(detection("c", 4, track_base=10), "critical"), 103.0, BUDGET)
+    assert [d.reason for d in decisions] == ["conflict"]
+
+
+def test_a_conflict_task_carries_its_measures_into_the_prompt() -> None:
+    det = with_conflict(detection("c", 1))
+    tasks = tasks_for(det, 100.0, {}, GlobalCap(0), Settings())
+    assert [t.reason for t in tasks] == ["conflict"] and tasks[0].conflict is not None
+    text = describe(tasks[0])
+    assert "time to collision 0.8 s" in text and "1.4 m/s and 8.0 m/s" in text
+
+
+def test_measured_alerts_once_per_pair_unless_the_level_rises() -> None:
+    state, _, _ = plan_tasks(None, detection("c", 1), 100.0, BUDGET)
+    first = measured_alerts(state, with_conflict(detection("c", 2, track_base=2)), 100.0, "high", 60.0)
+    assert [a.group_id for a in first] == ["g3-4"]
+    assert measured_alerts(state, with_conflict(detection("c", 3, track_base=2)), 101.0, "high", 60.0) == []
+    worse = measured_alerts(state, with_conflict(detection("c", 4, track_base=2), "critical"), 102.0, "high", 60.0)
+    assert len(worse) == 1
+    assert measured_alerts(state, with_conflict(detection("c", 5, track_base=2), "medium"), 103.0, "high", 60.0) == []
+
+
+def test_a_measured_result_alerts_without_a_vlm_call_and_reads_back() -> None:
+    states: dict[bytes, object] = {}
+    det = with_conflict(detection("c", 1))
+    tasks_for(det, 100.0, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
+    results = measured_results_for(det, 100.0, states, Settings())  # type: ignore[arg-type]
+    assert len(results) == 1
+    result = decode(type(results[0]), to_bytes(results[0]))
+    assert (result.status, result.risk_level, result.model, result.group_id) == ("measured", "high", "ssm", "g3-4")
+    assert result.task_id.endswith(":measured") and "time to collision 0.8 s" in result.summary
+
+
+def alert(task: str, level: str, at_s: float, source: str = "vlm") -> dict[str, object]:
+    return {
+        "task_id": task,
+        "group_id": "g",
+        "level": level,
+        "score": 0.5,
+        "summary": task,
+        "raised_at": at_s * 1000,
+        "camera_id": "c",
+        "source": source,
+        "verdict": "",
+    }
+
+
+@pytest.mark.parametrize(
+    ("vlm_level", "verdict"), [("high", "confirmed"), ("critical", "escalated"), ("low", "downgraded")]
+)
+def test_the_vlm_judges_the_same_measured_alert(vlm_level: str, verdict: str) -> None:
+    recent, publish = merge_alert([], alert("m", "high", 100, "measured"), 60.0, 10)
+    assert publish and pending_measured(recent, "g", 101_000, 60.0)
+    recent, publish = merge_alert(recent, alert("v", vlm_level, 101), 60.0, 10)
+    assert publish and len(recent) == 1
+    updated = recent[0]
+    assert (updated["task_id"], updated["level"], updated["verdict"], updated["measured_level"]) == (
+        "m",
+        vlm_level,
+        verdict,
+        "high",
+    )
+    assert not pending_measured(recent, "g", 102_000, 60.0)
+    # after the verdict, more VLM answers merge as before: published only when the level escalates
+    _, again = merge_alert(recent, alert("v2", vlm_level, 102), 60.0, 10)
+    assert not again
+    assert judged(alert("m", "high", 1, "measured"), alert("v", "none", 2))["verdict"] == "downgraded"
+
+
+def test_version_1_records_still_read() -> None:
+    det = detection("c", 1)
+    old = orjson.loads(to_bytes(det))
+    old["v"] = 1
+    del old["conflicts"]
+    for obj in old["objects"]:
+        del obj["ground"], obj["velocity"]
+    back = decode(DetectionResult, orjson.dumps(old))
+    assert back.conflicts is None and back.objects[0].ground is None
+
+
+def test_the_ground_view_measures_a_pedestrian_stepping_in_front_of_a_car() -> None:
+    # a top-down camera at 10 px a metre: a car driving east at 10 m/s, a pedestrian walking north into its lane
+    calib = fit([[0, 400, 0, 0], [800, 400, 80, 0], [800, 0, 80, 40], [0, 0, 0, 40]])
+    view = GroundView(calib, "centre")
+    seen = []
+    for k in range(8):
+        t = k * 0.5
+        car_x = (10 + 10 * t) * 10
+        # the pedestrian walks north from y = 14 m at 1.5 m/s; the car drives along y = 20 m and would
+        # hit them at x = 44.8 m, t = 3.2 s
+        ped_y = 400 - (14 + 1.5 * t) * 10
+        frame = [
+            Seen(1, "car", [car_x - 22, 400 - 209, car_x + 22, 400 - 191]),
+            Seen(2, "person", [445, ped_y - 3, 451, ped_y + 3]),
+        ]
+        users, conflicts = view.observe(t, frame)
+        seen += [(t, c) for c in conflicts]
+        if t == 2.0:
+            assert users[1].vx == pytest.approx(10, abs=0.3) and users[2].vy == pytest.approx(1.5, abs=0.2)
+    assert {(c.a, c.b, c.pair) for _, c in seen} == {(1, 2, "pedestrian-vehicle")}
+    at_two = [c for t, c in seen if t == 2.0]
+    assert at_two and at_two[0].ttc_s == pytest.approx(1.2, abs=0.15) and at_two[0].level == "medium"
+    assert at_two[0].speeds_mps is not None and math.isclose(at_two[0].speeds_mps[0], 10, abs_tol=0.3)
+
+
+def test_the_simulated_cameras_ship_a_calibration() -> None:
+    from models.cameras import load_cameras
+
+    cams = load_cameras(Path(__file__).parents[2] / "deploy" / "cameras.sim.yaml")
+    assert cams and all(c.calibration is not None for c in cams)
+    calib = cams[0].calibration.fitted()  # type: ignore[union-attr]
+    assert np.allclose(calib.to_ground([[640, 0]]), [[40, 22.5]])
+
+
+def test_an_assessment_task_without_a_conflict_describes_as_before() -> None:
+    task = assessment_task(detection("c", 1), "t-1", 10_000)
+    assert "Measured" not in describe(task)
