@@ -126,6 +126,7 @@ def as_alert(result: RiskAssessment, now_s: float) -> Alert:
         group_id=result.group_id,
         detection_id=result.detection_id,
         raised_at=now_s * 1000.0,
+        captured_at=result.captured_at,
         source="measured" if result.status == "measured" else "vlm",
         conflict=result.conflict,
     )
@@ -225,6 +226,7 @@ def aggregate(
             group_id=top["group_id"],
             detection_id=top["detection_id"],
             raised_at=now * 1000.0,
+            captured_at=float(top.get("captured_at", 0.0)),
             source="measured",
             verdict=top["verdict"],
             conflict=alert.conflict if alert.conflict is not None else _conflict(top.get("conflict")),

@@ -224,6 +224,8 @@ class Alert(faust.Record, serializer="json", include_metadata=False):
     group_id: str = StringField(required=True)
     detection_id: str
     raised_at: float
+    #: When the frame that raised it was captured, epoch ms (0 in version 1 records).
+    captured_at: float = 0.0
     #: One of :data:`ALERT_SOURCES`: ``measured`` alerts go out before any VLM answer.
     source: str = "vlm"
     #: One of :data:`ALERT_VERDICTS`: what the VLM's answer did to a measured alert.
