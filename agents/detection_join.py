@@ -16,6 +16,7 @@ the worker that owns the camera.
 
 from __future__ import annotations
 
+import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from mode import BaseSignalT
 from agents.expiry import ExpiringIndex
 from streams.app import app, settings
 from streams.images import image_url
-from streams.records import DetectionResult, record_to_dict
+from streams.records import Conflict, DetectionResult, record_to_dict
 from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection
 from streams.tables import camera_key, camera_view, detections
@@ -53,6 +54,8 @@ class DetectionJoin:
     expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.detection_ttl()))
     view_every_s: float = 1.0
     viewed: dict[str, float] = field(default_factory=dict)
+    #: each camera's most urgent conflict since its view was last written (calibrated cameras)
+    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def mark_stale(self) -> None:
         """After a rebalance: keys written elsewhere, and views another worker wrote last."""
@@ -71,6 +74,18 @@ detection_join = DetectionJoin(
 @app.on_rebalance_complete.connect
 async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     detection_join.mark_stale()
+
+
+#: Road users of a frame shown on the bird's-eye view.
+GROUND_SHOWN = 40
+
+
+def _urgency(c: Conflict) -> float:
+    return min(v for v in (c.ttc_s, c.pet_s, math.inf) if v is not None)
+
+
+def _urgency_of(c: dict[str, Any]) -> float:
+    return min(float(v) for v in (c.get("ttc_s"), c.get("pet_s"), math.inf) if v is not None)
 
 
 def empty_view(camera_id: str) -> CameraView:
@@ -102,6 +117,11 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
         join.detections[det.detection_id] = compact_detection(det, now, partition)
         join.expiry.add(det.detection_id, now, partition)
     join.expiry.expire(join.detections, now, partition)
+    if det.conflicts:
+        worst = min(det.conflicts, key=_urgency)
+        held = join.conflicts.get(det.camera_id)
+        if held is None or _urgency_of(held) >= _urgency(worst):
+            join.conflicts[det.camera_id] = {**record_to_dict(worst), "captured_at": det.captured_at}
     if now - join.viewed.get(det.camera_id, -join.view_every_s) < join.view_every_s:
         return
     join.viewed[det.camera_id] = now
@@ -121,6 +141,22 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
         ],
         "crop": image_url(det.crops[best.group_id]) if best and best.group_id in det.crops else None,
         "crop_group": best.group_id if best else None,
+        # calibrated cameras: each road user on the ground, for the bird's-eye view and speeds
+        "ground": [
+            {
+                "id": o.track_id,
+                "cls": o.cls,
+                "x": o.ground[0],
+                "y": o.ground[1],
+                "vx": o.velocity[0],
+                "vy": o.velocity[1],
+            }
+            for o in det.objects[:GROUND_SHOWN]
+            if o.ground and o.velocity
+        ],
     }
+    conflict = join.conflicts.pop(det.camera_id, None)
+    if conflict is not None:
+        view["last_conflict"] = conflict
     view["updated_at"] = now
     join.camera_view[key] = view

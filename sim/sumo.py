@@ -298,8 +298,8 @@ class VirtualCamera:
     width: int = 1280
     height: int = 720
 
-    def homography(self) -> FloatArray:
-        """Ground (x, y, 1) -> image (u, v, 1)."""
+    def projection(self) -> FloatArray:
+        """The 3x4 camera matrix K [R | t]: world (x, y, z, 1) -> image (u, v, 1)."""
         tx, ty = self.target
         cam = np.array([tx - self.back_m * math.cos(self.yaw), ty - self.back_m * math.sin(self.yaw), self.height_m])
         forward = np.array([tx, ty, 0.0]) - cam
@@ -310,7 +310,32 @@ class VirtualCamera:
         rot = np.stack([right, down, forward])  # world -> camera
         trans = -rot @ cam
         k = np.array([[self.focal_px, 0, self.width / 2], [0, self.focal_px, self.height / 2], [0, 0, 1]])
-        h: FloatArray = k @ np.c_[rot[:, 0], rot[:, 1], trans]
+        out: FloatArray = k @ np.c_[rot, trans]
+        return out
+
+    def box(self, x: float, y: float, heading: float, length: float, width: float, height: float) -> list[float] | None:
+        """The image box ``[x1, y1, x2, y2]`` of a road user's 3D box, or None when not wholly in front and in view."""
+        c, s = math.cos(heading), math.sin(heading)
+        corners = [
+            (x + c * dl - s * dw, y + s * dl + c * dw, z)
+            for dl in (-length / 2, length / 2)
+            for dw in (-width / 2, width / 2)
+            for z in (0.0, height)
+        ]
+        homog = np.c_[np.array(corners), np.ones(8)] @ self.projection().T
+        if (homog[:, 2] <= 0).any():
+            return None
+        pix = homog[:, :2] / homog[:, 2:3]
+        x1, y1 = pix.min(axis=0)
+        x2, y2 = pix.max(axis=0)
+        if x1 < 0 or y1 < 0 or x2 >= self.width or y2 >= self.height:
+            return None
+        return [float(x1), float(y1), float(x2), float(y2)]
+
+    def homography(self) -> FloatArray:
+        """Ground (x, y, 1) -> image (u, v, 1)."""
+        p = self.projection()
+        h: FloatArray = p[:, [0, 1, 3]]
         out: FloatArray = h / abs(float(h[2, 2]))
         return out
 

@@ -91,6 +91,8 @@ class CameraView(TypedDict):
     results: list[dict[str, Any]]
     counts: dict[str, int]
     latest_detection: NotRequired[dict[str, Any]]
+    #: Calibrated cameras: the most urgent conflict measured since the view was last written.
+    last_conflict: NotRequired[dict[str, Any]]
     updated_at: NotRequired[float]
 
 

@@ -66,6 +66,7 @@ def camera_summary(camera_id: str, view: CameraView | None, state: CameraState |
         "camera_id": camera_id,
         "latest_result": latest,
         "latest_detection": view.get("latest_detection"),
+        "last_conflict": view.get("last_conflict"),
         "counts": view.get("counts", {}),
         "fps": round(float(state["fps"] or 0.0), 2) if state else 0.0,
         "groups_seen": state["groups_seen"] if state else 0,
