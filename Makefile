@@ -43,11 +43,14 @@ lock: $(STAMP) ## re-resolve requirements.lock (every pinned version, extras dev
 	$(BIN)/pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra yolo --python-version 3.11 --custom-compile-command "make lock" -o requirements.lock
 
-bench: $(STAMP) ## benchmarks (~70 min, progress on stdout): results, plots and REPORT.md under bench/results/
+bench: $(STAMP) ## benchmarks (~75 min, progress on stdout): results, plots and REPORT.md under bench/results/
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.key_pool
 	$(BIN)/python -m bench.quotas
 	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.ssm
+	$(BIN)/pip install -q --no-deps tasi==0.15.4  # the DLR Urban Traffic data it bundles; its own dependencies are not needed
+	$(BIN)/python -m bench.dlr_urban
 	$(BIN)/python -m bench.detection
 	$(BIN)/python -m bench.economy
 	$(BIN)/python -m bench.report

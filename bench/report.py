@@ -145,7 +145,7 @@ def table(rows: list[list[Any]], head: list[str]) -> str:
 def render(folder: Path) -> str:
     pipe, kp = load(folder, "pipeline.json"), load(folder, "key_pool.json")
     det, eco, gpu = load(folder, "detection.json"), load(folder, "economy.json"), load(folder, "gpu_batch.json")
-    cap = load(folder, "capacity.json")
+    cap, ssm = load(folder, "capacity.json"), load(folder, "ssm.json")
     out = ["# roadwatch benchmark report", ""]
     out.append("Written by `make bench` (`python -m bench.report`) from the JSON beside this file; every ratio")
     out.append("compares figures measured in the same run on the same machine.")
@@ -312,6 +312,8 @@ def render(folder: Path) -> str:
         out.append(table(rows, head))
         flame = "Where a worker's time goes: [flame graph](capacity_flame.svg)."
         out += ["", "![capacity](capacity.png)", "", flame, ""]
+    if ssm:
+        out += ssm_section(ssm)
     if gpu:
         out += ["## GPU batching", ""]
         rows = [
@@ -323,6 +325,62 @@ def render(folder: Path) -> str:
         out.append(table(rows, ["batch", "model fps", "speedup", "fps from camera threads", "mean batch formed"]))
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def ssm_section(ssm: dict[str, Any]) -> list[str]:
+    """Conflict measures against SUMO and on the DLR intersection (bench/ssm.py, bench/dlr_urban.py)."""
+    out = ["## Conflict measures (TTC, PET) against SUMO and a real intersection", ""]
+    sumo = ssm.get("sumo")
+    if sumo:
+        out.append(
+            f"SUMO {'/'.join(sumo['scenarios'])} replayed at {sumo['fps']} fps through `models/ssm.py` "
+            "(`bench/ssm.py`): "
+            f"of SUMO's conflicts with TTC <= {sumo['ttc_threshold_s']} s, roadwatch finds {sumo['recall']} "
+            f"(via a camera {sumo['via_camera']['recall']}); of the pairs it flags, SUMO logs {sumo['precision']} "
+            f"(via a camera {sumo['via_camera']['precision']}); TTC error on SUMO's following conflicts p50 "
+            f"{sumo['ttc_abs_err_s_p50']} s."
+        )
+        out.append("")
+        rows = []
+        for name, r in sumo["scenarios"].items():
+            reasons = ", ".join(f"{k} {v}" for k, v in r["false_positive_reasons"].items())
+            rows.append(
+                [
+                    name,
+                    f"{r['found']}/{r['sumo_conflicts_ttc_le_threshold']}",
+                    f"{r['flagged_pairs_sumo_logs']}/{r['flagged_pairs']}",
+                    f"{r['following']['found_with_finite_ttc']}/{r['following']['sumo_conflicts_ttc_lt_3s']}",
+                    r["following"]["ttc_abs_err_s_p50"],
+                    f"{r['pet']['found']}/{r['pet']['sumo_pet_le_threshold']}",
+                    r["pet"]["pet_abs_err_s_p50"],
+                    reasons,
+                ]
+            )
+        head = [
+            "scenario",
+            "TTC<=1.5 found",
+            "flagged SUMO logs",
+            "following seen",
+            "following TTC err p50 s",
+            "PET<=2 found",
+            "PET err p50 s",
+            "flagged, not logged: why",
+        ]
+        out += [table(rows, head), ""]
+    dlr = ssm.get("dlr_urban")
+    if dlr:
+        per = ", ".join(f"{k} {v}" for k, v in dlr["conflicts_per_hour"].items())
+        lvl = ", ".join(f"{k} {v}" for k, v in dlr["conflicts_per_hour_by_level"].items())
+        calls = dlr["vlm_calls_per_hour"]
+        out.append(
+            f"DLR Urban Traffic ({dlr['minutes']} min, {dlr['road_users']} road users, `bench/dlr_urban.py`): "
+            "conflicts "
+            f"per hour {per} (by level: {lvl}); engine {dlr['pairs_per_s']} pairs/s, {dlr['engine_ms_per_frame']} ms a "
+            f"frame; VLM calls per hour {calls['without_measured_trigger']} without the measured trigger, "
+            f"{calls['with_measured_trigger']} with it (the camera's budget caps both)."
+        )
+        out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

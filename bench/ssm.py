@@ -45,6 +45,7 @@ from sim.sumo import (
     SumoConflict,
     Trajectories,
     VirtualCamera,
+    count_collisions,
     read_fcd,
     read_ssm,
     run,
@@ -376,6 +377,7 @@ def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[
     seen = replay(traj, fps)
     result = compare(conflicts, seen, traj, warmup_s=WARMUP_S)
     result["pet"] = pet_compare(conflicts, seen)
+    result["sumo_collisions_reported"] = count_collisions(workdir / name)
     result["pairs_per_s"] = round(seen.pairs_evaluated / seen.engine_s) if seen.engine_s else None
     camera = VirtualCamera(target=(150.0, 150.0))
     seen_cam = replay(traj, fps, camera=camera, noise_px=noise_px, seed=scenario.seed)

@@ -93,8 +93,9 @@ class Thresholds:
     pet_s: float = 2.0
     #: DRAC at or above which a pair is in conflict (SUMO's 3 m/s^2).
     drac_mps2: float = 3.0
-    #: TTC beyond this is no conflict at all: constant velocity means little further ahead.
-    horizon_s: float = 10.0
+    #: TTC beyond this is no conflict at all: constant velocity means little further ahead (SUMO's
+    #: device logs up to 3 s; predictions cost in proportion to it).
+    horizon_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("ttc_s", "pet_s", "drac_mps2", "horizon_s"):
@@ -160,7 +161,7 @@ def time_to_collision(
     vb: FloatArray,
     hb: FloatArray,
     eb: FloatArray,
-    horizon_s: float = 10.0,
+    horizon_s: float = 5.0,
 ) -> FloatArray:
     """TTC (s) of N pairs of oriented rectangles at constant velocity: 0 when they overlap now, inf when never.
 
@@ -251,7 +252,7 @@ def measure(
 
 
 def pair_ttc(
-    users: list[RoadUser], horizon_s: float = 10.0, lanes: FlowMap | None = None
+    users: list[RoadUser], horizon_s: float = 5.0, lanes: FlowMap | None = None
 ) -> dict[tuple[int, int], float]:
     """TTC of every pair of interest, by (smaller id, larger id); pairs that never meet are left out."""
     left, right = interesting_pairs(users)
@@ -301,7 +302,10 @@ def _pair_ttc(
     if lanes is not None:
         if near.any():
             steps = np.arange(0.0, horizon_s + TURN_STEP_S / 2, TURN_STEP_S)
-            vehicle = np.array([u.kind == "vehicle" for u in users])
+            involved = np.zeros(len(users), dtype=bool)
+            involved[left[near]] = True
+            involved[right[near]] = True
+            vehicle = np.array([u.kind == "vehicle" for u in users]) & involved
             paths, headings = _arc((pos, speed, head, yaw, ext), steps)
             if vehicle.any():
                 paths[vehicle], headings[vehicle] = lanes.predict(
@@ -570,7 +574,8 @@ class GroundTrack:
     line through the positions of the last ``window_s`` seconds gives the velocity, and its
     value at the newest time the position; the heading follows the velocity while the road user
     moves faster than ``HEADING_MIN_SPEED`` and holds still otherwise (a queued car keeps
-    pointing down its lane). The yaw rate is the heading's change over the last ``turn_window_s``,
+    pointing down its lane); the speed is moved on to now by the acceleration over the last
+    ``turn_window_s`` (the fit's own lag is half its window). The yaw rate is the heading's change over that time,
     kept only past ``MIN_YAW_RATE`` (below it, a straight road's noise) and capped at
     ``MAX_YAW_RATE`` (a tight urban turn).
     """
@@ -612,8 +617,10 @@ class GroundTrack:
                 turned = math.remainder(self.heading - h0, math.tau) / (t - t0)
                 if abs(turned) >= MIN_YAW_RATE:
                     yaw_rate = max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turned))
-        # the fitted line's slope is the velocity at the samples' mean time, -mt seconds ago: braking
-        # or turning, the velocity now differs by the acceleration and turn rate over that time
+        # the fitted line's slope is the velocity at the samples' mean time, -mt seconds ago: braking,
+        # the speed now differs by the acceleration over that time. (Turning the heading on by the turn
+        # rate the same way overshoots every turn's end, the rate being a second old: in SUMO's grid it
+        # quintupled the phantom conflicts with oncoming cars. The arcs use the rate; the heading is the fit's.)
         speed = math.hypot(vx, vy)
         self.speeds.append((t + mt, speed))
         while len(self.speeds) > 2 and self.speeds[0][0] < t + mt - self.turn_window_s - 1e-9:
@@ -621,7 +628,7 @@ class GroundTrack:
         (s0_at, s0), (s1_at, s1) = self.speeds[0], self.speeds[-1]
         accel = (s1 - s0) / (s1_at - s0_at) if s1_at - s0_at > 0.25 else 0.0
         now_speed = max(0.0, speed - accel * mt)
-        heading = self.heading - yaw_rate * mt
+        heading = self.heading
         if speed > 0:
             vx, vy = now_speed * math.cos(heading), now_speed * math.sin(heading)
         else:
