@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.calibration import Calibration
+from models.calibration import Calibration, FloatArray
 from models.lanes import FlowMap
 from models.ssm import DEFAULT_EXTENT, GroundTrack, PathHistory, RoadUser, Thresholds, measure
 from streams.records import Conflict
@@ -70,27 +70,34 @@ class GroundView:
         half = min(MAX_LANE_SPAN_M, spread) / 2
         self.lanes = FlowMap((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
 
-    def ground_point(self, bbox: Sequence[float]) -> tuple[float, float]:
-        x1, y1, x2, y2 = bbox[:4]
-        v = y2 if self.anchor == "bottom" else (y1 + y2) / 2
-        gx, gy = self.calibration.to_ground([[(x1 + x2) / 2, v]])[0]
-        return float(gx), float(gy)
+    def ground_points(self, boxes: FloatArray) -> FloatArray:
+        """(N, 2) ground points of (N, 4) boxes: bottom centre, or centre for a top-down camera."""
+        v = boxes[:, 3] if self.anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
+        return self.calibration.to_ground(np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1))
 
-    def extent(self, obj: Seen) -> tuple[float, float]:
-        """Length and width (m): a top-down camera measures them from the box; an oblique one cannot."""
-        if self.anchor == "centre":
-            x1, y1, x2, y2 = obj.bbox[:4]
-            corners = self.calibration.to_ground([[x1, y1], [x2, y1], [x1, y2]])
-            sides = sorted((float(np.hypot(*(corners[1] - corners[0]))), float(np.hypot(*(corners[2] - corners[0])))))
-            if all(math.isfinite(v) and v > 0 for v in sides):
-                return sides[1], sides[0]
-        return DEFAULT_EXTENT.get(obj.cls, (1.0, 1.0))
+    def extents(self, boxes: FloatArray, classes: Sequence[str]) -> list[tuple[float, float]]:
+        """Length and width (m) of each box: a top-down camera measures them; an oblique one cannot."""
+        defaults = [DEFAULT_EXTENT.get(c, (1.0, 1.0)) for c in classes]
+        if self.anchor != "centre" or not len(boxes):
+            return defaults
+        corners = self.calibration.to_ground(
+            np.concatenate([boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [0, 3]]])
+        ).reshape(3, len(boxes), 2)
+        along = np.hypot(*(corners[1] - corners[0]).T)
+        across = np.hypot(*(corners[2] - corners[0]).T)
+        out = []
+        for a, b, default in zip(along, across, defaults, strict=True):
+            ok = math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0
+            out.append((float(max(a, b)), float(min(a, b))) if ok else default)
+        return out
 
     def observe(self, t: float, seen: Sequence[Seen]) -> tuple[dict[int, RoadUser], list[Conflict]]:
         """The frame at ``t`` (seconds): each track's state on the ground, and the conflicts, most urgent first."""
         users: dict[int, RoadUser] = {}
-        for obj in seen:
-            gx, gy = self.ground_point(obj.bbox)
+        boxes = np.array([list(obj.bbox[:4]) for obj in seen], dtype=np.float64).reshape(-1, 4)
+        points = self.ground_points(boxes) if len(seen) else np.empty((0, 2))
+        sizes = self.extents(boxes, [obj.cls for obj in seen])
+        for obj, (gx, gy), (length, width) in zip(seen, points.tolist(), sizes, strict=True):
             if not (math.isfinite(gx) and math.isfinite(gy)):
                 continue  # above the horizon of the ground plane: no ground position
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
@@ -98,7 +105,6 @@ class GroundView:
                 track = GroundTrack()
             self.tracks[obj.track_id] = (t, track)
             state = track.update(t, gx, gy)
-            length, width = self.extent(obj)
             users[obj.track_id] = RoadUser(
                 obj.track_id,
                 obj.cls,

@@ -79,6 +79,9 @@ MAX_YAW_RATE = 0.8
 TURN_STEP_S = 0.1
 #: A pair closing in slower than this (m/s) is no conflict (walking past a parked car).
 MIN_CLOSING_MPS = 0.5
+#: Both road users pass a crossing at least this fast (m/s), one of them at least the second, for a PET.
+PET_MIN_SPEED = 0.5
+PET_MIN_MOVER_SPEED = 2.0
 #: Two paths cross for PET only at more than this angle (degrees); shallower is following or merging.
 PET_MIN_ANGLE_DEG = 20.0
 
@@ -93,9 +96,9 @@ class Thresholds:
     pet_s: float = 2.0
     #: DRAC at or above which a pair is in conflict (SUMO's 3 m/s^2).
     drac_mps2: float = 3.0
-    #: TTC beyond this is no conflict at all: constant velocity means little further ahead (SUMO's
-    #: device logs up to 3 s; predictions cost in proportion to it).
-    horizon_s: float = 5.0
+    #: TTC beyond this is no conflict at all: constant velocity means little further ahead, no threshold
+    #: here flags more than 1.5 s, and SUMO's device logs up to 3 s (predictions cost in proportion to it).
+    horizon_s: float = 3.0
 
     def __post_init__(self) -> None:
         for name in ("ttc_s", "pet_s", "drac_mps2", "horizon_s"):
@@ -521,8 +524,11 @@ class PathHistory:
         self._seen.add(key)
         ta = a0[0] + u * (a1[0] - a0[0])
         tb = float(b0[0] + w * (b1[0] - b0[0]))
-        va = max(a0[3] + u * (a1[3] - a0[3]), 0.1)
-        vb = max(float(b0[3] + w * (b1[3] - b0[3])), 0.1)
+        va = a0[3] + u * (a1[3] - a0[3])
+        vb = float(b0[3] + w * (b1[3] - b0[3]))
+        if min(va, vb) < PET_MIN_SPEED or max(va, vb) < PET_MIN_MOVER_SPEED:
+            # a crawling track's path is its box's jitter; two road users at walking pace are no conflict
+            return None
         clear_a = (a1[4] + other.width / (2 * sine)) / va
         clear_b = (float(b0[4]) + mine.width / (2 * sine)) / vb
         if ta <= tb:
