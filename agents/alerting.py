@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -35,7 +36,10 @@ def merge_alert(
         if alert["raised_at"] - float(old.get("last_raised_at", old["raised_at"])) > cooldown_s * 1000:
             break
         if awaits_verdict(old) and alert.get("source", "vlm") == "vlm":
-            return [judged(old, alert), *recent[:i], *recent[i + 1 :]][:keep], True
+            if float(alert.get("captured_at", 0.0)) >= float(old.get("captured_at", 0.0)):
+                return [judged(old, alert), *recent[:i], *recent[i + 1 :]][:keep], True
+            # an answer about a frame from before the conflict was measured says nothing about it
+            return recent, False
         escalated = risk_rank(alert["level"]) > risk_rank(old["level"])
         merged = {
             **old,
@@ -46,6 +50,8 @@ def merge_alert(
             "last_task_id": alert["task_id"],
             "summary": alert["summary"] if escalated else old["summary"],
         }
+        if escalated and old.get("verdict"):  # a judged measured alert that a later answer escalates
+            merged["verdict"] = "escalated"
         return [merged, *recent[:i], *recent[i + 1 :]][:keep], escalated
     return [{**alert, "count": 1, "last_raised_at": alert["raised_at"]}, *recent][:keep], True
 
@@ -55,12 +61,16 @@ def awaits_verdict(alert: dict[str, Any]) -> bool:
     return alert.get("source") == "measured" and not alert.get("verdict")
 
 
-def pending_measured(recent: list[dict[str, Any]], group_id: str, now_ms: float, cooldown_s: float) -> bool:
-    """Whether the camera has a measured alert on ``group_id`` within the cooldown still awaiting the VLM."""
+def pending_measured(
+    recent: list[dict[str, Any]], group_id: str, now_ms: float, cooldown_s: float, captured_at: float = math.inf
+) -> bool:
+    """Whether the camera has a measured alert on ``group_id`` within the cooldown still awaiting the VLM, measured
+    on a frame no newer than ``captured_at`` (the answer's frame: an older frame cannot judge it)."""
     return any(
         a.get("group_id") == group_id
         and awaits_verdict(a)
         and now_ms - float(a.get("last_raised_at", a["raised_at"])) <= cooldown_s * 1000
+        and float(a.get("captured_at", 0.0)) <= captured_at
         for a in recent
     )
 

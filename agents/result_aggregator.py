@@ -104,9 +104,11 @@ def joined_result(result: RiskAssessment, detection: CompactDetection | None) ->
     return data
 
 
-def alert_for(result: RiskAssessment, now_s: float, level: str) -> Alert | None:
-    """The alert an ok or measured result at or above ``level`` raises."""
-    if result.status not in ("ok", "measured") or risk_rank(result.risk_level) < risk_rank(level):
+def alert_for(result: RiskAssessment, now_s: float, level: str, measured_level: str | None = None) -> Alert | None:
+    """The alert an ok result at or above ``level`` raises, or a measured one at or above ``measured_level``
+    (the task generator already applied it; default ``level``)."""
+    threshold = (measured_level or level) if result.status == "measured" else level
+    if result.status not in ("ok", "measured") or risk_rank(result.risk_level) < risk_rank(threshold):
         return None
     return as_alert(result, now_s)
 
@@ -203,10 +205,11 @@ def aggregate(
     clients.cache.put(result.camera_id, result.task_id, data)
     hub.publish("result", result.camera_id, data)
 
-    alert = alert_for(result, now, s.alert_level)
+    alert = alert_for(result, now, s.alert_level, s.measured_alert_level)
     if alert is None and result.status == "ok":
         # an answer below the alert level still judges (downgrades) a measured alert on its group
-        if pending_measured(agg.alerts.get(key) or [], result.group_id, now * 1000.0, s.alert_cooldown_s):
+        recent = agg.alerts.get(key) or []
+        if pending_measured(recent, result.group_id, now * 1000.0, s.alert_cooldown_s, result.captured_at):
             alert = as_alert(result, now)
     if alert is None:
         return None

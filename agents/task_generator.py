@@ -106,6 +106,8 @@ def measured_results_for(
     state = states.get(key)
     if not det.conflicts or state is None:
         return []
+    if now_s - det.captured_at / 1000.0 > s.task_deadline_s:
+        return []  # a worker catching up on a backlog: an alert about minutes ago is not raised as news
     alerts = measured_alerts(state, det, now_s, s.measured_alert_level, s.alert_cooldown_s)
     states[key] = state
     return [measured_result(det, alert, now_s) for alert in alerts]

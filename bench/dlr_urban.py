@@ -139,7 +139,7 @@ def run(data: dict[str, Any], fps: float) -> dict[str, Any]:
     order = np.argsort(data["t"], kind="stable")
     ts = data["t"][order]
     for when in np.arange(0.0, float(ts[-1]), step):
-        lo, hi = np.searchsorted(ts, [when - 0.026, when + 0.026])
+        lo, hi = np.searchsorted(ts, [when - 0.024, when + 0.024])  # one 20 Hz sample per track
         rows = order[lo:hi]
         if not len(rows):
             continue

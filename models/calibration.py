@@ -49,14 +49,22 @@ class Calibration:
     errors_m: FloatArray
     #: per point: distance (px) between the image point and the projected ground point
     errors_px: FloatArray
+    #: the sign of the homogeneous scale on the ground side of the horizon (that of the fit's own points)
+    ground_side: float = 1.0
 
     @property
     def rms_error_m(self) -> float:
         return float(np.sqrt(np.mean(self.errors_m**2)))
 
     def to_ground(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:
-        """(N, 2) pixels -> (N, 2) metres."""
-        return _apply(self.image_to_ground, np.asarray(points, dtype=np.float64))
+        """(N, 2) pixels -> (N, 2) metres; NaN for a pixel on or beyond the horizon (it has no ground point:
+        the homography alone would mirror it behind the camera)."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        out = _apply(self.image_to_ground, pts)
+        if len(pts):
+            w = np.c_[pts, np.ones(len(pts))] @ self.image_to_ground[2]
+            out[w * self.ground_side <= 0] = np.nan
+        return out
 
     def to_image(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:
         """(N, 2) metres -> (N, 2) pixels."""
@@ -103,7 +111,7 @@ def fit(points: Sequence[Sequence[float]], max_error_m: float = MAX_ERROR_M) -> 
     inverse: FloatArray = np.asarray(np.linalg.inv(forward), dtype=np.float64)
     errors_m = np.linalg.norm(_apply(forward, image) - ground, axis=1)
     errors_px = np.linalg.norm(_apply(inverse, ground) - image, axis=1)
-    calib = Calibration(forward, inverse, image, ground, errors_m, errors_px)
+    calib = Calibration(forward, inverse, image, ground, errors_m, errors_px, float(np.sign(w[0])))
     worst = int(np.argmax(errors_m))
     if errors_m[worst] > max_error_m:
         raise CalibrationError(

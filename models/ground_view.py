@@ -25,6 +25,8 @@ from streams.records import Conflict
 TRACK_GAP_S = 2.0
 #: The learned lanes cover at most this far (m) around the calibration points' centre.
 MAX_LANE_SPAN_M = 200.0
+#: Faster than this (m/s, 250 km/h) is a measurement error, not a road user.
+MAX_SPEED_MPS = 70.0
 #: Positions a track needs before it takes part in conflicts.
 MIN_SAMPLES = 3
 #: Conflicts kept per frame (most urgent first): a crowded frame does not flood the record.
@@ -103,8 +105,14 @@ class GroundView:
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
             if t - last > TRACK_GAP_S:
                 track = GroundTrack()
+                self.paths.forget(obj.track_id)  # a path bridging the gap would cross others
             self.tracks[obj.track_id] = (t, track)
             state = track.update(t, gx, gy)
+            if math.hypot(state.vx, state.vy) > MAX_SPEED_MPS:
+                # a box far from the calibrated area, or a track jumping between objects: no road user does this
+                self.tracks.pop(obj.track_id, None)
+                self.paths.forget(obj.track_id)
+                continue
             users[obj.track_id] = RoadUser(
                 obj.track_id,
                 obj.cls,
@@ -119,8 +127,8 @@ class GroundView:
             )
         for track_id in [k for k, (at, _) in self.tracks.items() if t - at > TRACK_GAP_S]:
             del self.tracks[track_id]
-        # a track takes part once it has a second of history: a new box's first positions (an object
-        # entering the frame, a blob splitting) give velocities no one drove
+        # a track takes part once it has three positions (a second at 2 fps): a new box's first positions
+        # (an object entering the frame, a blob splitting) give velocities no one drove
         members = [
             u for u in users.values() if u.kind is not None and len(self.tracks[u.track_id][1].samples) >= MIN_SAMPLES
         ]

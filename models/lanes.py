@@ -79,7 +79,7 @@ class FlowMap:
         downstream wants the fine step.
         """
         n, k = len(xy), len(steps)
-        coarse = steps[::2] if k > 2 else steps
+        coarse = steps[::2] if k > 2 and k % 2 == 1 else steps  # coarse only when it ends on the last step
         flat = self.sums.reshape(-1, SECTORS, 3)
         pos = np.empty((n, len(coarse), 2))
         head = np.empty((n, len(coarse)))

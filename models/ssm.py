@@ -6,14 +6,18 @@ crash (DRAC) and post-encroachment time (PET). The thresholds below default to t
 use: FHWA's SSAM flags TTC <= 1.5 s; SUMO's SSM device logs TTC < 3 s, PET < 2 s and
 DRAC > 3 m/s^2.
 
-Each road user is an oriented rectangle (length along its heading, width across) moving at
-constant velocity. TTC is the first time the two rectangles overlap (the separating axis test
-on the four edge normals, solved for the interval in which every projection overlaps): exact
-for two boxes that keep their heading and speed, so cars side by side in parallel lanes or
-queued at a light never collide, where centre-distance discs would. The limits follow from the
-same assumption: a road user who turns, brakes or accelerates is extrapolated straight on, so
-a conflict that only happens in the turn is missed and one that a turn avoids is reported. PET
-does not extrapolate: it is measured on the paths both users actually drove.
+Each road user is an oriented rectangle (length along its heading, width across). Going
+straight, TTC is the first time the two rectangles overlap at constant velocity (the separating
+axis test on the four edge normals, solved for the interval in which every projection
+overlaps): exact for two boxes that keep their heading and speed, so cars side by side in
+parallel lanes or queued at a light never collide, where centre-distance discs would. A road
+user already turning follows a constant-turn-rate arc, and with a camera's learned lanes
+(:mod:`models.lanes`) a vehicle is steered along them; both are sampled every ``TURN_STEP_S``.
+The limits: no one's route is known, so a turn not yet begun is extrapolated straight on (a
+left turner's conflict with oncoming traffic is seen only once it turns), braking and
+acceleration are not extrapolated, and a lane not yet driven cannot steer anyone
+(``bench/results/ssm.json`` measures this against SUMO). PET does not extrapolate: it is
+measured on the paths both users actually drove.
 
 Everything is vectorised over pairs with numpy: a frame with 50 road users is 1,225 pairs in
 one pass. The module knows nothing about cameras or Kafka.
@@ -96,8 +100,9 @@ class Thresholds:
     pet_s: float = 2.0
     #: DRAC at or above which a pair is in conflict (SUMO's 3 m/s^2).
     drac_mps2: float = 3.0
-    #: TTC beyond this is no conflict at all: constant velocity means little further ahead, no threshold
-    #: here flags more than 1.5 s, and SUMO's device logs up to 3 s (predictions cost in proportion to it).
+    #: TTC beyond this is no conflict at all: constant velocity means little further ahead, the TTC
+    #: threshold is 1.5 s, DRAC past 3 m/s^2 beyond 3 s needs a closing speed over 18 m/s, and SUMO's
+    #: device logs up to 3 s (predictions cost in proportion to the horizon).
     horizon_s: float = 3.0
 
     def __post_init__(self) -> None:
@@ -210,9 +215,10 @@ def time_to_collision(
 def drac(closing_mps: FloatArray, ttc_s: FloatArray) -> FloatArray:
     """Deceleration (m/s^2) that stops the closing before contact: v_rel / (2 TTC).
 
-    For a follower this is the textbook (v_f - v_l)^2 / (2 gap), since gap = (v_f - v_l) TTC; a
-    pair that overlaps already (TTC 0) or never meets has no finite DRAC and gets 0 and inf
-    respectively only where it means something: 0 where TTC is inf.
+    For a follower this is the textbook (v_f - v_l)^2 / (2 gap), since gap = (v_f - v_l) TTC. A pair
+    that never meets (TTC inf) gets 0; TTC 0 is taken as 1 ms (such pairs are not flagged anyway).
+    ``closing_mps`` is the magnitude of the relative velocity, which for a crossing is more than the
+    rate the gap closes at: DRAC is then an upper bound.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(np.isfinite(ttc_s), closing_mps / (2.0 * np.maximum(ttc_s, 1e-3)), 0.0)
@@ -599,7 +605,9 @@ class GroundTrack:
         if self.samples and t <= self.samples[-1][0]:
             self.samples.pop()
         self.samples.append((t, x, y))
-        while len(self.samples) > 2 and self.samples[0][0] < t - self.window_s - 1e-9:
+        # at least three kept, so a camera at 1-1.5 fps, or 2 fps with jittery capture times, still has
+        # the history a conflict needs (the fit then spans a little more than window_s)
+        while len(self.samples) > 3 and self.samples[0][0] < t - self.window_s - 1e-9:
             self.samples.popleft()
         if len(self.samples) < 2:
             return GroundState(x, y, 0.0, 0.0, self.heading, 0.0)
@@ -635,7 +643,7 @@ class GroundTrack:
         accel = (s1 - s0) / (s1_at - s0_at) if s1_at - s0_at > 0.25 else 0.0
         now_speed = max(0.0, speed - accel * mt)
         heading = self.heading
-        if speed > 0:
+        if speed > 0 and self.heading_known:
             vx, vy = now_speed * math.cos(heading), now_speed * math.sin(heading)
         else:
             self.headings.clear()

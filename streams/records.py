@@ -77,17 +77,17 @@ class Conflict(faust.Record, serializer="json", include_metadata=False):
     b: int
     #: One of :data:`CONFLICT_PAIRS`.
     pair: str
-    #: Time to collision at constant velocity (s); None when their paths do not meet.
+    #: Time to collision (s) along the predicted paths (models/ssm.py); None when they do not meet.
     ttc_s: float | None = None
     #: Post-encroachment time (s) of a crossing just completed; None when none.
     pet_s: float | None = None
     #: Deceleration that avoids the collision, m/s^2.
     drac_mps2: float = 0.0
-    #: Closing speed, m/s.
+    #: Speed of one relative to the other, m/s.
     closing_mps: float = 0.0
     #: The speeds of a and b, m/s.
     speeds_mps: list[float] | None = None
-    #: How severe by the thresholds (agents/task_policy.conflict_level): a risk level.
+    #: How severe by the thresholds (models/ground_view.conflict_level): a risk level.
     level: str = "low"
 
 

@@ -287,8 +287,9 @@ class Settings(BaseSettings):
     measured_alert_level: RiskLevel = Field(
         default="high",
         description="A calibrated camera's measured conflict at or above this alerts at once, before the VLM "
-        "answers (high: TTC or PET 1 s or less; critical: 0.5 s); the VLM's answer then confirms, escalates or "
-        "downgrades that alert. 'none' alerts on every conflict.",
+        "answers (high: TTC or PET 1 s or less; critical: 0.5 s). When the two road users are in one traffic group "
+        "and its conflict task is answered, the answer confirms, escalates or downgrades that same alert; otherwise "
+        "the alert stays measured only. 'low' alerts on every conflict.",
     )
     alert_webhook_url: str | None = Field(default=None, description="POST every published alert here (JSON).")
     alert_webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Webhook deliveries at once.")

@@ -11,7 +11,8 @@ from typing import Literal, get_args
 #: How a task ended; every task ends in exactly one (``skipped``: a daily budget was spent, so no
 #: call was made; alerts that need no VLM still flow).
 #: ``measured``: no VLM call at all, the conflict measures of a calibrated camera (models/ssm.py) judged the
-#: group; its task id ends in ``:measured`` and the VLM's own result for the group follows under the plain id.
+#: group; its task id ends in ``:measured``; a VLM result for the group, when a task for it is made and answered,
+#: follows under the plain id.
 TaskStatus = Literal["ok", "failed", "expired", "skipped", "measured"]
 TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
 #: Why the task generator made a task (``replay``: a redelivered frame makes its tasks again; ``conflict``:

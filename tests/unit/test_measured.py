@@ -187,3 +187,45 @@ def test_the_camera_view_keeps_the_most_urgent_conflict_between_its_writes_and_t
     record_detection(join, with_conflict(detection("c", 3), "medium", ttc=1.4), 1000.6, 0, joined=True)
     record_detection(join, detection("c", 4), 1001.2, 0, joined=False)
     assert join.camera_view[camera_key("c")]["last_conflict"]["ttc_s"] == 0.3  # type: ignore[index]
+
+
+def test_an_answer_about_a_frame_before_the_conflict_does_not_judge_it() -> None:
+    measured = {**alert("m", "high", 100, "measured"), "captured_at": 100_000.0}
+    recent, _ = merge_alert([], measured, 60.0, 10)
+    earlier = {**alert("v", "none", 101), "captured_at": 99_000.0}
+    assert not pending_measured(recent, "g", 101_000, 60.0, captured_at=99_000.0)
+    recent, publish = merge_alert(recent, earlier, 60.0, 10)
+    assert not publish and recent[0]["verdict"] == ""
+    later = {**alert("v2", "critical", 102), "captured_at": 100_500.0}
+    recent, publish = merge_alert(recent, later, 60.0, 10)
+    assert publish and recent[0]["verdict"] == "escalated"
+
+
+def test_a_pixel_beyond_the_horizon_has_no_ground_point() -> None:
+    from sim.sumo import VirtualCamera
+
+    # 5 m up, looking at a point 40 m ahead: the horizon is 100 px above the image centre (v = 260)
+    camera = VirtualCamera(target=(0.0, 0.0), height_m=5.0, back_m=40.0, focal_px=800.0)
+    calib = fit(camera.clicked_points())
+    near = calib.to_ground([[640, 600]])[0]
+    assert np.isfinite(near).all()
+    sky = calib.to_ground([[640, 100]])[0]  # above the horizon: the homography alone mirrors it behind the camera
+    assert np.isnan(sky).all()
+
+
+def test_jittery_frame_times_still_give_a_track_its_three_positions() -> None:
+    from models.ssm import GroundTrack
+
+    track = GroundTrack()
+    for t in (0.0, 0.51, 1.03, 1.55):  # 2 fps with a little capture jitter: two intervals span more than 1 s
+        track.update(t, t, 0.0)
+    assert len(track.samples) >= 3
+
+
+def test_a_slow_road_user_moves_the_way_it_goes_before_its_heading_is_known() -> None:
+    from models.ssm import GroundTrack
+
+    track = GroundTrack()
+    for k in range(4):
+        state = track.update(k * 0.5, -0.4 * k * 0.5, 0.0)  # west at 0.4 m/s: under the heading's minimum speed
+    assert state.vx == pytest.approx(-0.4, abs=0.01)
