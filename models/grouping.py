@@ -9,7 +9,7 @@ VLM budget: a pedestrian near a moving vehicle first, closer and faster meaning 
 from __future__ import annotations
 
 from models.geometry import VEHICLES, box_gap
-from streams.records import DetectedObject, TrafficGroup
+from streams.records import Conflict, DetectedObject, TrafficGroup
 
 
 def _height(o: DetectedObject) -> float:
@@ -66,3 +66,24 @@ def describe(members: list[DetectedObject], indexes: list[int]) -> TrafficGroup:
         min_gap=None if min_gap is None else round(min_gap, 3),
         interest=round(min(1.0, interest), 3),
     )
+
+
+def conflict_groups(
+    objects: list[DetectedObject], groups: list[TrafficGroup], conflicts: list[Conflict]
+) -> list[TrafficGroup]:
+    """A group of its own for each measured conflict whose two road users no group holds together.
+
+    A car 8 m from a pedestrian it will reach in a second is not "within reach" in pixels, so the
+    clustering keeps them apart; the conflict's VLM task, and the verdict on its measured alert,
+    need one group (and one crop) showing both.
+    """
+    index = {o.track_id: i for i, o in enumerate(objects)}
+    extra: list[TrafficGroup] = []
+    for c in conflicts:
+        if c.a not in index or c.b not in index:
+            continue
+        if any(c.a in g.track_ids and c.b in g.track_ids for g in [*groups, *extra]):
+            continue
+        members = sorted((index[c.a], index[c.b]))
+        extra.append(describe([objects[i] for i in members], members))
+    return extra

@@ -30,7 +30,7 @@ from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
 from models.detectors import Detector, DetectorKind, make_detector
 from models.ground_view import GroundView, Seen
-from models.grouping import cluster
+from models.grouping import cluster, conflict_groups
 from models.sources import Frame, Grabber, OnDemandGrabber, open_source
 from models.tracking import Tracker
 from streams import metrics
@@ -97,6 +97,8 @@ def analyse(
             )
         )
     groups = cluster(objects)
+    if conflicts:
+        groups += conflict_groups(objects, groups, conflicts)
     crops: dict[str, ImageRef] = {}
     for group in groups:
         if group.interest >= settings.min_group_score:

@@ -287,9 +287,10 @@ class Settings(BaseSettings):
     measured_alert_level: RiskLevel = Field(
         default="high",
         description="A calibrated camera's measured conflict at or above this alerts at once, before the VLM "
-        "answers (high: TTC or PET 1 s or less; critical: 0.5 s). When the two road users are in one traffic group "
-        "and its conflict task is answered, the answer confirms, escalates or downgrades that same alert; otherwise "
-        "the alert stays measured only. 'low' alerts on every conflict.",
+        "answers (high: TTC or PET 1 s or less; critical: 0.5 s). The conflict's task (its two road users get a "
+        "group of their own when no group holds both) is answered by the VLM, and the answer confirms, escalates or "
+        "downgrades that same alert; when the camera budget refuses the task or the call fails, the alert stays "
+        "measured only. 'low' alerts on every conflict.",
     )
     alert_webhook_url: str | None = Field(default=None, description="POST every published alert here (JSON).")
     alert_webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Webhook deliveries at once.")

@@ -229,3 +229,20 @@ def test_a_slow_road_user_moves_the_way_it_goes_before_its_heading_is_known() ->
     for k in range(4):
         state = track.update(k * 0.5, -0.4 * k * 0.5, 0.0)  # west at 0.4 m/s: under the heading's minimum speed
     assert state.vx == pytest.approx(-0.4, abs=0.01)
+
+
+def test_a_conflict_between_road_users_in_different_groups_gets_a_group_of_its_own() -> None:
+    from models.grouping import cluster, conflict_groups
+    from streams.records import DetectedObject
+
+    person = DetectedObject(track_id=1, cls="person", conf=0.9, bbox=[100.0, 100.0, 112.0, 134.0])
+    car = DetectedObject(track_id=2, cls="car", conf=0.9, bbox=[300.0, 100.0, 370.0, 134.0])  # far in pixels
+    other = DetectedObject(track_id=3, cls="car", conf=0.9, bbox=[380.0, 100.0, 450.0, 134.0])
+    objects = [person, car, other]
+    groups = cluster(objects)
+    assert not any({1, 2} <= set(g.track_ids) for g in groups)
+    conflict = Conflict(a=2, b=1, pair="pedestrian-vehicle", ttc_s=0.9, level="high")
+    extra = conflict_groups(objects, groups, [conflict, conflict])
+    assert [(g.track_ids, g.members, g.kind) for g in extra] == [([1, 2], [0, 1], "pedestrian_vehicle")]
+    assert extra[0].interest >= 0.3  # above the shipped min_group_score: the producer crops it
+    assert conflict_groups(objects, [*groups, *extra], [conflict]) == []
