@@ -46,7 +46,7 @@ from agents.task_policy import plan_tasks
 from bench.pipeline import RESULTS, log, save
 from models.geometry import VEHICLES
 from models.ground_view import conflict_level
-from models.grouping import cluster
+from models.grouping import cluster, conflict_groups
 from models.lanes import FlowMap
 from models.ssm import PathHistory, RoadUser, Thresholds, interesting_pairs, measure
 from sim.sumo import VirtualCamera
@@ -206,12 +206,15 @@ def run(data: dict[str, Any], fps: float) -> dict[str, Any]:
         if det is None:
             continue
         now = 1_000_000.0 + float(when)
+        pixel_groups = list(det.groups)
         for mode in ("without", "with"):
-            if mode == "without":
-                det.conflicts = None
-            else:
+            if mode == "without":  # an uncalibrated camera: the pixel rules alone
+                det.conflicts, det.groups = None, pixel_groups
+            else:  # as the producer does for a calibrated one: the conflicts, each in a group holding both
                 visible = {o.track_id for o in det.objects}
-                det.conflicts = [c for c in frame_conflicts.values() if c.a in visible and c.b in visible] or None
+                seen = [c for c in frame_conflicts.values() if c.a in visible and c.b in visible]
+                det.conflicts = seen or None
+                det.groups = pixel_groups + conflict_groups(det.objects, pixel_groups, seen)
             states[mode], decisions, skipped = plan_tasks(states[mode], det, now, budget)
             calls[mode] += len(decisions)
             wanted[mode] += len(decisions) + skipped.get("budget", 0)
