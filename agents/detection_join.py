@@ -16,7 +16,6 @@ the worker that owns the camera.
 
 from __future__ import annotations
 
-import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from mode import BaseSignalT
 from agents.expiry import ExpiringIndex
 from streams.app import app, settings
 from streams.images import image_url
-from streams.records import Conflict, DetectionResult, record_to_dict
+from streams.records import DetectionResult, record_to_dict, urgency
 from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection
 from streams.tables import camera_key, camera_view, detections
@@ -80,14 +79,6 @@ async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs
 GROUND_SHOWN = 40
 
 
-def _urgency(c: Conflict) -> float:
-    return min(v for v in (c.ttc_s, c.pet_s, math.inf) if v is not None)
-
-
-def _urgency_of(c: dict[str, Any]) -> float:
-    return min(float(v) for v in (c.get("ttc_s"), c.get("pet_s"), math.inf) if v is not None)
-
-
 def empty_view(camera_id: str) -> CameraView:
     return {"camera_id": camera_id, "results": [], "counts": {}}
 
@@ -118,9 +109,9 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
         join.expiry.add(det.detection_id, now, partition)
     join.expiry.expire(join.detections, now, partition)
     if det.conflicts:
-        worst = min(det.conflicts, key=_urgency)
+        worst = min(det.conflicts, key=lambda c: urgency(c.ttc_s, c.pet_s))
         held = join.conflicts.get(det.camera_id)
-        if held is None or _urgency_of(held) >= _urgency(worst):
+        if held is None or urgency(held.get("ttc_s"), held.get("pet_s")) >= urgency(worst.ttc_s, worst.pet_s):
             join.conflicts[det.camera_id] = {**record_to_dict(worst), "captured_at": det.captured_at}
     if now - join.viewed.get(det.camera_id, -join.view_every_s) < join.view_every_s:
         return

@@ -43,7 +43,7 @@ from streams.app import app, settings
 from streams.dlq import guarded
 from streams.errors import BadImage, ImageMissing, NoKeyAvailable, VlmError
 from streams.images import header_size, resolve
-from streams.records import AssessmentTask, RiskAssessment, TaskStatus, decode, to_bytes
+from streams.records import AssessmentTask, RiskAssessment, TaskStatus, decode, describe_conflict, to_bytes
 from streams.settings import Settings
 from streams.table_values import PersistedKey
 from streams.tables import key_pool
@@ -62,17 +62,7 @@ def describe(task: AssessmentTask) -> str:
     )
     conflict = task.conflict
     if conflict is not None:  # a calibrated camera measured it: the model gets the numbers, not just the picture
-        facts = [f"Measured on the ground: {conflict.pair} conflict between road users {conflict.a} and {conflict.b}"]
-        if conflict.speeds_mps:
-            facts.append("speeds " + " and ".join(f"{v:.1f} m/s" for v in conflict.speeds_mps))
-        facts.append(f"closing at {conflict.closing_mps:.1f} m/s")
-        if conflict.ttc_s is not None:
-            facts.append(f"time to collision {conflict.ttc_s:.1f} s")
-        if conflict.pet_s is not None:
-            facts.append(f"post-encroachment time {conflict.pet_s:.1f} s")
-        if conflict.drac_mps2:
-            facts.append(f"braking needed {conflict.drac_mps2:.1f} m/s^2")
-        text += " " + ", ".join(facts) + "."
+        text += f" Measured on the ground: {describe_conflict(conflict)}."
     return f"{text} Ref {task.task_id}."
 
 

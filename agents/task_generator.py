@@ -27,10 +27,10 @@ from streams.app import app, settings
 from streams.dlq import guarded
 from streams.records import (
     AssessmentTask,
-    Conflict,
     DetectionResult,
     RiskAssessment,
     decode,
+    describe_conflict,
     make_task_id,
     to_bytes,
 )
@@ -125,7 +125,7 @@ def measured_result(det: DetectionResult, alert: MeasuredAlert, now_s: float) ->
         status="measured",
         risk_level=c.level,
         risk_score=MEASURED_SCORE.get(c.level, 0.0),
-        summary=summarise(c),
+        summary=f"Measured {describe_conflict(c)}.",
         model="ssm",
         key_alias="",
         attempts=0,
@@ -133,22 +133,6 @@ def measured_result(det: DetectionResult, alert: MeasuredAlert, now_s: float) ->
         captured_at=det.captured_at,
         completed_at=now_s * 1000.0,
         conflict=c,
-    )
-
-
-def summarise(c: Conflict) -> str:
-    """One sentence of the measured facts."""
-    parts = []
-    if c.ttc_s is not None:
-        parts.append(f"time to collision {c.ttc_s:.1f} s")
-    if c.pet_s is not None:
-        parts.append(f"post-encroachment time {c.pet_s:.1f} s")
-    speeds = " and ".join(f"{v:.1f}" for v in c.speeds_mps or [])
-    return (
-        f"Measured {c.pair} conflict between road users {c.a} and {c.b}: {', '.join(parts) or 'braking needed'}"
-        + (f" at {speeds} m/s" if speeds else "")
-        + (f", {c.drac_mps2:.1f} m/s^2 of braking to avoid it" if c.drac_mps2 else "")
-        + "."
     )
 
 

@@ -31,7 +31,6 @@ import csv
 import importlib.util
 import io
 import json
-import math
 import time
 import zipfile
 from collections import Counter, defaultdict
@@ -45,10 +44,10 @@ from agents.task_generator import budget_of
 from agents.task_policy import plan_tasks
 from bench.pipeline import RESULTS, log, save
 from models.geometry import VEHICLES
-from models.ground_view import conflict_level
+from models.ground_view import ConflictMeter
 from models.grouping import cluster, conflict_groups
 from models.lanes import FlowMap
-from models.ssm import PathHistory, RoadUser, Thresholds, interesting_pairs, measure
+from models.ssm import RoadUser, Thresholds, interesting_pairs
 from sim.sumo import VirtualCamera
 from streams.records import Conflict, DetectedObject, DetectionResult
 from streams.settings import Settings
@@ -126,8 +125,7 @@ def run(data: dict[str, Any], fps: float) -> dict[str, Any]:
     budget = budget_of(settings)
     x, y = data["x"], data["y"]
     origin = (float(np.median(x)), float(np.median(y)))
-    lanes = FlowMap((origin[0] - 100, origin[1] - 100, origin[0] + 100, origin[1] + 100))
-    paths = PathHistory()
+    meter = ConflictMeter(FlowMap((origin[0] - 100, origin[1] - 100, origin[0] + 100, origin[1] + 100)), th)
     camera = VirtualCamera(target=origin, height_m=20.0, back_m=35.0, focal_px=700.0)
     ids_small: dict[int, int] = {}
     events: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
@@ -160,39 +158,11 @@ def run(data: dict[str, Any], fps: float) -> dict[str, Any]:
                     float(data["width"][r]),
                 )
             )
+        by_id = {u.track_id: u for u in users}
         started = time.process_time()
-        found = measure(users, th, lanes)
-        crossings = paths.add(float(when), users)
+        frame_conflicts = {(min(c.a, c.b), max(c.a, c.b)): c for c in meter.conflicts(float(when), by_id, users)}
         engine_s += time.process_time() - started
         pairs_evaluated += len(interesting_pairs(users)[0])
-        vehicles = [u for u in users if u.kind == "vehicle"]
-        if vehicles:
-            lanes.learn(
-                np.array([(u.x, u.y) for u in vehicles]),
-                np.array([u.heading for u in vehicles]),
-                np.array([u.speed for u in vehicles]),
-            )
-        by_id = {u.track_id: u for u in users}
-        frame_conflicts: dict[tuple[int, int], Conflict] = {}
-        for c in found:
-            ttc = None if math.isinf(c.ttc_s) else c.ttc_s
-            frame_conflicts[(min(c.a, c.b), max(c.a, c.b))] = _record(
-                by_id, c.a, c.b, c.pair, ttc, None, c.drac_mps2, th
-            )
-        for enc in crossings:
-            if enc.pet_s <= th.pet_s and enc.first in by_id and enc.second in by_id:
-                key = (min(enc.first, enc.second), max(enc.first, enc.second))
-                known = frame_conflicts.get(key)
-                frame_conflicts[key] = _record(
-                    by_id,
-                    enc.first,
-                    enc.second,
-                    enc.pair,
-                    known.ttc_s if known else None,
-                    enc.pet_s,
-                    known.drac_mps2 if known else 0.0,
-                    th,
-                )
         for key, conflict in frame_conflicts.items():
             history = events[key]
             if history and when - history[-1]["last"] <= EVENT_GAP_S:
@@ -247,30 +217,6 @@ def run(data: dict[str, Any], fps: float) -> dict[str, Any]:
         "budget": {"per_min": budget.per_min, "burst": budget.burst, "refresh_s": budget.refresh_s},
         "camera": {"height_m": camera.height_m, "back_m": camera.back_m, "focal_px": camera.focal_px},
     }
-
-
-def _record(
-    users: dict[int, RoadUser],
-    a: int,
-    b: int,
-    pair: str,
-    ttc: float | None,
-    pet: float | None,
-    drac: float,
-    th: Thresholds,
-) -> Conflict:
-    ua, ub = users[a], users[b]
-    return Conflict(
-        a=a,
-        b=b,
-        pair=pair,
-        ttc_s=None if ttc is None else round(ttc, 2),
-        pet_s=None if pet is None else round(pet, 2),
-        drac_mps2=round(drac, 2),
-        closing_mps=round(math.hypot(ua.vx - ub.vx, ua.vy - ub.vy), 2),
-        speeds_mps=[round(ua.speed, 2), round(ub.speed, 2)],
-        level=conflict_level(ttc, pet, drac, th),
-    )
 
 
 def _detection(

@@ -19,7 +19,7 @@ import numpy as np
 from models.calibration import Calibration, FloatArray
 from models.lanes import FlowMap
 from models.ssm import DEFAULT_EXTENT, GroundTrack, PathHistory, RoadUser, Thresholds, measure
-from streams.records import Conflict
+from streams.records import Conflict, urgency
 
 #: A track not seen for this long starts a new ground track when it comes back.
 TRACK_GAP_S = 2.0
@@ -35,7 +35,7 @@ MAX_CONFLICTS = 8
 
 def conflict_level(ttc_s: float | None, pet_s: float | None, drac_mps2: float, th: Thresholds) -> str:
     """A risk level for measured values: critical at half a second, high at one, medium at the thresholds."""
-    soonest = min(v for v in (ttc_s, pet_s, math.inf) if v is not None)
+    soonest = urgency(ttc_s, pet_s)
     if soonest <= 0.5:
         return "critical"
     if soonest <= 1.0:
@@ -66,11 +66,11 @@ class GroundView:
         self.anchor = anchor
         self.thresholds = thresholds or Thresholds()
         self.tracks: dict[int, tuple[float, GroundTrack]] = {}
-        self.paths = PathHistory()
         centre = calibration.ground_points.mean(axis=0)
         spread = np.ptp(calibration.ground_points, axis=0).max() + 60.0
         half = min(MAX_LANE_SPAN_M, spread) / 2
-        self.lanes = FlowMap((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
+        lanes = FlowMap((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
+        self.meter = ConflictMeter(lanes, self.thresholds)
 
     def ground_points(self, boxes: FloatArray) -> FloatArray:
         """(N, 2) ground points of (N, 4) boxes: bottom centre, or centre for a top-down camera."""
@@ -105,13 +105,13 @@ class GroundView:
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
             if t - last > TRACK_GAP_S:
                 track = GroundTrack()
-                self.paths.forget(obj.track_id)  # a path bridging the gap would cross others
+                self.meter.paths.forget(obj.track_id)  # a path bridging the gap would cross others
             self.tracks[obj.track_id] = (t, track)
             state = track.update(t, gx, gy)
             if math.hypot(state.vx, state.vy) > MAX_SPEED_MPS:
                 # a box far from the calibrated area, or a track jumping between objects: no road user does this
                 self.tracks.pop(obj.track_id, None)
-                self.paths.forget(obj.track_id)
+                self.meter.paths.forget(obj.track_id)
                 continue
             users[obj.track_id] = RoadUser(
                 obj.track_id,
@@ -132,6 +132,25 @@ class GroundView:
         members = [
             u for u in users.values() if u.kind is not None and len(self.tracks[u.track_id][1].samples) >= MIN_SAMPLES
         ]
+        ranked = self.meter.conflicts(t, users, members)
+        return users, ranked[:MAX_CONFLICTS]
+
+
+class ConflictMeter:
+    """One scene's conflicts frame by frame: TTC and DRAC along the learned lanes, PET from the paths driven.
+
+    Kept apart from the camera (:class:`GroundView` feeds it tracked road users) so that ground
+    truth in metres, such as a trajectory dataset, runs through exactly the same measurement.
+    """
+
+    def __init__(self, lanes: FlowMap, thresholds: Thresholds) -> None:
+        self.lanes = lanes
+        self.thresholds = thresholds
+        self.paths = PathHistory()
+
+    def conflicts(self, t: float, users: dict[int, RoadUser], members: list[RoadUser]) -> list[Conflict]:
+        """The conflicts among ``members`` (the settled road users of ``users``) at ``t``, most urgent first;
+        the vehicles among them teach the lanes."""
         th = self.thresholds
         found: dict[tuple[int, int], Conflict] = {}
         for c in measure(members, th, self.lanes):
@@ -158,8 +177,7 @@ class GroundView:
                 np.array([u.heading for u in vehicles]),
                 np.array([u.speed for u in vehicles]),
             )
-        ranked = sorted(found.values(), key=lambda c: min(v for v in (c.ttc_s, c.pet_s, math.inf) if v is not None))
-        return users, ranked[:MAX_CONFLICTS]
+        return sorted(found.values(), key=lambda c: urgency(c.ttc_s, c.pet_s))
 
     def _conflict(
         self, users: dict[int, RoadUser], a: int, b: int, pair: str, ttc: float | None, pet: float | None, drac: float

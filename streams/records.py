@@ -247,6 +247,26 @@ def make_task_id(camera_id: str, frame_seq: int, group_id: str, run: str = "") -
     return digest.hexdigest()[:20]
 
 
+def urgency(ttc_s: float | None, pet_s: float | None) -> float:
+    """How soon a conflict is, in seconds: the smaller of its TTC and PET (inf without either)."""
+    return min(v for v in (ttc_s, pet_s, math.inf) if v is not None)
+
+
+def describe_conflict(c: Conflict) -> str:
+    """The measured facts of a conflict in words, for the VLM's prompt and a measured result's summary."""
+    facts = [f"{c.pair} conflict between road users {c.a} and {c.b}"]
+    if c.ttc_s is not None:
+        facts.append(f"time to collision {c.ttc_s:.1f} s")
+    if c.pet_s is not None:
+        facts.append(f"post-encroachment time {c.pet_s:.1f} s")
+    if c.speeds_mps:
+        facts.append("speeds " + " and ".join(f"{v:.1f} m/s" for v in c.speeds_mps))
+    facts.append(f"closing at {c.closing_mps:.1f} m/s")
+    if c.drac_mps2:
+        facts.append(f"braking needed {c.drac_mps2:.1f} m/s^2")
+    return ", ".join(facts)
+
+
 def risk_rank(level: str) -> int:
     """Order of a risk level; unknown levels rank below none."""
     return RISK_LEVELS.index(level) if level in RISK_LEVELS else -1

@@ -131,9 +131,11 @@ def test_repeated_alerts_for_one_group_merge(kafka, deployment, start_worker):
     assert metric(worker.port, 'roadwatch_alerts_total{camera_id="cam-m",level="critical"}') == 1
 
 
-def webhook_receiver(received: list[dict[str, object]], hang: set[str] | None = None) -> ThreadingHTTPServer:
-    """A real HTTP endpoint on loopback that records the alerts POSTed to it; alerts of the cameras
-    in ``hang`` (changeable while it runs) are held 30 s and never answered."""
+def webhook_receiver(
+    received: list[dict[str, object]], hang: set[str] | None = None, arrivals: list[float] | None = None
+) -> ThreadingHTTPServer:
+    """A real HTTP endpoint on loopback that records the alerts POSTed to it (and, into ``arrivals``, when each
+    came); alerts of the cameras in ``hang`` (changeable while it runs) are held 30 s and never answered."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -141,6 +143,8 @@ def webhook_receiver(received: list[dict[str, object]], hang: set[str] | None = 
             if hang and body.get("camera_id") in hang:
                 time.sleep(30)
                 return
+            if arrivals is not None:
+                arrivals.append(time.time())
             received.append(body)
             self.send_response(204)
             self.end_headers()

@@ -7,11 +7,8 @@ same alert (same task id at the webhook, a verdict added).
 
 from __future__ import annotations
 
-import json
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -19,26 +16,9 @@ import pytest
 from models import producer
 from ops.kafka import free_port
 from tests.conftest import ROOT, wait_until
+from tests.integration.test_aggregation import webhook_receiver
 
 pytestmark = pytest.mark.integration
-
-
-def timed_webhook(received: list[tuple[float, dict[str, object]]]) -> ThreadingHTTPServer:
-    """A loopback endpoint that records each POSTed alert with the time it arrived."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.append((time.time(), body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def run_producer(env: dict[str, str], seconds: int) -> None:
@@ -54,8 +34,9 @@ def run_producer(env: dict[str, str], seconds: int) -> None:
 
 
 def test_measured_conflicts_alert_within_two_seconds_with_the_vlm_stopped(deployment, start_worker):
-    received: list[tuple[float, dict[str, object]]] = []
-    hook = timed_webhook(received)
+    bodies: list[dict[str, object]] = []
+    arrivals: list[float] = []
+    hook = webhook_receiver(bodies, arrivals=arrivals)
     start_worker(
         {
             # nothing listens there: every VLM call fails to connect
@@ -65,6 +46,7 @@ def test_measured_conflicts_alert_within_two_seconds_with_the_vlm_stopped(deploy
     )
     run_producer(deployment.env, 40)
     time.sleep(3)
+    received = list(zip(arrivals, bodies, strict=False))
     measured = [(at, a) for at, a in received if a["source"] == "measured"]
     assert len(measured) >= 10, f"{len(measured)} measured alerts from 4 cameras in 40 s"
     assert all(a["source"] == "measured" for _, a in received), "no VLM answered, so no VLM alert"
@@ -84,18 +66,18 @@ def test_measured_conflicts_alert_within_two_seconds_with_the_vlm_stopped(deploy
 
 
 def test_the_vlm_verdict_updates_the_same_measured_alert(deployment, start_worker):
-    received: list[tuple[float, dict[str, object]]] = []
-    hook = timed_webhook(received)
+    received: list[dict[str, object]] = []
+    hook = webhook_receiver(received)
     start_worker({"ROADWATCH_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{hook.server_port}/alerts"})
     run_producer(deployment.env, 30)
 
     def judged() -> list[dict[str, object]]:
-        return [a for _, a in received if a["source"] == "measured" and a["verdict"]]
+        return [a for a in received if a["source"] == "measured" and a["verdict"]]
 
     wait_until(lambda: len(judged()) >= 3, 30, "measured alerts judged by the VLM")
     verdicts = [str(a["verdict"]) for a in judged()]
     print(f"verdicts: {len(verdicts)} {sorted(set(verdicts))}; measured alerts {len(received)}")
-    first_posts = {a["task_id"]: a for _, a in received if a["source"] == "measured" and not a["verdict"]}
+    first_posts = {a["task_id"]: a for a in received if a["source"] == "measured" and not a["verdict"]}
     for update in judged():
         original = first_posts.get(str(update["task_id"]))
         assert original is not None, "a verdict updates an alert that went out measured first"
