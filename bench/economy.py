@@ -57,7 +57,7 @@ class TruthDetector(Detector):
         self.scenes = scenes
         self.t: dict[str, float] = {}
 
-    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
+    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
         return [Detection(b.cls, 0.99, b.bbox) for b in self.scenes[camera_id].truth(self.t[camera_id])]
 
 

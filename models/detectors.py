@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import threading
@@ -45,34 +46,80 @@ class Detector(ABC):
     name: str
 
     @abstractmethod
-    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
-        """Objects in ``frame`` of ``camera_id``."""
+    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
+        """Objects in ``frame`` of ``camera_id``, captured at ``at`` (epoch seconds, when known)."""
+
+
+#: The background forgets over this many seconds, whatever the frame rate: a pedestrian who
+#: needs 10 s to cross stays foreground at 10 fps as at 2 fps (a model counted in frames
+#: absorbed slow walkers five times sooner at 10 fps).
+BACKGROUND_S = 30.0
+#: Frames that teach a new camera's background before it reports anything.
+WARM_FRAMES = 3
+#: Seconds over which a new camera's background is learnt as a plain mean (fast, no ghosts).
+WARM_UP_S = 4.0
+#: The frame rate assumed when a caller gives no capture times (the cameras' default).
+ASSUMED_FPS = 2.0
+#: Below this global light change (ratio) or shake (px) a frame is used as it is.
+MIN_GAIN_STEP, MIN_SHIFT_PX = 0.02, 0.4
+
+
+@dataclass
+class _CameraModel:
+    """One camera's background and the reference its frames are aligned to."""
+
+    mog: cv2.BackgroundSubtractorMOG2
+    #: grey picture of the background, in aligned, light-corrected units
+    ref: np.ndarray | None = None
+    first_at: float | None = None
+    at: float | None = None
+    frames: int = 0
 
 
 class MotionDetector(Detector):
-    """Background subtraction per camera, then contours classified by shape and size."""
+    """Background subtraction per camera, then contours classified by shape and size.
+
+    Before subtraction each frame is brought back to the camera's reference: its global light
+    level is scaled to the reference's (a cloud, dusk, auto-exposure would otherwise turn the
+    whole road into foreground) and its shift is measured by phase correlation against the
+    reference and undone (a camera swaying on its pole would otherwise outline every edge of the
+    scene). The background learns at a rate set in seconds (``background_s``), so the frame rate
+    changes the cost, not what is seen.
+    """
 
     name = "motion/mog2"
 
-    def __init__(self, *, scale: float = 1.0, min_area: float = 120.0, history: int = 60) -> None:
+    def __init__(
+        self,
+        *,
+        scale: float = 1.0,
+        min_area: float = 120.0,
+        background_s: float = BACKGROUND_S,
+        stabilise: bool = True,
+    ) -> None:
         self.scale = scale
         self.min_area = min_area
-        self.history = history
-        self._models: dict[str, cv2.BackgroundSubtractorMOG2] = {}
+        self.background_s = background_s
+        self.stabilise = stabilise
+        self._models: dict[str, _CameraModel] = {}
         self._kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+        self._lock = threading.Lock()
 
-    def _model(self, camera_id: str) -> cv2.BackgroundSubtractorMOG2:
-        model = self._models.get(camera_id)
-        if model is None:
-            model = cv2.createBackgroundSubtractorMOG2(history=self.history, varThreshold=16, detectShadows=False)
-            self._models[camera_id] = model
-        return model
+    def _model(self, camera_id: str) -> _CameraModel:
+        with self._lock:
+            model = self._models.get(camera_id)
+            if model is None:
+                mog = cv2.createBackgroundSubtractorMOG2(history=500, varThreshold=16, detectShadows=False)
+                # a road user that stops is kept as foreground for ~a quarter of background_s
+                # (a car at a light, a pedestrian at the kerb), not a tenth
+                mog.setBackgroundRatio(0.75)
+                model = self._models[camera_id] = _CameraModel(mog)
+            return model
 
     def warm_up(self, camera_id: str, frames: list[np.ndarray]) -> None:
         """Teach the background model a few frames before the first detection."""
-        model = self._model(camera_id)
         for frame in frames:
-            model.apply(self._small(frame), learningRate=0.2)
+            self._update(self._model(camera_id), frame, None)
 
     def _small(self, frame: np.ndarray) -> np.ndarray:
         # no blur and no dilation: both merge a pedestrian with the car beside it (measured)
@@ -80,8 +127,59 @@ class MotionDetector(Detector):
             return frame
         return cv2.resize(frame, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
 
-    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
-        mask = self._model(camera_id).apply(self._small(frame), learningRate=-1)
+    def _align(self, model: _CameraModel, image: np.ndarray, rate: float) -> np.ndarray:
+        """``image`` at the reference's light level and position."""
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        if model.ref is None:
+            model.ref = grey
+            return image
+        gain = float(model.ref.mean()) / max(1.0, float(grey.mean()))
+        if abs(gain - 1.0) > MIN_GAIN_STEP:
+            grey *= gain
+            image = cv2.convertScaleAbs(image, alpha=gain)
+        if self.stabilise:
+            # a coarse look at half size (0.5 ms); a camera that moved is measured at full size,
+            # to a tenth of a pixel, since a quarter-pixel error outlines every sharp edge
+            half = cv2.resize(grey, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+            (dx, dy), _ = cv2.phaseCorrelate(
+                cv2.resize(model.ref, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA), half
+            )
+            if math.hypot(dx, dy) * 2 > MIN_SHIFT_PX:
+                (dx, dy), _ = cv2.phaseCorrelate(model.ref, grey)
+                back = np.array([[1, 0, -dx], [0, 1, -dy]], np.float32)
+                h, w = image.shape[:2]
+                image = cv2.warpAffine(image, back, (w, h), borderMode=cv2.BORDER_REPLICATE)
+                grey = cv2.warpAffine(grey, back, (w, h), borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        cv2.accumulateWeighted(grey, model.ref, rate)
+        return image
+
+    def _update(self, model: _CameraModel, frame: np.ndarray, at: float | None) -> np.ndarray:
+        """The foreground mask of ``frame``, after learning from it.
+
+        For the first ``WARM_UP_S`` the background is the plain mean of everything seen (each
+        moment weighs the same), so a car that stood in the first frame leaves no ghost behind;
+        after that it forgets at ``1/background_s`` a second.
+        """
+        if at is None or model.at is None or model.first_at is None:
+            dt = 1.0 / ASSUMED_FPS  # no clock: assume the shipped rate
+            elapsed = (model.frames + 1) * dt
+        else:
+            dt = max(1e-3, at - model.at)
+            elapsed = at - model.first_at + dt
+        warming = elapsed < WARM_UP_S + dt
+        rate = 1.0 if model.frames == 0 else min(1.0, max(dt / self.background_s, dt / elapsed if warming else 0.0))
+        if model.first_at is None:
+            model.first_at = at
+        model.frames += 1
+        model.at = at
+        image = self._align(model, self._small(frame), rate)
+        return model.mog.apply(image, learningRate=rate)
+
+    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
+        model = self._model(camera_id)
+        mask = self._update(model, frame, at)
+        if model.frames <= WARM_FRAMES:
+            return []
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         inv = 1.0 / self.scale
@@ -150,7 +248,7 @@ class YoloDetector(Detector):
         self._lock = threading.Lock()
         self.batcher = FrameBatcher(self.detect_batch, max_batch, max_wait_ms) if max_batch > 1 else None
 
-    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
+    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
         if self.batcher is not None:
             return self.batcher.submit(frame)
         return self.detect_batch([frame])[0]
@@ -261,7 +359,7 @@ class ReplayDetector(Detector):
                 raise ConfigError(f"{path}:{line_no}: not a replay record: {exc}") from exc
             self.frames.setdefault(row["camera_id"], []).append(dets)
 
-    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int) -> list[Detection]:
+    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
         frames = self.frames.get(camera_id) or self.frames.get("*") or [[]]
         return frames[frame_seq % len(frames)]
 

@@ -7,6 +7,12 @@
   minute) with pedestrians crossing at a city-centre rate (3-5 a minute), some pausing on the
   kerb, some stepping out in front of traffic; every risk event is labelled by
   :meth:`sim.scene.Scene.risk_events`.
+* ``harder``: what a real street does to a motion detector, one condition a camera (issue 16):
+  small and distant road users on a 1280x720 frame (pedestrians down to 8x21 px), camera
+  shake, dusk, clouds, lamp posts in front of the road, vehicles that stop and start again
+  with pedestrians waiting at the kerb. Vehicles keep their lane's order (none drives through
+  another; they queue behind a stopped one). Ground truth says which road users stood still and
+  how much of each an occluder hides.
 """
 
 from __future__ import annotations
@@ -24,11 +30,22 @@ LABELLED: dict[str, str] = {
     "lab-4": "sim://scene?seed=404&vehicles=0.45&pedestrians=0.05",
 }
 
+HARDER: dict[str, str] = {
+    "distant": "sim://scene?seed=11&vehicles=0.45&pedestrians=0.2&width=1280&height=720&scale=0.7&follow=1",
+    "shake": "sim://scene?seed=12&vehicles=0.4&pedestrians=0.15&shake=3&follow=1",
+    "dusk": "sim://scene?seed=13&vehicles=0.4&pedestrians=0.15&light=dusk&follow=1",
+    "clouds": "sim://scene?seed=14&vehicles=0.4&pedestrians=0.15&light=clouds&follow=1",
+    "occluded": "sim://scene?seed=15&vehicles=0.4&pedestrians=0.15&poles=3&follow=1",
+    "stop_and_go": "sim://scene?seed=16&vehicles=0.4&pedestrians=0.15&stops=0.5&kerb=2-8&follow=1",
+}
+
 
 def scenario(name: str) -> dict[str, str]:
     """Camera id -> sim URL for a named scenario."""
     if name == "labelled":
         return dict(LABELLED)
+    if name == "harder":
+        return dict(HARDER)
     if name == "demo":
         return {c.id: c.url for c in load_cameras(ROOT / "deploy" / "cameras.sim.yaml")}
-    raise ValueError(f"unknown scenario {name!r}: demo or labelled")
+    raise ValueError(f"unknown scenario {name!r}: demo, labelled or harder")

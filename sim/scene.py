@@ -11,8 +11,10 @@ a moving vehicle (a labelled *risk event*, for measuring what the VLM budget cat
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -23,8 +25,8 @@ VEHICLE_CLASSES = ("car", "car", "car", "truck", "bus")
 #: The scene is drawn top-down at this scale: a 62-80 px car is 3.9-5 m, a 40-47 px lane 2.5-2.9 m,
 #: vehicles drive 3.4-7.5 m/s and pedestrians walk 1.4-2.4 m/s. Its cameras' exact calibration.
 PX_PER_M = 16.0
-#: No actor stays on screen longer than this (slowest pedestrian crossing plus a pause).
-MAX_LIFETIME_S = 40.0
+#: No actor stays on screen longer than this (slowest crossing plus a pause or a queue).
+MAX_LIFETIME_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Actor:
     w: int
     h: int
     color: tuple[int, int, int]
-    #: For pedestrians: the time they pause on the kerb, and for how long.
+    #: The time (since ``t0``) the actor stops, and for how long: a pedestrian waiting at the
+    #: kerb, a vehicle held at a light that then starts again.
     pause_at: float = -1.0
     pause_s: float = 0.0
 
@@ -53,6 +56,18 @@ class Actor:
             dt = max(self.pause_at, dt - self.pause_s)
         return self.x0 + self.vx * dt, self.y0 + self.vy * dt
 
+    def travelled(self, t: float) -> float:
+        """Pixels driven since it entered, at ``t``."""
+        pos = self.position(t)
+        return 0.0 if pos is None else math.hypot(pos[0] - self.x0, pos[1] - self.y0)
+
+    def still_for(self, t: float) -> float:
+        """Seconds the actor has stood still at ``t`` (0 while it moves)."""
+        dt = t - self.t0
+        if self.pause_at >= 0 and self.pause_at < dt < self.pause_at + self.pause_s:
+            return dt - self.pause_at
+        return 0.0
+
 
 @dataclass(frozen=True)
 class TruthBox:
@@ -62,6 +77,39 @@ class TruthBox:
     cls: str
     bbox: tuple[float, float, float, float]
     moving: bool
+    #: seconds it has stood still (a motion detector cannot be asked to see one still for long)
+    still_s: float = 0.0
+    #: share of its box not hidden behind a static occluder
+    visible: float = 1.0
+
+
+Light = Literal["steady", "dusk", "clouds"]
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What makes a scene hard for a detector; the defaults are the plain scene.
+
+    * ``scale``: road users drawn (and moving) at this size, for small and distant ones;
+    * ``shake_px``: the camera on a pole in the wind: every frame shifted by up to this much;
+    * ``light``: ``dusk`` dims the street to half over a minute; ``clouds`` darkens it by a third
+      within 0.3 s, for 4-10 s, every 15-30 s;
+    * ``poles``: static occluders (lamp posts, sign poles) in front of the road;
+    * ``stop_and_go``: share of vehicles that stop mid-frame for 3-12 s and drive on;
+    * ``kerb_wait_s``: pedestrians wait at the kerb this long (min, max) before crossing;
+    * ``follow``: vehicles keep to their lane's order as on a real road: none is faster than the
+      one ahead, none enters before there is room, and one that reaches a stopped vehicle
+      queues behind it and leaves a second after it (the plain scene lets them drive through
+      each other, which no detector can be asked to separate).
+    """
+
+    scale: float = 1.0
+    shake_px: float = 0.0
+    light: Light = "steady"
+    poles: int = 0
+    stop_and_go: float = 0.0
+    kerb_wait_s: tuple[float, float] | None = None
+    follow: bool = False
 
 
 class Scene:
@@ -77,14 +125,20 @@ class Scene:
         vehicle_rate: float = 0.35,
         pedestrian_rate: float = 0.12,
         noise: float = 3.0,
+        conditions: Conditions | None = None,
     ) -> None:
         self.seed, self.width, self.height, self.noise = seed, width, height, noise
+        self.conditions = conditions or Conditions()
         rng = random.Random(seed)
+        # the conditions draw from their own generator: a plain scene stays the scene it always was
+        self._hard_rng = random.Random(seed * 7919 + 17)
         self.background = self._background(rng)
         self.lanes = [int(height * f) for f in (0.42, 0.53, 0.66, 0.78)]
         self.crosswalk_x = int(width * rng.uniform(0.35, 0.65))
         self.actors: list[Actor] = []
         self._spawn(rng, duration_s, vehicle_rate, pedestrian_rate)
+        self.poles = self._poles()
+        self.clouds = self._clouds(duration_s) if self.conditions.light == "clouds" else []
         self.actors.sort(key=lambda a: a.t0)
         self._starts = [a.t0 for a in self.actors]
         self._by_id = {a.actor_id: a for a in self.actors}
@@ -120,6 +174,7 @@ class Scene:
     def _spawn(self, rng: random.Random, duration_s: float, vehicle_rate: float, pedestrian_rate: float) -> None:
         next_id = 1
         t = 0.0
+        ahead: dict[int, Actor] = {}  # the last vehicle that entered each lane
         while vehicle_rate > 0 and t < duration_s:
             t += rng.expovariate(vehicle_rate)
             lane = rng.randrange(4)
@@ -130,10 +185,24 @@ class Scene:
                 "bus": (rng.randint(130, 150), 46),
             }[cls]
             speed = rng.uniform(55, 120) * (1 if lane >= 2 else -1)
+            color = (rng.randint(30, 230), rng.randint(30, 230), rng.randint(30, 230))
+            k = self.conditions.scale
+            w, h, speed = round(w * k), round(h * k), speed * k
             x0 = float(-w if speed > 0 else self.width)
             y0 = self.lanes[lane] - h / 2
-            color = (rng.randint(30, 230), rng.randint(30, 230), rng.randint(30, 230))
-            self.actors.append(Actor(next_id, cls, t, x0, y0, speed, 0.0, w, h, color))
+            pause_at, pause_s = -1.0, 0.0
+            stops = self._hard_rng.random() < self.conditions.stop_and_go
+            enter = t
+            if self.conditions.follow and lane in ahead:
+                enter, speed, pause_at, pause_s = self._queue(ahead[lane], t, speed)
+            if stops and pause_at < 0:
+                # stops somewhere in the middle third of the frame, then drives on
+                stop_x = self.width * self._hard_rng.uniform(0.33, 0.66)
+                pause_at = abs(stop_x - (x0 + w / 2)) / abs(speed)
+                pause_s = self._hard_rng.uniform(3.0, 12.0)
+            actor = Actor(next_id, cls, enter, x0, y0, speed, 0.0, w, h, color, pause_at, pause_s)
+            self.actors.append(actor)
+            ahead[lane] = actor
             next_id += 1
         t = 1.0
         while pedestrian_rate > 0 and t < duration_s:
@@ -145,6 +214,10 @@ class Scene:
             vy = rng.uniform(22, 38) * (1 if down else -1)
             color = (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255))
             pause = rng.uniform(0.5, 2.5) if rng.random() < 0.4 else 0.0
+            if self.conditions.kerb_wait_s is not None:
+                pause = self._hard_rng.uniform(*self.conditions.kerb_wait_s)
+            k = self.conditions.scale
+            w, h, vy = max(4, round(w * k)), round(h * k), vy * k
             self.actors.append(
                 Actor(
                     next_id,
@@ -163,35 +236,116 @@ class Scene:
             )
             next_id += 1
 
-    def truth(self, t: float) -> list[TruthBox]:
-        """Visible actors at time ``t`` with their boxes (clipped to the frame)."""
+    def _queue(self, lead: Actor, t: float, speed: float) -> tuple[float, float, float, float]:
+        """When a vehicle behind ``lead`` enters, how fast it drives, and where and how long it queues."""
+        gap, reaction = 10.0 * self.conditions.scale, 1.0
+        v = math.copysign(min(abs(speed), abs(lead.vx)), speed)
+        room = lead.w + gap
+        enter = t
+        while lead.travelled(enter) < room and enter < t + 120.0:
+            enter += 0.1  # no room yet at the edge of the frame
+        if lead.pause_at < 0:
+            return enter, v, -1.0, 0.0
+        lead_stop = abs(lead.vx) * lead.pause_at
+        lead_leaves = lead.t0 + lead.pause_at + lead.pause_s
+        stop_at = lead_stop - room  # where its front halts, behind the lead's back
+        arrives = enter + stop_at / abs(v)
+        if stop_at <= 0 or arrives >= lead_leaves + reaction:
+            return enter, v, -1.0, 0.0
+        return enter, v, stop_at / abs(v), lead_leaves + reaction - arrives
+
+    def _poles(self) -> list[tuple[int, int, int, int]]:
+        """Static occluders: posts 10-14 px wide standing on the near sidewalk, over the road."""
         boxes = []
+        for i in range(self.conditions.poles):
+            x = int(self.width * (i + 0.5) / self.conditions.poles + self._hard_rng.uniform(-40, 40))
+            w = self._hard_rng.randint(10, 14)
+            boxes.append((x, int(self.height * 0.2), x + w, int(self.height * 0.9)))
+        return boxes
+
+    def _clouds(self, duration_s: float) -> list[tuple[float, float]]:
+        """(start, length) of each cloud passing over the sun."""
+        out, t = [], self._hard_rng.uniform(5, 15)
+        while t < duration_s:
+            length = self._hard_rng.uniform(4, 10)
+            out.append((t, length))
+            t += length + self._hard_rng.uniform(10, 20)
+        return out
+
+    def gain(self, t: float) -> float:
+        """The light on the street at ``t`` (1 = the background as drawn)."""
+        light = self.conditions.light
+        if light == "dusk":
+            return 1.0 - 0.5 * min(1.0, max(0.0, (t - 20.0) / 60.0))
+        if light == "clouds":
+            i = bisect.bisect_right(self.clouds, (t, math.inf)) - 1
+            if i >= 0:
+                start, length = self.clouds[i]
+                into, left = t - start, start + length - t
+                if left > 0:
+                    return 1.0 - 0.33 * min(1.0, into / 0.3, left / 0.3)
+        return 1.0
+
+    def shake(self, t: float) -> tuple[float, float]:
+        """The camera's offset at ``t``: a sway of the pole plus a jolt every frame."""
+        amp = self.conditions.shake_px
+        if not amp:
+            return 0.0, 0.0
+        jolt = np.random.default_rng((self.seed, round(t * 1000))).uniform(-0.5, 0.5, 2)
+        return (
+            float(amp * (0.5 * math.sin(2.1 * t) + jolt[0])),
+            float(amp * (0.5 * math.sin(1.3 * t + 1.0) + jolt[1])),
+        )
+
+    def truth(self, t: float) -> list[TruthBox]:
+        """Visible actors at time ``t`` with their boxes in the frame (clipped to it, shake included)."""
+        boxes = []
+        dx, dy = self.shake(t)
         first = bisect.bisect_left(self._starts, t - MAX_LIFETIME_S)
         last = bisect.bisect_right(self._starts, t)
         for a in self.actors[first:last]:
             pos = a.position(t)
             if pos is None:
                 continue
-            x, y = pos
+            x, y = pos[0] + dx, pos[1] + dy
             x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(self.width - 1.0, x + a.w), min(self.height - 1.0, y + a.h)
             if x2 - x1 < a.w * 0.5 or y2 - y1 < a.h * 0.5:
                 continue  # mostly off screen
-            moving = a.vx != 0 or (
-                a.vy != 0 and not (a.pause_at >= 0 and a.pause_at < t - a.t0 < a.pause_at + a.pause_s)
-            )
-            boxes.append(TruthBox(a.actor_id, a.cls, (x1, y1, x2, y2), moving))
+            still = a.still_for(t)
+            box = (x1, y1, x2, y2)
+            boxes.append(TruthBox(a.actor_id, a.cls, box, still == 0.0, round(still, 3), self._visible(box, dx, dy)))
         return boxes
+
+    def _visible(self, box: tuple[float, float, float, float], dx: float, dy: float) -> float:
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        hidden = 0.0
+        for px1, py1, px2, py2 in self.poles:
+            ix = max(0.0, min(box[2], px2 + dx) - max(box[0], px1 + dx))
+            iy = max(0.0, min(box[3], py2 + dy) - max(box[1], py1 + dy))
+            hidden += ix * iy
+        return round(max(0.0, 1.0 - hidden / area), 3) if area > 0 else 0.0
 
     def render(self, t: float) -> tuple[np.ndarray, list[TruthBox]]:
         """The frame at time ``t`` (BGR) and its ground truth."""
         frame = self.background.copy()
+        dx, dy = self.shake(t)
         boxes = self.truth(t)
         for box in sorted(boxes, key=lambda b: b.bbox[3]):  # far first
             actor = self._by_id[box.actor_id]
-            self._draw(frame, actor, box.bbox)
-        if self.noise:
-            noise = self._noise_rng.normal(0, self.noise, (*frame.shape[:2], 1))
-            frame = np.clip(frame.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+            x, y = actor.position(t) or (0.0, 0.0)  # visible, so it has a position
+            self._draw(frame, actor, (x, y, x + actor.w, y + actor.h))
+        for x1, y1, x2, y2 in self.poles:
+            cv2.rectangle(frame, (x1, y1), (x2, y2), (55, 60, 62), -1)
+            cv2.rectangle(frame, (x1 - 4, y1), (x2 + 4, y1 + 10), (40, 45, 48), -1)
+        if dx or dy:
+            shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+            frame = cv2.warpAffine(frame, shift, (self.width, self.height), borderMode=cv2.BORDER_REPLICATE)
+        gain = self.gain(t)
+        if self.noise or gain != 1.0:
+            out = frame.astype(np.float32) * gain
+            if self.noise:
+                out += self._noise_rng.normal(0, self.noise, (*frame.shape[:2], 1))
+            frame = np.clip(out, 0, 255).astype(np.uint8)
         return frame, boxes
 
     @staticmethod

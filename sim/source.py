@@ -5,6 +5,11 @@ wall-clock time since the source opened (``start`` seconds in, so a camera shows
 once), at the moment a frame is asked for: a camera that never lags. The producer finds this
 module through the ``roadwatch.sources`` entry point in ``pyproject.toml``, as it would find a
 user's own source plugin; the product never imports the simulator.
+
+Hard conditions (:class:`sim.scene.Conditions`) are query keys too: ``scale=0.7``,
+``shake=3``, ``light=dusk|clouds``, ``poles=3``, ``stops=0.5`` (share of vehicles that stop
+and start again), ``kerb=2-8`` (pedestrians wait that many seconds before crossing), ``follow=1`` (vehicles keep
+their lane's order and queue behind a stopped one).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from models.sources import FrameSource
-from sim.scene import Scene
+from sim.scene import Conditions, Scene
 from streams.errors import ConfigError
 
 
@@ -26,12 +31,27 @@ def _query(url: str) -> dict[str, str]:
 def scene_from_url(url: str) -> Scene:
     """The synthetic scene a ``sim://scene?...`` URL names (benchmarks replay it in scene time)."""
     q = _query(url)
+    light = q.get("light", "steady")
+    if light not in ("steady", "dusk", "clouds"):
+        raise ValueError(f"light={light!r}: steady, dusk or clouds")
+    kerb = q.get("kerb")
+    low, _, high = (kerb or "").partition("-")
+    conditions = Conditions(
+        scale=float(q.get("scale", 1.0)),
+        shake_px=float(q.get("shake", 0.0)),
+        light=light,  # type: ignore[arg-type]
+        poles=int(q.get("poles", 0)),
+        stop_and_go=float(q.get("stops", 0.0)),
+        kerb_wait_s=(float(low), float(high or low)) if kerb else None,
+        follow=q.get("follow", "0") in ("1", "true", "yes"),
+    )
     return Scene(
         seed=int(q.get("seed", 1)),
         vehicle_rate=float(q.get("vehicles", 0.5)),
         pedestrian_rate=float(q.get("pedestrians", 0.25)),
         width=int(q.get("width", 640)),
         height=int(q.get("height", 360)),
+        conditions=conditions,
     )
 
 
