@@ -10,6 +10,11 @@ moment that matters. :meth:`Tracker.split_merged` undoes that: a detection that 
 predicted boxes of two or more established tracks is replaced by those boxes (clipped to it),
 so each road user keeps its box and id through the overlap (the classic blob-tracker merge
 handling). Objects that were never seen apart stay merged.
+
+The reverse happens too: a lamp post or a sign in front of the road cuts a passing car into two
+blobs, each too narrow to look like a car. Pieces that lie inside one established vehicle
+track's predicted box, side by side with the same top and bottom, and that no other track
+claims, are joined back into one box.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from models.detectors import Detection
 SPLIT_INSIDE = 0.6
 #: ... and the blob must be this much bigger than the largest such track (else it is just that one).
 SPLIT_BLOB = 1.25
+#: A piece joins a track's other pieces when this much of it lies in the track's predicted box
+#: (grown by JOIN_MARGIN of its size each side), and it is smaller than JOIN_PIECE of that box.
+JOIN_INSIDE, JOIN_MARGIN, JOIN_PIECE = 0.7, 0.15, 0.8
 
 
 @dataclass
@@ -71,6 +79,7 @@ class Tracker:
     def split_merged(self, detections: list[Detection], t: float) -> list[Detection]:
         """Detections with merged blobs split into the established tracks they contain."""
         established = [tr for tr in self.tracks if tr.hits >= 2 and tr.missed <= 1]
+        detections = self._join_pieces(detections, established, t)
         if len(established) < 2:
             return detections
         out: list[Detection] = []
@@ -90,6 +99,49 @@ class Tracker:
             else:
                 out.append(det)
         return out
+
+    def _join_pieces(self, detections: list[Detection], established: list[Track], t: float) -> list[Detection]:
+        """Detections with the pieces of one occluded road user joined into one box."""
+        if not established or len(detections) < 2:
+            return detections
+        preds = [tr.predict(t) for tr in established]
+        joined: dict[int, list[int]] = {}
+        for di, det in enumerate(detections):
+            near = sorted(((iou(pred, det.bbox), k) for k, pred in enumerate(preds)), reverse=True)
+            k = near[0][1]
+            if established[k].cls == "person" or (len(near) > 1 and near[1][0] > 0.05):
+                continue  # only vehicles break on a pole; a piece another track also claims stays
+            pred = preds[k]
+            mx, my = JOIN_MARGIN * (pred[2] - pred[0]), JOIN_MARGIN * (pred[3] - pred[1])
+            grown = (pred[0] - mx, pred[1] - my, pred[2] + mx, pred[3] + my)
+            inside = _clip(det.bbox, grown)
+            if (
+                inside is not None
+                and _area(inside) >= JOIN_INSIDE * _area(det.bbox)
+                and _area(det.bbox) < JOIN_PIECE * _area(pred)
+            ):
+                joined.setdefault(k, []).append(di)
+        out: list[Detection] = []
+        taken: set[int] = set()
+        for k, pieces in joined.items():
+            if len(pieces) < 2:
+                continue
+            boxes = sorted(detections[di].bbox for di in pieces)
+            if not _side_by_side(boxes):
+                continue
+            union = (
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            )
+            if not 0.6 * _area(preds[k]) <= _area(union) <= 1.3 * _area(preds[k]):
+                continue
+            taken.update(pieces)
+            part = Detection(established[k].cls, max(detections[di].conf for di in pieces), union)
+            self._coasting[id(part)] = established[k].track_id
+            out.append(part)
+        return out + [d for di, d in enumerate(detections) if di not in taken]
 
     def update(self, detections: list[Detection], t: float) -> list[Track]:
         """Assign each detection a track; returns the tracks matched in this frame, in order.
@@ -137,6 +189,19 @@ class Tracker:
                 self.tracks.append(track)
                 matched[di] = track
         return [matched[di] for di in range(len(detections))]
+
+
+def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
+    """Pieces (sorted by left edge) of one thing cut by a post: apart, narrow gaps, same top and bottom.
+
+    A pedestrian in front of a car is not one: its top and bottom are the pedestrian's own.
+    """
+    height = max(b[3] - b[1] for b in boxes)
+    for a, b in zip(boxes, boxes[1:], strict=False):
+        gap = b[0] - a[2]
+        if gap < 0 or gap > height or abs(a[1] - b[1]) > 0.15 * height or abs(a[3] - b[3]) > 0.15 * height:
+            return False
+    return True
 
 
 def _center(b: tuple[float, float, float, float]) -> tuple[float, float]:

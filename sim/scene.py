@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import cv2
@@ -79,7 +79,8 @@ class TruthBox:
     moving: bool
     #: seconds it has stood still (a motion detector cannot be asked to see one still for long)
     still_s: float = 0.0
-    #: share of its box not hidden behind a static occluder
+    #: share of its box in view: not behind a pole or a nearer road user (overlaps summed, so
+    #: a box hidden twice over counts as hidden)
     visible: float = 1.0
 
 
@@ -312,18 +313,26 @@ class Scene:
             if x2 - x1 < a.w * 0.5 or y2 - y1 < a.h * 0.5:
                 continue  # mostly off screen
             still = a.still_for(t)
-            box = (x1, y1, x2, y2)
-            boxes.append(TruthBox(a.actor_id, a.cls, box, still == 0.0, round(still, 3), self._visible(box, dx, dy)))
-        return boxes
+            boxes.append(TruthBox(a.actor_id, a.cls, (x1, y1, x2, y2), still == 0.0, round(still, 3)))
+        return self._visibility(boxes, dx, dy)
 
-    def _visible(self, box: tuple[float, float, float, float], dx: float, dy: float) -> float:
-        area = (box[2] - box[0]) * (box[3] - box[1])
-        hidden = 0.0
-        for px1, py1, px2, py2 in self.poles:
-            ix = max(0.0, min(box[2], px2 + dx) - max(box[0], px1 + dx))
-            iy = max(0.0, min(box[3], py2 + dy) - max(box[1], py1 + dy))
-            hidden += ix * iy
-        return round(max(0.0, 1.0 - hidden / area), 3) if area > 0 else 0.0
+    def _visibility(self, boxes: list[TruthBox], dx: float, dy: float) -> list[TruthBox]:
+        """Each box's share in view: nearer road users (drawn later) and poles hide what is behind."""
+        order = sorted(range(len(boxes)), key=lambda i: boxes[i].bbox[3])
+        rank = {i: r for r, i in enumerate(order)}
+        poles = [(x1 + dx, y1 + dy, x2 + dx, y2 + dy) for x1, y1, x2, y2 in self.poles]
+        out = []
+        for i, box in enumerate(boxes):
+            covers = [b.bbox for j, b in enumerate(boxes) if rank[j] > rank[i]] + poles
+            b = box.bbox
+            area = (b[2] - b[0]) * (b[3] - b[1])
+            hidden = sum(
+                max(0.0, min(b[2], c[2]) - max(b[0], c[0])) * max(0.0, min(b[3], c[3]) - max(b[1], c[1]))
+                for c in covers
+            )
+            visible = round(max(0.0, 1.0 - hidden / area), 3) if area > 0 else 0.0
+            out.append(replace(box, visible=visible) if hidden else box)
+        return out
 
     def render(self, t: float) -> tuple[np.ndarray, list[TruthBox]]:
         """The frame at time ``t`` (BGR) and its ground truth."""
