@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from itertools import count
+from itertools import count, pairwise
 
 from models.detectors import Detection
 
@@ -197,7 +197,7 @@ def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
     A pedestrian in front of a car is not one: its top and bottom are the pedestrian's own.
     """
     height = max(b[3] - b[1] for b in boxes)
-    for a, b in zip(boxes, boxes[1:], strict=False):
+    for a, b in pairwise(boxes):
         gap = b[0] - a[2]
         if gap < 0 or gap > height or abs(a[1] - b[1]) > 0.15 * height or abs(a[3] - b[3]) > 0.15 * height:
             return False
