@@ -171,7 +171,9 @@ class MotionDetector(Detector):
             model.points = cv2.goodFeaturesToTrack(model.ref_u8, 60, 0.01, 20, blockSize=7)
         if model.points is None or len(model.points) < MIN_POINTS or model.ref_u8 is None:
             return None  # nothing to hold on to: a blank wall, a dark night
-        moved, ok, _ = cv2.calcOpticalFlowPyrLK(model.ref_u8, grey, model.points, None, winSize=(9, 9), maxLevel=1)
+        moved, ok, _ = cv2.calcOpticalFlowPyrLK(
+            model.ref_u8, grey, model.points, model.points.copy(), winSize=(9, 9), maxLevel=1
+        )
         good = ok[:, 0] == 1
         if int(good.sum()) < MIN_POINTS:
             return None
