@@ -124,6 +124,42 @@ def plot_key_states(series: dict[str, Any], out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def detection_quality(det: dict[str, Any]) -> list[str]:
+    """The harder scenes: the motion path against the plain MOG2 loop, per rate and per scenario."""
+    keys = ["recall", "precision", "pedestrian_recall", "vehicle_recall"]
+    rows = [
+        [f"{who}, {rate.removeprefix('fps_')} fps", *[det[part][rate][k] for k in keys]]
+        for rate in det["harder"]
+        for who, part in (("**roadwatch**", "harder"), ("plain MOG2 loop", "baseline"))
+    ]
+    out = [
+        f"Harder labelled scenes (`sim/scenarios.py` HARDER), {det['scoring']['seconds_scored']:.0f} s scored "
+        f"a scenario and rate, IoU >= {det['scoring']['iou']}; class recall needs the class right:",
+        "",
+        table(rows, ["detector, rate", *keys]),
+        "",
+    ]
+    per = []
+    for name, scen in det["scenarios"].items():
+        for rate in ("fps_2", "fps_10"):
+            rw, base = scen[rate]["roadwatch"], scen[rate]["baseline"]
+            per.append(
+                [
+                    f"{name}, {rate.removeprefix('fps_')} fps",
+                    rw["recall"],
+                    base["recall"],
+                    round(rw["recall"] - base["recall"], 3),
+                    rw["precision"],
+                    rw["pedestrian_recall"],
+                ]
+            )
+    out += [
+        table(per, ["scenario", "recall", "baseline recall", "lead", "precision", "pedestrian recall"]),
+        "",
+    ]
+    return out
+
+
 def economy_row(label: str, e: dict[str, Any], *, bold: bool = False) -> list[Any]:
     b = "**" if bold else ""
     return [
@@ -252,6 +288,8 @@ def render(folder: Path) -> str:
             out.append("")
     if det:
         out += ["## Detection", ""]
+        if "harder" in det:
+            out += detection_quality(det)
         rows = [
             [b, det[b]["fps"], det[b]["bare_fps"], det[b]["ratio"], det[b]["node_fps"]]
             for b in ("motion", "yolo", "yolo_onnx")

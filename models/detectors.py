@@ -19,7 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,10 +54,11 @@ class Detector(ABC):
 #: needs 10 s to cross stays foreground at 10 fps as at 2 fps (a model counted in frames
 #: absorbed slow walkers five times sooner at 10 fps).
 BACKGROUND_S = 30.0
-#: Frames that teach a new camera's background before it reports anything.
-WARM_FRAMES = 3
-#: Seconds over which a new camera's background is learnt as a plain mean (fast, no ghosts).
-WARM_UP_S = 4.0
+#: A new camera watches this long before it reports anything: its first background is the
+#: per-pixel median of up to WARM_SAMPLES frames spread over that time, so the traffic that
+#: passed meanwhile leaves no ghost (a mean, or MOG2 learning frame by frame, keeps a bus that
+#: crawled through the first seconds as background for several seconds more).
+WARM_UP_S, WARM_SAMPLES = 8.0, 9
 #: The frame rate assumed when a caller gives no capture times (the cameras' default).
 ASSUMED_FPS = 2.0
 #: Below this global light change (ratio) or shake (px) a frame is used as it is.
@@ -80,6 +81,9 @@ class _CameraModel:
     first_at: float | None = None
     at: float | None = None
     frames: int = 0
+    #: frames kept for the first background, until it is made
+    warm: list[np.ndarray] = field(default_factory=list)
+    ready: bool = False
 
 
 class MotionDetector(Detector):
@@ -87,10 +91,10 @@ class MotionDetector(Detector):
 
     Before subtraction each frame is brought back to the camera's reference: its global light
     level is scaled to the reference's (a cloud, dusk, auto-exposure would otherwise turn the
-    whole road into foreground) and its shift is measured by phase correlation against the
-    reference and undone (a camera swaying on its pole would otherwise outline every edge of the
-    scene). The background learns at a rate set in seconds (``background_s``), so the frame rate
-    changes the cost, not what is seen.
+    whole road into foreground) and its shift against the reference's corners is measured and
+    undone (a camera swaying on its pole would otherwise outline every edge of the scene). The
+    background starts as the median of the first ``WARM_UP_S`` and then learns at a rate set in
+    seconds (``background_s``), so the frame rate changes the cost, not what is seen.
     """
 
     name = "motion/mog2"
@@ -125,9 +129,19 @@ class MotionDetector(Detector):
             return model
 
     def warm_up(self, camera_id: str, frames: list[np.ndarray]) -> None:
-        """Teach the background model a few frames before the first detection."""
-        for frame in frames:
-            self._update(self._model(camera_id), frame, None)
+        """Start the camera's background from these frames (a recorded clip) instead of waiting."""
+        model = self._model(camera_id)
+        model.warm = [self._small(f) for f in frames[-WARM_SAMPLES:]]
+        self._bootstrap(model)
+
+    def _bootstrap(self, model: _CameraModel) -> None:
+        """The first background: the median of the frames kept while warming up."""
+        background = np.median(np.stack(model.warm), axis=0).astype(np.uint8)
+        model.mog.apply(background, learningRate=1.0)
+        model.ref = cv2.cvtColor(background, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        model.points = None
+        model.warm = []
+        model.ready = True
 
     def _small(self, frame: np.ndarray) -> np.ndarray:
         # no blur and no dilation: both merge a pedestrian with the car beside it (measured)
@@ -139,7 +153,6 @@ class MotionDetector(Detector):
         """``image`` at the reference's light level and position."""
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if model.ref is None:
-            model.ref = grey.astype(np.float32)
             return image
         gain = float(model.ref.mean()) / max(1.0, float(grey.mean()))
         if abs(gain - 1.0) > MIN_GAIN_STEP:
@@ -180,32 +193,34 @@ class MotionDetector(Detector):
         dx, dy = np.median((moved - model.points)[good].reshape(-1, 2), axis=0)
         return (float(dx), float(dy)) if math.hypot(dx, dy) > MIN_SHIFT_PX else None
 
-    def _update(self, model: _CameraModel, frame: np.ndarray, at: float | None) -> np.ndarray:
-        """The foreground mask of ``frame``, after learning from it.
-
-        For the first ``WARM_UP_S`` the background is the plain mean of everything seen (each
-        moment weighs the same), so a car that stood in the first frame leaves no ghost behind;
-        after that it forgets at ``1/background_s`` a second.
-        """
+    def _update(self, model: _CameraModel, frame: np.ndarray, at: float | None) -> np.ndarray | None:
+        """The foreground mask of ``frame`` after learning from it; None while warming up."""
         if at is None or model.at is None or model.first_at is None:
             dt = 1.0 / ASSUMED_FPS  # no clock: assume the shipped rate
             elapsed = (model.frames + 1) * dt
         else:
             dt = max(1e-3, at - model.at)
             elapsed = at - model.first_at + dt
-        warming = elapsed < WARM_UP_S + dt
-        rate = 1.0 if model.frames == 0 else min(1.0, max(dt / self.background_s, dt / elapsed if warming else 0.0))
         if model.first_at is None:
             model.first_at = at
         model.frames += 1
         model.at = at
-        image = self._align(model, self._small(frame), rate)
-        return model.mog.apply(image, learningRate=rate)
+        image = self._small(frame)
+        if not model.ready:
+            if len(model.warm) * WARM_UP_S / WARM_SAMPLES <= elapsed:
+                # samples are aligned to the first one, so a shaking camera's median stays sharp
+                model.warm.append(self._align(model, image, 0.0) if model.warm else image)
+                if model.ref is None:
+                    model.ref = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+            if elapsed >= WARM_UP_S and len(model.warm) >= 3:
+                self._bootstrap(model)
+            return None
+        rate = min(1.0, dt / self.background_s)
+        return model.mog.apply(self._align(model, image, rate), learningRate=rate)
 
     def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
-        model = self._model(camera_id)
-        mask = self._update(model, frame, at)
-        if model.frames <= WARM_FRAMES:
+        mask = self._update(self._model(camera_id), frame, at)
+        if mask is None:
             return []
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -71,7 +71,7 @@ def analyse(
 ) -> DetectionResult:
     """Detect, track, group and crop one frame (runs on the thread pool)."""
     started = time.perf_counter()
-    found = detector.detect(cam.cfg.id, frame.image, frame.seq)
+    found = detector.detect(cam.cfg.id, frame.image, frame.seq, at=frame.captured_at)
     metrics.detector_seconds.labels(backend=detector.name).observe(time.perf_counter() - started)
     found = cam.tracker.split_merged(found, frame.captured_at)
     tracks = cam.tracker.update(found, frame.captured_at)

@@ -13,8 +13,9 @@ handling). Objects that were never seen apart stay merged.
 
 The reverse happens too: a lamp post or a sign in front of the road cuts a passing car into two
 blobs, each too narrow to look like a car. Pieces that lie inside one established vehicle
-track's predicted box, side by side with the same top and bottom, and that no other track
-claims, are joined back into one box.
+track's predicted box, side by side with the same top and bottom, claimed by no other track,
+and cut where other vehicles were cut before (a post does not move; two cars that were one
+blob part anywhere) are joined back into one box.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ SPLIT_BLOB = 1.25
 #: A piece joins a track's other pieces when this much of it lies in the track's predicted box
 #: (grown by JOIN_MARGIN of its size each side), and it is smaller than JOIN_PIECE of that box.
 JOIN_INSIDE, JOIN_MARGIN, JOIN_PIECE = 0.7, 0.15, 0.8
+#: ... and when JOIN_EVIDENCE tracks were already cut in the gap's columns (CUT_CELL px wide).
+JOIN_EVIDENCE, CUT_CELL = 3, 8
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Tracker:
     _ids: count[int] = field(default_factory=lambda: count(1))
     #: detections made by split_merged (by id) -> the track they continue
     _coasting: dict[int, int] = field(default_factory=dict)
+    #: where vehicles have come apart in pieces: image column (CUT_CELL px) -> tracks cut there
+    _cuts: dict[int, set[int]] = field(default_factory=dict)
 
     def split_merged(self, detections: list[Detection], t: float) -> list[Detection]:
         """Detections with merged blobs split into the established tracks they contain."""
@@ -127,7 +132,7 @@ class Tracker:
             if len(pieces) < 2:
                 continue
             boxes = sorted(detections[di].bbox for di in pieces)
-            if not _side_by_side(boxes):
+            if not _side_by_side(boxes) or not self._occluder_between(boxes, established[k].track_id):
                 continue
             union = (
                 min(b[0] for b in boxes),
@@ -141,7 +146,59 @@ class Tracker:
             part = Detection(established[k].cls, max(detections[di].conf for di in pieces), union)
             self._coasting[id(part)] = established[k].track_id
             out.append(part)
-        return out + [d for di, d in enumerate(detections) if di not in taken]
+        rest = [d for di, d in enumerate(detections) if di not in taken]
+        return out + self._join_at_known_cuts(rest)
+
+    def _join_at_known_cuts(self, detections: list[Detection]) -> list[Detection]:
+        """Side-by-side pieces joined where vehicles are known to be cut, tracked apart or not.
+
+        At 10 fps each piece of a car behind a post soon has a track of its own, which keeps the
+        track-based join above from claiming it; the post's columns are known by then.
+        """
+        order = sorted(range(len(detections)), key=lambda i: detections[i].bbox[0])
+        out: list[Detection] = []
+        used: set[int] = set()
+        for n, i in enumerate(order):
+            if i in used:
+                continue
+            box = detections[i].bbox
+            for j in order[n + 1 :]:
+                other = detections[j].bbox
+                if j in used or other[0] - box[2] > box[3] - box[1]:
+                    continue
+                if _side_by_side([box, other]) and self._cut_known(box, other):
+                    box = (box[0], min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3]))
+                    used.add(j)
+            used.add(i)
+            if box == detections[i].bbox:
+                out.append(detections[i])
+            else:
+                out.append(Detection("car", detections[i].conf, box))
+        return out
+
+    def _cut_known(self, a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+        cells = range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1)
+        seen = sorted(len(self._cuts.get(cell, ())) for cell in cells)
+        return bool(seen) and seen[len(seen) // 2] >= JOIN_EVIDENCE
+
+    def _occluder_between(self, boxes: list[tuple[float, float, float, float]], track_id: int) -> bool:
+        """Whether every gap between these pieces is where earlier vehicles were cut too.
+
+        A post stands still and upright, so the vehicles passing behind it, in every lane, are
+        cut in the same columns of the image; two cars that drove as one blob and now come
+        apart do so anywhere. Each cut is recorded by column; pieces are joined once
+        JOIN_EVIDENCE tracks were cut in the gap's columns.
+        """
+        joinable = True
+        for a, b in pairwise(boxes):
+            cells = list(range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1))
+            seen = sorted(len(self._cuts.get(cell, ())) for cell in cells)
+            joinable = joinable and seen[len(seen) // 2] >= JOIN_EVIDENCE
+            for cell in cells:
+                tracks = self._cuts.setdefault(cell, set())
+                if len(tracks) < 2 * JOIN_EVIDENCE:
+                    tracks.add(track_id)
+        return joinable
 
     def update(self, detections: list[Detection], t: float) -> list[Track]:
         """Assign each detection a track; returns the tracks matched in this frame, in order.
