@@ -12,7 +12,10 @@ Per backend, in one run on the same pre-rendered 640x360 frames of four simulate
   ``detect``: light correction, shake measurement, MOG2, contours);
 * ``fps``: the producer's full analysis of a frame (:func:`models.producer.analyse`: detector,
   tracker, traffic groups, JPEG crops, claim-check refs);
-* ``ratio`` = fps / bare_fps: what roadwatch's own work costs on top of the model.
+* ``ratio`` = fps / bare_fps: what roadwatch's own work costs on top of the model;
+* for motion, ``plain_mog2_fps``: MOG2 alone on the same frames (the detector before issue 16),
+  and ``detector_vs_plain_mog2``: what light correction, shake measurement and the median
+  start cost on top of it, in the same run (the machine's speed varies from run to run).
 
 ``cameras_per_node``: frames per second one node analyses with the producer's two analysis
 threads over four cameras at once, divided by 2 analysis fps per camera, rounded down. Frame
@@ -37,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from bench.detection_quality import measure as measure_quality
@@ -111,10 +115,24 @@ def bench_motion(frames: dict[str, list[np.ndarray]], settings: Settings, store:
             for i, image in enumerate(images):
                 detector.detect(cam_id, image, i, at=30 + i / 2)
 
+    def mog2() -> None:  # the plain background subtraction the detector was before issue 16
+        for images in frames.values():
+            model = cv2.createBackgroundSubtractorMOG2(history=60, varThreshold=16, detectShadows=False)
+            for image in images:
+                model.apply(image)
+
     bare_fps = rate(n, bare)
+    mog2_fps = rate(n, mog2)
     fps = pipeline_fps(MotionDetector(), frames, settings, store)
     node = node_fps(MotionDetector, frames, settings, store)
-    return {"fps": fps, "bare_fps": bare_fps, "ratio": round(fps / bare_fps, 3), "node_fps": node}
+    return {
+        "fps": fps,
+        "bare_fps": bare_fps,
+        "ratio": round(fps / bare_fps, 3),
+        "node_fps": node,
+        "plain_mog2_fps": mog2_fps,
+        "detector_vs_plain_mog2": round(bare_fps / mog2_fps, 3),
+    }
 
 
 def bench_yolo(model: str, frames: dict[str, list[np.ndarray]], settings: Settings, store: Any) -> dict[str, Any]:
