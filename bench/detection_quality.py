@@ -70,15 +70,8 @@ class PlainMog2(Detector):
                 continue
             x, y, w, h = cv2.boundingRect(contour)
             box = (float(x), float(y), float(x + w), float(y + h))
-            found.append(Detection(_shape_class(box), 0.5, box))
+            found.append(Detection(MotionDetector._classify(box), 0.5, box))
         return found
-
-
-def _shape_class(box: tuple[float, float, float, float]) -> str:
-    w, h = box[2] - box[0], box[3] - box[1]
-    if h > 1.4 * w and w * h < 1500:
-        return "person"
-    return "car" if w >= h else "person"
 
 
 @dataclass
@@ -134,9 +127,10 @@ def score_frame(score: Score, truth: list[TruthBox], found: list[Detection]) -> 
             continue
         used_t.add(ti)
         match[di] = ti
+    hit_of = {ti: di for di, ti in match.items()}
     for ti, box in enumerate(counted):
         person = box.cls == "person"
-        hit = next((di for di, t in match.items() if t == ti), None)
+        hit = hit_of.get(ti)
         right_class = hit is not None and (found[hit].cls == "person") == person
         score.objects += 1
         score.found += hit is not None

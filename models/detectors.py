@@ -151,9 +151,9 @@ class MotionDetector(Detector):
 
     def _align(self, model: _CameraModel, image: np.ndarray, rate: float) -> np.ndarray:
         """``image`` at the reference's light level and position."""
-        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if model.ref is None:
             return image
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         gain = float(model.ref.mean()) / max(1.0, float(grey.mean()))
         if abs(gain - 1.0) > MIN_GAIN_STEP:
             grey = cv2.convertScaleAbs(grey, alpha=gain)

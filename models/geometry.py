@@ -18,3 +18,13 @@ def box_gap(a: Sequence[float], b: Sequence[float]) -> float:
     dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
     dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
     return math.hypot(dx, dy)
+
+
+def union_box(boxes: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """The smallest ``(x1, y1, x2, y2)`` box holding all of ``boxes``."""
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )

@@ -8,16 +8,12 @@ VLM budget: a pedestrian near a moving vehicle first, closer and faster meaning 
 
 from __future__ import annotations
 
-from models.geometry import VEHICLES, box_gap
+from models.geometry import VEHICLES, box_gap, union_box
 from streams.records import Conflict, DetectedObject, TrafficGroup
 
 
 def _height(o: DetectedObject) -> float:
     return max(1.0, o.bbox[3] - o.bbox[1])
-
-
-def _union(boxes: list[list[float]]) -> list[float]:
-    return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
 
 
 def cluster(objects: list[DetectedObject], reach: float = 1.5) -> list[TrafficGroup]:
@@ -62,7 +58,7 @@ def describe(members: list[DetectedObject], indexes: list[int]) -> TrafficGroup:
         kind=kind,
         members=sorted(indexes),
         track_ids=track_ids,
-        bbox=[round(v, 1) for v in _union([o.bbox for o in members])],
+        bbox=[round(v, 1) for v in union_box([o.bbox for o in members])],
         min_gap=None if min_gap is None else round(min_gap, 3),
         interest=round(min(1.0, interest), 3),
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from itertools import count, pairwise
 
 from models.detectors import Detection
+from models.geometry import union_box
 
 #: A track's predicted box must lie this much inside a blob to count as part of it.
 SPLIT_INSIDE = 0.6
@@ -134,12 +135,7 @@ class Tracker:
             boxes = sorted(detections[di].bbox for di in pieces)
             if not _side_by_side(boxes) or not self._occluder_between(boxes, established[k].track_id):
                 continue
-            union = (
-                min(b[0] for b in boxes),
-                min(b[1] for b in boxes),
-                max(b[2] for b in boxes),
-                max(b[3] for b in boxes),
-            )
+            union = union_box(boxes)
             if not 0.6 * _area(preds[k]) <= _area(union) <= 1.3 * _area(preds[k]):
                 continue
             taken.update(pieces)
@@ -167,7 +163,7 @@ class Tracker:
                 if j in used or other[0] - box[2] > box[3] - box[1]:
                     continue
                 if _side_by_side([box, other]) and self._cut_known(box, other):
-                    box = (box[0], min(box[1], other[1]), max(box[2], other[2]), max(box[3], other[3]))
+                    box = union_box([box, other])
                     used.add(j)
             used.add(i)
             if box == detections[i].bbox:
@@ -177,6 +173,7 @@ class Tracker:
         return out
 
     def _cut_known(self, a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+        """Whether JOIN_EVIDENCE tracks were cut in the columns between ``a`` and ``b`` (median over them)."""
         cells = range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1)
         seen = sorted(len(self._cuts.get(cell, ())) for cell in cells)
         return bool(seen) and seen[len(seen) // 2] >= JOIN_EVIDENCE
@@ -191,10 +188,8 @@ class Tracker:
         """
         joinable = True
         for a, b in pairwise(boxes):
-            cells = list(range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1))
-            seen = sorted(len(self._cuts.get(cell, ())) for cell in cells)
-            joinable = joinable and seen[len(seen) // 2] >= JOIN_EVIDENCE
-            for cell in cells:
+            joinable = self._cut_known(a, b) and joinable
+            for cell in range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1):
                 tracks = self._cuts.setdefault(cell, set())
                 if len(tracks) < 2 * JOIN_EVIDENCE:
                     tracks.add(track_id)
