@@ -34,7 +34,8 @@ import numpy as np
 
 from bench.pipeline import log, save
 from models.detectors import WARM_UP_S, Detection, Detector, MotionDetector
-from models.tracking import Tracker, iou
+from models.geometry import iou
+from models.tracking import Tracker
 from sim.scenarios import HARDER
 from sim.scene import TruthBox
 from sim.source import scene_from_url

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from models.geometry import iou
 from streams.errors import ConfigError
 
 DetectorKind = Literal["motion", "yolo", "replay"]
@@ -63,9 +64,34 @@ WARM_UP_S, WARM_SAMPLES = 8.0, 9
 ASSUMED_FPS = 2.0
 #: Below this global light change (ratio) or shake (px) a frame is used as it is.
 MIN_GAIN_STEP, MIN_SHIFT_PX = 0.02, 0.25
-#: Corners to measure shake are picked again from the reference this often; fewer than
-#: MIN_POINTS found or followed and the frame is used unaligned.
-REFRESH_FRAMES, MIN_POINTS = 20, 8
+#: Corners to measure shake are picked again from the reference every REFRESH_S seconds (8 ms
+#: a pick at 640x360, so not every frame; the reference itself changes over BACKGROUND_S);
+#: fewer than MIN_POINTS found or followed and the frame is used unaligned.
+REFRESH_S, MIN_POINTS = 10.0, 8
+#: A blob is a ghost (the place a road user left, not a road user) when less than GHOST_MAX_NOW
+#: of its outline is an edge in the frame and at least GHOST_MIN_THEN is one in the background;
+#: an outline pixel is an edge in one picture when its gradient there exceeds GHOST_EDGE_RATIO
+#: times the other's plus GHOST_MIN_EDGE grey levels. On the stop-and-go scene at 10 fps, 0.73 of
+#: a road user's outline (median; 5th percentile 0.40) is sharper in the frame, 0.05 of a ghost's.
+GHOST_MAX_NOW, GHOST_MIN_THEN = 0.25, 0.15
+GHOST_EDGE_RATIO, GHOST_MIN_EDGE = 1.5, 2.0
+#: A ghost's pixels are not foreground while they keep the look they had when it was found
+#: (within GHOST_TOL grey levels), for GHOST_HOLD_S: about as long as the background model
+#: itself needs to take the uncovered road back (background_s * ln(1/0.75) ~ 8.6 s).
+GHOST_TOL, GHOST_HOLD_S = 6, 10.0
+#: Only a blob that stands still (this IoU with one of the frame before) or is smaller than
+#: FRAGMENT_AREA px takes the ghost test: it costs ~10% of a frame when every blob takes it.
+GHOST_STILL_IOU, FRAGMENT_AREA = 0.8, 1500.0
+
+
+@dataclass
+class _Ghost:
+    """A place a road user left: its pixels as they looked when found, until ``until``."""
+
+    x: int
+    y: int
+    look: np.ndarray
+    until: float
 
 
 @dataclass
@@ -78,12 +104,19 @@ class _CameraModel:
     #: the reference as 8-bit, and the corners on it that measure the camera's shift
     ref_u8: np.ndarray | None = None
     points: np.ndarray | None = None
+    points_at: float = 0.0
     first_at: float | None = None
     at: float | None = None
     frames: int = 0
     #: frames kept for the first background, until it is made
     warm: list[np.ndarray] = field(default_factory=list)
     ready: bool = False
+    ghosts: list[_Ghost] = field(default_factory=list)
+    #: the last frame's grey picture, aligned and light-corrected like ``ref``, and its time
+    grey: np.ndarray | None = None
+    now: float = 0.0
+    #: the last frame's blobs (x1, y1, x2, y2): a blob that has not moved may be a ghost
+    blobs: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 class MotionDetector(Detector):
@@ -149,12 +182,12 @@ class MotionDetector(Detector):
             return frame
         return cv2.resize(frame, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
 
-    def _align(self, model: _CameraModel, image: np.ndarray, rate: float) -> np.ndarray:
-        """``image`` at the reference's light level and position."""
-        if model.ref is None:
-            return image
+    def _align(self, model: _CameraModel, image: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` at the reference's light level and position, in colour and in grey."""
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        gain = float(model.ref.mean()) / max(1.0, float(grey.mean()))
+        if model.ref is None:
+            return image, grey
+        gain = cv2.mean(model.ref)[0] / max(1.0, cv2.mean(grey)[0])
         if abs(gain - 1.0) > MIN_GAIN_STEP:
             grey = cv2.convertScaleAbs(grey, alpha=gain)
             image = cv2.convertScaleAbs(image, alpha=gain)
@@ -166,7 +199,7 @@ class MotionDetector(Detector):
                 image = cv2.warpAffine(image, back, (w, h), borderMode=cv2.BORDER_REPLICATE)
                 grey = cv2.warpAffine(grey, back, (w, h), borderMode=cv2.BORDER_REPLICATE)
         cv2.accumulateWeighted(grey, model.ref, rate)
-        return image
+        return image, grey
 
     @staticmethod
     def _shift(model: _CameraModel, grey: np.ndarray) -> tuple[float, float] | None:
@@ -179,7 +212,8 @@ class MotionDetector(Detector):
         """
         if model.ref is None:
             return None
-        if model.points is None or model.frames % REFRESH_FRAMES == 0:
+        if model.points is None or model.now >= model.points_at + REFRESH_S:
+            model.points_at = model.now
             model.ref_u8 = cv2.convertScaleAbs(model.ref)
             model.points = cv2.goodFeaturesToTrack(model.ref_u8, 60, 0.01, 20, blockSize=7)
         if model.points is None or len(model.points) < MIN_POINTS or model.ref_u8 is None:
@@ -205,21 +239,73 @@ class MotionDetector(Detector):
             model.first_at = at
         model.frames += 1
         model.at = at
+        model.now = at if at is not None else elapsed
         image = self._small(frame)
         if not model.ready:
             if len(model.warm) * WARM_UP_S / WARM_SAMPLES <= elapsed:
                 # samples are aligned to the first one, so a shaking camera's median stays sharp
-                model.warm.append(self._align(model, image, 0.0) if model.warm else image)
+                model.warm.append(self._align(model, image, 0.0)[0] if model.warm else image)
                 if model.ref is None:
                     model.ref = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
             if elapsed >= WARM_UP_S and len(model.warm) >= 3:
                 self._bootstrap(model)
             return None
         rate = min(1.0, dt / self.background_s)
-        return model.mog.apply(self._align(model, image, rate), learningRate=rate)
+        image, model.grey = self._align(model, image, rate)
+        mask = model.mog.apply(image, learningRate=rate)
+        self._unghost(model, mask)
+        return mask
+
+    @staticmethod
+    def _unghost(model: _CameraModel, mask: np.ndarray) -> None:
+        """Clear the known ghosts' pixels from ``mask`` where they still look as they did."""
+        if model.grey is None:
+            return
+        keep = []
+        for ghost in model.ghosts:
+            if model.now > ghost.until:
+                continue
+            h, w = ghost.look.shape
+            part = mask[ghost.y : ghost.y + h, ghost.x : ghost.x + w]
+            changed = cv2.absdiff(model.grey[ghost.y : ghost.y + h, ghost.x : ghost.x + w], ghost.look) > GHOST_TOL
+            part[~changed] = 0
+            keep.append(ghost)
+        model.ghosts = keep
+
+    def _is_ghost(
+        self, model: _CameraModel, mask: np.ndarray, blob: tuple[int, int, int, int], *, remember: bool
+    ) -> bool:
+        """Whether ``blob`` (x1, y1, x2, y2) is the place a road user left rather than a road user.
+
+        A road user's outline is an edge in the frame and not in the background; the place a
+        parked car (or one that stood through the camera's warm-up) left is the reverse: the
+        background still holds the car's edges, the frame shows plain road. Found, its pixels
+        stop counting as foreground (see :meth:`_unghost`) instead of following the tracker
+        for the seconds MOG2 needs to learn the road back, and of being cut out of every car
+        that drives over it (``remember``: for a blob that stood still since the frame before).
+        The same test drops the small blobs inside a passing vehicle whose outline is no edge
+        in the frame (its windows, its shadow).
+        """
+        if model.grey is None or model.ref is None:
+            return False
+        x0, y0 = max(0, blob[0] - 2), max(0, blob[1] - 2)
+        x1, y1 = min(mask.shape[1], blob[2] + 2), min(mask.shape[0], blob[3] + 2)
+        ring = cv2.morphologyEx(mask[y0:y1, x0:x1], cv2.MORPH_GRADIENT, self._kernel) > 0
+        if not ring.any():
+            return False
+        now_edge = _edge_strength(model.grey[y0:y1, x0:x1])[ring]
+        then_edge = _edge_strength(model.ref[y0:y1, x0:x1])[ring]
+        now_sharper = float((now_edge > GHOST_EDGE_RATIO * then_edge + GHOST_MIN_EDGE).mean())
+        then_sharper = float((then_edge > GHOST_EDGE_RATIO * now_edge + GHOST_MIN_EDGE).mean())
+        if now_sharper >= GHOST_MAX_NOW or then_sharper < GHOST_MIN_THEN:
+            return False
+        if remember:
+            model.ghosts.append(_Ghost(x0, y0, model.grey[y0:y1, x0:x1].copy(), model.now + GHOST_HOLD_S))
+        return True
 
     def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
-        mask = self._update(self._model(camera_id), frame, at)
+        model = self._model(camera_id)
+        mask = self._update(model, frame, at)
         if mask is None:
             return []
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
@@ -227,10 +313,16 @@ class MotionDetector(Detector):
         inv = 1.0 / self.scale
         h_img, w_img = frame.shape[:2]
         found: list[Detection] = []
+        still, model.blobs = model.blobs, []
         for contour in contours:
             x, y, w, h = cv2.boundingRect(contour)
             area = w * h * inv * inv
             if area < self.min_area:
+                continue
+            blob = (x, y, x + w, y + h)
+            model.blobs.append(blob)
+            stood = any(iou(blob, before) >= GHOST_STILL_IOU for before in still)
+            if (stood or area < FRAGMENT_AREA) and self._is_ghost(model, mask, blob, remember=stood):
                 continue
             fill = cv2.contourArea(contour) / max(1.0, w * h)
             box = (x * inv, y * inv, min(w_img - 1.0, (x + w) * inv), min(h_img - 1.0, (y + h) * inv))
@@ -245,6 +337,13 @@ class MotionDetector(Detector):
         if w * h > 4200:
             return "truck" if w > 2.8 * h else "car"
         return "car" if w >= h else "person"
+
+
+def _edge_strength(grey: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of ``grey`` in grey levels per pixel (5x5 Sobel, L1: it smooths the noise)."""
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=5)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=5)
+    return (np.abs(gx) + np.abs(gy)) * (1.0 / 48.0)
 
 
 class YoloDetector(Detector):

@@ -20,6 +20,15 @@ def box_gap(a: Sequence[float], b: Sequence[float]) -> float:
     return math.hypot(dx, dy)
 
 
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def union_box(boxes: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
     """The smallest ``(x1, y1, x2, y2)`` box holding all of ``boxes``."""
     return (

@@ -25,17 +25,23 @@ from dataclasses import dataclass, field
 from itertools import count, pairwise
 
 from models.detectors import Detection
-from models.geometry import union_box
+from models.geometry import iou, union_box
 
 #: A track's predicted box must lie this much inside a blob to count as part of it.
 SPLIT_INSIDE = 0.6
 #: ... and the blob must be this much bigger than the largest such track (else it is just that one).
 SPLIT_BLOB = 1.25
+#: ... and two tracks whose parts overlap this much (IoU) are one road user (a pedestrian in
+#: front of a car overlaps it far less).
+DUPLICATE_IOU = 0.4
 #: A piece joins a track's other pieces when this much of it lies in the track's predicted box
 #: (grown by JOIN_MARGIN of its size each side), and it is smaller than JOIN_PIECE of that box.
 JOIN_INSIDE, JOIN_MARGIN, JOIN_PIECE = 0.7, 0.15, 0.8
 #: ... and when JOIN_EVIDENCE tracks were already cut in the gap's columns (CUT_CELL px wide).
 JOIN_EVIDENCE, CUT_CELL = 3, 8
+#: A track's cut is recorded from the blobs inside its predicted box grown this much each side
+#: (the piece that comes out from behind a post lies beyond the box of the piece it follows).
+CUT_MARGIN = 0.5
 
 
 @dataclass
@@ -59,14 +65,6 @@ class Track:
     @property
     def speed(self) -> float:
         return math.hypot(self.vx, self.vy)
-
-
-def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -95,6 +93,7 @@ class Tracker:
                 pred = _clip(track.predict(t), det.bbox)
                 if pred is not None and _area(pred) >= SPLIT_INSIDE * _area(track.predict(t)):
                     inside.append((track, pred))
+            inside = _distinct(inside)
             biggest = max((_area(track.bbox) for track, _ in inside), default=0.0)
             if len(inside) >= 2 and _area(det.bbox) >= SPLIT_BLOB * biggest:
                 for track, pred in inside:
@@ -111,34 +110,36 @@ class Tracker:
         if not established or len(detections) < 2:
             return detections
         preds = [tr.predict(t) for tr in established]
-        joined: dict[int, list[int]] = {}
+        grown = [_grow(pred, JOIN_MARGIN) for pred in preds]
+        joined: dict[int, list[int]] = {}  # track -> pieces it may take
+        cut: dict[int, list[int]] = {}  # track -> blobs inside it, claimed by others or not
+        wide = [_grow(pred, CUT_MARGIN) for pred in preds]
         for di, det in enumerate(detections):
-            near = sorted(((iou(pred, det.bbox), k) for k, pred in enumerate(preds)), reverse=True)
-            k = near[0][1]
-            if established[k].cls == "person" or (len(near) > 1 and near[1][0] > 0.05):
-                continue  # only vehicles break on a pole; a piece another track also claims stays
-            pred = preds[k]
-            mx, my = JOIN_MARGIN * (pred[2] - pred[0]), JOIN_MARGIN * (pred[3] - pred[1])
-            grown = (pred[0] - mx, pred[1] - my, pred[2] + mx, pred[3] + my)
-            inside = _clip(det.bbox, grown)
-            if (
-                inside is not None
-                and _area(inside) >= JOIN_INSIDE * _area(det.bbox)
-                and _area(det.bbox) < JOIN_PIECE * _area(pred)
-            ):
-                joined.setdefault(k, []).append(di)
+            share, k = max((_inside(det.bbox, box), k) for k, box in enumerate(wide))
+            if share < JOIN_INSIDE or established[k].cls == "person":
+                continue  # only vehicles break on a pole
+            cut.setdefault(k, []).append(di)
+            if _inside(det.bbox, grown[k]) < JOIN_INSIDE:
+                continue
+            claimed = any(iou(pred, det.bbox) > 0.05 for j, pred in enumerate(preds) if j != k)
+            if _area(det.bbox) < JOIN_PIECE * _area(preds[k]) and not claimed:
+                joined.setdefault(k, []).append(di)  # a piece another track also claims stays
+        for k, blobs in cut.items():
+            boxes = sorted(detections[di].bbox for di in blobs)
+            if len(boxes) >= 2 and _side_by_side(boxes) and self._fills(boxes, preds[k]):
+                self._record_cuts(boxes, established[k].track_id)
         out: list[Detection] = []
         taken: set[int] = set()
         for k, pieces in joined.items():
             if len(pieces) < 2:
                 continue
             boxes = sorted(detections[di].bbox for di in pieces)
-            if not _side_by_side(boxes) or not self._occluder_between(boxes, established[k].track_id):
+            if not _side_by_side(boxes) or not all(self._cut_known(a, b) for a, b in pairwise(boxes)):
                 continue
-            union = union_box(boxes)
-            if not 0.6 * _area(preds[k]) <= _area(union) <= 1.3 * _area(preds[k]):
+            if not self._fills(boxes, preds[k]):
                 continue
             taken.update(pieces)
+            union = union_box(boxes)
             part = Detection(established[k].cls, max(detections[di].conf for di in pieces), union)
             self._coasting[id(part)] = established[k].track_id
             out.append(part)
@@ -178,22 +179,25 @@ class Tracker:
         seen = sorted(len(self._cuts.get(cell, ())) for cell in cells)
         return bool(seen) and seen[len(seen) // 2] >= JOIN_EVIDENCE
 
-    def _occluder_between(self, boxes: list[tuple[float, float, float, float]], track_id: int) -> bool:
-        """Whether every gap between these pieces is where earlier vehicles were cut too.
+    @staticmethod
+    def _fills(boxes: list[tuple[float, float, float, float]], pred: tuple[float, float, float, float]) -> bool:
+        """Whether these pieces together are about the size of the track's predicted box."""
+        return 0.6 * _area(pred) <= _area(union_box(boxes)) <= 1.3 * _area(pred)
+
+    def _record_cuts(self, boxes: list[tuple[float, float, float, float]], track_id: int) -> None:
+        """Remember the columns where this vehicle track came apart in pieces.
 
         A post stands still and upright, so the vehicles passing behind it, in every lane, are
         cut in the same columns of the image; two cars that drove as one blob and now come
-        apart do so anywhere. Each cut is recorded by column; pieces are joined once
-        JOIN_EVIDENCE tracks were cut in the gap's columns.
+        apart do so anywhere. Pieces are joined once JOIN_EVIDENCE tracks were cut in the gap's
+        columns. Recorded whether or not the pieces are joined now: at 10 fps each piece soon
+        has a track of its own, and the evidence must still build up.
         """
-        joinable = True
         for a, b in pairwise(boxes):
-            joinable = self._cut_known(a, b) and joinable
             for cell in range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1):
                 tracks = self._cuts.setdefault(cell, set())
                 if len(tracks) < 2 * JOIN_EVIDENCE:
                     tracks.add(track_id)
-        return joinable
 
     def update(self, detections: list[Detection], t: float) -> list[Track]:
         """Assign each detection a track; returns the tracks matched in this frame, in order.
@@ -243,6 +247,21 @@ class Tracker:
         return [matched[di] for di in range(len(detections))]
 
 
+def _distinct(
+    inside: list[tuple[Track, tuple[float, float, float, float]]],
+) -> list[tuple[Track, tuple[float, float, float, float]]]:
+    """The tracks in a blob less those that duplicate an older one (two tracks on one road user).
+
+    A road user that stops, or comes apart in pieces for a moment, can leave a second track on
+    itself; splitting the blob by both would report the road user twice.
+    """
+    kept: list[tuple[Track, tuple[float, float, float, float]]] = []
+    for track, part in sorted(inside, key=lambda tp: -tp[0].hits):
+        if all(iou(part, other) < DUPLICATE_IOU for _, other in kept):
+            kept.append((track, part))
+    return kept
+
+
 def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
     """Pieces (sorted by left edge) of one thing cut by a post: apart, narrow gaps, same top and bottom.
 
@@ -254,6 +273,17 @@ def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
         if gap < 0 or gap > height or abs(a[1] - b[1]) > 0.15 * height or abs(a[3] - b[3]) > 0.15 * height:
             return False
     return True
+
+
+def _grow(b: tuple[float, float, float, float], margin: float) -> tuple[float, float, float, float]:
+    mx, my = margin * (b[2] - b[0]), margin * (b[3] - b[1])
+    return b[0] - mx, b[1] - my, b[2] + mx, b[3] + my
+
+
+def _inside(b: tuple[float, float, float, float], to: tuple[float, float, float, float]) -> float:
+    """The share of ``b`` that lies inside ``to``."""
+    part = _clip(b, to)
+    return _area(part) / max(1e-9, _area(b)) if part is not None else 0.0
 
 
 def _center(b: tuple[float, float, float, float]) -> tuple[float, float]:

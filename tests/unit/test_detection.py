@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.cameras import load_cameras
 from models.crops import crop_group
 from models.detectors import MotionDetector, ReplayDetector
+from models.geometry import iou
 from models.grouping import cluster
-from models.tracking import Tracker, iou
+from models.tracking import Tracker
 from sim.scene import Scene
 from streams.errors import ConfigError
 from streams.records import DetectedObject
@@ -155,7 +157,7 @@ def test_harder_scenes_ground_truth_follows_shake_light_poles_and_queues():
 
 def test_motion_path_on_the_harder_scenes_beats_the_plain_mog2_loop():
     # 20 s a scenario at 2 fps (bench/detection.py runs 60 s at 2, 5 and 10 fps). Measured:
-    # recall 0.938, pedestrians 0.924, precision 0.812; the plain loop 0.792 / 0.685 / 0.832
+    # recall 0.945, pedestrians 0.930, precision 0.951; the plain loop 0.792 / 0.685 / 0.832
     from bench.detection_quality import PlainMog2, Score, run_scenario
     from sim.scenarios import HARDER
 
@@ -165,8 +167,59 @@ def test_motion_path_on_the_harder_scenes_beats_the_plain_mog2_loop():
             total[name].add(score)
     ours, plain = total["roadwatch"].figures(), total["baseline"].figures()
     assert ours["objects"] > 1500 and ours["pedestrians"] > 400
-    assert ours["recall"] >= 0.90 and ours["pedestrian_recall"] >= 0.85 and ours["precision"] >= 0.75
+    assert ours["recall"] >= 0.90 and ours["pedestrian_recall"] >= 0.85 and ours["precision"] >= 0.85
     assert ours["recall"] >= plain["recall"] + 0.10
+
+
+@pytest.mark.parametrize("scenario", ["occluded", "stop_and_go"])
+def test_at_10_fps_posts_and_queues_do_not_multiply_boxes(scenario: str):
+    # at 10 fps each piece of a car behind a post, each stopped car's ghost and each second
+    # track on one road user used to become a box of its own: precision 0.68 (occluded) and
+    # 0.58 (stop_and_go) over 60 s. Measured now over 20 s: 0.848 and 0.889
+    from bench.detection_quality import run_scenario
+    from sim.scenarios import HARDER
+
+    figures = run_scenario(HARDER[scenario], 10, 20, {"roadwatch": MotionDetector})["roadwatch"].figures()
+    assert figures["recall"] >= 0.85 and figures["precision"] >= 0.80
+
+
+def _street(size: tuple[int, int] = (240, 320)) -> np.ndarray:
+    """A grey road with sensor noise and a lane marking (edges that are neither car nor ghost)."""
+    road = np.full((*size, 3), 110, np.uint8)
+    road[118:122, 20:300:40] = 220
+    return road
+
+
+def _with_car(frame: np.ndarray, x: int, y: int = 100) -> np.ndarray:
+    out = frame.copy()
+    out[y : y + 30, x : x + 70] = (60, 60, 150)
+    out[y + 5 : y + 14, x + 15 : x + 50] = 40  # windows
+    return out
+
+
+def _noisy(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+
+
+def test_the_place_a_parked_car_left_is_not_a_road_user_but_a_car_that_stops_is():
+    from models.detectors import WARM_UP_S
+
+    rng = np.random.default_rng(1)
+    street, detector = _street(), MotionDetector()
+    seen: dict[float, list[tuple[float, float, float, float]]] = {}
+    for i in range(60):  # 2 fps for 30 s
+        t = i / 2
+        frame = street
+        if t < 12:
+            frame = _with_car(frame, 40)  # parked through the warm-up, leaves at 12 s
+        if t >= 16:
+            frame = _with_car(frame, 200)  # another stops at 16 s and stays
+        seen[t] = [d.bbox for d in detector.detect("c", _noisy(frame, rng), i, at=t)]
+    ghost = [t for t, boxes in seen.items() if t >= 12.5 and any(b[0] < 130 for b in boxes)]
+    assert len(ghost) <= 1, ghost  # without the ghost test: reported every frame until ~21 s
+    stopped = [t for t, boxes in seen.items() if t >= 16 and any(iou(b, (200, 100, 270, 130)) >= 0.5 for b in boxes)]
+    assert len(stopped) >= 14  # a real car that stands still is reported while it is foreground
+    assert WARM_UP_S < 12
 
 
 def test_shake_is_measured_and_undone():
