@@ -26,7 +26,6 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from models.geometry import iou
 from streams.errors import ConfigError
 
 DetectorKind = Literal["motion", "yolo", "replay"]
@@ -67,7 +66,7 @@ MIN_GAIN_STEP, MIN_SHIFT_PX = 0.02, 0.25
 #: Corners to measure shake are picked again from the reference every REFRESH_S seconds (8 ms
 #: a pick at 640x360, so not every frame; the reference itself changes over BACKGROUND_S);
 #: fewer than MIN_POINTS found or followed and the frame is used unaligned.
-REFRESH_S, MIN_POINTS = 10.0, 8
+REFRESH_S, MIN_POINTS = 30.0, 8
 #: A blob is a ghost (the place a road user left, not a road user) when less than GHOST_MAX_NOW
 #: of its outline is an edge in the frame and at least GHOST_MIN_THEN is one in the background;
 #: an outline pixel is an edge in one picture when its gradient there exceeds GHOST_EDGE_RATIO
@@ -115,8 +114,8 @@ class _CameraModel:
     #: the last frame's grey picture, aligned and light-corrected like ``ref``, and its time
     grey: np.ndarray | None = None
     now: float = 0.0
-    #: the last frame's blobs (x1, y1, x2, y2): a blob that has not moved may be a ghost
-    blobs: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: the last frame's blobs, rows of (x1, y1, x2, y2): a blob that has not moved may be a ghost
+    blobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 class MotionDetector(Detector):
@@ -313,16 +312,15 @@ class MotionDetector(Detector):
         inv = 1.0 / self.scale
         h_img, w_img = frame.shape[:2]
         found: list[Detection] = []
-        still, model.blobs = model.blobs, []
-        for contour in contours:
-            x, y, w, h = cv2.boundingRect(contour)
-            area = w * h * inv * inv
-            if area < self.min_area:
-                continue
-            blob = (x, y, x + w, y + h)
-            model.blobs.append(blob)
-            stood = any(iou(blob, before) >= GHOST_STILL_IOU for before in still)
-            if (stood or area < FRAGMENT_AREA) and self._is_ghost(model, mask, blob, remember=stood):
+        kept = [(contour, cv2.boundingRect(contour)) for contour in contours]
+        kept = [(contour, (x, y, w, h)) for contour, (x, y, w, h) in kept if w * h * inv * inv >= self.min_area]
+        blobs = np.array([(x, y, x + w, y + h) for _, (x, y, w, h) in kept], np.float32).reshape(-1, 4)
+        stood = _best_iou(blobs, model.blobs) >= GHOST_STILL_IOU
+        model.blobs = blobs
+        for n, (contour, (x, y, w, h)) in enumerate(kept):
+            if (stood[n] or w * h * inv * inv < FRAGMENT_AREA) and self._is_ghost(
+                model, mask, (x, y, x + w, y + h), remember=bool(stood[n])
+            ):
                 continue
             fill = cv2.contourArea(contour) / max(1.0, w * h)
             box = (x * inv, y * inv, min(w_img - 1.0, (x + w) * inv), min(h_img - 1.0, (y + h) * inv))
@@ -337,6 +335,20 @@ class MotionDetector(Detector):
         if w * h > 4200:
             return "truck" if w > 2.8 * h else "car"
         return "car" if w >= h else "person"
+
+
+def _best_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each row of ``boxes``, its largest IoU with a row of ``others`` (all x1, y1, x2, y2)."""
+    if not len(boxes) or not len(others):
+        return np.zeros(len(boxes), np.float32)
+    a, b = boxes[:, None, :], others[None, :, :]
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = ix * iy
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    best: np.ndarray = (inter / np.maximum(area_a + area_b - inter, 1e-6)).max(axis=1)
+    return best
 
 
 def _edge_strength(grey: np.ndarray) -> np.ndarray:
