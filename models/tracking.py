@@ -29,6 +29,9 @@ from models.geometry import iou, union_box
 
 #: A track's predicted box must lie this much inside a blob to count as part of it.
 SPLIT_INSIDE = 0.6
+#: A prediction that reaches out of the blob (SPLIT_TOUCH of it still inside) is slid back in by
+#: up to SPLIT_SLIDE of its size before that test.
+SPLIT_TOUCH, SPLIT_SLIDE = 0.3, 0.6
 #: ... and the blob must be this much bigger than the largest such track (else it is just that one).
 SPLIT_BLOB = 1.25
 #: ... and two tracks whose parts overlap this much (IoU) are one road user (a pedestrian in
@@ -42,6 +45,9 @@ JOIN_EVIDENCE, CUT_CELL = 3, 8
 #: A track's cut is recorded from the blobs inside its predicted box grown this much each side
 #: (the piece that comes out from behind a post lies beyond the box of the piece it follows).
 CUT_MARGIN = 0.5
+
+
+Box = tuple[float, float, float, float]
 
 
 @dataclass
@@ -87,11 +93,24 @@ class Tracker:
         if len(established) < 2:
             return detections
         out: list[Detection] = []
-        for det in detections:
+        preds = {track.track_id: track.predict(t) for track in established}
+        # a track belongs to the blob holding most of it (not to a neighbour it brushes)
+        home = {
+            tid: max(range(len(detections)), key=lambda di: _inside(pred, detections[di].bbox))
+            for tid, pred in preds.items()
+        }
+        for di, det in enumerate(detections):
             inside = []
             for track in established:
-                pred = _clip(track.predict(t), det.bbox)
-                if pred is not None and _area(pred) >= SPLIT_INSIDE * _area(track.predict(t)):
+                whole = preds[track.track_id]
+                if home[track.track_id] != di or _inside(whole, det.bbox) < SPLIT_TOUCH:
+                    continue
+                # a vehicle that stopped while merged is where it stood, not where its velocity
+                # would carry it: the prediction slides back into the blob (a pedestrian's
+                # does not: sliding cost 1 point of pedestrian recall on the distant scene)
+                slide = SPLIT_SLIDE if track.cls != "person" else 0.0
+                pred = _clip(_slide_into(whole, det.bbox, slide), det.bbox)
+                if pred is not None and _area(pred) >= SPLIT_INSIDE * _area(whole):
                     inside.append((track, pred))
             inside = _distinct(inside)
             biggest = max((_area(track.bbox) for track, _ in inside), default=0.0)
@@ -273,6 +292,20 @@ def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
         if gap < 0 or gap > height or abs(a[1] - b[1]) > 0.15 * height or abs(a[3] - b[3]) > 0.15 * height:
             return False
     return True
+
+
+def _slide_into(b: Box, to: Box, limit: float) -> Box:
+    """``b`` moved (by at most ``limit`` of its width and height) to lie inside ``to`` as far as it fits."""
+    dx = _shift_into(b[0], b[2], to[0], to[2], limit * (b[2] - b[0]))
+    dy = _shift_into(b[1], b[3], to[1], to[3], limit * (b[3] - b[1]))
+    return b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy
+
+
+def _shift_into(lo: float, hi: float, to_lo: float, to_hi: float, limit: float) -> float:
+    if hi - lo > to_hi - to_lo:
+        return 0.0  # wider than the blob: nothing to slide
+    shift = to_lo - lo if lo < to_lo else (to_hi - hi if hi > to_hi else 0.0)
+    return max(-limit, min(limit, shift))
 
 
 def _grow(b: tuple[float, float, float, float], margin: float) -> tuple[float, float, float, float]:

@@ -293,6 +293,25 @@ def test_a_vehicle_cut_by_a_post_is_joined_only_where_vehicles_are_cut():
     assert any(d.bbox[2] - d.bbox[0] < 60 for d in elsewhere)  # a gap nobody was cut at is not
 
 
+def test_a_car_that_stops_while_merged_with_a_pedestrian_is_split_where_it_stands():
+    from models.detectors import Detection
+
+    tracker = Tracker()
+    person = (300.0, 60.0, 314.0, 98.0)  # waiting at the kerb, just above the lane
+    for i in range(9):
+        t = i * 0.5
+        x = max(300.0, 420.0 - 60.0 * t)  # drives left at 60 px/s, stops at x = 300 from t = 2
+        car = (x, 100.0, x + 70.0, 132.0)
+        if t <= 2.0:
+            dets = [Detection("car", 0.9, car), Detection("person", 0.9, person)]
+        else:  # one blob from here on: without sliding, the car's track was predicted 30 px on
+            dets = [Detection("car", 0.9, (300.0, 60.0, 370.0, 132.0))]
+        found = tracker.split_merged(dets, t)
+        tracker.update(found, t)
+        assert any(iou(d.bbox, car) >= 0.5 for d in found), (t, found)
+        assert any(iou(d.bbox, person) >= 0.5 for d in found), (t, found)
+
+
 def test_detection_score_ignores_hidden_and_long_still_road_users():
     from bench.detection_quality import Score, score_frame
     from models.detectors import Detection
