@@ -26,6 +26,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from models.geometry import iou_matrix
 from streams.errors import ConfigError
 
 DetectorKind = Literal["motion", "yolo", "replay"]
@@ -341,13 +342,7 @@ def _best_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     """For each row of ``boxes``, its largest IoU with a row of ``others`` (all x1, y1, x2, y2)."""
     if not len(boxes) or not len(others):
         return np.zeros(len(boxes), np.float32)
-    a, b = boxes[:, None, :], others[None, :, :]
-    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    best: np.ndarray = (inter / np.maximum(area_a + area_b - inter, 1e-6)).max(axis=1)
+    best: np.ndarray = iou_matrix(boxes, others).max(axis=1)
     return best
 
 

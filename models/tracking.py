@@ -24,8 +24,10 @@ import math
 from dataclasses import dataclass, field
 from itertools import count, pairwise
 
+import numpy as np
+
 from models.detectors import Detection
-from models.geometry import iou, union_box
+from models.geometry import areas, intersections, iou, iou_matrix, union_box
 
 #: A track's predicted box must lie this much inside a blob to count as part of it.
 SPLIT_INSIDE = 0.6
@@ -93,18 +95,17 @@ class Tracker:
         if len(established) < 2:
             return detections
         out: list[Detection] = []
-        preds = {track.track_id: track.predict(t) for track in established}
-        # a track belongs to the blob holding most of it (not to a neighbour it brushes)
-        home = {
-            tid: max(range(len(detections)), key=lambda di: _inside(pred, detections[di].bbox))
-            for tid, pred in preds.items()
-        }
+        preds = [track.predict(t) for track in established]
+        blob_arr = np.array([det.bbox for det in detections], np.float64).reshape(-1, 4)
+        pred_arr = np.array(preds, np.float64)
+        # share of each track's prediction inside each blob; a track belongs to the blob holding
+        # most of it (not to a neighbour it brushes)
+        share = intersections(pred_arr, blob_arr) / np.maximum(areas(pred_arr), 1e-9)[:, None]
+        home = share.argmax(axis=1) if len(detections) else np.zeros(0, np.int64)
         for di, det in enumerate(detections):
             inside = []
-            for track in established:
-                whole = preds[track.track_id]
-                if home[track.track_id] != di or _inside(whole, det.bbox) < SPLIT_TOUCH:
-                    continue
+            for k in np.flatnonzero((home == di) & (share[:, di] >= SPLIT_TOUCH)).tolist():
+                track, whole = established[k], preds[k]
                 # a vehicle that stopped while merged is where it stood, not where its velocity
                 # would carry it: the prediction slides back into the blob (a pedestrian's
                 # does not: sliding cost 1 point of pedestrian recall on the distant scene)
@@ -129,18 +130,23 @@ class Tracker:
         if not established or len(detections) < 2:
             return detections
         preds = [tr.predict(t) for tr in established]
-        grown = [_grow(pred, JOIN_MARGIN) for pred in preds]
+        pred_arr = np.array(preds, np.float64)
+        blob_arr = np.array([det.bbox for det in detections], np.float64)
+        own = np.maximum(areas(blob_arr), 1e-9)[:, None]
+        in_wide = intersections(blob_arr, _grow_all(pred_arr, CUT_MARGIN)) / own
+        in_grown = intersections(blob_arr, _grow_all(pred_arr, JOIN_MARGIN)) / own
+        touches = iou_matrix(blob_arr, pred_arr) > 0.05
+        last = in_wide.shape[1] - 1
         joined: dict[int, list[int]] = {}  # track -> pieces it may take
         cut: dict[int, list[int]] = {}  # track -> blobs inside it, claimed by others or not
-        wide = [_grow(pred, CUT_MARGIN) for pred in preds]
         for di, det in enumerate(detections):
-            share, k = max((_inside(det.bbox, box), k) for k, box in enumerate(wide))
-            if share < JOIN_INSIDE or established[k].cls == "person":
+            k = last - int(in_wide[di, ::-1].argmax())  # the last of equals, as max() of (share, k)
+            if in_wide[di, k] < JOIN_INSIDE or established[k].cls == "person":
                 continue  # only vehicles break on a pole
             cut.setdefault(k, []).append(di)
-            if _inside(det.bbox, grown[k]) < JOIN_INSIDE:
+            if in_grown[di, k] < JOIN_INSIDE:
                 continue
-            claimed = any(iou(pred, det.bbox) > 0.05 for j, pred in enumerate(preds) if j != k)
+            claimed = bool(touches[di].sum() - touches[di, k])
             if _area(det.bbox) < JOIN_PIECE * _area(preds[k]) and not claimed:
                 joined.setdefault(k, []).append(di)  # a piece another track also claims stays
         for k, blobs in cut.items():
@@ -225,17 +231,26 @@ class Tracker:
         """
         coasting, self._coasting = self._coasting, {}
         pairs: list[tuple[float, int, int]] = []
-        for ti, track in enumerate(self.tracks):
-            pred = track.predict(t)
-            size = max(pred[2] - pred[0], pred[3] - pred[1], 1.0)
-            for di, det in enumerate(detections):
-                overlap = iou(pred, det.bbox)
-                dist = math.dist(_center(pred), _center(det.bbox)) / size
-                if coasting.get(id(det)) == track.track_id:
-                    pairs.append((10.0, ti, di))  # a split part goes back to its own track
-                elif overlap > 0.05 or dist < self.max_center_dist:
-                    same_kind = (track.cls == "person") == (det.cls == "person")
-                    pairs.append((overlap - 0.2 * dist + (0.2 if same_kind else -0.5), ti, di))
+        if self.tracks and detections:
+            pred_arr = np.array([track.predict(t) for track in self.tracks], np.float64)
+            boxes = np.array([det.bbox for det in detections], np.float64)
+            overlap = iou_matrix(pred_arr, boxes)
+            size = np.maximum(np.maximum(pred_arr[:, 2] - pred_arr[:, 0], pred_arr[:, 3] - pred_arr[:, 1]), 1.0)
+            pc, dc = _centers(pred_arr), _centers(boxes)
+            dist = np.hypot(pc[:, None, 0] - dc[None, :, 0], pc[:, None, 1] - dc[None, :, 1]) / size[:, None]
+            track_person = np.array([track.cls == "person" for track in self.tracks])
+            det_person = np.array([det.cls == "person" for det in detections])
+            kind = np.where(track_person[:, None] == det_person[None, :], 0.2, -0.5)
+            score = overlap - 0.2 * dist + kind
+            near = (overlap > 0.05) | (dist < self.max_center_dist)
+            split_of = {di: coasting.get(id(det)) for di, det in enumerate(detections) if id(det) in coasting}
+            row_of = {track.track_id: ti for ti, track in enumerate(self.tracks)}
+            for di, tid in split_of.items():  # a split part goes back to its own track
+                if tid in row_of:
+                    near[row_of[tid], di] = False
+                    pairs.append((10.0, row_of[tid], di))
+            ti_s, di_s = np.nonzero(near)
+            pairs += zip(score[ti_s, di_s].tolist(), ti_s.tolist(), di_s.tolist(), strict=True)
         pairs.sort(reverse=True)
         used_t: set[int] = set()
         matched: dict[int, Track] = {}
@@ -308,9 +323,16 @@ def _shift_into(lo: float, hi: float, to_lo: float, to_hi: float, limit: float) 
     return max(-limit, min(limit, shift))
 
 
-def _grow(b: tuple[float, float, float, float], margin: float) -> tuple[float, float, float, float]:
-    mx, my = margin * (b[2] - b[0]), margin * (b[3] - b[1])
-    return b[0] - mx, b[1] - my, b[2] + mx, b[3] + my
+def _grow_all(boxes: np.ndarray, margin: float) -> np.ndarray:
+    """Each row box grown by ``margin`` of its width and height on every side."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.stack(
+        [boxes[:, 0] - margin * w, boxes[:, 1] - margin * h, boxes[:, 2] + margin * w, boxes[:, 3] + margin * h], axis=1
+    )
+
+
+def _centers(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
 
 
 def _inside(b: tuple[float, float, float, float], to: tuple[float, float, float, float]) -> float:
