@@ -76,9 +76,20 @@ REFRESH_S, MIN_POINTS = 30.0, 8
 GHOST_MAX_NOW, GHOST_MIN_THEN = 0.25, 0.15
 GHOST_EDGE_RATIO, GHOST_MIN_EDGE = 1.5, 2.0
 #: A ghost's pixels are not foreground while they keep the look they had when it was found
-#: (within GHOST_TOL grey levels), for GHOST_HOLD_S: about as long as the background model
-#: itself needs to take the uncovered road back (background_s * ln(1/0.75) ~ 8.6 s).
-GHOST_TOL, GHOST_HOLD_S = 6, 10.0
+#: (within GHOST_TOL grey levels: twice the sensor noise), for GHOST_HOLD of background_s: a
+#: little longer than the background model itself needs to take the uncovered road back
+#: (background_s * ln(1/0.75), 8.6 s of 30 s).
+GHOST_TOL, GHOST_HOLD = 6, 1.0 / 3.0
+#: Below this mean grey level (the reference's) a camera is seeing night: headlights throw lit
+#: patches on the road that move with each vehicle. A foreground pixel LIT_MIN..LIT_MAX times
+#: brighter than the background in every channel alike (spread under LIT_SPREAD of the ratio)
+#: is lit road, not a road user. The background colour picture is taken from MOG2 every
+#: BACKGROUND_PICTURE_S (1.4 ms a take at 640x360).
+NIGHT_BELOW = 45.0
+LIT_MIN, LIT_MAX, LIT_SPREAD, LIT_TEXTURE = 1.2, 4.0, 0.4, 0.3
+#: A blob is re-cut only when at least this share of it is lit road.
+LIT_SHARE = 0.05
+BACKGROUND_PICTURE_S = 2.0
 #: Only a blob that stands still (this IoU with one of the frame before) or is smaller than
 #: FRAGMENT_AREA px takes the ghost test: it costs ~10% of a frame when every blob takes it.
 GHOST_STILL_IOU, FRAGMENT_AREA = 0.8, 1500.0
@@ -105,16 +116,23 @@ class _CameraModel:
     ref_u8: np.ndarray | None = None
     points: np.ndarray | None = None
     points_at: float = 0.0
-    first_at: float | None = None
     at: float | None = None
     frames: int = 0
     #: frames kept for the first background, until it is made
     warm: list[np.ndarray] = field(default_factory=list)
     ready: bool = False
     ghosts: list[_Ghost] = field(default_factory=list)
-    #: the last frame's grey picture, aligned and light-corrected like ``ref``, and its time
+    #: the last frame's grey picture, aligned and light-corrected like ``ref``
     grey: np.ndarray | None = None
+    #: seconds since the camera's first frame, summed from frame intervals (see ``_update``)
     now: float = 0.0
+    #: the frames' size: a camera whose stream changes size starts over
+    shape: tuple[int, ...] = ()
+    #: the last frame, aligned and light-corrected (colour)
+    image: np.ndarray | None = None
+    #: MOG2's background as a colour picture, taken at ``background_at`` (night only)
+    background: np.ndarray | None = None
+    background_at: float = -math.inf
     #: the last frame's blobs, rows of (x1, y1, x2, y2): a blob that has not moved may be a ghost
     blobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
@@ -139,8 +157,10 @@ class MotionDetector(Detector):
         min_area: float = 120.0,
         background_s: float = BACKGROUND_S,
         stabilise: bool = True,
+        night_below: float = NIGHT_BELOW,
     ) -> None:
         self.scale = scale
+        self.night_below = night_below
         self.min_area = min_area
         self.background_s = background_s
         self.stabilise = stabilise
@@ -229,17 +249,16 @@ class MotionDetector(Detector):
 
     def _update(self, model: _CameraModel, frame: np.ndarray, at: float | None) -> np.ndarray | None:
         """The foreground mask of ``frame`` after learning from it; None while warming up."""
-        if at is None or model.at is None or model.first_at is None:
-            dt = 1.0 / ASSUMED_FPS  # no clock: assume the shipped rate
-            elapsed = (model.frames + 1) * dt
+        if at is None or model.at is None:
+            dt = 1.0 / ASSUMED_FPS  # no clock (or the first frame): assume the shipped rate
         else:
-            dt = max(1e-3, at - model.at)
-            elapsed = at - model.first_at + dt
-        if model.first_at is None:
-            model.first_at = at
+            dt = max(1e-3, at - model.at)  # a wall clock stepped back counts as a moment
         model.frames += 1
         model.at = at
-        model.now = at if at is not None else elapsed
+        # the camera's own clock, in seconds since it started: capture times may jump (NTP) or
+        # stop coming, and the warm-up, corner refresh and ghost hold must not jump with them
+        model.now += dt
+        elapsed = model.now
         image = self._small(frame)
         if not model.ready:
             if len(model.warm) * WARM_UP_S / WARM_SAMPLES <= elapsed:
@@ -254,7 +273,44 @@ class MotionDetector(Detector):
         image, model.grey = self._align(model, image, rate)
         mask = model.mog.apply(image, learningRate=rate)
         self._unghost(model, mask)
+        model.image = image
         return mask
+
+    def _unlight(
+        self, model: _CameraModel, mask: np.ndarray, blobs: list[tuple[np.ndarray, tuple[int, int, int, int]]]
+    ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+        """The blobs less the road lit by headlights (at night): what is left of each, re-cut.
+
+        A vehicle's headlights at night make a patch of road ahead of it foreground, moving with
+        it: its box doubles in length and no longer matches the vehicle (recall 0.17 on the
+        night scene without this). Lit road is the background brightened alike in every channel
+        (LIT_MIN..LIT_MAX times, spread under LIT_SPREAD) with the road's own texture showing
+        through (correlation over 7x7 px above LIT_TEXTURE); a light grey car is brighter than
+        the road in every channel alike too, but it has no asphalt grain on it.
+        """
+        image = model.image
+        if image is None:
+            return blobs
+        if model.background is None or model.now >= model.background_at + BACKGROUND_PICTURE_S:
+            model.background = model.mog.getBackgroundImage()
+            model.background_at = model.now
+        background = model.background
+        if background is None or background.shape != image.shape:
+            return blobs
+        out: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
+        for contour, (x, y, w, h) in blobs:
+            own = np.zeros((h, w), np.uint8)
+            cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
+            own &= mask[y : y + h, x : x + w]
+            lit = _lit_road(image[y : y + h, x : x + w], background[y : y + h, x : x + w]) & (own > 0)
+            if int(lit.sum()) < LIT_SHARE * cv2.countNonZero(own):
+                out.append((contour, (x, y, w, h)))
+                continue
+            own[lit] = 0
+            opened = cv2.morphologyEx(own, cv2.MORPH_OPEN, self._kernel)
+            parts, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
+            out += [_blob(part) for part in parts]
+        return out
 
     @staticmethod
     def _unghost(model: _CameraModel, mask: np.ndarray) -> None:
@@ -300,11 +356,19 @@ class MotionDetector(Detector):
         if now_sharper >= GHOST_MAX_NOW or then_sharper < GHOST_MIN_THEN:
             return False
         if remember:
-            model.ghosts.append(_Ghost(x0, y0, model.grey[y0:y1, x0:x1].copy(), model.now + GHOST_HOLD_S))
+            model.ghosts.append(
+                _Ghost(x0, y0, model.grey[y0:y1, x0:x1].copy(), model.now + GHOST_HOLD * self.background_s)
+            )
         return True
 
     def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
         model = self._model(camera_id)
+        if model.shape != frame.shape:
+            if model.shape:  # the stream changed size: what was learnt no longer fits
+                with self._lock:
+                    del self._models[camera_id]
+                model = self._model(camera_id)
+            model.shape = frame.shape
         mask = self._update(model, frame, at)
         if mask is None:
             return []
@@ -313,8 +377,11 @@ class MotionDetector(Detector):
         inv = 1.0 / self.scale
         h_img, w_img = frame.shape[:2]
         found: list[Detection] = []
-        kept = [(contour, cv2.boundingRect(contour)) for contour in contours]
+        kept = [_blob(contour) for contour in contours]
         kept = [(contour, (x, y, w, h)) for contour, (x, y, w, h) in kept if w * h * inv * inv >= self.min_area]
+        if kept and model.ref is not None and cv2.mean(model.ref)[0] < self.night_below:
+            kept = self._unlight(model, mask, kept)
+            kept = [(contour, (x, y, w, h)) for contour, (x, y, w, h) in kept if w * h * inv * inv >= self.min_area]
         blobs = np.array([(x, y, x + w, y + h) for _, (x, y, w, h) in kept], np.float32).reshape(-1, 4)
         stood = _best_iou(blobs, model.blobs) >= GHOST_STILL_IOU
         model.blobs = blobs
@@ -338,12 +405,37 @@ class MotionDetector(Detector):
         return "car" if w >= h else "person"
 
 
+def _blob(contour: Any) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A contour with its bounding rectangle (x, y, w, h)."""
+    x, y, w, h = cv2.boundingRect(contour)
+    return np.asarray(contour), (int(x), int(y), int(w), int(h))
+
+
 def _best_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     """For each row of ``boxes``, its largest IoU with a row of ``others`` (all x1, y1, x2, y2)."""
     if not len(boxes) or not len(others):
         return np.zeros(len(boxes), np.float32)
     best: np.ndarray = iou_matrix(boxes, others).max(axis=1)
     return best
+
+
+def _lit_road(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Pixels of ``frame`` that are ``background`` under more light: brighter alike, same grain."""
+    f = frame.astype(np.float32) + 1.0
+    b = background.astype(np.float32) + 1.0
+    ratio = f / b
+    k = ratio.mean(axis=2)
+    alike = (k > LIT_MIN) & (k < LIT_MAX) & ((ratio.max(axis=2) - ratio.min(axis=2)) < LIT_SPREAD * k)
+    if not alike.any():
+        none: np.ndarray = alike
+        return none
+    fg, bg = f.mean(axis=2), b.mean(axis=2)
+    mf, mb = cv2.blur(fg, (7, 7)), cv2.blur(bg, (7, 7))
+    cov = cv2.blur(fg * bg, (7, 7)) - mf * mb
+    var = (cv2.blur(fg * fg, (7, 7)) - mf * mf) * (cv2.blur(bg * bg, (7, 7)) - mb * mb)
+    grain = cov / np.sqrt(np.maximum(var, 1e-6))
+    lit: np.ndarray = alike & (grain > LIT_TEXTURE)
+    return lit
 
 
 def _edge_strength(grey: np.ndarray) -> np.ndarray:

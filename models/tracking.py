@@ -9,7 +9,9 @@ A pixel-based detector sees a pedestrian crossing in front of a car as one blob:
 moment that matters. :meth:`Tracker.split_merged` undoes that: a detection that holds the
 predicted boxes of two or more established tracks is replaced by those boxes (clipped to it),
 so each road user keeps its box and id through the overlap (the classic blob-tracker merge
-handling). Objects that were never seen apart stay merged.
+handling). A track counts only in the blob holding most of it; a vehicle's prediction that
+reaches out of the blob slides back in first (it may have stopped while merged); a second track
+on the same road user is left out. Objects that were never seen apart stay merged.
 
 The reverse happens too: a lamp post or a sign in front of the road cuts a passing car into two
 blobs, each too narrow to look like a car. Pieces that lie inside one established vehicle
@@ -135,12 +137,14 @@ class Tracker:
         own = np.maximum(areas(blob_arr), 1e-9)[:, None]
         in_wide = intersections(blob_arr, _grow_all(pred_arr, CUT_MARGIN)) / own
         in_grown = intersections(blob_arr, _grow_all(pred_arr, JOIN_MARGIN)) / own
-        touches = iou_matrix(blob_arr, pred_arr) > 0.05
-        last = in_wide.shape[1] - 1
+        near = iou_matrix(blob_arr, pred_arr)
+        touches = near > 0.05
         joined: dict[int, list[int]] = {}  # track -> pieces it may take
         cut: dict[int, list[int]] = {}  # track -> blobs inside it, claimed by others or not
         for di, det in enumerate(detections):
-            k = last - int(in_wide[di, ::-1].argmax())  # the last of equals, as max() of (share, k)
+            best = np.flatnonzero(in_wide[di] == in_wide[di].max())
+            # a piece often lies wholly in two neighbours' widened boxes: the nearer one takes it
+            k = int(best[0]) if len(best) == 1 else int(best[np.argmax(in_grown[di, best] + near[di, best])])
             if in_wide[di, k] < JOIN_INSIDE or established[k].cls == "person":
                 continue  # only vehicles break on a pole
             cut.setdefault(k, []).append(di)
@@ -284,7 +288,7 @@ class Tracker:
 def _distinct(
     inside: list[tuple[Track, tuple[float, float, float, float]]],
 ) -> list[tuple[Track, tuple[float, float, float, float]]]:
-    """The tracks in a blob less those that duplicate an older one (two tracks on one road user).
+    """The tracks in a blob less those that duplicate a longer-lived one (two tracks on one road user).
 
     A road user that stops, or comes apart in pieces for a moment, can leave a second track on
     itself; splitting the blob by both would report the road user twice.
@@ -333,12 +337,6 @@ def _grow_all(boxes: np.ndarray, margin: float) -> np.ndarray:
 
 def _centers(boxes: np.ndarray) -> np.ndarray:
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-
-
-def _inside(b: tuple[float, float, float, float], to: tuple[float, float, float, float]) -> float:
-    """The share of ``b`` that lies inside ``to``."""
-    part = _clip(b, to)
-    return _area(part) / max(1e-9, _area(b)) if part is not None else 0.0
 
 
 def _center(b: tuple[float, float, float, float]) -> tuple[float, float]:

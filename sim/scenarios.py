@@ -37,6 +37,7 @@ HARDER: dict[str, str] = {
     "clouds": "sim://scene?seed=14&vehicles=0.4&pedestrians=0.15&light=clouds&follow=1",
     "occluded": "sim://scene?seed=15&vehicles=0.4&pedestrians=0.15&poles=3&follow=1",
     "stop_and_go": "sim://scene?seed=16&vehicles=0.4&pedestrians=0.15&stops=0.5&kerb=2-8&follow=1",
+    "night": "sim://scene?seed=17&vehicles=0.4&pedestrians=0.15&light=night&follow=1",
 }
 
 

@@ -84,7 +84,11 @@ class TruthBox:
     visible: float = 1.0
 
 
-Light = Literal["steady", "dusk", "clouds"]
+#: At night the street gets this share of the light it was drawn with; headlights add
+#: HEADLIGHT_GAIN over HEADLIGHT_REACH vehicle lengths ahead (a lit road at about twice its
+#: night brightness).
+NIGHT_GAIN, HEADLIGHT_GAIN, HEADLIGHT_REACH = 0.35, 0.45, 1.0
+Light = Literal["steady", "dusk", "clouds", "night"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,9 @@ class Conditions:
     * ``scale``: road users drawn (and moving) at this size, for small and distant ones;
     * ``shake_px``: the camera on a pole in the wind: every frame shifted by up to this much;
     * ``light``: ``dusk`` dims the street to half over a minute; ``clouds`` darkens it by a third
-      within 0.3 s, for 4-10 s, every 15-30 s;
+      within 0.3 s, for 4-10 s, every 15-30 s; ``night`` keeps it at a third and every vehicle
+      throws its headlights on the road ahead of it (a lit patch as long as the vehicle, moving
+      with it: no road user, but foreground to a background model);
     * ``poles``: static occluders (lamp posts, sign poles) in front of the road;
     * ``stop_and_go``: share of vehicles that stop mid-frame for 3-12 s and drive on;
     * ``kerb_wait_s``: pedestrians wait at the kerb this long (min, max) before crossing;
@@ -278,6 +284,8 @@ class Scene:
         light = self.conditions.light
         if light == "dusk":
             return 1.0 - 0.5 * min(1.0, max(0.0, (t - 20.0) / 60.0))
+        if light == "night":
+            return NIGHT_GAIN
         if light == "clouds":
             i = bisect.bisect_right(self.clouds, (t, math.inf)) - 1
             if i >= 0:
@@ -350,12 +358,41 @@ class Scene:
             shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
             frame = cv2.warpAffine(frame, shift, (self.width, self.height), borderMode=cv2.BORDER_REPLICATE)
         gain = self.gain(t)
+        lit = self._headlights(boxes) if self.conditions.light == "night" else None
         if self.noise or gain != 1.0:
-            out = frame.astype(np.float32) * gain
+            out = frame.astype(np.float32) * (gain if lit is None else (gain + lit)[..., None])
             if self.noise:
                 out += self._noise_rng.normal(0, self.noise, (*frame.shape[:2], 1))
             frame = np.clip(out, 0, 255).astype(np.uint8)
         return frame, boxes
+
+    def _headlights(self, boxes: list[TruthBox]) -> np.ndarray:
+        """Extra light on the street from each vehicle's headlights: a soft patch ahead of it.
+
+        Drawn in frame coordinates from the truth boxes (shake included), brightest nearest the
+        vehicle; a pedestrian crossing in it is lit too.
+        """
+        light = np.zeros((self.height, self.width), np.float32)
+        for box in boxes:
+            if box.cls == "person":
+                continue
+            actor = self._by_id[box.actor_id]
+            x1, y1, x2, y2 = box.bbox
+            length, h = x2 - x1, y2 - y1
+            ahead = 1 if actor.vx >= 0 else -1
+            front = x2 if ahead > 0 else x1
+            far = front + ahead * HEADLIGHT_REACH * length
+            pts = np.array(
+                [
+                    (front, y1 + 0.45 * h),
+                    (far, y1 + 0.15 * h),
+                    (far, y2 + 0.15 * h),
+                    (front, y2 - 0.05 * h),
+                ],
+                np.int32,
+            )
+            cv2.fillConvexPoly(light, pts, HEADLIGHT_GAIN)
+        return cv2.GaussianBlur(light, (0, 0), 4.0)
 
     @staticmethod
     def _draw(frame: np.ndarray, actor: Actor, bbox: tuple[float, float, float, float]) -> None:

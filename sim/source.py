@@ -7,7 +7,7 @@ module through the ``roadwatch.sources`` entry point in ``pyproject.toml``, as i
 user's own source plugin; the product never imports the simulator.
 
 Hard conditions (:class:`sim.scene.Conditions`) are query keys too: ``scale=0.7``,
-``shake=3``, ``light=dusk|clouds``, ``poles=3``, ``stops=0.5`` (share of vehicles that stop
+``shake=3``, ``light=dusk|clouds|night``, ``poles=3``, ``stops=0.5`` (share of vehicles that stop
 and start again), ``kerb=2-8`` (pedestrians wait that many seconds before crossing), ``follow=1`` (vehicles keep
 their lane's order and queue behind a stopped one).
 """
@@ -32,8 +32,8 @@ def scene_from_url(url: str) -> Scene:
     """The synthetic scene a ``sim://scene?...`` URL names (benchmarks replay it in scene time)."""
     q = _query(url)
     light = q.get("light", "steady")
-    if light not in ("steady", "dusk", "clouds"):
-        raise ValueError(f"light={light!r}: steady, dusk or clouds")
+    if light not in ("steady", "dusk", "clouds", "night"):
+        raise ValueError(f"light={light!r}: steady, dusk, clouds or night")
     kerb = q.get("kerb")
     low, _, high = (kerb or "").partition("-")
     conditions = Conditions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -184,9 +185,10 @@ def test_at_10_fps_posts_and_queues_do_not_multiply_boxes(scenario: str):
 
 
 def _street(size: tuple[int, int] = (240, 320)) -> np.ndarray:
-    """A grey road with sensor noise and a lane marking (edges that are neither car nor ghost)."""
+    """A grey road with dashes of a lane marking (edges that are neither car nor ghost)."""
     road = np.full((*size, 3), 110, np.uint8)
-    road[118:122, 20:300:40] = 220
+    for x in range(20, 300, 40):
+        road[118:122, x : x + 20] = 220
     return road
 
 
@@ -204,9 +206,11 @@ def _noisy(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def test_the_place_a_parked_car_left_is_not_a_road_user_but_a_car_that_stops_is():
     from models.detectors import WARM_UP_S
 
+    assert WARM_UP_S < 12  # the parked car below stands through the whole warm-up
     rng = np.random.default_rng(1)
     street, detector = _street(), MotionDetector()
     seen: dict[float, list[tuple[float, float, float, float]]] = {}
+    remembered = 0
     for i in range(60):  # 2 fps for 30 s
         t = i / 2
         frame = street
@@ -215,11 +219,28 @@ def test_the_place_a_parked_car_left_is_not_a_road_user_but_a_car_that_stops_is(
         if t >= 16:
             frame = _with_car(frame, 200)  # another stops at 16 s and stays
         seen[t] = [d.bbox for d in detector.detect("c", _noisy(frame, rng), i, at=t)]
+        remembered = max(remembered, len(detector._models["c"].ghosts))
     ghost = [t for t, boxes in seen.items() if t >= 12.5 and any(b[0] < 130 for b in boxes)]
     assert len(ghost) <= 1, ghost  # without the ghost test: reported every frame until ~21 s
+    assert remembered == 1  # held out of the mask, not tested again every frame
     stopped = [t for t, boxes in seen.items() if t >= 16 and any(iou(b, (200, 100, 270, 130)) >= 0.5 for b in boxes)]
     assert len(stopped) >= 14  # a real car that stands still is reported while it is foreground
-    assert WARM_UP_S < 12
+
+
+def test_a_camera_clock_that_steps_back_or_a_stream_that_changes_size_does_not_stall_the_detector():
+    scene = Scene(seed=5, vehicle_rate=0.5, pedestrian_rate=0.25)
+    detector = MotionDetector()
+    found_after = 0
+    for i in range(60):
+        at = 1000.0 + i / 2 - (3600.0 if i >= 30 else 0.0)  # NTP puts the clock back an hour
+        found = detector.detect("c", scene.render(20 + i / 2)[0], i, at=at)
+        found_after += bool(found) and i >= 32
+    model = detector._models["c"]
+    assert 29.0 <= model.now <= 30.0  # its own clock went on at 0.5 s a frame
+    assert found_after >= 20
+    small = cv2.resize(scene.render(60)[0], (320, 180))
+    assert detector.detect("c", small, 61, at=2000.0) == []  # starts over: warming up again
+    assert detector._models["c"].shape == small.shape
 
 
 def test_shake_is_measured_and_undone():
@@ -308,8 +329,34 @@ def test_a_car_that_stops_while_merged_with_a_pedestrian_is_split_where_it_stand
             dets = [Detection("car", 0.9, (300.0, 60.0, 370.0, 132.0))]
         found = tracker.split_merged(dets, t)
         tracker.update(found, t)
-        assert any(iou(d.bbox, car) >= 0.5 for d in found), (t, found)
-        assert any(iou(d.bbox, person) >= 0.5 for d in found), (t, found)
+        if t > 2.0:
+            assert len(found) == 2, (t, found)
+            assert any(iou(d.bbox, car) >= 0.5 for d in found), (t, found)
+            assert any(iou(d.bbox, person) >= 0.5 for d in found), (t, found)
+
+
+@pytest.mark.parametrize("fps", [2, 10])
+def test_headlights_at_night_are_not_part_of_the_vehicle(fps: int):
+    # without the lit-road test (night_below=0) each vehicle's box takes in its headlights'
+    # patch: over 60 s at 2 fps, vehicle recall 0.09 (with the test 0.90)
+    from bench.detection_quality import run_scenario
+    from sim.scenarios import HARDER
+
+    scores = run_scenario(
+        HARDER["night"], fps, 20, {"roadwatch": MotionDetector, "unlit": lambda: MotionDetector(night_below=0.0)}
+    )
+    lit, unlit = scores["roadwatch"].figures(), scores["unlit"].figures()
+    assert lit["vehicle_recall"] >= 0.8 and lit["vehicle_recall"] >= unlit["vehicle_recall"] + 0.5, (lit, unlit)
+
+
+def test_box_arrays_hold_empty_and_degenerate_boxes():
+    from models.geometry import areas, intersections, iou_matrix
+
+    none = np.zeros((0, 4))
+    some = np.array([[0, 0, 10, 10], [5, 5, 5, 5], [20, 20, 10, 10]], float)  # a box, a point, inverted
+    assert intersections(none, some).shape == (0, 3) and iou_matrix(some, none).shape == (3, 0)
+    assert areas(some).tolist() == [100.0, 0.0, 0.0]
+    assert iou_matrix(some, some).tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
 
 
 def test_detection_score_ignores_hidden_and_long_still_road_users():
