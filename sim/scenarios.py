@@ -10,7 +10,7 @@
 * ``harder``: what a real street does to a motion detector, one condition a camera (issue 16):
   small and distant road users on a 1280x720 frame (pedestrians down to 8x21 px), camera
   shake, dusk, clouds, lamp posts in front of the road, vehicles that stop and start again
-  with pedestrians waiting at the kerb. Vehicles keep their lane's order (none drives through
+  with pedestrians waiting at the kerb, night with headlights. Vehicles keep their lane's order (none drives through
   another; they queue behind a stopped one). Ground truth says which road users stood still and
   how much of each an occluder hides.
 """

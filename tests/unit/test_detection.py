@@ -158,7 +158,7 @@ def test_harder_scenes_ground_truth_follows_shake_light_poles_and_queues():
 
 def test_motion_path_on_the_harder_scenes_beats_the_plain_mog2_loop():
     # 20 s a scenario at 2 fps (bench/detection.py runs 60 s at 2, 5 and 10 fps). Measured:
-    # recall 0.945, pedestrians 0.930, precision 0.951; the plain loop 0.792 / 0.685 / 0.832
+    # recall 0.949, pedestrians 0.938, precision 0.949; the plain loop 0.785 / 0.706 / 0.823
     from bench.detection_quality import PlainMog2, Score, run_scenario
     from sim.scenarios import HARDER
 
