@@ -377,11 +377,15 @@ class MotionDetector(Detector):
         inv = 1.0 / self.scale
         h_img, w_img = frame.shape[:2]
         found: list[Detection] = []
-        kept = [_blob(contour) for contour in contours]
-        kept = [(contour, (x, y, w, h)) for contour, (x, y, w, h) in kept if w * h * inv * inv >= self.min_area]
+
+        def sized(
+            blobs: list[tuple[np.ndarray, tuple[int, int, int, int]]],
+        ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+            return [(contour, (x, y, w, h)) for contour, (x, y, w, h) in blobs if w * h * inv * inv >= self.min_area]
+
+        kept = sized([_blob(contour) for contour in contours])
         if kept and model.ref is not None and cv2.mean(model.ref)[0] < self.night_below:
-            kept = self._unlight(model, mask, kept)
-            kept = [(contour, (x, y, w, h)) for contour, (x, y, w, h) in kept if w * h * inv * inv >= self.min_area]
+            kept = sized(self._unlight(model, mask, kept))  # lit road cut out: pieces may be small
         blobs = np.array([(x, y, x + w, y + h) for _, (x, y, w, h) in kept], np.float32).reshape(-1, 4)
         stood = _best_iou(blobs, model.blobs) >= GHOST_STILL_IOU
         model.blobs = blobs

@@ -60,14 +60,14 @@ class Track:
 
     track_id: int
     cls: str
-    bbox: tuple[float, float, float, float]
+    bbox: Box
     at: float
     vx: float = 0.0
     vy: float = 0.0
     missed: int = 0
     hits: int = 1
 
-    def predict(self, t: float) -> tuple[float, float, float, float]:
+    def predict(self, t: float) -> Box:
         dt = t - self.at
         x1, y1, x2, y2 = self.bbox
         return x1 + self.vx * dt, y1 + self.vy * dt, x2 + self.vx * dt, y2 + self.vy * dt
@@ -202,18 +202,18 @@ class Tracker:
                 out.append(Detection("car", detections[i].conf, box))
         return out
 
-    def _cut_known(self, a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    def _cut_known(self, a: Box, b: Box) -> bool:
         """Whether JOIN_EVIDENCE tracks were cut in the columns between ``a`` and ``b`` (median over them)."""
         cells = range(int(a[2] // CUT_CELL), int(b[0] // CUT_CELL) + 1)
         seen = sorted(len(self._cuts.get(cell, ())) for cell in cells)
         return bool(seen) and seen[len(seen) // 2] >= JOIN_EVIDENCE
 
     @staticmethod
-    def _fills(boxes: list[tuple[float, float, float, float]], pred: tuple[float, float, float, float]) -> bool:
+    def _fills(boxes: list[Box], pred: Box) -> bool:
         """Whether these pieces together are about the size of the track's predicted box."""
         return 0.6 * _area(pred) <= _area(union_box(boxes)) <= 1.3 * _area(pred)
 
-    def _record_cuts(self, boxes: list[tuple[float, float, float, float]], track_id: int) -> None:
+    def _record_cuts(self, boxes: list[Box], track_id: int) -> None:
         """Remember the columns where this vehicle track came apart in pieces.
 
         A post stands still and upright, so the vehicles passing behind it, in every lane, are
@@ -247,12 +247,12 @@ class Tracker:
             kind = np.where(track_person[:, None] == det_person[None, :], 0.2, -0.5)
             score = overlap - 0.2 * dist + kind
             near = (overlap > 0.05) | (dist < self.max_center_dist)
-            split_of = {di: coasting.get(id(det)) for di, det in enumerate(detections) if id(det) in coasting}
             row_of = {track.track_id: ti for ti, track in enumerate(self.tracks)}
-            for di, tid in split_of.items():  # a split part goes back to its own track
-                if tid in row_of:
-                    near[row_of[tid], di] = False
-                    pairs.append((10.0, row_of[tid], di))
+            for di, det in enumerate(detections):  # a split part goes back to its own track
+                ti = row_of.get(coasting.get(id(det), -1))
+                if ti is not None:
+                    near[ti, di] = False
+                    pairs.append((10.0, ti, di))
             ti_s, di_s = np.nonzero(near)
             pairs += zip(score[ti_s, di_s].tolist(), ti_s.tolist(), di_s.tolist(), strict=True)
         pairs.sort(reverse=True)
@@ -286,21 +286,21 @@ class Tracker:
 
 
 def _distinct(
-    inside: list[tuple[Track, tuple[float, float, float, float]]],
-) -> list[tuple[Track, tuple[float, float, float, float]]]:
+    inside: list[tuple[Track, Box]],
+) -> list[tuple[Track, Box]]:
     """The tracks in a blob less those that duplicate a longer-lived one (two tracks on one road user).
 
     A road user that stops, or comes apart in pieces for a moment, can leave a second track on
     itself; splitting the blob by both would report the road user twice.
     """
-    kept: list[tuple[Track, tuple[float, float, float, float]]] = []
+    kept: list[tuple[Track, Box]] = []
     for track, part in sorted(inside, key=lambda tp: -tp[0].hits):
         if all(iou(part, other) < DUPLICATE_IOU for _, other in kept):
             kept.append((track, part))
     return kept
 
 
-def _side_by_side(boxes: list[tuple[float, float, float, float]]) -> bool:
+def _side_by_side(boxes: list[Box]) -> bool:
     """Pieces (sorted by left edge) of one thing cut by a post: apart, narrow gaps, same top and bottom.
 
     A pedestrian in front of a car is not one: its top and bottom are the pedestrian's own.
@@ -339,16 +339,14 @@ def _centers(boxes: np.ndarray) -> np.ndarray:
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
 
 
-def _center(b: tuple[float, float, float, float]) -> tuple[float, float]:
+def _center(b: Box) -> tuple[float, float]:
     return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
 
 
-def _area(b: tuple[float, float, float, float]) -> float:
+def _area(b: Box) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 
 
-def _clip(
-    b: tuple[float, float, float, float], to: tuple[float, float, float, float]
-) -> tuple[float, float, float, float] | None:
+def _clip(b: Box, to: Box) -> Box | None:
     x1, y1, x2, y2 = max(b[0], to[0]), max(b[1], to[1]), min(b[2], to[2]), min(b[3], to[3])
     return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None

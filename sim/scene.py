@@ -19,7 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from models.geometry import box_gap
+from models.geometry import box_gap, intersections
 
 VEHICLE_CLASSES = ("car", "car", "car", "truck", "bus")
 #: The scene is drawn top-down at this scale: a 62-80 px car is 3.9-5 m, a 40-47 px lane 2.5-2.9 m,
@@ -327,19 +327,20 @@ class Scene:
     def _visibility(self, boxes: list[TruthBox], dx: float, dy: float) -> list[TruthBox]:
         """Each box's share in view: nearer road users (drawn later) and poles hide what is behind."""
         order = sorted(range(len(boxes)), key=lambda i: boxes[i].bbox[3])
-        rank = {i: r for r, i in enumerate(order)}
+        rank = np.empty(len(boxes), np.int64)
+        rank[order] = np.arange(len(boxes))
         poles = [(x1 + dx, y1 + dy, x2 + dx, y2 + dy) for x1, y1, x2, y2 in self.poles]
+        own = np.array([box.bbox for box in boxes], np.float64).reshape(-1, 4)
+        nearer = rank[None, :] > rank[:, None]  # [i, j]: j is drawn over i
+        hidden = (intersections(own, own) * nearer).sum(axis=1) + intersections(
+            own, np.array(poles, np.float64).reshape(-1, 4)
+        ).sum(axis=1)
         out = []
-        for i, box in enumerate(boxes):
-            covers = [b.bbox for j, b in enumerate(boxes) if rank[j] > rank[i]] + poles
+        for box, covered in zip(boxes, hidden.tolist(), strict=True):
             b = box.bbox
             area = (b[2] - b[0]) * (b[3] - b[1])
-            hidden = sum(
-                max(0.0, min(b[2], c[2]) - max(b[0], c[0])) * max(0.0, min(b[3], c[3]) - max(b[1], c[1]))
-                for c in covers
-            )
-            visible = round(max(0.0, 1.0 - hidden / area), 3) if area > 0 else 0.0
-            out.append(replace(box, visible=visible) if hidden else box)
+            visible = round(max(0.0, 1.0 - covered / area), 3) if area > 0 else 0.0
+            out.append(replace(box, visible=visible) if covered else box)
         return out
 
     def render(self, t: float) -> tuple[np.ndarray, list[TruthBox]]:
