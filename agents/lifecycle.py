@@ -8,7 +8,7 @@ import logging
 from agents.key_pool import Shared
 from agents.worker_clients import WorkerClients, current, current_or_none, install
 from streams.app import app, settings
-from streams.tables import key_pool, vlm_spend
+from streams.tables import key_pool, vlm_spend_live
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def persist_key(slot: Shared) -> None:
 
 
 async def build_clients() -> None:
-    install(WorkerClients.build(settings, on_key_change=persist_key, spend_rows=vlm_spend))
+    install(WorkerClients.build(settings, on_key_change=persist_key, spend_rows=vlm_spend_live))
 
 
 async def close_clients() -> None:

@@ -46,7 +46,7 @@ from streams.images import header_size, resolve
 from streams.records import AssessmentTask, RiskAssessment, TaskStatus, decode, describe_conflict, to_bytes
 from streams.settings import Settings
 from streams.table_values import PersistedKey
-from streams.tables import key_pool
+from streams.tables import key_pool, vlm_spend_live
 from streams.topics import assessment_tasks_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
@@ -382,6 +382,7 @@ def _sync() -> None:
     tasks_topic = assessment_tasks_topic.get_topic_name()
     owned = frozenset(tp.partition for tp in assigned if tp.topic == tasks_topic) if assigned else None
     sync_key_pool(clients, dict(key_pool.items()), owned)
+    vlm_spend_live.flush(due_only=True)  # spend held since spend_write_s, for the other workers' budgets
 
 
 @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

@@ -37,7 +37,7 @@ from streams.records import (
 )
 from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection, ResultEntry
-from streams.tables import alerts, camera_key, camera_view, detections, results
+from streams.tables import alerts_live, camera_key, camera_view, detections, results
 from streams.topics import alerts_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ aggregation = Aggregation(
     detections,
     results,
     camera_view,
-    alerts,
+    alerts_live,
     result_expiry=ExpiringIndex(settings.result_ttl_s, partition_of=camera_partition),
 )
 

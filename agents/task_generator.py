@@ -1,7 +1,8 @@
 """Agent ``generate_tasks``: detection-results -> assessment-tasks.
 
 Reads every detection of the cameras this worker owns, keeps each camera's state in the
-``camera_state`` table and emits one :class:`AssessmentTask` per group that
+``camera_state`` table (held in memory, written back every ``state_write_s``:
+:mod:`streams.write_behind`) and emits one :class:`AssessmentTask` per group that
 :func:`agents.task_policy.plan_tasks` finds worth a VLM call. The task id is deterministic, so
 a redelivered detection makes the same task and the aggregator suppresses the duplicate result.
 It also keeps, for the aggregator, the detections that made a task and each camera's latest
@@ -36,7 +37,7 @@ from streams.records import (
 )
 from streams.settings import Settings
 from streams.table_values import CameraState
-from streams.tables import camera_key, camera_state
+from streams.tables import camera_key, camera_state_live
 from streams.topics import assessment_tasks_topic, detection_results_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
@@ -142,8 +143,8 @@ async def handle_detection(event: EventT[bytes]) -> None:
     check_camera(det, clients.known_cameras)
     metrics.detections_total.labels(camera_id=det.camera_id).inc()
     now = time.time()
-    tasks = tasks_for(det, now, camera_state, clients.global_cap, settings)
-    measured = measured_results_for(det, now, camera_state, settings)
+    tasks = tasks_for(det, now, camera_state_live, clients.global_cap, settings)
+    measured = measured_results_for(det, now, camera_state_live, settings)
     try:  # before the tasks leave: their results must find it
         record_detection(detection_join, det, now, event.message.partition, joined=bool(tasks or measured))
     except Exception:  # the tasks matter more than their join

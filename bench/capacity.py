@@ -27,7 +27,13 @@ the first saturated one (processed < 95% of offered, or a backlog at the end abo
 the Faust data dir and CPU per detection every minute (``soak`` in the JSON).
 
 ``--profile-level N`` also samples the one worker at N cameras with py-spy for the measured window
-and writes a flame graph beside the report (``capacity_flame.svg``).
+and writes a flame graph beside the report (``capacity_flame.svg``); ``--cprofile DIR`` runs every
+worker under cProfile.
+
+``--before-after N`` (default 100) runs one worker at N cameras once more on the settings of before
+#13 (Faust's fetch of 1 byte, every camera-state, view, alert and spend change written to its
+table at once), in the same run: ``before_after_13`` in the JSON, with the records each run produced
+by topic (``messages_sent``, also in every level).
 
 Writes ``bench/results/capacity.json`` (kept keys of other modes are preserved) and
 ``capacity.png`` (e2e p95 and lag per level).
@@ -57,7 +63,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.pipeline import RESULTS, log, pct
-from ops.http import get_json
+from ops.http import get_json, get_text
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.procs import Proc, spawn, wait_until
 from ops.stack import redis_command
@@ -319,6 +325,31 @@ def profiler(pid: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*cmd, "--format", "flamegraph", "--output", str(out), "--threads"])
 
 
+#: ``--cprofile DIR``: each worker runs under cProfile, its profile written there when it stops
+CPROFILE: Path | None = None
+
+
+def python_for(tag: str, i: int) -> list[str]:
+    """The worker's interpreter command: under cProfile with ``--cprofile`` (CPU attribution by
+    function; wall clock, so calls that wait on the other core read high)."""
+    if CPROFILE is None:
+        return [sys.executable]
+    return [sys.executable, "-m", "cProfile", "-o", str(CPROFILE / f"{tag}-worker-{i}.prof")]
+
+
+def messages_sent(dep: Deployment) -> dict[str, int]:
+    """Records the workers produced over the level, by topic (deployment prefixes stripped; table
+    changelogs end in ``-changelog``), from Faust's counters in /metrics."""
+    sent: dict[str, int] = {}
+    for w in dep.workers:
+        for line in get_text(f"http://127.0.0.1:{w.port}/metrics").splitlines():
+            if line.startswith("roadwatch_faust_topic_messages_sent_total{"):
+                topic = line.split('topic="', 1)[1].split('"', 1)[0].removeprefix("topic.")
+                name = topic.removeprefix(f"{dep.app_id}-").removeprefix(dep.prefix)
+                sent[name] = sent.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return dict(sorted(sent.items()))
+
+
 def ready_or_exited(proc: Proc) -> bool:
     return b"Worker ready" in proc.log.read_bytes() or not proc.running()
 
@@ -334,7 +365,11 @@ def start_deployment(
         port = free_port()
         worker_env = {**env, "ROADWATCH_WEB_PORT": str(port), "ROADWATCH_DATA_DIR": str(dep.data / f"w{i}")}
         proc = spawn(
-            f"{tag}-worker-{i}", [sys.executable, "-m", "streams", "worker", "-l", "info"], worker_env, workdir, port
+            f"{tag}-worker-{i}",
+            [*python_for(tag, i), "-m", "streams", "worker", "-l", "info"],
+            worker_env,
+            workdir,
+            port,
         )
         dep.workers.append(proc)
     for proc in dep.workers:
@@ -397,10 +432,13 @@ class Rig:
     vlm_port: int
     crops: list[dict[str, Any]]
 
-    def deploy(self, n: int, n_workers: int, tag: str) -> tuple[Deployment, float]:
+    def deploy(
+        self, n: int, n_workers: int, tag: str, extra_env: dict[str, str] | None = None
+    ) -> tuple[Deployment, float]:
         """Fresh workers for ``n`` cameras, with the camera budget that keeps the VLM rate."""
         per_min = budget_per_min(n, self.args.calls_per_s)
         env = {**self.env, "ROADWATCH_CAMERA_BUDGET_PER_MIN": str(per_min), "ROADWATCH_CAMERA_BUDGET_BURST": "2"}
+        env.update(extra_env or {})
         tag = f"{tag}x{os.urandom(2).hex()}"
         return start_deployment(n_workers, self.cluster, env, self.workdir, self.vlm_port, tag), per_min
 
@@ -408,9 +446,9 @@ class Rig:
         return Loader(self.cluster.bootstrap, dep.topics[0], cameras_for(n, self.args.every, self.crops), FPS).start()
 
 
-def run_level(rig: Rig, n: int, n_workers: int) -> dict[str, Any]:
+def run_level(rig: Rig, n: int, n_workers: int, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     args, cluster = rig.args, rig.cluster
-    dep, per_min = rig.deploy(n, n_workers, f"cap{n}w{n_workers}")
+    dep, per_min = rig.deploy(n, n_workers, f"cap{n}w{n_workers}", extra_env)
     try:
         loader = rig.load(dep, n)
         time.sleep(args.warmup_s)
@@ -419,6 +457,10 @@ def run_level(rig: Rig, n: int, n_workers: int) -> dict[str, Any]:
         time.sleep(args.level_s)
         s1 = dep.snapshot()
         rss = [rss_mb(w.pid) for w in dep.workers]
+        crashed = [w for w in dep.workers if not w.running()]
+        if crashed:
+            raise RuntimeError(f"worker exited during the level:\n{crashed[0].tail()}")
+        sent = messages_sent(dep)
         if spy is not None:
             spy.wait(timeout=60)
         loader.finish()
@@ -460,6 +502,8 @@ def run_level(rig: Rig, n: int, n_workers: int) -> dict[str, Any]:
         "vlm_calls_per_s": round((s1.vlm_calls - s0.vlm_calls) / span, 2),
         "results_per_s": round((s1.ends[results_topic] - s0.ends[results_topic]) / span, 2),
         "worker_rss_mb": rss,
+        # over the whole level (warm-up included): where the records a detection and a task cost go
+        "messages_sent": sent,
         **lat,
     }
     level["saturated"] = bool(processed < 0.95 * offered or level["lag_end_s"] > 5.0)
@@ -477,6 +521,44 @@ def step_load(rig: Rig, workers: int) -> list[dict[str, Any]]:
         if level["saturated"]:
             break
     return levels
+
+
+#: The settings as they were before #13's changes: Faust's fetch (1500 ms, 1 byte), and camera
+#: state, views, alerts and spend written to their tables on every change.
+BEFORE_13 = {
+    "ROADWATCH_FETCH_WAIT_MS": "1500",
+    "ROADWATCH_FETCH_MIN_BYTES": "1",
+    "ROADWATCH_STATE_WRITE_S": "0",
+    "ROADWATCH_SPEND_WRITE_S": "0",
+}
+
+
+def before_after(rig: Rig, after: dict[str, Any]) -> dict[str, Any]:
+    """The same level on the settings of before #13, in the same run: what the change is worth."""
+    n = after["cameras"]
+    log(f"1 worker, {n} cameras on the settings before #13 ({BEFORE_13})")
+    before = run_level(rig, n, 1, BEFORE_13)
+    log("  " + json.dumps(before))
+    keys = [
+        "worker_cpu_ms_per_detection",
+        "worker_cpu_share",
+        "processed_detections_per_s",
+        "tasks_per_s",
+        "lag_end_s",
+        "e2e_ms",
+        "overhead_ms",
+        "messages_sent",
+        "saturated",
+    ]
+    return {
+        "cameras": n,
+        "settings_before": BEFORE_13,
+        "before": {k: before[k] for k in keys},
+        "after": {k: after[k] for k in keys},
+        "cpu_per_detection_ratio": round(
+            after["worker_cpu_ms_per_detection"] / before["worker_cpu_ms_per_detection"], 3
+        ),
+    }
 
 
 def held(level: dict[str, Any]) -> bool:
@@ -578,8 +660,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="run the soak instead of the step load")
     parser.add_argument("--soak-cameras", type=int, default=100)
     parser.add_argument("--profile-level", type=int, default=0, help="py-spy one worker at this many cameras")
+    parser.add_argument("--before-after", type=int, default=100, help="cameras of the before/after-#13 pair (0: none)")
+    parser.add_argument("--cprofile", type=Path, help="run the workers under cProfile, profiles written here")
     parser.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = parser.parse_args(argv)
+    global CPROFILE
+    CPROFILE = args.cprofile
     report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="roadwatch-capacity-") as tmp:
         workdir = Path(tmp)
@@ -620,6 +706,10 @@ def main(argv: list[str] | None = None) -> None:
                     key = "one_worker" if w == 1 else "two_workers" if w == 2 else f"workers_{w}"
                     report[key] = {"levels": levels, **summary(levels)}
                     args.out.write_text(json.dumps(report, indent=2) + "\n")
+                    pair = next((lv for lv in levels if lv["cameras"] == args.before_after), None)
+                    if w == 1 and pair is not None:
+                        report["before_after_13"] = before_after(rig, pair)
+                        args.out.write_text(json.dumps(report, indent=2) + "\n")
         finally:
             for proc in reversed(procs):
                 proc.stop()

@@ -54,6 +54,9 @@ class RoadwatchApp(faust.App):
     start-up service for the worker's clients."""
 
     lifecycle: WorkerLifecycle
+    #: the consumer's fetch batching (:class:`streams.faust_seam.BatchingConsumerThread`)
+    fetch_wait_ms: int = 1500
+    fetch_min_bytes: int = 1
 
     def _new_transport(self) -> TransportT:
         return AtLeastOnceTransport(self.conf.broker_consumer, self)
@@ -92,7 +95,7 @@ def create_app(settings: Settings) -> RoadwatchApp:
         broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_interval=settings.max_poll_interval_s,
         producer_acks=-1,
-        producer_linger=0.005,
+        producer_linger=settings.producer_linger_ms / 1000.0,
         producer_compression_type="lz4",
         consumer_auto_offset_reset="earliest",
         # Wait for in-flight events before a rebalance goes on. With False, a worker that took over a
@@ -107,6 +110,7 @@ def create_app(settings: Settings) -> RoadwatchApp:
         web_in_thread=False,
         logging_config=None,
     )
+    app.fetch_wait_ms, app.fetch_min_bytes = settings.fetch_wait_ms, settings.fetch_min_bytes
     # Faust's own stream, table and send metrics, in the registry /metrics serves.
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.REGISTRY, "roadwatch_faust"))
     return app

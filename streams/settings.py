@@ -177,6 +177,26 @@ class Settings(BaseSettings):
     max_poll_interval_s: float = Field(
         default=300.0, gt=0, description="Consumer max.poll.interval: a worker silent this long is evicted."
     )
+    producer_linger_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=1000,
+        description="How long the worker's producer gathers records into one request: each request costs the "
+        "worker a socket write and a broker round trip, each hop of a record waits up to this long.",
+    )
+    fetch_wait_ms: int = Field(
+        default=20,
+        ge=1,
+        le=60_000,
+        description="How long the broker may hold a fetch for fetch_min_bytes to gather: the most a record's hop "
+        "waits for it (Faust's own: 1500 ms with 1 byte, so a fetch per few records under load).",
+    )
+    fetch_min_bytes: int = Field(
+        default=32_768,
+        ge=1,
+        le=1 << 24,
+        description="Bytes a fetch waits for (up to fetch_wait_ms) before the broker answers; 1 answers at once.",
+    )
     web_host: str = Field(default="127.0.0.1", description="Worker web server bind address.")
     web_advertise_host: str | None = Field(
         default=None,
@@ -222,6 +242,20 @@ class Settings(BaseSettings):
     )
     result_ttl_s: float = Field(default=3600.0, gt=0, description="Finished tasks remembered for deduplication.")
     min_group_score: float = Field(default=0.3, ge=0, le=1, description="Groups below this interest get no task.")
+    spend_write_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="A VLM spend row (a camera's, an account slice's) is written to the vlm_spend table at most "
+        "this often; other workers see the spend, and a crash forgets it, up to this late.",
+    )
+    state_write_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="A camera's task-generator state and alerts are written to their tables (and changelogs) at "
+        "most this often; a crash or rebalance rolls them back by up to this long (0: on every change).",
+    )
 
     # --- VLM -----------------------------------------------------------------------------
     vlm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL.")

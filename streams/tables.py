@@ -10,9 +10,14 @@ documents against a GlobalTable recovery loop with several instances.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from mode import BaseSignalT
+
 from streams.app import app, settings
+from streams.table_values import CameraState
+from streams.write_behind import WriteBehind
 
 #: Values are plain JSON (dicts and lists), readable in the changelog topics. Camera-keyed tables
 #: have bytes keys, which Faust serializes raw, exactly as the topics key their records, so that
@@ -20,6 +25,8 @@ from streams.app import app, settings
 #: ``str`` keys Faust picks JSON and would hash ``"cam-1"`` with its quotes. Faust derives a
 #: table's serializers from its ``key_type``/``value_type`` arguments, not from a schema.
 
+
+logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 
@@ -71,11 +78,39 @@ camera_view = _partitioned("camera_view", bytes)
 #: camera_id -> the last 100 alerts of the camera (list, newest first).
 alerts = _partitioned("alerts", bytes)
 
+#: The camera-keyed tables rewritten per event, as the agents and the views use them: held decoded,
+#: written back at most once every ``state_write_s`` a camera. Each was a table read and write, of
+#: a value that grows with the camera's history, per event: camera_state per detection, alerts (up
+#: to 100 alerts) per alerting result. Not camera_view: its result counts must survive a crash or a
+#: handoff exactly (tests/integration/test_faults.py counts them), and a rolled-back view would
+#: count its redelivered results again or not at all.
+camera_state_live: WriteBehind[bytes, CameraState | None] = WriteBehind(camera_state, settings.state_write_s)
+alerts_live: WriteBehind[bytes, list[dict[str, Any]] | None] = WriteBehind(alerts, settings.state_write_s)
+HELD: dict[str, WriteBehind[bytes, Any]] = {"camera_state": camera_state_live, "alerts": alerts_live}
+
+
+@app.on_partitions_revoked.connect
+async def _drop_held(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
+    vlm_spend_live.flush()  # a GlobalTable: written outside events, and every worker reads it
+    vlm_spend_live.drop()
+    for name, live in HELD.items():
+        lost = live.drop()
+        if lost:
+            logger.info("rebalance: %s of %d cameras had changes not yet written (state_write_s)", name, lost)
+
+
+#: The GlobalTables' store (see :func:`_global_table`).
+GLOBAL_STORE = "memory://global"
+
 
 def _global_table(name: str) -> Any:
     """A GlobalTable of str keys written through the partitioner, also outside events (the 1 s
     sync, an operator's POST): Faust's RocksDB store asserts a current event on every write (after
-    the changelog send); the memory store, rebuilt from the changelog at start, takes them."""
+    the changelog send); the memory store, rebuilt from the changelog at start, takes them.
+
+    The store's URL names a host: Faust picks ``self._store or app.conf.store``, and yarl's
+    ``URL("memory://")`` is false, so a bare ``memory://`` quietly gave these tables RocksDB (and a
+    write outside an event an AssertionError)."""
     return app.GlobalTable(
         name,
         default=None,
@@ -83,7 +118,7 @@ def _global_table(name: str) -> Any:
         partitions=1,
         recovery_buffer_size=1,
         use_partitioner=True,
-        store="memory://",
+        store=GLOBAL_STORE,
     )
 
 
@@ -91,6 +126,12 @@ def _global_table(name: str) -> Any:
 #: a worker reads the spend of every camera and every slice of an account's budget, whichever
 #: worker booked it (a rebalance moves a slice's owner, not its spend).
 vlm_spend = _global_table("vlm_spend")
+
+#: vlm_spend as the spend ledger uses it: two rows (the camera's, the account slice's) change per VLM
+#: call; each written back at most every ``spend_write_s``, by the call or by the scheduler's 1 s sync.
+vlm_spend_live: WriteBehind[str, dict[str, Any] | None] = WriteBehind(
+    vlm_spend, settings.spend_write_s, hold_reads=False
+)
 
 #: key alias -> persisted key state (state, cooldown_until, disabled reason, totals).
 key_pool = _global_table("key_pool")

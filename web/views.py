@@ -30,7 +30,15 @@ from streams.faust_seam import limit_request_body
 from streams.lag import guard as stall_guard
 from streams.live import hub
 from streams.table_values import CameraState, CameraView
-from streams.tables import alerts, camera_key, camera_state, camera_view, detections, results
+from streams.tables import (
+    alerts_live,
+    camera_key,
+    camera_state,
+    camera_state_live,
+    camera_view,
+    detections,
+    results,
+)
 from web.auth import WebAuth
 
 logger = logging.getLogger(__name__)
@@ -89,7 +97,9 @@ class Cameras(View):
 
     async def get(self, request: Request) -> Response:
         local = {_camera_id(k): v for k, v in camera_view.items()}
-        rows = [camera_summary(cid, view, camera_state.get(camera_key(cid))) for cid, view in sorted(local.items())]
+        rows = [
+            camera_summary(cid, view, camera_state_live.get(camera_key(cid))) for cid, view in sorted(local.items())
+        ]
         known = set(request.query.get("also", "").split(",")) - set(local) - {""}
         for cid, latest in (await current().cache.latest(sorted(known))).items():
             rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
@@ -105,9 +115,9 @@ class CameraDetail(View):
         view = camera_view.get(camera_key(camera_id))
         if view is None:
             return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
-        data = camera_summary(camera_id, view, camera_state.get(camera_key(camera_id)))
+        data = camera_summary(camera_id, view, camera_state_live.get(camera_key(camera_id)))
         data["results"] = view.get("results", [])
-        data["alerts"] = (alerts.get(camera_key(camera_id)) or [])[:20]
+        data["alerts"] = (alerts_live.get(camera_key(camera_id)) or [])[:20]
         return self.json(data)
 
 
@@ -135,7 +145,7 @@ class Alerts(View):
     """The last 100 alerts, newest first, across this worker's cameras."""
 
     async def get(self, request: Request) -> Response:
-        merged = [a for _, items in alerts.items() for a in (items or [])]
+        merged = [a for _, items in alerts_live.items() for a in (items or [])]
         merged.sort(key=lambda a: -float(a.get("raised_at", 0)))
         return self.json({"alerts": merged[:100]})
 

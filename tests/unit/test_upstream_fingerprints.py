@@ -58,6 +58,22 @@ FINGERPRINTS: dict[str, tuple[str, str]] = {
         "bf2207cc3d05d4f8",
         "on_partitions_revoked opens the rebalance span with it",
     ),
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer": (
+        "c2701bfc3e6f6cad",
+        "BatchingConsumerThread sets the fetch's wait and minimum size on the consumer this builds",
+    ),
+    "faust.transport.drivers.aiokafka:Consumer._new_consumer_thread": (
+        "0870ec53dea75083",
+        "AtLeastOnceConsumer._new_consumer_thread builds the BatchingConsumerThread the same way",
+    ),
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.__init__": (
+        "01506f316191f7c9",
+        "BatchingConsumerThread sets _fetch_max_wait_ms / _fetch_min_bytes, read when the consumer starts",
+    ),
+    "faust.tables.base:Collection._new_store": (
+        "914a2bda605d38f5",
+        "streams.tables.GLOBAL_STORE names a host because a bare memory:// URL is false here",
+    ),
     "faust.app.base:App.on_init_dependencies": (
         "7621a70a9b01f93f",
         "RoadwatchApp.on_init_dependencies puts the worker lifecycle service before the boot strategy's",

@@ -1,0 +1,105 @@
+"""A table's values held decoded in memory and written back to it at most once every few seconds a key.
+
+A Faust table read decodes the value from RocksDB, and a write encodes it, stores it and produces a
+changelog record. ``camera_state`` is read and rewritten on every frame of every camera: at 2 fps
+that is a decode, an encode, a RocksDB put and a changelog record per detection, for a value that
+only this worker reads (#13). Held here, a camera's state is decoded once, and written to the
+table, and so to its changelog, on the first change at least ``every_s`` after its last write.
+
+What that costs: a worker that dies, or hands a camera over in a rebalance, leaves the table (and
+the worker that recovers it) with the camera's state of up to ``every_s`` earlier. For the task
+generator's state that is a few frames of a token bucket and of the groups already assessed: the
+frames after it are planned again against it, which can make a task again, never lose one (task
+ids are deterministic, the aggregator drops a repeated result).
+
+Writes go through to the table from ``__setitem__``, that is inside the event that changed the
+value, so Faust's changelog record carries that event's partition; a GlobalTable written through
+the partitioner (``vlm_spend``) is also flushed by a timer. On a rebalance every held value is
+dropped (after a flush, where the table allows one): one written elsewhere since would otherwise be
+read stale here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class WriteBehind(MutableMapping[K, V], Generic[K, V]):
+    """``table`` with its values held in memory and written back at most once every ``every_s`` a key."""
+
+    def __init__(
+        self,
+        table: MutableMapping[K, V],
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        hold_reads: bool = True,
+    ) -> None:
+        self.table = table
+        self.every_s = every_s
+        self.clock = clock
+        #: keep what a read fetched from the table; False where other workers write keys this one
+        #: reads (a GlobalTable): only the keys this worker writes are held
+        self.hold_reads = hold_reads
+        self._held: dict[K, V] = {}
+        self._written_at: dict[K, float] = {}
+        #: keys changed since they were last written to the table
+        self.dirty: set[K] = set()
+
+    def __getitem__(self, key: K) -> V:
+        try:
+            return self._held[key]
+        except KeyError:
+            value = self.table[key]  # KeyError for a key the table lacks too
+            if self.hold_reads:
+                self._held[key] = value
+            return value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._held[key] = value
+        now = self.clock()
+        if now - self._written_at.get(key, -math.inf) >= self.every_s:
+            self.table[key] = value
+            self._written_at[key] = now
+            self.dirty.discard(key)
+        else:
+            self.dirty.add(key)
+
+    def __delitem__(self, key: K) -> None:
+        self._held.pop(key, None)
+        self._written_at.pop(key, None)
+        self.dirty.discard(key)
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(set(self._held) | set(self.table))
+
+    def __len__(self) -> int:
+        return len(set(self._held) | set(self.table))
+
+    def flush(self, *, due_only: bool = False) -> int:
+        """Write the held changes now (``due_only``: those of keys last written ``every_s`` ago or
+        more); returns how many. Only for a table that takes writes outside an event (a GlobalTable
+        written through the partitioner): a partitioned table's write must carry its event's
+        partition."""
+        now = self.clock()
+        due = [k for k in self.dirty if not due_only or now - self._written_at.get(k, -math.inf) >= self.every_s]
+        for key in due:
+            self.table[key] = self._held[key]
+            self._written_at[key] = now
+            self.dirty.discard(key)
+        return len(due)
+
+    def drop(self) -> int:
+        """Forget every held value (a rebalance); returns how many changes had not been written."""
+        lost = len(self.dirty)
+        self._held.clear()
+        self._written_at.clear()
+        self.dirty.clear()
+        return lost
