@@ -30,10 +30,10 @@ the Faust data dir and CPU per detection every minute (``soak`` in the JSON).
 and writes a flame graph beside the report (``capacity_flame.svg``); ``--cprofile DIR`` runs every
 worker under cProfile.
 
-``--before-after N`` (default 100) runs one worker at N cameras once more on the settings of before
-#13 (Faust's fetch of 1 byte, every camera-state, view, alert and spend change written to its
-table at once), in the same run: ``before_after_13`` in the JSON, with the records each run produced
-by topic (``messages_sent``, also in every level).
+``--before-after N`` (default 50, a level one worker holds) runs one worker at N cameras once
+more on the settings of before #13 (Faust's fetch of 1 byte; camera state, alerts and spend written
+to their tables on every change), in the same run: ``before_after_13`` in the JSON, with the
+records each run produced by topic (``messages_sent``, also in every level).
 
 Writes ``bench/results/capacity.json`` (kept keys of other modes are preserved) and
 ``capacity.png`` (e2e p95 and lag per level).
@@ -619,7 +619,26 @@ def soak(rig: Rig) -> dict[str, Any]:
         "data_dir_mb_per_min": round((last["data_dir_mb"] - first["data_dir_mb"]) / minutes, 2),
         "cpu_ms_per_detection_start": first["cpu_ms_per_detection"],
         "cpu_ms_per_detection_end": last["cpu_ms_per_detection"],
+        # the issue's test: after the first 5 minutes, growth over the rest, and CPU against its start
+        "after_5_min": settled(samples),
         "samples": samples,
+    }
+
+
+def settled(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """RSS and data-dir growth from minute 5 to the end (fractions), and CPU per detection at the end
+    against minute 5's (a ratio); None for a soak of 5 minutes or less."""
+    at5 = next((s for s in samples if s["minute"] == 5), None)
+    last = samples[-1]
+    if at5 is None or last["minute"] <= 5:
+        return None
+    cpu5, cpu_end = at5["cpu_ms_per_detection"], last["cpu_ms_per_detection"]
+    return {
+        "minutes": last["minute"] - 5,
+        "rss_growth": round(last["rss_mb"] / at5["rss_mb"] - 1.0, 4),
+        "data_dir_growth": round(last["data_dir_mb"] / at5["data_dir_mb"] - 1.0, 4),
+        "cpu_per_detection_ratio": round(cpu_end / cpu5, 3) if cpu5 and cpu_end else None,
+        "lag_messages_end": last["lag_messages"],
     }
 
 
@@ -660,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="run the soak instead of the step load")
     parser.add_argument("--soak-cameras", type=int, default=100)
     parser.add_argument("--profile-level", type=int, default=0, help="py-spy one worker at this many cameras")
-    parser.add_argument("--before-after", type=int, default=100, help="cameras of the before/after-#13 pair (0: none)")
+    parser.add_argument("--before-after", type=int, default=50, help="cameras of the before/after-#13 pair (0: none)")
     parser.add_argument("--cprofile", type=Path, help="run the workers under cProfile, profiles written here")
     parser.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = parser.parse_args(argv)

@@ -431,7 +431,7 @@ def _from_data(record_type: type[R], data: dict[str, Any]) -> R:
         raise InvalidRecord(f"{record_type.__name__}: a number out of range")  # pragma: no cover
     clean = _clean(record_type, data)
     try:
-        record = record_type.from_data(data)
+        record = _build(record_type, data) if clean else record_type.from_data(data)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InvalidRecord(f"{record_type.__name__}: {exc}") from exc
     if not clean:
@@ -517,6 +517,67 @@ def _clean(record_type: type[faust.Record], data: dict[str, Any]) -> bool:
         if check is None or not check(value):
             return False
     return True
+
+
+Build = Callable[[Any], Any]
+
+
+def _build(record_type: type[R], data: dict[str, Any]) -> R:
+    """``record_type.from_data(data)`` for data :func:`_clean` passed, without Faust's generated
+    ``__init__``: every field's value goes straight into the instance ``__dict__``, nested records
+    built the same way (#13: Faust's per-field descriptors were half of a detection's decode).
+    The result equals Faust's, field for field (tests/unit/test_records.py)."""
+    builder = _BUILDERS.get(record_type)
+    if builder is None:
+        builder = _BUILDERS[record_type] = _builder_for(record_type)
+    return typing.cast(R, builder(data))
+
+
+_BUILDERS: dict[type, Build] = {}
+
+
+def _builder_for(record_type: type[faust.Record]) -> Build:
+    options = record_type._options  # type: ignore[attr-defined]
+    converts = {name: _convert_for(tp) for name, tp in options.fields.items()}
+    defaults = dict(options.defaults)
+    optional = frozenset(options.optionalset)
+    # fields Faust converts on first access (lazy coercion): built already, so marked evaluated
+    lazy = frozenset(n for n, d in options.descriptors.items() if getattr(d, "lazy_coercion", False))
+    new = record_type.__new__
+
+    def build(data: dict[str, Any]) -> faust.Record:
+        record = new(record_type)
+        fields = record.__dict__
+        fields["__evaluated_fields__"] = set(lazy)
+        for name, convert in converts.items():
+            value = data.get(name)
+            if value is None and name in optional:
+                fields[name] = defaults[name]  # as Faust does: the default object itself
+            else:
+                fields[name] = value if convert is None else convert(value)
+        return record
+
+    return build
+
+
+def _convert_for(annotation: Any) -> Build | None:
+    """How a clean JSON value becomes the field's Python value (None: it is already)."""
+    if isinstance(annotation, type) and issubclass(annotation, faust.Record):
+        nested = annotation
+        return lambda value: _build(nested, value)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and len(args) == 1 and (item := _convert_for(args[0])) is not None:
+        each = item
+        return lambda value: [each(v) for v in value]
+    if origin is dict and len(args) == 2 and (member := _convert_for(args[1])) is not None:
+        one = member
+        return lambda value: {k: one(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = _convert_for(next(a for a in args if a is not type(None)))
+        if inner is not None:
+            present = inner
+            return lambda value: None if value is None else present(value)
+    return None
 
 
 def _check_types(record: faust.Record) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from faust import Record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.records import detection
 from streams.errors import InvalidRecord
-from streams.records import DetectionResult, RiskAssessment, decode, make_task_id, to_bytes
+from streams.records import Conflict, DetectionResult, RiskAssessment, decode, make_task_id, to_bytes
 
 
 def test_detection_round_trip_keeps_nested_records():
@@ -104,3 +105,58 @@ def test_decoding_anything_either_succeeds_or_raises_invalid_record(body: bytes)
         decode(DetectionResult, body)
     except InvalidRecord:
         pass
+
+
+def _fields(value: object) -> object:
+    """A record's fields as nested plain values with their exact types (what equality would hide)."""
+    if isinstance(value, Record):
+        for name in value._options.fields:  # Faust converts some fields on first access
+            getattr(value, name)
+        fields = {k: v for k, v in value.__dict__.items() if k != "__evaluated_fields__"}
+        return (type(value).__name__, {k: _fields(v) for k, v in sorted(fields.items())})
+    if isinstance(value, list):
+        return [_fields(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fields(v) for k, v in value.items()}
+    if isinstance(value, set):
+        return ("set", sorted(value))
+    return (type(value).__name__, value)
+
+
+def _faust_built(record_type: type[Record], body: bytes) -> object:
+    return record_type.from_data(json.loads(body))
+
+
+def _synthetic_detections() -> list[bytes]:
+    import random
+
+    from bench.capacity import SyntheticCamera
+
+    crops = [{"uri": f"file:///tmp/crop-{i}.jpg", "width": 80 + i, "height": 60, "size": 900 + i} for i in range(4)]
+    cam = SyntheticCamera("cap-0001", random.Random(3), 6, crops)
+    return [json.dumps(cam.frame(1.7e12 + 500.0 * i)).encode() for i in range(30)]
+
+
+def test_the_fast_build_equals_faust_field_for_field():
+    """decode() builds clean records without Faust's __init__ (#13): the same fields, values and
+    types as Faust's own from_data, for records of every type and the optional fields' edge cases."""
+    det = json.loads(to_bytes(detection("cam-1", 4)))
+    bodies: list[tuple[type[Record], bytes]] = [(DetectionResult, b) for b in _synthetic_detections()]
+    bodies.append((DetectionResult, json.dumps(det).encode()))
+    sparse = {k: v for k, v in det.items() if k not in ("conflicts", "run")}  # defaults taken
+    sparse["crops"] = {}
+    sparse["objects"] = [{"track_id": 1, "cls": "person", "conf": 1, "bbox": [1, 2, 3, 4], "ground": None}]
+    sparse["groups"] = []
+    bodies.append((DetectionResult, json.dumps(sparse).encode()))  # ints for floats, a None optional
+    result = RiskAssessment(
+        task_id="t1", camera_id="cam-1", detection_id="cam-1:4", group_id="g1-2", status="measured",
+        risk_level="high", risk_score=0.8, summary="s", model="ssm", key_alias="", attempts=0,
+        latency_ms=0.0, captured_at=1.0, completed_at=2.0,
+        conflict=Conflict(a=1, b=2, pair="pedestrian-vehicle", ttc_s=1.2, speeds_mps=[1.0, 8.0], level="high"),
+    )  # fmt: skip
+    bodies.append((RiskAssessment, to_bytes(result)))
+    for record_type, body in bodies:
+        fast = decode(record_type, body)
+        assert _fields(fast) == _fields(_faust_built(record_type, body))
+        assert fast == _faust_built(record_type, body)
+        assert to_bytes(fast) == to_bytes(_faust_built(record_type, body))
