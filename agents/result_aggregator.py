@@ -134,19 +134,28 @@ def as_alert(result: RiskAssessment, now_s: float) -> Alert:
     )
 
 
-@app.agent(risk_results_topic, name="aggregate_results")
+@app.agent(risk_results_topic, name="aggregate_results", concurrency=settings.aggregate_concurrency)
 async def aggregate_results(stream):  # type: ignore[no-untyped-def]
-    """Join, deduplicate, cache, fan out, alert."""
+    """Join, deduplicate, cache, fan out, alert. Several results at once: :func:`aggregate` has no
+    await, so each result's join, dedup and table writes happen whole; only the wait for the broker
+    before an alert (``handle_result``) overlaps with other results (#13: one at a time, that wait
+    bounded the aggregator when most results alert)."""
     async for event in stream.events():
         await guarded(event, handle_result)
 
 
-@app.agent(alerts_topic, name="deliver_alerts", concurrency=settings.alert_webhook_concurrency)
 async def deliver_alerts(stream):  # type: ignore[no-untyped-def]
     """POST each alert to the webhook, many at once; an alert is acknowledged once it is sent,
     failed for good or too old, so a restarted worker sends again what it had not finished."""
     async for event in stream.events():
         await guarded(event, handle_alert)
+
+
+# Without a webhook the agent is not started: it would read and drop every alert, one Faust event
+# each (#13). The alerts topic is written either way, for other consumers; a webhook configured
+# later starts from the group's committed offset, and alerts older than its max age are dropped.
+if settings.alert_webhook_url:
+    app.agent(alerts_topic, name="deliver_alerts", concurrency=settings.alert_webhook_concurrency)(deliver_alerts)
 
 
 async def handle_alert(event: EventT[bytes]) -> None:

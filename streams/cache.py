@@ -10,7 +10,6 @@ on a pub/sub channel, so web workers on other machines can feed their WebSocket 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -27,6 +27,15 @@ from streams.records import CAMERA_ID
 logger = logging.getLogger(__name__)
 
 ORIGIN = f"{socket.gethostname()}:{os.getpid()}"
+#: How this worker's own pub/sub messages start: skipped unparsed (every worker hears its own).
+OWN_PREFIX = b'{"origin":' + orjson.dumps(ORIGIN) + b","
+
+
+def relay_message(kind: str, camera_id: str, body: bytes) -> bytes:
+    """The pub/sub message for a payload already encoded (``body``): encoded once for the cache and
+    the channel, with the origin first so every worker skips its own unparsed (:data:`OWN_PREFIX`)."""
+    head = orjson.dumps({"origin": ORIGIN, "type": kind, "camera_id": camera_id})
+    return head[:-1] + b',"data":' + body + b"}"
 
 
 def parse_relayed(data: object) -> tuple[str, str, str, dict[str, Any]] | None:
@@ -35,7 +44,7 @@ def parse_relayed(data: object) -> tuple[str, str, str, dict[str, Any]] | None:
     Anyone who can reach Redis can publish on the channel: whatever arrives is checked, never trusted.
     """
     try:
-        event = json.loads(data) if isinstance(data, bytes | str) else None
+        event = orjson.loads(data) if isinstance(data, bytes | str) else None
     except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict):
@@ -101,10 +110,8 @@ class ResultCache:
                 self._skip()
                 continue
             try:
-                body = json.dumps(payload, separators=(",", ":"))
-                message = json.dumps(
-                    {"type": kind, "camera_id": camera_id, "origin": ORIGIN, "data": payload}, separators=(",", ":")
-                )
+                body = orjson.dumps(payload)
+                message = relay_message(kind, camera_id, body)
             except (TypeError, ValueError):  # not JSON: skip it, keep the writer alive
                 self._skip()
                 logger.warning("camera %s: %s not JSON-serialisable, not cached", camera_id, kind)
@@ -152,7 +159,10 @@ class ResultCache:
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
-                        parsed = parse_relayed(message.get("data"))
+                        data = message.get("data")
+                        if isinstance(data, bytes) and data.startswith(OWN_PREFIX):
+                            continue  # this worker's own: its WebSocket clients got it directly
+                        parsed = parse_relayed(data)
                         if parsed is None:
                             metrics.relay_dropped_total.inc()
                             continue
@@ -177,7 +187,7 @@ class ResultCache:
             values = await self.client().mget([self.camera_key(c) for c in camera_ids])
         except (RedisError, OSError, TimeoutError):
             return {}
-        return {c: json.loads(v) for c, v in zip(camera_ids, values, strict=True) if v}
+        return {c: orjson.loads(v) for c, v in zip(camera_ids, values, strict=True) if v}
 
     async def close(self) -> None:
         if self._task is not None:

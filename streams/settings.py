@@ -328,6 +328,13 @@ class Settings(BaseSettings):
     )
     alert_webhook_url: str | None = Field(default=None, description="POST every published alert here (JSON).")
     alert_webhook_concurrency: int = Field(default=16, ge=1, le=256, description="Webhook deliveries at once.")
+    aggregate_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Results aggregated at once: an alert waits for its result's table record to reach the broker "
+        "(a produce round trip), and the aggregator goes on with other results meanwhile.",
+    )
     alert_webhook_max_age_s: float = Field(
         default=300.0, gt=0, description="An alert older than this is no longer sent to the webhook (counted)."
     )

@@ -23,7 +23,7 @@ from agents.answer_parser import parse_answer
 from agents.key_pool import KeyPool
 from agents.worker_clients import WorkerClients
 from sim.records import assessment_task, detection
-from streams.cache import parse_relayed
+from streams.cache import ORIGIN, OWN_PREFIX, parse_relayed, relay_message
 from streams.dlq import dlq_body
 from streams.errors import BadImage, ConfigError, InvalidRecord
 from streams.images import check_image
@@ -522,3 +522,11 @@ def test_a_wildcard_bind_never_advertises_a_wildcard_or_loopback_address(monkeyp
     assert Settings(web_host="0.0.0.0").advertised_web_host() == "10.1.2.3"
     assert Settings(web_host="0.0.0.0", web_advertise_host="pod-ip").advertised_web_host() == "pod-ip"
     assert Settings(web_host="127.0.0.1").advertised_web_host() == "127.0.0.1"
+
+
+def test_the_relay_message_is_the_payload_once_and_starts_with_its_origin():
+    body = b'{"task_id":"t1","risk_level":"high","detection":{"objects":[1,2]}}'
+    message = relay_message("result", "cam-1", body)
+    assert message.startswith(OWN_PREFIX)  # skipped unparsed by the worker that sent it
+    assert parse_relayed(message) == (ORIGIN, "result", "cam-1", json.loads(body))
+    assert not relay_message("alert", "cam-1", body).replace(OWN_PREFIX, b'{"origin":"other:1",').startswith(OWN_PREFIX)
