@@ -350,6 +350,25 @@ def render(folder: Path) -> str:
         out.append(table(rows, head))
         flame = "Where a worker's time goes: [flame graph](capacity_flame.svg)."
         out += ["", "![capacity](capacity.png)", "", flame, ""]
+        pair = cap.get("before_after_13")
+        if pair:
+            b, a = pair["before"], pair["after"]
+            out.append(
+                f"Before/after #13 at {pair['cameras']} cameras, one worker, same run: CPU ms/det "
+                f"{b['worker_cpu_ms_per_detection']} -> {a['worker_cpu_ms_per_detection']} "
+                f"(x{pair['cpu_per_detection_ratio']}), e2e p95 {b['e2e_ms']['p95']} -> {a['e2e_ms']['p95']} ms."
+            )
+            out.append("")
+        soak = cap.get("soak")
+        if soak and soak.get("after_5_min"):
+            late = soak["after_5_min"]
+            out.append(
+                f"Soak, {soak['cameras']} cameras for {soak['minutes']} minutes: RSS {soak['rss_mb_start']} -> "
+                f"{soak['rss_mb_end']} MB, data dir {soak['data_dir_mb_start']} -> {soak['data_dir_mb_end']} MB; "
+                f"after minute 5: RSS {late['rss_growth']:+.1%}, data dir {late['data_dir_growth']:+.1%}, "
+                f"CPU per detection x{late['cpu_per_detection_ratio']}."
+            )
+            out.append("")
     if ssm:
         out += ssm_section(ssm)
     if gpu:
