@@ -424,6 +424,17 @@ def ssm_section(ssm: dict[str, Any]) -> list[str]:
             "flagged, not logged: why",
         ]
         out += [table(rows, head), ""]
+        ceiling = sumo.get("ceiling")
+        if ceiling:
+            told = "; ".join(
+                f"{name.replace('_', ' ')}: recall {v['recall']}, precision {v['precision']}"
+                for name, v in ceiling.items()
+            )
+            out += [
+                "The same comparison with the engine told what a camera cannot know (`sumo.ceiling`: exact "
+                f"state from the FCD, each vehicle's own future route, its braking as SUMO extrapolates it): {told}.",
+                "",
+            ]
     dlr = ssm.get("dlr_urban")
     if dlr:
         per = ", ".join(f"{k} {v}" for k, v in dlr["conflicts_per_hour"].items())

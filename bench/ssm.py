@@ -14,6 +14,15 @@
 * ``sumo.via_camera``: the same, seen by a pinhole camera over the central intersection:
   projected to pixels, Gaussian pixel noise added, brought back by a calibration fitted from
   clicked (rounded) points; only conflicts whose two vehicles the camera sees count.
+* ``sumo.ceiling``: what the same comparison gives the engine when told what a camera cannot
+  know, to separate its estimation errors from the distance between the two definitions of a
+  conflict: ``true_state`` (each vehicle's exact position, heading and speed from the FCD),
+  ``true_route`` (that, and predicted along its own future path, the route SUMO knows, at its
+  current speed), ``true_route_braking`` (that, slowing at its current deceleration as SUMO's
+  arrival estimates do). SUMO's crossing TTC is not two bodies meeting: it is the follower's
+  distance to the conflict area over its speed, counted when its estimated entry comes before the
+  leader's estimated exit, a leader braking to a stop never exiting (MSDevice_SSM's
+  ``estimateConflictTimes`` and ``determineTTCandDRAC``).
 * ``dlr_urban``: see :mod:`bench.dlr_urban` (the tasi wheel's real intersection).
 
 Writes ``bench/results/ssm.json``.
@@ -32,16 +41,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from bench.pipeline import RESULTS, log, save
 from models.calibration import fit
 from models.lanes import FlowMap
-from models.ssm import GroundTrack, PathHistory, RoadUser, Thresholds, pair_ttc
+from models.ssm import GroundTrack, PathHistory, PathPredictor, RoadUser, Thresholds, pair_ttc
 from sim.sumo import (
     CAR_LENGTH_M,
     CAR_WIDTH_M,
     FOLLOWING_TYPES,
     SCENARIOS,
+    FloatArray,
     SumoConflict,
     Trajectories,
     VirtualCamera,
@@ -57,6 +68,61 @@ COLLISION_TYPE = 111
 SLACK_S = 1.0
 #: The first seconds of a run teach the lanes (models.lanes) and are not scored.
 WARMUP_S = 120.0
+#: The ceiling's variants: (oracle, with each vehicle's braking).
+CEILING = {
+    "true_state": ("state", False),
+    "true_route": ("route", False),
+    "true_route_braking": ("route", True),
+}
+
+
+class TrueRoutes:
+    """Predictions along each vehicle's own future path, which SUMO knows and a camera does not.
+
+    Only for the ceiling replays, whose road users stand exactly at their FCD positions: a
+    position names its vehicle and its place on the path. The vehicle goes on at its current speed
+    (constant speed, as the engine predicts) or, with ``braking``, slowing at its current
+    deceleration to a standstill (SUMO's SSM device estimates when a vehicle reaches a conflict area
+    so: its acceleration clamped to <= 0); straight on past its path's end.
+    """
+
+    def __init__(self, traj: Trajectories, braking: bool = False) -> None:
+        order = np.lexsort((traj.t, traj.vehicle))
+        cuts = np.flatnonzero(traj.vehicle[order][1:] != traj.vehicle[order][:-1]) + 1
+        self._paths: list[tuple[FloatArray, FloatArray, FloatArray]] = []  # points, distance along, acceleration
+        self._where: dict[int, tuple[int, int]] = {}  # FCD row -> (path, index on it)
+        for seg in np.split(order, cuts):
+            xy = np.c_[traj.x[seg], traj.y[seg]]
+            along = np.r_[0.0, np.cumsum(np.hypot(*np.diff(xy, axis=0).T))]
+            acc = np.zeros(len(seg))
+            if braking and len(seg) > 1:
+                acc = np.minimum(np.gradient(traj.speed[seg], traj.t[seg]), 0.0)
+            for i, row in enumerate(seg):
+                self._where[int(row)] = (len(self._paths), i)
+            self._paths.append((xy, along, acc))
+        self._frame: dict[tuple[float, float], int] = {}
+
+    def frame(self, rows: npt.NDArray[np.intp], xy: FloatArray) -> None:
+        """The rows of the frame about to be measured, at their positions."""
+        self._frame = {(round(float(x), 4), round(float(y), 4)): int(r) for r, (x, y) in zip(rows, xy, strict=True)}
+
+    def predict(
+        self, xy: FloatArray, heading: FloatArray, speed: FloatArray, yaw_rate: FloatArray, steps: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        n, k = len(xy), len(steps)
+        pos, head = np.empty((n, k, 2)), np.empty((n, k))
+        for i in range(n):
+            path, index = self._where[self._frame[(round(float(xy[i, 0]), 4), round(float(xy[i, 1]), 4))]]
+            pts, along, acc = self._paths[path]
+            want = along[index] + _distance(float(speed[i]), float(acc[index]), steps)
+            beyond = np.maximum(want - along[-1], 0.0)
+            pos[i, :, 0] = np.interp(want, along, pts[:, 0]) + beyond * math.cos(heading[i])
+            pos[i, :, 1] = np.interp(want, along, pts[:, 1]) + beyond * math.sin(heading[i])
+            ahead = np.minimum(want + 0.5, along[-1] + 0.5)
+            dx = np.interp(ahead, along, pts[:, 0]) - np.interp(ahead - 1.0, along, pts[:, 0])
+            dy = np.interp(ahead, along, pts[:, 1]) - np.interp(ahead - 1.0, along, pts[:, 1])
+            head[i] = np.where(np.hypot(dx, dy) > 1e-6, np.arctan2(dy, dx), heading[i])
+        return pos, head
 
 
 @dataclass
@@ -82,6 +148,15 @@ class Replay:
         return out
 
 
+def _distance(speed: float, decel: float, steps: FloatArray) -> FloatArray:
+    """Distance covered by ``steps`` seconds from ``speed``, slowing at ``decel`` (<= 0) to a standstill."""
+    if decel >= 0:
+        return speed * steps
+    te = np.minimum(steps, speed / -decel)
+    out: FloatArray = speed * te + decel * te * te / 2
+    return out
+
+
 def replay(
     traj: Trajectories,
     fps: float,
@@ -91,21 +166,30 @@ def replay(
     seed: int = 0,
     horizon_s: float = 5.0,
     learn: bool = True,
+    oracle: str | None = None,
+    braking: bool = False,
 ) -> Replay:
-    """Trajectories through the engine at ``fps``, optionally as a camera sees them."""
+    """Trajectories through the engine at ``fps``, optionally as a camera sees them.
+
+    ``oracle`` (the ceiling, no camera): ``"state"`` gives each road user its exact FCD state instead
+    of the one tracked from positions; ``"route"`` also predicts it along its own future path (slowing
+    at its deceleration with ``braking``).
+    """
     rng = np.random.default_rng(seed)
     calib = fit(camera.clicked_points()) if camera else None
     tracks: dict[str, GroundTrack] = {}
     ids: dict[str, int] = {}
     names: dict[int, str] = {}
     paths = PathHistory(window_s=10.0)
-    lanes = (
+    routes = TrueRoutes(traj, braking) if oracle == "route" else None
+    flow = (
         FlowMap(
             (float(traj.x.min()) - 10, float(traj.y.min()) - 10, float(traj.x.max()) + 10, float(traj.y.max()) + 10)
         )
-        if learn
+        if learn and routes is None
         else None
     )
+    lanes: PathPredictor | None = routes if routes is not None else flow
     out = Replay(fps)
     last_seen: dict[str, float] = {}
     for when, rows in traj.frames(fps):
@@ -115,6 +199,8 @@ def replay(
             rows, pix = rows[inside], pix[inside]
             pix = pix + rng.normal(0.0, noise_px, pix.shape)
             xy = calib.to_ground(pix)
+        if routes is not None:
+            routes.frame(rows, xy)
         users = []
         for row, (x, y) in zip(rows, xy, strict=True):
             name = str(traj.vehicle[row])
@@ -128,6 +214,11 @@ def replay(
             heading = state.heading
             if not tracks[name].heading_known:
                 heading = float(traj.heading[row]) if camera is None else heading
+            if oracle is not None:
+                heading, speed = float(traj.heading[row]), float(traj.speed[row])
+                state = state._replace(
+                    x=float(x), y=float(y), vx=speed * math.cos(heading), vy=speed * math.sin(heading), yaw_rate=0.0
+                )
             users.append(
                 RoadUser(
                     ids[name],
@@ -145,8 +236,8 @@ def replay(
         started = time.process_time()
         near = _near(users, 60.0)
         ttc = pair_ttc(near, horizon_s, lanes)
-        if lanes is not None and users:
-            lanes.learn(
+        if flow is not None and users:
+            flow.learn(
                 np.array([(u.x, u.y) for u in users]),
                 np.array([u.heading for u in users]),
                 np.array([u.speed for u in users]),
@@ -235,6 +326,7 @@ def compare(
     reasons = _false_reasons(false_pairs, traj)
     return {
         "sumo_conflicts_ttc_le_threshold": len(positives),
+        "sumo_conflicts_from_opposite_approaches": _opposite_approaches(list(positives.values()), traj),
         "sumo_ssm_collision_artefacts_left_out": len(artefacts),
         "found": found,
         "recall": round(found / len(positives), 3) if positives else None,
@@ -259,6 +351,22 @@ def compare(
         },
         "false_positive_reasons": reasons,
     }
+
+
+def _opposite_approaches(conflicts: list[SumoConflict], traj: Trajectories) -> int:
+    """How many of ``conflicts`` are between vehicles that came from opposite directions (headings a second
+    before SUMO's minimum TTC more than 150 degrees apart): a crossing between them is a left turn's."""
+    wanted = {v for c in conflicts for v in c.pair}
+    heading: dict[tuple[str, float], float] = {}
+    for row in np.flatnonzero(np.isin(traj.vehicle, list(wanted))):
+        heading[(str(traj.vehicle[row]), round(float(traj.t[row]), 1))] = float(traj.heading[row])
+    count = 0
+    for c in conflicts:
+        at = round(c.min_ttc_time - 1.0, 1)
+        a, b = heading.get((c.ego, at)), heading.get((c.foe, at))
+        if a is not None and b is not None and abs(math.remainder(a - b, math.tau)) > math.radians(150):
+            count += 1
+    return count
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -385,6 +493,14 @@ def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[
     cam["noise_px"] = noise_px
     cam["calibration_rms_m"] = round(fit(camera.clicked_points()).rms_error_m, 3)
     result["via_camera"] = cam
+    result["ceiling"] = {}
+    for variant, (oracle, braking) in CEILING.items():
+        told = replay(traj, fps, oracle=oracle, braking=braking)
+        found = compare(conflicts, told, traj, warmup_s=WARMUP_S)
+        result["ceiling"][variant] = {
+            k: found[k]
+            for k in ("found", "sumo_conflicts_ttc_le_threshold", "recall", "flagged_pairs_sumo_logs", "flagged_pairs")
+        } | {"precision": found["precision"], "false_positive_reasons": found["false_positive_reasons"]}
     result["duration_s"] = scenario.duration_s
     log(
         f"{name}: recall {result['recall']} precision {result['precision']}; "
@@ -410,11 +526,20 @@ def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return round(total(path, num) / d, 3) if d else None
 
     return {
+        "sumo_conflicts_ttc_le_threshold": total((), "sumo_conflicts_ttc_le_threshold"),
+        "sumo_conflicts_from_opposite_approaches": total((), "sumo_conflicts_from_opposite_approaches"),
         "recall": ratio((), "found", "sumo_conflicts_ttc_le_threshold"),
         "precision": ratio((), "flagged_pairs_sumo_logs", "flagged_pairs"),
         "via_camera": {
             "recall": ratio(("via_camera",), "found", "sumo_conflicts_ttc_le_threshold"),
             "precision": ratio(("via_camera",), "flagged_pairs_sumo_logs", "flagged_pairs"),
+        },
+        "ceiling": {
+            variant: {
+                "recall": ratio(("ceiling", variant), "found", "sumo_conflicts_ttc_le_threshold"),
+                "precision": ratio(("ceiling", variant), "flagged_pairs_sumo_logs", "flagged_pairs"),
+            }
+            for variant in CEILING
         },
     }
 

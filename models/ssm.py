@@ -28,12 +28,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from models.lanes import FlowMap
 
 Kind = Literal["pedestrian", "cyclist", "vehicle"]
 FloatArray = npt.NDArray[np.float64]
@@ -88,6 +86,17 @@ PET_MIN_SPEED = 0.5
 PET_MIN_MOVER_SPEED = 2.0
 #: Two paths cross for PET only at more than this angle (degrees); shallower is following or merging.
 PET_MIN_ANGLE_DEG = 20.0
+
+
+class PathPredictor(Protocol):
+    """Where vehicles go: :class:`models.lanes.FlowMap` (the lanes a camera learned), or in a benchmark the
+    routes a simulator knows."""
+
+    def predict(
+        self, xy: FloatArray, heading: FloatArray, speed: FloatArray, yaw_rate: FloatArray, steps: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Positions (N, K, 2) and headings (N, K) at the times ``steps``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -227,7 +236,7 @@ def drac(closing_mps: FloatArray, ttc_s: FloatArray) -> FloatArray:
 
 
 def measure(
-    users: list[RoadUser], thresholds: Thresholds | None = None, lanes: FlowMap | None = None
+    users: list[RoadUser], thresholds: Thresholds | None = None, lanes: PathPredictor | None = None
 ) -> list[Conflict]:
     """TTC and DRAC of every pair of interest among ``users``; the pairs past a threshold, most urgent first.
 
@@ -261,7 +270,7 @@ def measure(
 
 
 def pair_ttc(
-    users: list[RoadUser], horizon_s: float = 5.0, lanes: FlowMap | None = None
+    users: list[RoadUser], horizon_s: float = 5.0, lanes: PathPredictor | None = None
 ) -> dict[tuple[int, int], float]:
     """TTC of every pair of interest, by (smaller id, larger id); pairs that never meet are left out."""
     left, right = interesting_pairs(users)
@@ -295,7 +304,7 @@ def _pair_ttc(
     left: npt.NDArray[np.intp],
     right: npt.NDArray[np.intp],
     horizon_s: float,
-    lanes: FlowMap | None = None,
+    lanes: PathPredictor | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     pos = np.array([(u.x, u.y) for u in users], dtype=np.float64)
     vel = np.array([(u.vx, u.vy) for u in users], dtype=np.float64)

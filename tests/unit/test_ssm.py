@@ -187,3 +187,40 @@ def test_sumo_oracle_on_a_small_grid(tmp_path: Path) -> None:
     pet = pet_compare(conflicts, seen)
     assert pet["sumo_pet_le_threshold"] >= 3
     assert pet["recall"] >= 0.8
+
+
+def test_true_routes_follow_each_vehicle_own_path() -> None:
+    """The ceiling's predictor: along the vehicle's own later path (round a corner), at its speed, or braking
+    to a standstill; a position not in the frame is an error, not a guess."""
+    from bench.ssm import TrueRoutes
+    from sim.sumo import Trajectories
+
+    # 10 m/s east for 2 s, then north round a right angle: one row each 0.1 s, decelerating at -2 m/s^2 in the end
+    t = np.round(np.arange(0.0, 4.0, 0.1), 1)
+    x = np.where(t <= 2.0, 10 * t, 20.0)
+    y = np.where(t <= 2.0, 0.0, 10 * (t - 2.0))
+    speed = np.where(t < 3.0, 10.0, 10.0 - 2.0 * (t - 3.0))
+    traj = Trajectories(
+        t=t,
+        vehicle=np.array(["v"] * len(t)),
+        x=x,
+        y=y,
+        heading=np.where(t <= 2.0, 0.0, math.pi / 2),
+        speed=speed,
+        lane=np.array(["l"] * len(t)),
+    )
+    steps = np.array([0.0, 0.5, 1.5])
+    routes = TrueRoutes(traj)
+    at = np.array([[10.0, 0.0]])  # t = 1.0
+    routes.frame(np.array([10]), at)
+    pos, head = routes.predict(at, np.array([0.0]), np.array([10.0]), np.zeros(1), steps)
+    assert pos[0].ravel() == pytest.approx([10, 0, 15, 0, 20, 5], abs=1e-6)
+    assert head[0, 2] == pytest.approx(math.pi / 2, abs=1e-6)
+    braking = TrueRoutes(traj, braking=True)
+    at = np.array([[20.0, 12.0]])  # t = 3.2: 9.6 m/s, -2 m/s^2, stops 23.04 m on
+    braking.frame(np.array([32]), at)
+    pos, _ = braking.predict(at, np.array([math.pi / 2]), np.array([9.6]), np.zeros(1), np.array([0.0, 1.0, 10.0]))
+    assert pos[0, 1] == pytest.approx([20, 12 + 9.6 - 1.0], abs=0.05)
+    assert pos[0, 2] == pytest.approx([20, 12 + 9.6**2 / 4], abs=0.05)
+    with pytest.raises(KeyError):
+        braking.predict(np.array([[3.0, 3.0]]), np.zeros(1), np.ones(1), np.zeros(1), steps)
