@@ -28,7 +28,7 @@ the Faust data dir and CPU per detection every minute (``soak`` in the JSON).
 
 ``--profile-level N`` also samples the one worker at N cameras with py-spy for the measured window
 and writes a flame graph beside the report (``capacity_flame.svg``); ``--cprofile DIR`` runs every
-worker under cProfile.
+worker under cProfile, ``--heapwatch DIR`` under :mod:`bench.heapwatch` (where the heap grows).
 
 ``--before-after N`` (default 50, a level one worker holds) runs one worker at N cameras once
 more on the settings of before #13 (Faust's fetch of 1 byte; camera state, alerts and spend written
@@ -328,11 +328,18 @@ def profiler(pid: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
 
 #: ``--cprofile DIR``: each worker runs under cProfile, its profile written there when it stops
 CPROFILE: Path | None = None
+#: ``--heapwatch DIR``: each worker's heap growth by allocation site, rewritten there every minute
+HEAPWATCH: Path | None = None
 
 
 def python_for(tag: str, i: int) -> list[str]:
     """The worker's interpreter command: under cProfile with ``--cprofile`` (CPU attribution by
     function; wall clock, so calls that wait on the other core read high)."""
+    if HEAPWATCH is not None:
+        # live objects by type, at full load (HEAPWATCH_TRACEMALLOC=N: allocation sites, N frames, slow)
+        frames = os.environ.get("HEAPWATCH_TRACEMALLOC")
+        traced = ["-X", f"tracemalloc={frames}"] if frames else []
+        return [sys.executable, *traced, "-m", "bench.heapwatch", str(HEAPWATCH / f"{tag}-worker-{i}.txt")]
     if CPROFILE is None:
         return [sys.executable]
     return [sys.executable, "-m", "cProfile", "-o", str(CPROFILE / f"{tag}-worker-{i}.prof")]
@@ -681,13 +688,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vlm-latency-ms", type=float, default=400.0)
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="run the soak instead of the step load")
     parser.add_argument("--soak-cameras", type=int, default=100)
+    parser.add_argument("--soak-key", default="soak", help="the JSON key the soak is written under")
     parser.add_argument("--profile-level", type=int, default=0, help="py-spy one worker at this many cameras")
     parser.add_argument("--before-after", type=int, default=50, help="cameras of the before/after-#13 pair (0: none)")
     parser.add_argument("--cprofile", type=Path, help="run the workers under cProfile, profiles written here")
+    parser.add_argument(
+        "--heapwatch", type=Path, help="run the workers under bench.heapwatch, heap growth written here"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
     args = parser.parse_args(argv)
-    global CPROFILE
+    global CPROFILE, HEAPWATCH
     CPROFILE = args.cprofile
+    HEAPWATCH = args.heapwatch
+    if HEAPWATCH is not None:
+        HEAPWATCH.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="roadwatch-capacity-") as tmp:
         workdir = Path(tmp)
@@ -721,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
             wait_until(lambda: port_open(redis_port) and port_open(vlm_port), 30, "redis and the simulated VLM")
             rig = Rig(args, cluster, env, workdir, vlm_port, crops)
             if args.soak_minutes:
-                report["soak"] = soak(rig)
+                report[args.soak_key] = soak(rig)
             else:
                 for w in (int(x) for x in args.workers.split(",")):
                     levels = step_load(rig, w)
