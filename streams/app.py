@@ -23,7 +23,7 @@ from faust.types.transports import TransportT
 from mode import Service, ServiceT
 
 from streams import metrics
-from streams.faust_seam import AtLeastOnceTransport
+from streams.faust_seam import AtLeastOnceTransport, share_rocksdb_memory
 from streams.settings import Settings, get_settings
 
 Hook = Callable[[], Awaitable[None]]
@@ -111,6 +111,8 @@ def create_app(settings: Settings) -> RoadwatchApp:
         logging_config=None,
     )
     app.fetch_wait_ms, app.fetch_min_bytes = settings.fetch_wait_ms, settings.fetch_min_bytes
+    if settings.store.startswith("rocksdb"):
+        share_rocksdb_memory(settings.rocksdb_memory_mb * 1024 * 1024)
     # Faust's own stream, table and send metrics, in the registry /metrics serves.
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.REGISTRY, "roadwatch_faust"))
     return app

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     kafka_url: str = Field(default="kafka://127.0.0.1:9092", description="Broker URL(s), ';'-separated.")
     topic_prefix: str = Field(default="", description="Prefix of every topic name (several deployments, one cluster).")
     store: str = Field(default="rocksdb://", description="Faust table store: rocksdb:// or memory://.")
+    rocksdb_memory_mb: int = Field(
+        default=128,
+        ge=16,
+        description="RocksDB memory of a worker, all tables and partitions together: one block cache, "
+        "memtables charged to it.",
+    )
     data_dir: Path = Field(default=Path(".state/faust"), description="Faust datadir (RocksDB tables).")
     topic_partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the main topics.")
     topic_replicas: int = Field(default=1, ge=1, le=16, description="Replication factor of new topics.")

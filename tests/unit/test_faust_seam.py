@@ -161,3 +161,27 @@ def test_a_head_neither_done_nor_in_flight_behind_done_offsets_is_a_hole(consume
     ack(consumer, 10, 11)
     assert consumer._new_offset(TASKS) == 13
     assert consumer.holes({}) == {}
+
+
+def test_all_rocksdb_tables_share_one_memory_budget(tmp_path, monkeypatch):
+    """Two databases opened through Faust's options charge their memtables to one cache, which stays
+    within the budget; Faust's own options give each database a cache of its own."""
+    from faust.stores.rocksdb import RocksDBOptions
+
+    from streams.faust_seam import share_rocksdb_memory
+
+    monkeypatch.setattr(RocksDBOptions, "as_options", RocksDBOptions.as_options)  # restored afterwards
+    budget = 16 * 1024 * 1024
+    cache = share_rocksdb_memory(budget)
+    options = RocksDBOptions(write_buffer_size=4 * 1024 * 1024)
+    dbs = [options.open(tmp_path / f"db{i}") for i in range(2)]
+    before = cache.get_usage()
+    for i, db in enumerate(dbs):
+        for k in range(3000):
+            db[f"{i}-{k}".encode()] = b"x" * 500
+    grown = cache.get_usage() - before
+    assert grown > 0, "memtable writes were not charged to the shared cache"
+    assert cache.get_usage() <= budget * 1.1
+    assert dbs[1][b"1-2999"] == b"x" * 500
+    for db in dbs:
+        db.close()

@@ -16,6 +16,11 @@ import pytest
 
 #: (module:qualified name) -> (sha256 prefix of its source, what to re-check when it changes)
 FINGERPRINTS: dict[str, tuple[str, str]] = {
+    "faust.stores.rocksdb:RocksDBOptions.as_options": (
+        "d2a1bea17736d2eb",
+        "share_rocksdb_memory replaces its rocksdict branch with the same options and one shared cache and "
+        "write buffer manager: carry over any option upstream added",
+    ),
     "faust.transport.consumer:Consumer.__init__": (
         "302410d59e6972d1",
         "the private state AtLeastOnceConsumer reads and clears (_acked, _acked_index, _gap, _read_offset, "
