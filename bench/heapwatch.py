@@ -106,9 +106,9 @@ def watch(out: Path, interval_s: float = INTERVAL_S, baseline_intervals: int = B
     timeline = [f"at {base_at:.0f} s: RSS {base_rss:.0f} MB; {_malloc_mb()}"]
     while True:
         time.sleep(interval_s)
-        head = (
-            f"after {time.monotonic() - started:.0f} s: RSS {_rss_mb():.0f} MB ({base_rss:.0f} MB at {base_at:.0f} s)"
-        )
+        now, rss = time.monotonic() - started, _rss_mb()
+        timeline.append(f"at {now:.0f} s: RSS {rss:.0f} MB; {_malloc_mb()}")
+        head = f"after {now:.0f} s: RSS {rss:.0f} MB ({base_rss:.0f} MB at {base_at:.0f} s)"
         if first_sites is not None:
             head += f", python heap {tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB"
             lines = [head, *_site_lines(first_sites)]
