@@ -11,7 +11,8 @@ of RSS, glibc's bytes in use and free in its arenas, and pymalloc's blocks, one 
 * without: the live objects by type (``gc.get_objects``, a second or so a snapshot, nothing per
   allocation), at full load: containers and class instances only (strs, bytes, numbers and the
   tuples holding only those are not tracked by the collector), so a leak of the app's objects
-  shows by name; growth that none of these lines shows is native (a library's own allocations).
+  shows by name, and the containers (over ``BIG`` items) that grew most, with what holds them: a
+  list of a million offsets is one object but shows there; growth none of this shows is native.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 #: Seconds between snapshots (``HEAPWATCH_INTERVAL_S`` in the environment).
@@ -33,6 +34,8 @@ INTERVAL_S = float(os.environ.get("HEAPWATCH_INTERVAL_S", "60"))
 #: The baseline is the snapshot after this many intervals (``HEAPWATCH_BASELINE_INTERVALS``).
 BASELINE_INTERVALS = int(os.environ.get("HEAPWATCH_BASELINE_INTERVALS", "3"))
 TOP = 25
+#: Containers longer than this are followed by identity (a growing index or cache, whatever holds it).
+BIG = 1000
 #: Frames shown per allocation site, the innermost (where the allocation happened) last.
 FRAMES = 8
 
@@ -89,10 +92,44 @@ def _site_lines(first: tracemalloc.Snapshot) -> list[str]:
     return lines
 
 
-def _type_lines(first: Counter[str]) -> list[str]:
+def _sizes() -> dict[int, tuple[str, int]]:
+    """Every list, dict, set and deque of more than ``BIG`` items: id -> (type, length)."""
+    out = {}
+    for o in gc.get_objects():
+        if isinstance(o, list | dict | set | deque):
+            n = len(o)
+            if n > BIG:
+                out[id(o)] = (type(o).__name__, n)
+    return out
+
+
+def _owner(target_id: int) -> str:
+    """Who holds a container: an attribute or key of an object or module that refers to it."""
+    target = next((o for o in gc.get_objects() if id(o) == target_id), None)
+    if target is None:
+        return "?"
+    for ref in gc.get_referrers(target):
+        if isinstance(ref, dict):
+            key = next((k for k, v in ref.items() if v is target), None)
+            holders = [h for h in gc.get_referrers(ref) if getattr(h, "__dict__", None) is ref]
+            holder = holders[0] if holders else None
+            where = getattr(holder, "__name__", None) if isinstance(holder, type(sys)) else None
+            where = where or (type(holder).__qualname__ if holder is not None else "a dict")
+            return f"{where}[{key!r}]"
+    return type(next(iter(gc.get_referrers(target)), None)).__qualname__
+
+
+def _type_lines(first: Counter[str], first_sizes: dict[int, tuple[str, int]]) -> list[str]:
     now = _types()
     grown = sorted(((now[k] - first.get(k, 0), k) for k in now), reverse=True)[:TOP]
-    return ["", *(f"{diff:+9d}  {name} (now {now[name]})" for diff, name in grown)]
+    lines = ["", *(f"{diff:+9d}  {name} (now {now[name]})" for diff, name in grown)]
+    sizes = _sizes()
+    growing = sorted(
+        ((n - first_sizes.get(key, (kind, 0))[1], key, kind, n) for key, (kind, n) in sizes.items()), reverse=True
+    )[:10]
+    lines += ["", "containers that grew most (items):"]
+    lines += [f"{diff:+9d}  {kind} of {n} held by {_owner(key)}" for diff, key, kind, n in growing if diff > 0]
+    return lines
 
 
 def watch(out: Path, interval_s: float = INTERVAL_S, baseline_intervals: int = BASELINE_INTERVALS) -> None:
@@ -102,6 +139,7 @@ def watch(out: Path, interval_s: float = INTERVAL_S, baseline_intervals: int = B
     sites = tracemalloc.is_tracing()
     first_sites = _snapshot() if sites else None
     first_types = None if sites else _types()
+    first_sizes = {} if sites else _sizes()
     base_at, base_rss = time.monotonic() - started, _rss_mb()
     timeline = [f"at {base_at:.0f} s: RSS {base_rss:.0f} MB; {_malloc_mb()}"]
     while True:
@@ -113,7 +151,7 @@ def watch(out: Path, interval_s: float = INTERVAL_S, baseline_intervals: int = B
             head += f", python heap {tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB"
             lines = [head, *_site_lines(first_sites)]
         else:
-            lines = [head, *_type_lines(first_types or Counter())]
+            lines = [head, *_type_lines(first_types or Counter(), first_sizes)]
         tmp = out.with_suffix(".tmp")
         tmp.write_text("\n".join([*lines, "", "timeline:", *timeline]) + "\n")
         tmp.replace(out)
