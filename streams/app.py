@@ -112,7 +112,8 @@ def create_app(settings: Settings) -> RoadwatchApp:
     )
     app.fetch_wait_ms, app.fetch_min_bytes = settings.fetch_wait_ms, settings.fetch_min_bytes
     if settings.store.startswith("rocksdb"):
-        share_rocksdb_memory(settings.rocksdb_memory_mb * 1024 * 1024)
+        cache = share_rocksdb_memory(settings.rocksdb_memory_mb * 1024 * 1024)
+        metrics.rocksdb_memory.set_function(cache.get_usage)
     # Faust's own stream, table and send metrics, in the registry /metrics serves.
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.REGISTRY, "roadwatch_faust"))
     return app

@@ -134,3 +134,9 @@ consumer_stalls_total = Counter(
     "Checks that found a partition stalled (each triggers a rejoin).",
     registry=REGISTRY,
 )
+
+rocksdb_memory = Gauge(
+    "roadwatch_rocksdb_memory_bytes",
+    "The worker's RocksDB block cache in use, memtables included (ROADWATCH_ROCKSDB_MEMORY_MB bounds it).",
+    registry=REGISTRY,
+)

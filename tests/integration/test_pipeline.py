@@ -129,6 +129,9 @@ def test_bad_input_goes_to_the_dlq_and_the_worker_keeps_going(kafka, deployment,
     metrics = urllib_text(f"http://127.0.0.1:{worker.port}/metrics")
     assert f'roadwatch_dlq_total{{topic="{topic}"}} {float(len(BAD_INPUTS))}' in metrics
     assert "roadwatch_unknown_camera_records_total 1.0" in metrics
+    # the tables' RocksDB memory, all partitions together, is charged to one budget (shipped: 128 MB)
+    used = next(float(x.split()[1]) for x in metrics.splitlines() if x.startswith("roadwatch_rocksdb_memory_bytes "))
+    assert 0 < used <= 128 * 1024 * 1024
 
 
 def test_any_payload_on_the_redis_channel_is_counted_and_dropped(kafka, deployment, start_worker, redis_url):
