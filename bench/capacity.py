@@ -333,8 +333,9 @@ HEAPWATCH: Path | None = None
 
 
 def python_for(tag: str, i: int) -> list[str]:
-    """The worker's interpreter command: under cProfile with ``--cprofile`` (CPU attribution by
-    function; wall clock, so calls that wait on the other core read high)."""
+    """The worker's interpreter command: under :mod:`bench.heapwatch` with ``--heapwatch`` (objects by
+    type, or allocation sites with ``HEAPWATCH_TRACEMALLOC``), else under cProfile with ``--cprofile``
+    (CPU attribution by function; wall clock, so calls that wait on the other core read high)."""
     if HEAPWATCH is not None:
         # live objects by type, at full load (HEAPWATCH_TRACEMALLOC=N: allocation sites, N frames, slow)
         frames = os.environ.get("HEAPWATCH_TRACEMALLOC")
@@ -700,6 +701,8 @@ def main(argv: list[str] | None = None) -> None:
     global CPROFILE, HEAPWATCH
     CPROFILE = args.cprofile
     HEAPWATCH = args.heapwatch
+    if HEAPWATCH is not None and CPROFILE is not None:
+        parser.error("--heapwatch and --cprofile each wrap the worker: pick one")
     if HEAPWATCH is not None:
         HEAPWATCH.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}

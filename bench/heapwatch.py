@@ -110,7 +110,7 @@ def _owner(target_id: int) -> str:
         return "?"
     for ref in gc.get_referrers(target):
         if isinstance(ref, dict):
-            key = next((k for k, v in ref.items() if v is target), None)
+            key = next((k for k, v in list(ref.items()) if v is target), None)  # a copy: the app runs on
             holders = [h for h in gc.get_referrers(ref) if getattr(h, "__dict__", None) is ref]
             holder = holders[0] if holders else None
             where = getattr(holder, "__name__", None) if isinstance(holder, type(sys)) else None
@@ -128,7 +128,8 @@ def _type_lines(first: Counter[str], first_sizes: dict[int, tuple[str, int]]) ->
         ((n - first_sizes.get(key, (kind, 0))[1], key, kind, n) for key, (kind, n) in sizes.items()), reverse=True
     )[:10]
     lines += ["", "containers that grew most (items):"]
-    lines += [f"{diff:+9d}  {kind} of {n} held by {_owner(key)}" for diff, key, kind, n in growing if diff > 0]
+    # followed by identity: an id reused by a newer container reads as that one's growth
+    lines += [f"{diff:+9d}  {kind} of {n} held by {_owner(key)}" for diff, key, kind, n in growing[:5] if diff > 0]
     return lines
 
 
@@ -144,17 +145,34 @@ def watch(out: Path, interval_s: float = INTERVAL_S, baseline_intervals: int = B
     timeline = [f"at {base_at:.0f} s: RSS {base_rss:.0f} MB; {_malloc_mb()}"]
     while True:
         time.sleep(interval_s)
-        now, rss = time.monotonic() - started, _rss_mb()
-        timeline.append(f"at {now:.0f} s: RSS {rss:.0f} MB; {_malloc_mb()}")
-        head = f"after {now:.0f} s: RSS {rss:.0f} MB ({base_rss:.0f} MB at {base_at:.0f} s)"
-        if first_sites is not None:
-            head += f", python heap {tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB"
-            lines = [head, *_site_lines(first_sites)]
-        else:
-            lines = [head, *_type_lines(first_types or Counter(), first_sizes)]
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text("\n".join([*lines, "", "timeline:", *timeline]) + "\n")
-        tmp.replace(out)
+        try:
+            _report(out, started, base_at, base_rss, timeline, first_sites, first_types, first_sizes)
+        except Exception as exc:  # the watched process goes on; the report says why this one failed
+            out.write_text(f"heapwatch failed: {exc!r}\n")
+
+
+def _report(
+    out: Path,
+    started: float,
+    base_at: float,
+    base_rss: float,
+    timeline: list[str],
+    first_sites: tracemalloc.Snapshot | None,
+    first_types: Counter[str] | None,
+    first_sizes: dict[int, tuple[str, int]],
+) -> None:
+    """One interval's report into ``out`` (rewritten whole, so a reader never sees half)."""
+    now, rss = time.monotonic() - started, _rss_mb()
+    timeline.append(f"at {now:.0f} s: RSS {rss:.0f} MB; {_malloc_mb()}")
+    head = f"after {now:.0f} s: RSS {rss:.0f} MB ({base_rss:.0f} MB at {base_at:.0f} s)"
+    if first_sites is not None:
+        head += f", python heap {tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB"
+        lines = [head, *_site_lines(first_sites)]
+    else:
+        lines = [head, *_type_lines(first_types or Counter(), first_sizes)]
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join([*lines, "", "timeline:", *timeline]) + "\n")
+    tmp.replace(out)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@
   clicked (rounded) points; only conflicts whose two vehicles the camera sees count.
 * ``sumo.ceiling``: what the same comparison gives the engine when told what a camera cannot
   know, to separate its estimation errors from the distance between the two definitions of a
-  conflict: ``true_state`` (each vehicle's exact position, heading and speed from the FCD),
+  conflict: ``true_state`` (each vehicle's exact position, heading and speed from the FCD, its
+  turn rate taken as none),
   ``true_route`` (that, and predicted along its own future path, the route SUMO knows, at its
   current speed), ``true_route_braking`` (that, slowing at its current deceleration as SUMO's
   arrival estimates do). SUMO's crossing TTC is not two bodies meeting: it is the follower's

@@ -41,12 +41,15 @@ def rocksdb_options() -> dict[str, int]:
     data dir by 78 MB a minute (bench/capacity.py's soak, 100 cameras; 22 and 3 with these): small
     memtables flush, and compaction drops the overwritten values (camera_state is rewritten on
     every frame), early. The block cache, and the memtables' total, are one budget for all the
-    databases of a worker (``rocksdb_memory_mb``, :func:`streams.faust_seam.share_rocksdb_memory`).
+    databases of a worker (``rocksdb_memory_mb``, :func:`streams.faust_seam.share_rocksdb_memory`);
+    the cache sizes here serve only where that is not installed (the python-rocksdb driver).
     """
     return {
         "write_buffer_size": 4 * MIB,
         "max_write_buffer_number": 2,
         "target_file_size_base": 8 * MIB,
+        "block_cache_size": 8 * MIB,
+        "block_cache_compressed_size": 8 * MIB,
     }
 
 
