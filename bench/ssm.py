@@ -16,8 +16,8 @@
   clicked (rounded) points; only conflicts whose two vehicles the camera sees count.
 * ``sumo.ceiling``: what the same comparison gives the engine when told what a camera cannot
   know, to separate its estimation errors from the distance between the two definitions of a
-  conflict: ``true_state`` (each vehicle's exact position, heading and speed from the FCD, its
-  turn rate taken as none),
+  conflict: ``true_state`` (each vehicle's exact position, heading, speed and turn rate from the
+  FCD),
   ``true_route`` (that, and predicted along its own future path, the route SUMO knows, at its
   current speed), ``true_route_braking`` (that, slowing at its current deceleration as SUMO's
   arrival estimates do). SUMO's crossing TTC is not two bodies meeting: it is the follower's
@@ -47,7 +47,16 @@ import numpy.typing as npt
 from bench.pipeline import RESULTS, log, save
 from models.calibration import fit
 from models.lanes import FlowMap
-from models.ssm import GroundTrack, PathHistory, PathPredictor, RoadUser, Thresholds, pair_ttc
+from models.ssm import (
+    MAX_YAW_RATE,
+    MIN_YAW_RATE,
+    GroundTrack,
+    PathHistory,
+    PathPredictor,
+    RoadUser,
+    Thresholds,
+    pair_ttc,
+)
 from sim.sumo import (
     CAR_LENGTH_M,
     CAR_WIDTH_M,
@@ -149,6 +158,19 @@ class Replay:
         return out
 
 
+def yaw_rates(traj: Trajectories) -> FloatArray:
+    """Each FCD row's turn rate (rad/s), from its vehicle's heading over time, kept as the tracker keeps
+    one: none below ``MIN_YAW_RATE`` (noise on a straight road), at most ``MAX_YAW_RATE``."""
+    out = np.zeros(len(traj.t))
+    order = np.lexsort((traj.t, traj.vehicle))
+    cuts = np.flatnonzero(traj.vehicle[order][1:] != traj.vehicle[order][:-1]) + 1
+    for seg in np.split(order, cuts):
+        if len(seg) > 1:
+            out[seg] = np.gradient(np.unwrap(traj.heading[seg]), traj.t[seg])
+    kept: FloatArray = np.where(np.abs(out) < MIN_YAW_RATE, 0.0, np.clip(out, -MAX_YAW_RATE, MAX_YAW_RATE))
+    return kept
+
+
 def _distance(speed: float, decel: float, steps: FloatArray) -> FloatArray:
     """Distance covered by ``steps`` seconds from ``speed``, slowing at ``decel`` (<= 0) to a standstill."""
     if decel >= 0:
@@ -183,6 +205,7 @@ def replay(
     names: dict[int, str] = {}
     paths = PathHistory(window_s=10.0)
     routes = TrueRoutes(traj, braking) if oracle == "route" else None
+    true_yaw = yaw_rates(traj) if oracle is not None else None
     flow = (
         FlowMap(
             (float(traj.x.min()) - 10, float(traj.y.min()) - 10, float(traj.x.max()) + 10, float(traj.y.max()) + 10)
@@ -218,7 +241,11 @@ def replay(
             if oracle is not None:
                 heading, speed = float(traj.heading[row]), float(traj.speed[row])
                 state = state._replace(
-                    x=float(x), y=float(y), vx=speed * math.cos(heading), vy=speed * math.sin(heading), yaw_rate=0.0
+                    x=float(x),
+                    y=float(y),
+                    vx=speed * math.cos(heading),
+                    vy=speed * math.sin(heading),
+                    yaw_rate=float(true_yaw[row]) if true_yaw is not None else 0.0,
                 )
             users.append(
                 RoadUser(

@@ -224,3 +224,23 @@ def test_true_routes_follow_each_vehicle_own_path() -> None:
     assert pos[0, 2] == pytest.approx([20, 12 + 9.6**2 / 4], abs=0.05)
     with pytest.raises(KeyError):
         braking.predict(np.array([[3.0, 3.0]]), np.zeros(1), np.ones(1), np.zeros(1), steps)
+
+
+def test_the_ceiling_takes_each_vehicle_turn_rate_from_its_headings() -> None:
+    from bench.ssm import yaw_rates
+    from sim.sumo import Trajectories
+
+    t = np.round(np.arange(0.0, 3.0, 0.1), 1)
+    turning = np.remainder(0.5 * t + math.pi, math.tau) - math.pi  # crosses +-pi: unwrapped, not a jump
+    traj = Trajectories(
+        t=np.r_[t, t],
+        vehicle=np.array(["turns"] * len(t) + ["straight"] * len(t)),
+        x=np.zeros(2 * len(t)),
+        y=np.zeros(2 * len(t)),
+        heading=np.r_[turning, np.full(len(t), 1.0)],
+        speed=np.full(2 * len(t), 5.0),
+        lane=np.array(["l"] * (2 * len(t))),
+    )
+    yaw = yaw_rates(traj)
+    assert yaw[: len(t)] == pytest.approx(np.full(len(t), 0.5), abs=1e-6)
+    assert not yaw[len(t) :].any()
