@@ -97,11 +97,9 @@ class TrueRoutes:
     """
 
     def __init__(self, traj: Trajectories, braking: bool = False) -> None:
-        order = np.lexsort((traj.t, traj.vehicle))
-        cuts = np.flatnonzero(traj.vehicle[order][1:] != traj.vehicle[order][:-1]) + 1
         self._paths: list[tuple[FloatArray, FloatArray, FloatArray]] = []  # points, distance along, acceleration
         self._where: dict[int, tuple[int, int]] = {}  # FCD row -> (path, index on it)
-        for seg in np.split(order, cuts):
+        for seg in _per_vehicle(traj):
             xy = np.c_[traj.x[seg], traj.y[seg]]
             along = np.r_[0.0, np.cumsum(np.hypot(*np.diff(xy, axis=0).T))]
             acc = np.zeros(len(seg))
@@ -158,13 +156,18 @@ class Replay:
         return out
 
 
+def _per_vehicle(traj: Trajectories) -> list[npt.NDArray[np.intp]]:
+    """The FCD's rows vehicle by vehicle, each in time order."""
+    order = np.lexsort((traj.t, traj.vehicle))
+    cuts = np.flatnonzero(traj.vehicle[order][1:] != traj.vehicle[order][:-1]) + 1
+    return np.split(order, cuts)
+
+
 def yaw_rates(traj: Trajectories) -> FloatArray:
     """Each FCD row's turn rate (rad/s), from its vehicle's heading over time, kept as the tracker keeps
     one: none below ``MIN_YAW_RATE`` (noise on a straight road), at most ``MAX_YAW_RATE``."""
     out = np.zeros(len(traj.t))
-    order = np.lexsort((traj.t, traj.vehicle))
-    cuts = np.flatnonzero(traj.vehicle[order][1:] != traj.vehicle[order][:-1]) + 1
-    for seg in np.split(order, cuts):
+    for seg in _per_vehicle(traj):
         if len(seg) > 1:
             out[seg] = np.gradient(np.unwrap(traj.heading[seg]), traj.t[seg])
     kept: FloatArray = np.where(np.abs(out) < MIN_YAW_RATE, 0.0, np.clip(out, -MAX_YAW_RATE, MAX_YAW_RATE))
