@@ -17,9 +17,14 @@ Per backend, in one run on the same pre-rendered 640x360 frames of four simulate
   and ``detector_vs_plain_mog2``: what light correction, shake measurement and the median
   start cost on top of it, in the same run (the machine's speed varies from run to run).
 
-``cameras_per_node``: frames per second one node analyses with the producer's two analysis
-threads over four cameras at once, divided by 2 analysis fps per camera, rounded down. Frame
-decoding is not included (a real camera's H.264 decode adds a few ms per frame).
+``cameras_per_node``: frames per second one node analyses over four cameras at once, divided by
+2 analysis fps per camera, rounded down. For motion, as ``python -m models.producer --processes 2``
+runs it (``node_fps``: two processes, each with half the cameras), beside one process with two
+analysis threads (``node_fps_one_process_two_threads``), each the best of three runs with all
+three kept (``*_runs``); YOLO in one process with two analysis threads. Frame
+decoding is not included (a real camera's H.264 decode adds a few ms per frame). Every figure is
+a steady state: each camera's first frames (``WARM_FRAMES``, the motion background's warm-up;
+two for YOLO) and the opening of its source are run before the clock starts.
 
 Backends: ``motion`` (OpenCV MOG2), ``yolo`` (yolo11n from its model yaml, random weights,
 torch on CPU) and ``yolo_onnx`` (the same exported to ONNX, onnxruntime on CPU). Random
@@ -31,6 +36,7 @@ Writes ``bench/results/detection.json``.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -46,7 +52,7 @@ import numpy as np
 from bench.detection_quality import measure as measure_quality
 from bench.pipeline import RESULTS, log, save
 from models.cameras import CameraConfig
-from models.detectors import Detector, MotionDetector, YoloDetector
+from models.detectors import WARM_UP_S, Detector, MotionDetector, YoloDetector
 from models.producer import CameraPipeline, analyse
 from models.sources import Frame
 from sim.scenarios import scenario
@@ -72,64 +78,155 @@ def rate(n: int, fn: Callable[[], None]) -> float:
     return round(n / (time.perf_counter() - started), 2)
 
 
-def pipeline_fps(detector: Detector, frames: dict[str, list[np.ndarray]], settings: Settings, store: Any) -> float:
-    cams = {c: CameraPipeline(CameraConfig(id=c, url="sim://scene", fps=2)) for c in frames}
-    n = sum(len(v) for v in frames.values())
+#: Frames per camera analysed before the clock starts: the motion background's warm-up (a
+#: median of the first WARM_UP_S, paid once per camera, not per frame) and two frames more.
+WARM_FRAMES = int(WARM_UP_S * 2) + 2
 
-    def run() -> None:
-        for cam_id, images in frames.items():
-            for i, image in enumerate(images):
-                analyse(cams[cam_id], Frame(image=image, captured_at=30 + i / 2, seq=i), detector, store, settings)
 
-    return rate(n, run)
+def _cameras(frames: dict[str, list[np.ndarray]]) -> dict[str, CameraPipeline]:
+    return {c: CameraPipeline(CameraConfig(id=c, url="sim://scene", fps=2)) for c in frames}
+
+
+def _analyse_all(
+    cams: dict[str, CameraPipeline],
+    frames: dict[str, list[np.ndarray]],
+    indices: range,
+    detector: Detector,
+    settings: Settings,
+    store: Any,
+) -> None:
+    """Frame by frame, each camera in turn (as the producer: one frame per camera at a time)."""
+    for i in indices:
+        for cam_id in cams:
+            analyse(cams[cam_id], Frame(frames[cam_id][i], 30 + i / 2, i), detector, store, settings)
+
+
+def steady_rate(
+    frames: dict[str, list[np.ndarray]],
+    warm: Callable[[range], None],
+    timed: Callable[[range], None],
+    warm_frames: int = WARM_FRAMES,
+) -> float:
+    """Frames per second of ``timed`` over the frames after the first ``warm_frames``, which
+    ``warm`` is given untimed: a camera runs for hours, so its start (the background's first
+    median, the source opened) is no part of what a node holds."""
+    n = len(next(iter(frames.values())))
+    if n < warm_frames + 10:
+        raise ValueError(f"speed needs at least {warm_frames + 10} frames a camera, got {n}")
+    warm(range(warm_frames))
+    return rate((n - warm_frames) * len(frames), lambda: timed(range(warm_frames, n)))
+
+
+def pipeline_fps(
+    detector: Detector,
+    frames: dict[str, list[np.ndarray]],
+    settings: Settings,
+    store: Any,
+    warm_frames: int = WARM_FRAMES,
+) -> float:
+    cams = _cameras(frames)
+
+    def run(r: range) -> None:
+        _analyse_all(cams, frames, r, detector, settings, store)
+
+    return steady_rate(frames, run, run, warm_frames)
 
 
 def node_fps(
-    make: Callable[[], Detector], frames: dict[str, list[np.ndarray]], settings: Settings, store: Any, threads: int = 2
+    make: Callable[[], Detector],
+    frames: dict[str, list[np.ndarray]],
+    settings: Settings,
+    store: Any,
+    threads: int = 2,
+    warm_frames: int = WARM_FRAMES,
 ) -> float:
     """Two analysis threads, each owning half the cameras (as the producer: one frame per camera at a time)."""
     detector = make()
-    cams = {c: CameraPipeline(CameraConfig(id=c, url="sim://scene", fps=2)) for c in frames}
+    cams = _cameras(frames)
     ids = list(frames)
-    shares = [ids[i::threads] for i in range(threads)]
-    n = sum(len(v) for v in frames.values())
+    shares = [{c: cams[c] for c in ids[i::threads]} for i in range(threads)]
 
-    def worker(share: list[str]) -> None:
-        for i in range(len(frames[share[0]])):
-            for cam_id in share:
-                analyse(cams[cam_id], Frame(frames[cam_id][i], 30 + i / 2, i), detector, store, settings)
-
-    def run() -> None:
+    def run(r: range) -> None:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(worker, shares))
+            list(pool.map(lambda share: _analyse_all(share, frames, r, detector, settings, store), shares))
 
-    return rate(n, run)
+    return steady_rate(frames, run, run, warm_frames)
 
 
-def bench_motion(frames: dict[str, list[np.ndarray]], settings: Settings, store: Any) -> dict[str, Any]:
-    n = sum(len(v) for v in frames.values())
+def _node_share(cams: dict[str, str], n_frames: int, barrier: Any, done: Any) -> None:
+    """One producer process's share of the cameras: render them, warm up, wait for the others, time."""
+    settings = Settings()
+    frames = render(cams, n_frames)
+    with tempfile.TemporaryDirectory(prefix="roadwatch-detbench-") as tmp:
+        store = open_store(f"file://{tmp}/img", redis_url=settings.redis_url, ttl_s=60)
+        detector, pipes = MotionDetector(), _cameras(frames)
+        _analyse_all(pipes, frames, range(WARM_FRAMES), detector, settings, store)
+        barrier.wait()
+        started = time.perf_counter()
+        _analyse_all(pipes, frames, range(WARM_FRAMES, n_frames), detector, settings, store)
+        done.put(((n_frames - WARM_FRAMES) * len(frames), time.perf_counter() - started))
 
-    def bare() -> None:
-        detector = MotionDetector()
-        for cam_id, images in frames.items():
-            for i, image in enumerate(images):
-                detector.detect(cam_id, image, i, at=30 + i / 2)
 
-    def mog2() -> None:  # the plain background subtraction the detector was before issue 16
-        for images in frames.values():
-            model = cv2.createBackgroundSubtractorMOG2(history=60, varThreshold=16, detectShadows=False)
-            for image in images:
-                model.apply(image)
+def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2) -> float:
+    """The motion path as ``python -m models.producer --processes 2`` runs it: a process per core,
+    each with every n-th camera; frames a second of them all until the last one finishes."""
+    if n_frames < WARM_FRAMES + 10:
+        raise ValueError(f"speed needs at least {WARM_FRAMES + 10} frames a camera, got {n_frames}")
+    ctx = multiprocessing.get_context("spawn")  # OpenCV's thread pool does not survive a fork
+    ids = list(cams)
+    shares = [{c: cams[c] for c in ids[i::processes]} for i in range(processes) if ids[i::processes]]
+    barrier, done = ctx.Barrier(len(shares)), ctx.Queue()
+    procs = [ctx.Process(target=_node_share, args=(share, n_frames, barrier, done)) for share in shares]
+    for proc in procs:
+        proc.start()
+    try:
+        results: list[tuple[int, float]] = [done.get(timeout=600) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return round(sum(n for n, _ in results) / max(wall for _, wall in results), 2)
 
-    bare_fps = rate(n, bare)
-    mog2_fps = rate(n, mog2)
+
+def best_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
+    """The best of ``runs`` measurements, and all of them: another tenant's load on this
+    machine only ever slows a run down, so the fastest is the nearest to what the node can do."""
+    values = [measure() for _ in range(runs)]
+    best: float = max(values)
+    return best, values
+
+
+def bench_motion(
+    frames: dict[str, list[np.ndarray]], settings: Settings, store: Any, cams: dict[str, str], runs: int = 3
+) -> dict[str, Any]:
+    detector = MotionDetector()
+    models = {c: cv2.createBackgroundSubtractorMOG2(history=60, varThreshold=16, detectShadows=False) for c in frames}
+
+    def bare(r: range) -> None:
+        for i in r:
+            for cam_id, images in frames.items():
+                detector.detect(cam_id, images[i], i, at=30 + i / 2)
+
+    def mog2(r: range) -> None:  # the plain background subtraction the detector was before issue 16
+        for i in r:
+            for cam_id, images in frames.items():
+                models[cam_id].apply(images[i])
+
+    bare_fps = steady_rate(frames, bare, bare)
+    mog2_fps = steady_rate(frames, mog2, mog2)
     fps = pipeline_fps(MotionDetector(), frames, settings, store)
-    node = node_fps(MotionDetector, frames, settings, store)
+    n_frames = len(next(iter(frames.values())))
+    node, node_runs = best_of(runs, lambda: node_fps_processes(cams, n_frames))
+    threads, thread_runs = best_of(runs, lambda: node_fps(MotionDetector, frames, settings, store))
     return {
         "fps": fps,
         "bare_fps": bare_fps,
         "ratio": round(fps / bare_fps, 3),
         "node_fps": node,
+        "node_fps_runs": node_runs,
+        "node_fps_one_process_two_threads": threads,
+        "node_fps_one_process_two_threads_runs": thread_runs,
         "plain_mog2_fps": mog2_fps,
         "detector_vs_plain_mog2": round(bare_fps / mog2_fps, 3),
     }
@@ -146,8 +243,8 @@ def bench_yolo(model: str, frames: dict[str, list[np.ndarray]], settings: Settin
             yolo.predict(image, device=detector.device, imgsz=IMGSZ, conf=detector.conf, verbose=False)
 
     bare_fps = rate(len(images), bare)
-    fps = pipeline_fps(detector, frames, settings, store)
-    node = node_fps(lambda: YoloDetector(model, imgsz=IMGSZ), frames, settings, store)
+    fps = pipeline_fps(detector, frames, settings, store, warm_frames=2)  # no background to learn
+    node = node_fps(lambda: YoloDetector(model, imgsz=IMGSZ), frames, settings, store, warm_frames=2)
     return {"fps": fps, "bare_fps": bare_fps, "ratio": round(fps / bare_fps, 3), "node_fps": node, "imgsz": IMGSZ}
 
 
@@ -170,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         store = open_store(f"file://{tmp}/img", redis_url=settings.redis_url, ttl_s=60)
         log(f"detection: rendering {args.frames} frames x {len(cams)} cameras")
         frames = render(cams, args.frames)
-        report["motion"] = bench_motion(frames, settings, store)
+        report["motion"] = bench_motion(frames, settings, store, cams)
         log(f"  motion: {report['motion']}")
         small = {c: v[: args.yolo_frames] for c, v in frames.items()}
         try:

@@ -295,9 +295,17 @@ def render(folder: Path) -> str:
             for b in ("motion", "yolo", "yolo_onnx")
             if b in det
         ]
-        out.append(table(rows, ["backend", "pipeline fps", "bare fps", "ratio", "node fps (2 threads)"]))
+        out.append(table(rows, ["backend", "pipeline fps", "bare fps", "ratio", "node fps"]))
         cpn = det.get("cameras_per_node", {})
         out.append("")
+        motion = det.get("motion", {})
+        if "node_fps_one_process_two_threads" in motion:
+            out.append(
+                f"Node fps: motion as `--processes 2` runs it (best of {motion['node_fps_runs']}), against "
+                f"{motion['node_fps_one_process_two_threads']} for one process with two analysis threads (best of "
+                f"{motion['node_fps_one_process_two_threads_runs']}); YOLO in one process with two threads."
+            )
+            out.append("")
         out.append(
             f"Cameras one node ({det['machine']['cpus']} CPUs) holds at 2 analysis fps: motion "
             f"**{cpn.get('motion')}**, yolo11n ONNX on CPU **{cpn.get('yolo_onnx')}**, "

@@ -20,7 +20,10 @@ def crop_group(
         region, left, top, right, bottom = frame, 0, 0, w, h
     scale = min(1.0, max_side / max(region.shape[:2]))
     if scale < 1.0:
-        region = cv2.resize(region, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        # area averaging only where linear would alias (below half size): at 448/620 it cost
+        # 1.6 ms a crop against 0.3 ms, a tenth of a frame's whole analysis
+        interpolation = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+        region = cv2.resize(region, None, fx=scale, fy=scale, interpolation=interpolation)
     ok, buf = cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")

@@ -133,6 +133,8 @@ class _CameraModel:
     #: MOG2's background as a colour picture, taken at ``background_at`` (night only)
     background: np.ndarray | None = None
     background_at: float = -math.inf
+    #: the reference's mean grey level as the last frame was aligned to it (night below NIGHT_BELOW)
+    ref_level: float = math.inf
     #: the last frame's blobs, rows of (x1, y1, x2, y2): a blob that has not moved may be a ghost
     blobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
@@ -207,7 +209,8 @@ class MotionDetector(Detector):
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         if model.ref is None:
             return image, grey
-        gain = cv2.mean(model.ref)[0] / max(1.0, cv2.mean(grey)[0])
+        model.ref_level = cv2.mean(model.ref)[0]
+        gain = model.ref_level / max(1.0, cv2.mean(grey)[0])
         if abs(gain - 1.0) > MIN_GAIN_STEP:
             grey = cv2.convertScaleAbs(grey, alpha=gain)
             image = cv2.convertScaleAbs(image, alpha=gain)
@@ -384,7 +387,7 @@ class MotionDetector(Detector):
             return [(contour, (x, y, w, h)) for contour, (x, y, w, h) in blobs if w * h * inv * inv >= self.min_area]
 
         kept = sized([_blob(contour) for contour in contours])
-        if kept and model.ref is not None and cv2.mean(model.ref)[0] < self.night_below:
+        if kept and model.ref_level < self.night_below:
             kept = sized(self._unlight(model, mask, kept))  # lit road cut out: pieces may be small
         blobs = np.array([(x, y, x + w, y + h) for _, (x, y, w, h) in kept], np.float32).reshape(-1, 4)
         stood = _best_iou(blobs, model.blobs) >= GHOST_STILL_IOU

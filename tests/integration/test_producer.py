@@ -1,4 +1,4 @@
-"""The producer process on the broker: several devices mean several processes sharing the cameras."""
+"""The producer process on the broker: several devices, or ``--processes``, mean processes sharing the cameras."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_one_producer_process_per_device_each_with_its_share_of_cameras(kafka, deployment, tmp_path):
+@pytest.mark.parametrize(
+    "split",
+    [{"device": "cpu,cpu"}, {"processes": 2}],
+    ids=["a process per device", "--processes on one device"],
+)
+def test_one_producer_process_per_device_each_with_its_share_of_cameras(kafka, deployment, tmp_path, split):
     import asyncio
 
     proc = subprocess.run(
-        producer.command(ROOT / "deploy" / "cameras.sim.yaml", device="cpu,cpu", duration=6),
+        producer.command(ROOT / "deploy" / "cameras.sim.yaml", duration=6, **split),
         cwd=ROOT,
         env=deployment.env,
         capture_output=True,
@@ -34,3 +39,18 @@ def test_one_producer_process_per_device_each_with_its_share_of_cameras(kafka, d
         per_camera[rec["camera_id"]] = per_camera.get(rec["camera_id"], 0) + 1
     assert set(per_camera) == {"cam-north", "cam-south", "cam-east", "cam-west"}
     assert all(n >= 8 for n in per_camera.values()), per_camera  # ~2 fps for 6 s each
+
+
+def test_processes_refuse_a_device_list_and_zero():
+    for flags, why in (
+        (["--processes", "2", "--device", "cpu,cpu"], "several devices get a process each"),
+        (["--processes", "0"], "must be 1 or more"),
+    ):
+        proc = subprocess.run(
+            [*producer.command(ROOT / "deploy" / "cameras.sim.yaml"), *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and why in proc.stderr, proc.stderr[-2000:]

@@ -381,3 +381,17 @@ def test_detection_score_ignores_hidden_and_long_still_road_users():
     fig = score.figures()
     assert (score.objects, score.found, score.boxes, score.boxes_right) == (2, 2, 3, 2)
     assert fig["pedestrian_recall"] == 0.0 and fig["vehicle_recall"] == 1.0
+
+
+def test_speed_benchmark_times_only_the_steady_state():
+    """The detection benchmark's frames per second leave out each camera's warm-up."""
+    from bench.detection import WARM_FRAMES, steady_rate
+
+    frames = {c: [np.zeros((2, 2, 3), np.uint8)] * (WARM_FRAMES + 12) for c in ("a", "b")}
+    warmed: list[range] = []
+    timed: list[range] = []
+    fps = steady_rate(frames, warmed.append, timed.append)
+    assert warmed == [range(WARM_FRAMES)] and timed == [range(WARM_FRAMES, WARM_FRAMES + 12)]
+    assert fps > 0
+    with pytest.raises(ValueError, match="frames a camera"):
+        steady_rate({"a": frames["a"][:WARM_FRAMES]}, warmed.append, timed.append)
