@@ -19,12 +19,13 @@ Per backend, in one run on the same pre-rendered 640x360 frames of four simulate
 
 ``cameras_per_node``: frames per second one node analyses over four cameras at once, divided by
 2 analysis fps per camera, rounded down. For motion, as ``python -m models.producer --processes 2``
-runs it (``node_fps``: two processes, each with half the cameras), beside one process with two
-analysis threads (``node_fps_one_process_two_threads``), each the best of three runs with all
-three kept (``*_runs``); YOLO in one process with two analysis threads. Frame
-decoding is not included (a real camera's H.264 decode adds a few ms per frame). Every figure is
-a steady state: each camera's first frames (``WARM_FRAMES``, the motion background's warm-up;
-two for YOLO) and the opening of its source are run before the clock starts.
+runs it with ``--workers 1`` (``node_fps``: two processes, each with half the cameras, one
+analysis thread each), beside one process with two analysis threads
+(``node_fps_one_process_two_threads``): five runs of each, taken in turn, the median reported and
+every run kept (``*_runs``); YOLO in one process with two analysis threads. Frame
+decoding is not included (a real camera's H.264 decode adds a few ms per frame). The producer's
+figures are a steady state: each camera's first frames (``WARM_FRAMES``, the motion background's
+warm-up; for YOLO two frames, and two before its ``bare_fps``) run before the clock starts.
 
 Backends: ``motion`` (OpenCV MOG2), ``yolo`` (yolo11n from its model yaml, random weights,
 torch on CPU) and ``yolo_onnx`` (the same exported to ONNX, onnxruntime on CPU). Random
@@ -39,6 +40,8 @@ import argparse
 import multiprocessing
 import os
 import platform
+import queue
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -161,15 +164,20 @@ def _node_share(cams: dict[str, str], n_frames: int, barrier: Any, done: Any) ->
         store = open_store(f"file://{tmp}/img", redis_url=settings.redis_url, ttl_s=60)
         detector, pipes = MotionDetector(), _cameras(frames)
         _analyse_all(pipes, frames, range(WARM_FRAMES), detector, settings, store)
-        barrier.wait()
+        barrier.wait(timeout=SHARE_TIMEOUT_S)
         started = time.perf_counter()
         _analyse_all(pipes, frames, range(WARM_FRAMES, n_frames), detector, settings, store)
         done.put(((n_frames - WARM_FRAMES) * len(frames), time.perf_counter() - started))
 
 
+#: The longest a process of the node measurement may take to get ready, or to finish its frames.
+SHARE_TIMEOUT_S = 300.0
+
+
 def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2) -> float:
-    """The motion path as ``python -m models.producer --processes 2`` runs it: a process per core,
-    each with every n-th camera; frames a second of them all until the last one finishes."""
+    """The motion path as ``python -m models.producer --processes 2 --workers 1`` runs it: a
+    process per core, each with every n-th camera; frames a second of them all until the last
+    one finishes. A process that fails stops the measurement with its exit code."""
     if n_frames < WARM_FRAMES + 10:
         raise ValueError(f"speed needs at least {WARM_FRAMES + 10} frames a camera, got {n_frames}")
     ctx = multiprocessing.get_context("spawn")  # OpenCV's thread pool does not survive a fork
@@ -179,8 +187,19 @@ def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2) 
     procs = [ctx.Process(target=_node_share, args=(share, n_frames, barrier, done)) for share in shares]
     for proc in procs:
         proc.start()
+    results: list[tuple[int, float]] = []
+    deadline = time.monotonic() + 2 * SHARE_TIMEOUT_S
     try:
-        results: list[tuple[int, float]] = [done.get(timeout=600) for _ in procs]
+        while len(results) < len(procs):
+            try:
+                results.append(done.get(timeout=1.0))
+                continue
+            except queue.Empty:
+                pass
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                barrier.abort()
+                raise RuntimeError(f"a process of the node measurement failed (exit codes {failed}) or hung")
     finally:
         for proc in procs:
             proc.join(timeout=30)
@@ -189,16 +208,8 @@ def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2) 
     return round(sum(n for n, _ in results) / max(wall for _, wall in results), 2)
 
 
-def best_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
-    """The best of ``runs`` measurements, and all of them: another tenant's load on this
-    machine only ever slows a run down, so the fastest is the nearest to what the node can do."""
-    values = [measure() for _ in range(runs)]
-    best: float = max(values)
-    return best, values
-
-
 def bench_motion(
-    frames: dict[str, list[np.ndarray]], settings: Settings, store: Any, cams: dict[str, str], runs: int = 3
+    frames: dict[str, list[np.ndarray]], settings: Settings, store: Any, cams: dict[str, str], runs: int = 5
 ) -> dict[str, Any]:
     detector = MotionDetector()
     models = {c: cv2.createBackgroundSubtractorMOG2(history=60, varThreshold=16, detectShadows=False) for c in frames}
@@ -217,16 +228,20 @@ def bench_motion(
     mog2_fps = steady_rate(frames, mog2, mog2)
     fps = pipeline_fps(MotionDetector(), frames, settings, store)
     n_frames = len(next(iter(frames.values())))
-    node, node_runs = best_of(runs, lambda: node_fps_processes(cams, n_frames))
-    threads, thread_runs = best_of(runs, lambda: node_fps(MotionDetector, frames, settings, store))
+    node_runs: list[float] = []
+    thread_runs: list[float] = []
+    for _ in range(runs):  # in turn, so the machine's drift within the run falls on both alike
+        node_runs.append(node_fps_processes(cams, n_frames))
+        thread_runs.append(node_fps(MotionDetector, frames, settings, store))
     return {
         "fps": fps,
         "bare_fps": bare_fps,
         "ratio": round(fps / bare_fps, 3),
-        "node_fps": node,
+        "node_fps": statistics.median(node_runs),
         "node_fps_runs": node_runs,
-        "node_fps_one_process_two_threads": threads,
+        "node_fps_one_process_two_threads": statistics.median(thread_runs),
         "node_fps_one_process_two_threads_runs": thread_runs,
+        "processes_vs_threads": round(statistics.median(node_runs) / statistics.median(thread_runs), 3),
         "plain_mog2_fps": mog2_fps,
         "detector_vs_plain_mog2": round(bare_fps / mog2_fps, 3),
     }

@@ -301,9 +301,9 @@ def render(folder: Path) -> str:
         motion = det.get("motion", {})
         if "node_fps_one_process_two_threads" in motion:
             out.append(
-                f"Node fps: motion as `--processes 2` runs it (best of {motion['node_fps_runs']}), against "
-                f"{motion['node_fps_one_process_two_threads']} for one process with two analysis threads (best of "
-                f"{motion['node_fps_one_process_two_threads_runs']}); YOLO in one process with two threads."
+                f"Node fps: motion as `--processes 2 --workers 1` runs it (median of {motion['node_fps_runs']}), "
+                f"against {motion['node_fps_one_process_two_threads']} for one process with two analysis threads "
+                f"(median of {motion['node_fps_one_process_two_threads_runs']}); YOLO in one process with two threads."
             )
             out.append("")
         out.append(

@@ -219,26 +219,33 @@ class Producer:
             logger.info("producer stopped after %d records", self.sent)
 
 
-def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], metrics_port: int) -> None:
-    """One producer process per device (or per CPU share: ``--processes``), each with every n-th
-    camera: inference on several GPUs never shares a CUDA context, the motion path's Python half
-    (tracking, grouping, records) never waits on another process's GIL (two analysis threads in
-    one process hold 15-35% fewer frames a second than two processes, measured on 2 cores), and
-    a crashed process takes only its own cameras down."""
-    # the children get the same arguments but their own device, metrics port and cameras
+#: Flags a supervisor sets per child (or, ``--processes``, must not pass on: a child would supervise).
+_PER_CHILD = ("--device", "--metrics-port", "--camera-ids", "--processes")
+
+
+def child_args(argv: list[str]) -> list[str]:
+    """``argv`` without the flags each child gets its own value of (the parser takes no
+    abbreviations, so these spellings are the only ones)."""
     cleaned: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-            continue
-        if arg in ("--device", "--metrics-port", "--camera-ids", "--processes"):
+        elif arg in _PER_CHILD:
             skip = True
-            continue
-        if arg.startswith(("--device=", "--metrics-port=", "--camera-ids=", "--processes=")):
-            continue
-        cleaned.append(arg)
-    children: list[subprocess.Popen[bytes]] = []
+        elif not arg.startswith(tuple(f"{flag}=" for flag in _PER_CHILD)):
+            cleaned.append(arg)
+    return cleaned
+
+
+def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], metrics_port: int) -> None:
+    """One producer process per device (or per CPU share: ``--processes``), each with every n-th
+    camera: inference on several GPUs never shares a CUDA context, and the motion path's Python
+    half (tracking, grouping, records) never waits on another process's GIL (see
+    ``motion.node_fps`` against ``node_fps_one_process_two_threads`` in
+    ``bench/results/detection.json``)."""
+    cleaned = child_args(argv)
+    commands: list[list[str]] = []
     for i, device in enumerate(devices):
         share = [c.id for c in cameras[i :: len(devices)]]
         if not share:
@@ -246,19 +253,49 @@ def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], 
         cmd = [sys.executable, "-m", "models.producer", *cleaned, "--device", device, "--camera-ids", ",".join(share)]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]
-        logger.info("device %s: %d cameras (%s)", device, len(share), ", ".join(share))
-        children.append(subprocess.Popen(cmd))  # noqa: S603 - our own module, our own arguments
+        logger.info(
+            "process %d of %d, device %s: %d cameras (%s)", i + 1, len(devices), device, len(share), ", ".join(share)
+        )
+        commands.append(cmd)
+    codes = run_children(commands)
+    if any(codes):
+        raise SystemExit(f"producer processes exited with {codes}")
+
+
+def run_children(commands: list[list[str]], poll_s: float = 0.5) -> list[int]:
+    """Run the children until all have exited; their exit codes.
+
+    A child that fails stops the others: a producer half of whose cameras are dark must not look
+    healthy to whatever restarts it. SIGINT and SIGTERM are passed on (handlers set before the
+    first child starts, so a stop during start-up reaches the children started so far).
+    """
+    children: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    codes = [child.wait() for child in children]
-    if any(codes):
-        raise SystemExit(f"producer processes exited with {codes}")
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for cmd in commands:
+            children.append(subprocess.Popen(cmd))  # noqa: S603 - our own module, our own arguments
+        while any(child.poll() is None for child in children):
+            failed = [child for child in children if child.returncode not in (None, 0)]
+            if failed:
+                logger.error("a producer process exited with %s: stopping the others", failed[0].returncode)
+                forward(signal.SIGTERM, None)
+                for child in children:
+                    try:
+                        child.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                break
+            time.sleep(poll_s)
+        return [child.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def command(cameras: Path | str, detector: DetectorKind = "motion", **options: float | int | str) -> list[str]:
@@ -271,7 +308,10 @@ def command(cameras: Path | str, detector: DetectorKind = "motion", **options: f
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.producer", description=__doc__.splitlines()[0])
+    # no abbreviations: a supervisor strips its per-child flags by their full spelling
+    parser = argparse.ArgumentParser(
+        prog="python -m models.producer", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--cameras", type=Path, default=Path("deploy/cameras.sim.yaml"))
     parser.add_argument("--detector", choices=["motion", "yolo", "replay"], default="motion")
     parser.add_argument("--model", default="", help="yolo: weights file (.pt/.onnx) or model yaml")
@@ -293,14 +333,10 @@ def main(argv: list[str] | None = None) -> None:
         "--processes",
         type=int,
         default=1,
-        help="producer processes on the one --device, cameras split among them (CPU: one per core)",
+        help="producer processes on the one --device, cameras split among them (CPU: one per core, --workers 1)",
     )
     parser.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    kind: DetectorKind = args.detector
-    cameras = load_cameras(args.cameras)
     devices = [d for d in args.device.split(",") if d]
     if args.processes < 1:
         parser.error("--processes must be 1 or more")
@@ -308,6 +344,12 @@ def main(argv: list[str] | None = None) -> None:
         if len(devices) > 1:
             parser.error("--processes splits the cameras on one --device; several devices get a process each")
         devices = devices * args.processes
+    if args.camera_ids and len(devices) > 1:
+        parser.error("a supervised child runs on one device")
+    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    kind: DetectorKind = args.detector
+    cameras = load_cameras(args.cameras)
     if len(devices) > 1:
         supervise(argv if argv is not None else sys.argv[1:], devices, cameras, args.metrics_port)
         return

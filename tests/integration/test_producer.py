@@ -45,6 +45,7 @@ def test_processes_refuse_a_device_list_and_zero():
     for flags, why in (
         (["--processes", "2", "--device", "cpu,cpu"], "several devices get a process each"),
         (["--processes", "0"], "must be 1 or more"),
+        (["--proc", "2"], "unrecognized arguments"),  # no abbreviation a supervisor would pass on
     ):
         proc = subprocess.run(
             [*producer.command(ROOT / "deploy" / "cameras.sim.yaml"), *flags],

@@ -390,8 +390,16 @@ def test_speed_benchmark_times_only_the_steady_state():
     frames = {c: [np.zeros((2, 2, 3), np.uint8)] * (WARM_FRAMES + 12) for c in ("a", "b")}
     warmed: list[range] = []
     timed: list[range] = []
-    fps = steady_rate(frames, warmed.append, timed.append)
+    steady_rate(frames, warmed.append, timed.append)
     assert warmed == [range(WARM_FRAMES)] and timed == [range(WARM_FRAMES, WARM_FRAMES + 12)]
-    assert fps > 0
     with pytest.raises(ValueError, match="frames a camera"):
         steady_rate({"a": frames["a"][:WARM_FRAMES]}, warmed.append, timed.append)
+
+
+def test_node_speed_measurement_stops_when_a_process_fails():
+    """A share that dies before the barrier ends the measurement with an error, not a hang."""
+    from bench.detection import WARM_FRAMES, node_fps_processes
+
+    cams = {"good": "sim://scene?seed=1", "bad": "sim://scene?seed=x"}  # the second cannot be rendered
+    with pytest.raises(RuntimeError, match="exit codes \\[1\\]"):
+        node_fps_processes(cams, WARM_FRAMES + 10)

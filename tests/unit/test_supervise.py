@@ -1,0 +1,43 @@
+"""The producer's supervisor: what each child is told, and a failed child stopping the rest."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from models.producer import child_args, run_children
+
+
+def test_children_get_no_per_child_flag_of_the_parent():
+    argv = [
+        "--cameras",
+        "c.yaml",
+        "--processes",
+        "2",
+        "--device=cpu",
+        "--metrics-port",
+        "9108",
+        "--processes=3",
+        "--camera-ids",
+        "a,b",
+        "--workers",
+        "1",
+    ]
+    assert child_args(argv) == ["--cameras", "c.yaml", "--workers", "1"]
+
+
+def test_a_failed_child_stops_the_others():
+    codes = run_children(
+        [
+            [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"],
+            [sys.executable, "-c", "import time; time.sleep(120)"],  # would exit 0 if left alone
+        ],
+        poll_s=0.1,
+    )
+    assert codes == [3, -signal.SIGTERM]
+
+
+def test_children_that_finish_are_all_waited_for():
+    quick = [sys.executable, "-c", "pass"]
+    slow = [sys.executable, "-c", "import time; time.sleep(1)"]
+    assert run_children([quick, slow], poll_s=0.1) == [0, 0]
