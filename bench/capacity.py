@@ -610,6 +610,9 @@ def soak(rig: Rig) -> dict[str, Any]:
                     "data_dir_mb": dir_mb(dep.data),
                     "cpu_ms_per_detection": round((now.cpu - prev.cpu) * 1000.0 / processed, 3) if processed else None,
                     "lag_messages": now.ends[det] - now.done[det],
+                    # what the worker's own gauges say the growth is: RocksDB's shared budget filling,
+                    # and the free C heap it has handed back so far (ROADWATCH_HEAP_TRIM_S)
+                    **worker_memory(worker.port),
                 }
             )
             log(f"  soak {json.dumps(samples[-1])}")
@@ -634,6 +637,21 @@ def soak(rig: Rig) -> dict[str, Any]:
         "after_5_min": settled(samples),
         "samples": samples,
     }
+
+
+def worker_memory(port: int) -> dict[str, float | None]:
+    """The worker's RocksDB budget in use and the C heap it has trimmed, in MB, from its /metrics."""
+    wanted = {"roadwatch_rocksdb_memory_bytes": "rocksdb_mb", "roadwatch_heap_trimmed_bytes_total": "heap_trimmed_mb"}
+    found: dict[str, float | None] = dict.fromkeys(wanted.values())
+    try:
+        text = get_text(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return found  # a worker too busy to answer this minute: the sample says so with nulls
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            found[wanted[name]] = round(float(value) / 1e6, 1)
+    return found
 
 
 def settled(samples: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> RoadwatchApp:
         broker=settings.kafka_url,
         store=settings.store,
         datadir=str(settings.data_dir),
-        autodiscover=["agents", "web", "streams.lag"],
+        autodiscover=["agents", "web", "streams.lag", "streams.heap"],
         origin="streams",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replicas,

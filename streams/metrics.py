@@ -135,6 +135,12 @@ consumer_stalls_total = Counter(
     registry=REGISTRY,
 )
 
+heap_trimmed_bytes_total = Counter(
+    "roadwatch_heap_trimmed_bytes_total",
+    "RSS a worker handed back to the OS by trimming the C heap's free pages (ROADWATCH_HEAP_TRIM_S).",
+    registry=REGISTRY,
+)
+
 rocksdb_memory = Gauge(
     "roadwatch_rocksdb_memory_bytes",
     "The worker's RocksDB block cache in use, memtables included (ROADWATCH_ROCKSDB_MEMORY_MB bounds it).",

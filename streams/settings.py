@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="RocksDB memory of a worker, all tables and partitions together: one block cache, "
         "memtables charged to it.",
     )
+    heap_trim_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Every this many seconds a worker hands its C heap's free pages back to the OS (glibc's "
+        "malloc_trim; 0: never), so its RSS falls again after a backlog has been worked off.",
+    )
     data_dir: Path = Field(default=Path(".state/faust"), description="Faust datadir (RocksDB tables).")
     topic_partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the main topics.")
     topic_replicas: int = Field(default=1, ge=1, le=16, description="Replication factor of new topics.")
