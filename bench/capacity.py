@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import http.client
 import json
 import os
 import random
@@ -642,33 +643,33 @@ def soak(rig: Rig) -> dict[str, Any]:
 
 
 def worker_memory(port: int) -> dict[str, float | None]:
-    """The worker's RocksDB budget in use and the C heap it has trimmed, in MB, from its /metrics."""
+    """The worker's RocksDB budget in use and the C heap it has trimmed, in MiB (as RSS), from its /metrics."""
     wanted = {"roadwatch_rocksdb_memory_bytes": "rocksdb_mb", "roadwatch_heap_trimmed_bytes_total": "heap_trimmed_mb"}
     found: dict[str, float | None] = dict.fromkeys(wanted.values())
     try:
         text = get_text(f"http://127.0.0.1:{port}/metrics")
-    except OSError:
+    except (OSError, http.client.HTTPException, ValueError):
         return found  # a worker too busy to answer this minute: the sample says so with nulls
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in wanted:
-            found[wanted[name]] = round(float(value) / 1e6, 1)
+            found[wanted[name]] = round(float(value) / 2**20, 1)
     return found
 
 
 def settled(samples: list[dict[str, Any]], after: int = 5) -> dict[str, Any] | None:
     """RSS and data-dir growth from minute ``after`` to the end (fractions), and CPU per detection at
     the end against that minute's (a ratio); None for a soak no longer than ``after`` minutes."""
-    at5 = next((s for s in samples if s["minute"] == after), None)
+    start = next((s for s in samples if s["minute"] == after), None)
     last = samples[-1]
-    if at5 is None or last["minute"] <= after:
+    if start is None or last["minute"] <= after:
         return None
-    cpu5, cpu_end = at5["cpu_ms_per_detection"], last["cpu_ms_per_detection"]
+    cpu_start, cpu_end = start["cpu_ms_per_detection"], last["cpu_ms_per_detection"]
     return {
         "minutes": last["minute"] - after,
-        "rss_growth": round(last["rss_mb"] / at5["rss_mb"] - 1.0, 4),
-        "data_dir_growth": round(last["data_dir_mb"] / at5["data_dir_mb"] - 1.0, 4),
-        "cpu_per_detection_ratio": round(cpu_end / cpu5, 3) if cpu5 and cpu_end else None,
+        "rss_growth": round(last["rss_mb"] / start["rss_mb"] - 1.0, 4),
+        "data_dir_growth": round(last["data_dir_mb"] / start["data_dir_mb"] - 1.0, 4),
+        "cpu_per_detection_ratio": round(cpu_end / cpu_start, 3) if cpu_start and cpu_end else None,
         "lag_messages_end": last["lag_messages"],
     }
 

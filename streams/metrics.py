@@ -137,7 +137,8 @@ consumer_stalls_total = Counter(
 
 heap_trimmed_bytes_total = Counter(
     "roadwatch_heap_trimmed_bytes_total",
-    "RSS a worker handed back to the OS by trimming the C heap's free pages (ROADWATCH_HEAP_TRIM_S).",
+    "Sum of the RSS drop across each trim of the C heap's free pages (ROADWATCH_HEAP_TRIM_S): a gross flow, "
+    "pages taken again after a trim count again at the next.",
     registry=REGISTRY,
 )
 

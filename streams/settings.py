@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         default=60.0,
         ge=0,
         description="Every this many seconds a worker hands its C heap's free pages back to the OS (glibc's "
-        "malloc_trim; 0: never), so its RSS falls again after a backlog has been worked off.",
+        "malloc_trim, on a thread; 0: never): what a worked-off backlog freed does not stay resident until the next.",
     )
     data_dir: Path = Field(default=Path(".state/faust"), description="Faust datadir (RocksDB tables).")
     topic_partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the main topics.")
