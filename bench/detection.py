@@ -104,6 +104,12 @@ def _analyse_all(
             analyse(cams[cam_id], Frame(frames[cam_id][i], 30 + i / 2, i), detector, store, settings)
 
 
+def _check_frames(n: int, warm_frames: int) -> None:
+    """Ten timed frames a camera at the least, after the warm-up."""
+    if n < warm_frames + 10:
+        raise ValueError(f"speed needs at least {warm_frames + 10} frames a camera, got {n}")
+
+
 def steady_rate(
     frames: dict[str, list[np.ndarray]],
     warm: Callable[[range], None],
@@ -114,8 +120,7 @@ def steady_rate(
     ``warm`` is given untimed: a camera runs for hours, so its start (the background's first
     median, the source opened) is no part of what a node holds."""
     n = len(next(iter(frames.values())))
-    if n < warm_frames + 10:
-        raise ValueError(f"speed needs at least {warm_frames + 10} frames a camera, got {n}")
+    _check_frames(n, warm_frames)
     warm(range(warm_frames))
     return rate((n - warm_frames) * len(frames), lambda: timed(range(warm_frames, n)))
 
@@ -178,8 +183,7 @@ def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2) 
     """The motion path as ``python -m models.producer --processes 2 --workers 1`` runs it: a
     process per core, each with every n-th camera; frames a second of them all until the last
     one finishes. A process that fails stops the measurement with its exit code."""
-    if n_frames < WARM_FRAMES + 10:
-        raise ValueError(f"speed needs at least {WARM_FRAMES + 10} frames a camera, got {n_frames}")
+    _check_frames(n_frames, WARM_FRAMES)
     ctx = multiprocessing.get_context("spawn")  # OpenCV's thread pool does not survive a fork
     ids = list(cams)
     shares = [{c: cams[c] for c in ids[i::processes]} for i in range(processes) if ids[i::processes]]

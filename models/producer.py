@@ -280,10 +280,13 @@ def run_children(commands: list[list[str]], poll_s: float = 0.5) -> list[int]:
     try:
         for cmd in commands:
             children.append(subprocess.Popen(cmd))  # noqa: S603 - our own module, our own arguments
-        while any(child.poll() is None for child in children):
-            failed = [child for child in children if child.returncode not in (None, 0)]
+        while True:
+            codes = [child.poll() for child in children]  # every child polled: any() would stop at the first
+            if all(code is not None for code in codes):
+                break
+            failed = [code for code in codes if code not in (None, 0)]
             if failed:
-                logger.error("a producer process exited with %s: stopping the others", failed[0].returncode)
+                logger.error("a producer process exited with %s: stopping the others", failed[0])
                 forward(signal.SIGTERM, None)
                 for child in children:
                     try:

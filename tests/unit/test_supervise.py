@@ -37,6 +37,17 @@ def test_a_failed_child_stops_the_others():
     assert codes == [3, -signal.SIGTERM]
 
 
+def test_a_failed_child_stops_the_others_whatever_its_place():
+    codes = run_children(
+        [
+            [sys.executable, "-c", "import time; time.sleep(120)"],  # the first still running
+            [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"],
+        ],
+        poll_s=0.1,
+    )
+    assert codes == [-signal.SIGTERM, 3]
+
+
 def test_children_that_finish_are_all_waited_for():
     quick = [sys.executable, "-c", "pass"]
     slow = [sys.executable, "-c", "import time; time.sleep(1)"]
