@@ -56,7 +56,7 @@ from bench.detection_quality import measure as measure_quality
 from bench.pipeline import RESULTS, log, save
 from models.cameras import CameraConfig
 from models.detectors import WARM_UP_S, Detector, MotionDetector, YoloDetector
-from models.producer import CameraPipeline, analyse
+from models.producer import CameraPipeline, analyse, cv_threads
 from models.sources import Frame
 from sim.scenarios import scenario
 from sim.scene import Scene
@@ -161,8 +161,11 @@ def node_fps(
     return steady_rate(frames, run, run, warm_frames)
 
 
-def _node_share(cams: dict[str, str], n_frames: int, barrier: Any, done: Any) -> None:
-    """One producer process's share of the cameras: render them, warm up, wait for the others, time."""
+def _node_share(cams: dict[str, str], n_frames: int, barrier: Any, done: Any, opencv_threads: int) -> None:
+    """One producer process's share of the cameras: render them, warm up, wait for the others, time.
+    ``opencv_threads`` as the producer's ``--cv-threads`` (0: OpenCV's default, every core)."""
+    if opencv_threads:
+        cv2.setNumThreads(opencv_threads)
     settings = Settings()
     frames = render(cams, n_frames)
     with tempfile.TemporaryDirectory(prefix="roadwatch-detbench-") as tmp:
@@ -179,16 +182,18 @@ def _node_share(cams: dict[str, str], n_frames: int, barrier: Any, done: Any) ->
 SHARE_TIMEOUT_S = 300.0
 
 
-def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2) -> float:
+def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2, share_cores: bool = True) -> float:
     """The motion path as ``python -m models.producer --processes 2 --workers 1`` runs it: a
-    process per core, each with every n-th camera; frames a second of them all until the last
-    one finishes. A process that fails stops the measurement with its exit code."""
+    process per core, each with every n-th camera and its share of the cores for OpenCV (or,
+    ``share_cores=False``, OpenCV's default of every core in each); frames a second of them all
+    until the last one finishes. A process that fails stops the measurement with its exit code."""
     _check_frames(n_frames, WARM_FRAMES)
     ctx = multiprocessing.get_context("spawn")  # OpenCV's thread pool does not survive a fork
     ids = list(cams)
     shares = [{c: cams[c] for c in ids[i::processes]} for i in range(processes) if ids[i::processes]]
     barrier, done = ctx.Barrier(len(shares)), ctx.Queue()
-    procs = [ctx.Process(target=_node_share, args=(share, n_frames, barrier, done)) for share in shares]
+    opencv_threads = cv_threads(processes) if share_cores else 0
+    procs = [ctx.Process(target=_node_share, args=(s, n_frames, barrier, done, opencv_threads)) for s in shares]
     for proc in procs:
         proc.start()
     results: list[tuple[int, float]] = []
@@ -233,9 +238,11 @@ def bench_motion(
     fps = pipeline_fps(MotionDetector(), frames, settings, store)
     n_frames = len(next(iter(frames.values())))
     node_runs: list[float] = []
+    all_cores_runs: list[float] = []
     thread_runs: list[float] = []
-    for _ in range(runs):  # in turn, so the machine's drift within the run falls on both alike
+    for _ in range(runs):  # in turn, so the machine's drift within the run falls on all alike
         node_runs.append(node_fps_processes(cams, n_frames))
+        all_cores_runs.append(node_fps_processes(cams, n_frames, share_cores=False))
         thread_runs.append(node_fps(MotionDetector, frames, settings, store))
     return {
         "fps": fps,
@@ -246,6 +253,10 @@ def bench_motion(
         "node_fps_one_process_two_threads": statistics.median(thread_runs),
         "node_fps_one_process_two_threads_runs": thread_runs,
         "processes_vs_threads": round(statistics.median(node_runs) / statistics.median(thread_runs), 3),
+        # the same processes with OpenCV's default pool (every core in each process)
+        "node_fps_opencv_every_core": statistics.median(all_cores_runs),
+        "node_fps_opencv_every_core_runs": all_cores_runs,
+        "opencv_core_share_vs_every_core": round(statistics.median(node_runs) / statistics.median(all_cores_runs), 3),
         "plain_mog2_fps": mog2_fps,
         "detector_vs_plain_mog2": round(bare_fps / mog2_fps, 3),
     }

@@ -305,6 +305,13 @@ def render(folder: Path) -> str:
                 f"against {motion['node_fps_one_process_two_threads']} for one process with two analysis threads "
                 f"(median of {motion['node_fps_one_process_two_threads_runs']}); YOLO in one process with two threads."
             )
+            if "node_fps_opencv_every_core" in motion:
+                out.append(
+                    f"Each process has its share of the cores for OpenCV (`--cv-threads`); with OpenCV's default of "
+                    f"every core in each, {motion['node_fps_opencv_every_core']} "
+                    f"(median of {motion['node_fps_opencv_every_core_runs']}): "
+                    f"x{motion['opencv_core_share_vs_every_core']} for the share."
+                )
             out.append("")
         out.append(
             f"Cameras one node ({det['machine']['cpus']} CPUs) holds at 2 analysis fps: motion "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 from aiokafka import AIOKafkaProducer
 from prometheus_client import start_http_server
 
@@ -220,7 +222,17 @@ class Producer:
 
 
 #: Flags a supervisor sets per child (or, ``--processes``, must not pass on: a child would supervise).
-_PER_CHILD = ("--device", "--metrics-port", "--camera-ids", "--processes")
+_PER_CHILD = ("--device", "--metrics-port", "--camera-ids", "--processes", "--cv-threads")
+
+
+def cv_threads(processes: int, cpus: int | None = None) -> int:
+    """OpenCV threads for each of ``processes`` sharing the machine: its share of the cores.
+
+    OpenCV's pool takes every core in each process, so two processes on two cores ran four
+    threads whose parallel sections wait on one another (``opencv_core_share_vs_every_core`` in
+    ``bench/results/detection.json``: the node's frames a second with the share against without).
+    """
+    return max(1, (cpus or os.cpu_count() or 1) // max(1, processes))
 
 
 def child_args(argv: list[str]) -> list[str]:
@@ -238,12 +250,15 @@ def child_args(argv: list[str]) -> list[str]:
     return cleaned
 
 
-def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], metrics_port: int) -> None:
+def supervise(
+    argv: list[str], devices: list[str], cameras: list[CameraConfig], metrics_port: int, cv_threads_each: int = 0
+) -> None:
     """One producer process per device (or per CPU share: ``--processes``), each with every n-th
     camera: inference on several GPUs never shares a CUDA context, and the motion path's Python
     half (tracking, grouping, records) never waits on another process's GIL (see
     ``motion.node_fps`` against ``node_fps_one_process_two_threads`` in
-    ``bench/results/detection.json``)."""
+    ``bench/results/detection.json``). Each child gets ``cv_threads_each`` OpenCV threads, by
+    default its share of the cores (:func:`cv_threads`)."""
     cleaned = child_args(argv)
     commands: list[list[str]] = []
     for i, device in enumerate(devices):
@@ -251,6 +266,7 @@ def supervise(argv: list[str], devices: list[str], cameras: list[CameraConfig], 
         if not share:
             continue
         cmd = [sys.executable, "-m", "models.producer", *cleaned, "--device", device, "--camera-ids", ",".join(share)]
+        cmd += ["--cv-threads", str(cv_threads_each or cv_threads(len(devices)))]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]
         logger.info(
@@ -338,8 +354,13 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="producer processes on the one --device, cameras split among them (CPU: one per core, --workers 1)",
     )
+    parser.add_argument(
+        "--cv-threads", type=int, default=0, help="OpenCV threads (0: every core; --processes sets its share)"
+    )
     parser.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
+    if args.cv_threads < 0:
+        parser.error("--cv-threads must be 0 (every core) or more")
     devices = [d for d in args.device.split(",") if d]
     if args.processes < 1:
         parser.error("--processes must be 1 or more")
@@ -354,8 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     kind: DetectorKind = args.detector
     cameras = load_cameras(args.cameras)
     if len(devices) > 1:
-        supervise(argv if argv is not None else sys.argv[1:], devices, cameras, args.metrics_port)
+        supervise(argv if argv is not None else sys.argv[1:], devices, cameras, args.metrics_port, args.cv_threads)
         return
+    if args.cv_threads:
+        cv2.setNumThreads(args.cv_threads)
+    logger.info("OpenCV threads: %d", cv2.getNumThreads())
     if args.camera_ids:
         share = set(args.camera_ids.split(","))
         cameras = [c for c in cameras if c.id in share]

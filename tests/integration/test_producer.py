@@ -33,6 +33,9 @@ def test_one_producer_process_per_device_each_with_its_share_of_cameras(kafka, d
     assert proc.returncode == 0, proc.stderr[-3000:]
     shares = [line for line in proc.stderr.splitlines() if "device cpu:" in line]
     assert len(shares) == 2 and all("2 cameras" in line for line in shares), shares
+    # each child takes its share of the cores for OpenCV, not every core (see producer.cv_threads)
+    threads = [line.rsplit(" ", 1)[1] for line in proc.stderr.splitlines() if "OpenCV threads:" in line]
+    assert threads == [str(producer.cv_threads(2))] * 2, threads
     records = [json.loads(v) for v in asyncio.run(read_all(kafka.bootstrap, deployment.prefix + "detection-results"))]
     per_camera: dict[str, int] = {}
     for rec in records:
@@ -45,6 +48,7 @@ def test_processes_refuse_a_device_list_and_zero():
     for flags, why in (
         (["--processes", "2", "--device", "cpu,cpu"], "several devices get a process each"),
         (["--processes", "0"], "must be 1 or more"),
+        (["--cv-threads", "-1"], "must be 0 (every core) or more"),
         (["--proc", "2"], "unrecognized arguments"),  # no abbreviation a supervisor would pass on
     ):
         proc = subprocess.run(

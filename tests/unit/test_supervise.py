@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from models.producer import child_args, run_children
+from models.producer import child_args, cv_threads, run_children
 
 
 def test_children_get_no_per_child_flag_of_the_parent():
@@ -20,10 +20,18 @@ def test_children_get_no_per_child_flag_of_the_parent():
         "--processes=3",
         "--camera-ids",
         "a,b",
+        "--cv-threads=4",
         "--workers",
         "1",
     ]
     assert child_args(argv) == ["--cameras", "c.yaml", "--workers", "1"]
+
+
+def test_each_process_gets_its_share_of_the_cores_for_opencv():
+    assert cv_threads(2, cpus=2) == 1
+    assert cv_threads(3, cpus=8) == 2
+    assert cv_threads(1, cpus=8) == 8
+    assert cv_threads(4, cpus=2) == 1  # never none
 
 
 def test_a_failed_child_stops_the_others():
