@@ -6,12 +6,16 @@ table writes were most of a worker's time per detection):
 
 * the detection itself, for the result join, only when it made a task (only those are ever
   joined), in the expiring ``detections`` table;
-* its camera's latest-frame summary in ``camera_view``, for the dashboard, at most once every
-  ``view_every_s`` a camera (every frame would be a changelog write per detection).
+* its camera's latest-frame summary, for the dashboard, at most once every ``view_every_s`` a
+  camera, in this worker's memory (``frames``), not a table: the worker that owns a camera's
+  partition consumes its detections and answers its web views (``table_route`` on
+  ``camera_view``, the same key and partition), and after a crash or a rebalance the camera's next
+  detection, within ``view_every_s``, rebuilds it. Written through ``camera_view``, the summary
+  was a decode, an encode, a RocksDB put and a changelog record a camera a second.
 
-Both tables are keyed by camera or detection of the event's own partition (detections and
-results share the camera key and partition count), so the aggregator finds the join record on
-the worker that owns the camera.
+The join table is keyed by detection of the event's own partition (detections and results share
+the camera key and partition count), so the aggregator finds the join record on the worker that
+owns the camera.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from streams.app import app, settings
 from streams.images import image_url
 from streams.records import DetectionResult, record_to_dict, urgency
 from streams.settings import Settings
-from streams.table_values import CameraView, CompactDetection
-from streams.tables import camera_key, camera_view, detections
+from streams.table_values import CameraFrame, CameraView, CompactDetection
+from streams.tables import detections
 
 #: The settings' defaults, for a join built without the worker's settings (unit tests).
 DEFAULTS = Settings.model_construct()
@@ -46,26 +50,28 @@ def camera_partition(value: dict[str, Any]) -> int | None:
 
 @dataclass
 class DetectionJoin:
-    """The join table, the cameras' views, and when each camera's view was last written."""
+    """The join table, the cameras' latest frames, and when each camera's frame was last taken."""
 
     detections: MutableMapping[str, CompactDetection | None]
-    camera_view: MutableMapping[bytes, CameraView | None]
     expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.detection_ttl()))
     view_every_s: float = 1.0
     viewed: dict[str, float] = field(default_factory=dict)
-    #: each camera's most urgent conflict since its view was last written (calibrated cameras)
+    #: camera id -> its latest frame, for the cameras whose detections this worker consumes
+    frames: dict[str, CameraFrame] = field(default_factory=dict)
+    #: each camera's most urgent conflict since its frame was last taken (calibrated cameras)
     conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def mark_stale(self) -> None:
-        """After a rebalance: keys written elsewhere, and views another worker wrote last."""
+        """After a rebalance: keys written elsewhere, and frames of cameras that may have moved
+        (those still here are taken again from their next detection)."""
         self.expiry.mark_stale()
         self.viewed.clear()
+        self.frames.clear()
 
 
 #: The worker's join, on its Faust tables.
 detection_join = DetectionJoin(
     detections,
-    camera_view,
     expiry=ExpiringIndex(settings.detection_ttl(), partition_of=camera_partition),
 )
 
@@ -116,10 +122,8 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
     if now - join.viewed.get(det.camera_id, -join.view_every_s) < join.view_every_s:
         return
     join.viewed[det.camera_id] = now
-    key = camera_key(det.camera_id)
-    view = join.camera_view.get(key) or empty_view(det.camera_id)
     best = max(det.groups, key=lambda g: g.interest, default=None)
-    view["latest_detection"] = {
+    latest = {
         "frame_seq": det.frame_seq,
         "captured_at": det.captured_at,
         "frame_w": det.frame_w,
@@ -146,8 +150,11 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
             if o.ground and o.velocity
         ],
     }
+    frame: CameraFrame = {"latest_detection": latest, "updated_at": now}
     conflict = join.conflicts.pop(det.camera_id, None)
+    taken = join.frames.get(det.camera_id)
     if conflict is not None:
-        view["last_conflict"] = conflict
-    view["updated_at"] = now
-    join.camera_view[key] = view
+        frame["last_conflict"] = conflict
+    elif taken is not None and "last_conflict" in taken:
+        frame["last_conflict"] = taken["last_conflict"]  # the last one measured stays shown
+    join.frames[det.camera_id] = frame

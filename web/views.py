@@ -22,6 +22,7 @@ from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import generate_latest
 
+from agents.detection_join import detection_join
 from agents.worker_clients import current
 from streams import metrics
 from streams.app import app, settings
@@ -29,7 +30,7 @@ from streams.errors import ImageMissing
 from streams.faust_seam import limit_request_body
 from streams.lag import guard as stall_guard
 from streams.live import hub
-from streams.table_values import CameraState, CameraView
+from streams.table_values import CameraFrame, CameraState, CameraView
 from streams.tables import (
     alerts_live,
     camera_key,
@@ -67,19 +68,22 @@ def _camera_id(key: bytes | str) -> str:
     return key.decode() if isinstance(key, bytes) else key
 
 
-def camera_summary(camera_id: str, view: CameraView | None, state: CameraState | None) -> dict[str, Any]:
+def camera_summary(
+    camera_id: str, view: CameraView | None, state: CameraState | None, frame: CameraFrame | None
+) -> dict[str, Any]:
     view = view or {"camera_id": camera_id, "results": [], "counts": {}}
     latest = view["results"][0] if view["results"] else None
+    updated = [at for at in (view.get("updated_at"), frame["updated_at"] if frame else None) if at is not None]
     return {
         "camera_id": camera_id,
         "latest_result": latest,
-        "latest_detection": view.get("latest_detection"),
-        "last_conflict": view.get("last_conflict"),
+        "latest_detection": frame["latest_detection"] if frame else None,
+        "last_conflict": frame.get("last_conflict") if frame else None,
         "counts": view.get("counts", {}),
         "fps": round(float(state["fps"] or 0.0), 2) if state else 0.0,
         "groups_seen": state["groups_seen"] if state else 0,
         "tasks_made": state["tasks_made"] if state else 0,
-        "updated_at": view.get("updated_at"),
+        "updated_at": max(updated, default=None),
     }
 
 
@@ -97,10 +101,12 @@ class Cameras(View):
 
     async def get(self, request: Request) -> Response:
         local = {_camera_id(k): v for k, v in camera_view.items()}
+        frames = detection_join.frames
         rows = [
-            camera_summary(cid, view, camera_state_live.get(camera_key(cid))) for cid, view in sorted(local.items())
+            camera_summary(cid, local.get(cid), camera_state_live.get(camera_key(cid)), frames.get(cid))
+            for cid in sorted(set(local) | set(frames))
         ]
-        known = set(request.query.get("also", "").split(",")) - set(local) - {""}
+        known = set(request.query.get("also", "").split(",")) - set(local) - set(frames) - {""}
         for cid, latest in (await current().cache.latest(sorted(known))).items():
             rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
         return self.json({"cameras": rows, "count": len(rows)})
@@ -113,10 +119,11 @@ class CameraDetail(View):
     @app.table_route(table=camera_view, match_info="camera_id")  # type: ignore[arg-type]
     async def get(self, request: Request, camera_id: str) -> Response:
         view = camera_view.get(camera_key(camera_id))
-        if view is None:
+        frame = detection_join.frames.get(camera_id)
+        if view is None and frame is None:
             return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
-        data = camera_summary(camera_id, view, camera_state_live.get(camera_key(camera_id)))
-        data["results"] = view.get("results", [])
+        data = camera_summary(camera_id, view, camera_state_live.get(camera_key(camera_id)), frame)
+        data["results"] = view.get("results", []) if view else []
         data["alerts"] = (alerts_live.get(camera_key(camera_id)) or [])[:20]
         return self.json(data)
 

@@ -41,8 +41,10 @@ def test_every_task_yields_exactly_one_joined_result(kafka, deployment, start_wo
     view = get_json(f"http://127.0.0.1:{worker.port}/cameras/cam-1/")
     assert view["latest_result"]["status"] == "ok"
     assert view["latest_result"]["detection"]["group"]["kind"] == "pedestrian_vehicle"
+    assert view["latest_detection"]["objects"] == 2  # the frame the worker holds, not a table's
     cameras_view = get_json(f"http://127.0.0.1:{worker.port}/cameras/")
     assert cameras_view["count"] == 4
+    assert all(row["latest_detection"]["frame_w"] > 0 for row in cameras_view["cameras"])
 
 
 def test_redelivered_detections_make_no_duplicate_results(kafka, deployment, start_worker):

@@ -71,9 +71,10 @@ async def test_a_global_cap_of_zero_tokens_stops_tasks(clients):
 async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
     now = time.time()
-    record_detection(DetectionJoin(agg.detections, agg.camera_view), detection("cam-1", 3), now, 0, joined=True)
-    view = agg.camera_view[camera_key("cam-1")]
-    assert view is not None and view["latest_detection"]["frame_seq"] == 3
+    join = DetectionJoin(agg.detections)
+    record_detection(join, detection("cam-1", 3), now, 0, joined=True)
+    assert join.frames["cam-1"]["latest_detection"]["frame_seq"] == 3
+    assert agg.camera_view == {}  # the latest frame is held by the worker, not written to the table
 
     alert = aggregate(agg, result_for(3, "high"), now, clients, 0)
     assert alert is not None and alert.level == "high" and alert.task_id == "t1"
@@ -92,23 +93,24 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     assert kept is not None and len(kept) == 1 and kept[0]["count"] == 3
 
 
-def test_only_detections_that_made_a_task_are_kept_and_a_cameras_view_is_written_once_a_second():
-    join = DetectionJoin(detections={}, camera_view={})
+def test_only_detections_that_made_a_task_are_kept_and_a_cameras_frame_is_taken_once_a_second():
+    join = DetectionJoin(detections={})
     now = 1_000.0
     record_detection(join, detection("cam-1", 1), now, 0, joined=False)
     assert join.detections == {}  # no task, never joined
-    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 1  # type: ignore[index]
+    assert join.frames["cam-1"]["latest_detection"]["frame_seq"] == 1  # type: ignore[index]
     kept = detection("cam-1", 2)
     record_detection(join, kept, now + 0.5, 0, joined=True)
     assert list(join.detections) == [kept.detection_id]
-    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 1  # type: ignore[index]
+    assert join.frames["cam-1"]["latest_detection"]["frame_seq"] == 1  # type: ignore[index]
     record_detection(join, detection("cam-2", 7), now + 0.5, 0, joined=False)  # cameras apart
-    assert join.camera_view[camera_key("cam-2")]["latest_detection"]["frame_seq"] == 7  # type: ignore[index]
+    assert join.frames["cam-2"]["latest_detection"]["frame_seq"] == 7  # type: ignore[index]
     record_detection(join, detection("cam-1", 3), now + 1.0, 0, joined=False)
-    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 3  # type: ignore[index]
-    join.mark_stale()  # after a rebalance another worker may have written the view last
+    assert join.frames["cam-1"]["latest_detection"]["frame_seq"] == 3  # type: ignore[index]
+    join.mark_stale()  # after a rebalance the camera may be another worker's: its frame is dropped
+    assert join.frames == {}
     record_detection(join, detection("cam-1", 4), now + 1.1, 0, joined=False)
-    assert join.camera_view[camera_key("cam-1")]["latest_detection"]["frame_seq"] == 4  # type: ignore[index]
+    assert join.frames["cam-1"]["latest_detection"]["frame_seq"] == 4  # type: ignore[index]
 
 
 async def test_a_result_without_its_detection_is_kept_unjoined_and_low_risk_raises_no_alert(clients):
