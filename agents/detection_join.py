@@ -10,8 +10,10 @@ table writes were most of a worker's time per detection):
   camera, in this worker's memory (``frames``), not a table: the worker that owns a camera's
   partition consumes its detections and answers its web views (``table_route`` on
   ``camera_view``, the same key and partition), and after a crash or a rebalance the camera's next
-  detection, within ``view_every_s``, rebuilds it. Written through ``camera_view``, the summary
-  was a decode, an encode, a RocksDB put and a changelog record a camera a second.
+  detection, within ``view_every_s``, takes it again. Written through ``camera_view``, the summary
+  was a decode, an encode, a RocksDB put and a changelog record a camera a second;
+* the most urgent conflict measured since the last take, in ``camera_view`` (when there is one):
+  the dashboard shows the last conflict until the next, which may be hours later.
 
 The join table is keyed by detection of the event's own partition (detections and results share
 the camera key and partition count), so the aggregator finds the join record on the worker that
@@ -33,7 +35,7 @@ from streams.images import image_url
 from streams.records import DetectionResult, record_to_dict, urgency
 from streams.settings import Settings
 from streams.table_values import CameraFrame, CameraView, CompactDetection
-from streams.tables import detections
+from streams.tables import camera_key, camera_view, detections
 
 #: The settings' defaults, for a join built without the worker's settings (unit tests).
 DEFAULTS = Settings.model_construct()
@@ -53,6 +55,7 @@ class DetectionJoin:
     """The join table, the cameras' latest frames, and when each camera's frame was last taken."""
 
     detections: MutableMapping[str, CompactDetection | None]
+    camera_view: MutableMapping[bytes, CameraView | None]
     expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.detection_ttl()))
     view_every_s: float = 1.0
     viewed: dict[str, float] = field(default_factory=dict)
@@ -62,16 +65,22 @@ class DetectionJoin:
     conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def mark_stale(self) -> None:
-        """After a rebalance: keys written elsewhere, and frames of cameras that may have moved
-        (those still here are taken again from their next detection)."""
+        """After a rebalance: keys written elsewhere, and views another worker wrote last."""
         self.expiry.mark_stale()
         self.viewed.clear()
+
+    def forget_frames(self) -> None:
+        """Partitions revoked: the cameras may move, and a frame kept here would list a camera on two
+        workers (their ``/cameras/``); those that stay are taken again from their next detection."""
         self.frames.clear()
+        self.viewed.clear()
+        self.conflicts.clear()
 
 
 #: The worker's join, on its Faust tables.
 detection_join = DetectionJoin(
     detections,
+    camera_view,
     expiry=ExpiringIndex(settings.detection_ttl(), partition_of=camera_partition),
 )
 
@@ -79,6 +88,11 @@ detection_join = DetectionJoin(
 @app.on_rebalance_complete.connect
 async def _rescan(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
     detection_join.mark_stale()
+
+
+@app.on_partitions_revoked.connect
+async def _forget_frames(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
+    detection_join.forget_frames()
 
 
 #: Road users of a frame shown on the bird's-eye view.
@@ -150,11 +164,11 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
             if o.ground and o.velocity
         ],
     }
-    frame: CameraFrame = {"latest_detection": latest, "updated_at": now}
+    join.frames[det.camera_id] = {"latest_detection": latest, "updated_at": now}
     conflict = join.conflicts.pop(det.camera_id, None)
-    taken = join.frames.get(det.camera_id)
     if conflict is not None:
-        frame["last_conflict"] = conflict
-    elif taken is not None and "last_conflict" in taken:
-        frame["last_conflict"] = taken["last_conflict"]  # the last one measured stays shown
-    join.frames[det.camera_id] = frame
+        key = camera_key(det.camera_id)
+        view = join.camera_view.get(key) or empty_view(det.camera_id)
+        view["last_conflict"] = conflict
+        view["updated_at"] = now
+        join.camera_view[key] = view

@@ -205,6 +205,7 @@ def aggregate(
 
     key = camera_key(result.camera_id)
     view = agg.camera_view.get(key) or empty_view(result.camera_id)
+    view.pop("latest_detection", None)  # type: ignore[typeddict-item]  # held by the worker since, not here
     view["results"] = [data, *view.get("results", [])][:LATEST_RESULTS]
     counts = view.setdefault("counts", {})
     counts[result.status] = counts.get(result.status, 0) + 1

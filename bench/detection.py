@@ -217,6 +217,11 @@ def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2, 
     return round(sum(n for n, _ in results) / max(wall for _, wall in results), 2)
 
 
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """The median of ``a[i] / b[i]``: runs of two arms taken in the same round, compared round by round."""
+    return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3)
+
+
 def bench_motion(
     frames: dict[str, list[np.ndarray]], settings: Settings, store: Any, cams: dict[str, str], runs: int = 5
 ) -> dict[str, Any]:
@@ -237,13 +242,19 @@ def bench_motion(
     mog2_fps = steady_rate(frames, mog2, mog2)
     fps = pipeline_fps(MotionDetector(), frames, settings, store)
     n_frames = len(next(iter(frames.values())))
-    node_runs: list[float] = []
-    all_cores_runs: list[float] = []
-    thread_runs: list[float] = []
-    for _ in range(runs):  # in turn, so the machine's drift within the run falls on all alike
-        node_runs.append(node_fps_processes(cams, n_frames))
-        all_cores_runs.append(node_fps_processes(cams, n_frames, share_cores=False))
-        thread_runs.append(node_fps(MotionDetector, frames, settings, store))
+    arms: dict[str, Callable[[], float]] = {
+        "processes": lambda: node_fps_processes(cams, n_frames),
+        "every_core": lambda: node_fps_processes(cams, n_frames, share_cores=False),
+        "threads": lambda: node_fps(MotionDetector, frames, settings, store),
+    }
+    taken: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(runs):
+        # in rounds, each starting with another arm: the machine's drift falls on all alike, and
+        # the ratios are of runs taken side by side
+        names = list(arms)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            taken[name].append(arms[name]())
+    node_runs, all_cores_runs, thread_runs = taken["processes"], taken["every_core"], taken["threads"]
     return {
         "fps": fps,
         "bare_fps": bare_fps,
@@ -252,11 +263,12 @@ def bench_motion(
         "node_fps_runs": node_runs,
         "node_fps_one_process_two_threads": statistics.median(thread_runs),
         "node_fps_one_process_two_threads_runs": thread_runs,
-        "processes_vs_threads": round(statistics.median(node_runs) / statistics.median(thread_runs), 3),
+        # ratios: the median of each round's (runs in the same round were taken side by side)
+        "processes_vs_threads": paired_ratio(node_runs, thread_runs),
         # the same processes with OpenCV's default pool (every core in each process)
         "node_fps_opencv_every_core": statistics.median(all_cores_runs),
         "node_fps_opencv_every_core_runs": all_cores_runs,
-        "opencv_core_share_vs_every_core": round(statistics.median(node_runs) / statistics.median(all_cores_runs), 3),
+        "opencv_core_share_vs_every_core": paired_ratio(node_runs, all_cores_runs),
         "plain_mog2_fps": mog2_fps,
         "detector_vs_plain_mog2": round(bare_fps / mog2_fps, 3),
     }

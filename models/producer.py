@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import secrets
 import signal
 import subprocess
@@ -232,7 +231,9 @@ def cv_threads(processes: int, cpus: int | None = None) -> int:
     threads whose parallel sections wait on one another (``opencv_core_share_vs_every_core`` in
     ``bench/results/detection.json``: the node's frames a second with the share against without).
     """
-    return max(1, (cpus or os.cpu_count() or 1) // max(1, processes))
+    # OpenCV's count, as its own default takes it: the CPUs this process may use (affinity, a
+    # container's quota), not the host's
+    return max(1, (cpus or cv2.getNumberOfCPUs() or 1) // max(1, processes))
 
 
 def child_args(argv: list[str]) -> list[str]:
@@ -251,14 +252,18 @@ def child_args(argv: list[str]) -> list[str]:
 
 
 def supervise(
-    argv: list[str], devices: list[str], cameras: list[CameraConfig], metrics_port: int, cv_threads_each: int = 0
+    argv: list[str],
+    devices: list[str],
+    cameras: list[CameraConfig],
+    metrics_port: int,
+    cv_threads_each: int | None = None,
 ) -> None:
     """One producer process per device (or per CPU share: ``--processes``), each with every n-th
     camera: inference on several GPUs never shares a CUDA context, and the motion path's Python
     half (tracking, grouping, records) never waits on another process's GIL (see
     ``motion.node_fps`` against ``node_fps_one_process_two_threads`` in
-    ``bench/results/detection.json``). Each child gets ``cv_threads_each`` OpenCV threads, by
-    default its share of the cores (:func:`cv_threads`)."""
+    ``bench/results/detection.json``). Each child gets ``cv_threads_each`` OpenCV threads (0:
+    OpenCV's default, every core), by default its share of the cores (:func:`cv_threads`)."""
     cleaned = child_args(argv)
     commands: list[list[str]] = []
     for i, device in enumerate(devices):
@@ -266,7 +271,8 @@ def supervise(
         if not share:
             continue
         cmd = [sys.executable, "-m", "models.producer", *cleaned, "--device", device, "--camera-ids", ",".join(share)]
-        cmd += ["--cv-threads", str(cv_threads_each or cv_threads(len(devices)))]
+        share_of_cores = cv_threads(len(devices)) if cv_threads_each is None else cv_threads_each
+        cmd += ["--cv-threads", str(share_of_cores)]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]
         logger.info(
@@ -355,11 +361,15 @@ def main(argv: list[str] | None = None) -> None:
         help="producer processes on the one --device, cameras split among them (CPU: one per core, --workers 1)",
     )
     parser.add_argument(
-        "--cv-threads", type=int, default=0, help="OpenCV threads (0: every core; --processes sets its share)"
+        "--cv-threads",
+        type=int,
+        default=None,
+        help="OpenCV threads of each process (0: OpenCV's default, every core; default: with --processes or "
+        "several devices each process's share of the cores). torch's and ONNX Runtime's pools are their own",
     )
     parser.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
-    if args.cv_threads < 0:
+    if args.cv_threads is not None and args.cv_threads < 0:
         parser.error("--cv-threads must be 0 (every core) or more")
     devices = [d for d in args.device.split(",") if d]
     if args.processes < 1:
@@ -377,9 +387,6 @@ def main(argv: list[str] | None = None) -> None:
     if len(devices) > 1:
         supervise(argv if argv is not None else sys.argv[1:], devices, cameras, args.metrics_port, args.cv_threads)
         return
-    if args.cv_threads:
-        cv2.setNumThreads(args.cv_threads)
-    logger.info("OpenCV threads: %d", cv2.getNumThreads())
     if args.camera_ids:
         share = set(args.camera_ids.split(","))
         cameras = [c for c in cameras if c.id in share]
@@ -392,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
     )
+    if args.cv_threads:  # after the detector: importing ultralytics sets OpenCV's threads itself
+        cv2.setNumThreads(args.cv_threads)
+    logger.info("OpenCV threads: %d", cv2.getNumThreads())
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.REGISTRY)
 

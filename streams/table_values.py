@@ -85,24 +85,25 @@ class ResultEntry(TypedDict):
 
 
 class CameraView(TypedDict):
-    """``camera_view``: a camera's results as the web views show them (its latest frame is a
-    :class:`CameraFrame`; views written before that was split off also hold one, unread)."""
+    """``camera_view``: a camera's results and its last measured conflict as the web views show
+    them (its latest frame is a :class:`CameraFrame`)."""
 
     camera_id: str
     results: list[dict[str, Any]]
     counts: dict[str, int]
+    #: Calibrated cameras: the most urgent conflict measured between two takes of the frame; kept
+    #: until the next one (hours, maybe), so written to the table, only when there is a new one.
+    last_conflict: NotRequired[dict[str, Any]]
     updated_at: NotRequired[float]
 
 
 class CameraFrame(TypedDict):
     """A camera's latest frame as the dashboard shows it, held in the memory of the worker that
     owns the camera (``agents.detection_join``), not in a table: the next frame replaces it within
-    a second, so a changelog record for it (a third of a worker's records at 100 cameras) bought
+    a second, so its changelog record (one in seven of a worker's records at 100 cameras) bought
     nothing a crash would miss."""
 
     latest_detection: dict[str, Any]
-    #: Calibrated cameras: the most urgent conflict measured since the frame was last taken.
-    last_conflict: NotRequired[dict[str, Any]]
     updated_at: float
 
 

@@ -74,7 +74,8 @@ detections = _partitioned("detections", str)
 #: task_id -> the final aggregated result (idempotence: a task_id seen here is a duplicate).
 results = _partitioned("results", str)
 
-#: camera_id -> what the web views show: latest detection, latest results, counters.
+#: camera_id -> what the web views show: latest results, counters, the last measured conflict (the
+#: latest frame is held by the worker: agents/detection_join.py).
 camera_view = _partitioned("camera_view", bytes)
 
 #: camera_id -> the last 100 alerts of the camera (list, newest first).

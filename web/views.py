@@ -78,7 +78,7 @@ def camera_summary(
         "camera_id": camera_id,
         "latest_result": latest,
         "latest_detection": frame["latest_detection"] if frame else None,
-        "last_conflict": frame.get("last_conflict") if frame else None,
+        "last_conflict": view.get("last_conflict"),
         "counts": view.get("counts", {}),
         "fps": round(float(state["fps"] or 0.0), 2) if state else 0.0,
         "groups_seen": state["groups_seen"] if state else 0,

@@ -403,3 +403,13 @@ def test_node_speed_measurement_stops_when_a_process_fails():
     cams = {"good": "sim://scene?seed=1", "bad": "sim://scene?seed=x"}  # the second cannot be rendered
     with pytest.raises(RuntimeError, match="exit codes \\[1\\]"):
         node_fps_processes(cams, WARM_FRAMES + 10)
+
+
+def test_node_speed_ratios_compare_runs_of_the_same_round():
+    """A ratio of medians can pair a fast round of one arm with a slow round of the other."""
+    from bench.detection import paired_ratio
+
+    assert paired_ratio([200.0, 100.0, 150.0], [100.0, 100.0, 200.0]) == 1.0  # the medians (150, 100) would say 1.5
+    assert paired_ratio([210.0, 110.0, 160.0], [200.0, 100.0, 150.0]) == 1.067  # each round ahead, medians 160/150
+    with pytest.raises(ValueError):
+        paired_ratio([1.0], [1.0, 2.0])

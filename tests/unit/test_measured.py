@@ -173,22 +173,26 @@ def test_an_assessment_task_without_a_conflict_describes_as_before() -> None:
 
 def test_the_camera_frame_keeps_the_most_urgent_conflict_between_takes_and_the_road_users_on_the_ground() -> None:
     from agents.detection_join import DetectionJoin, record_detection
+    from streams.tables import camera_key
 
-    join = DetectionJoin(detections={})
+    join = DetectionJoin(detections={}, camera_view={})
     first = with_conflict(detection("c", 1), "high", ttc=0.9)
     first.objects[0].ground, first.objects[0].velocity = [3.0, 4.0], [0.0, 1.4]
     record_detection(join, first, 1000.0, 0, joined=True)
-    view = join.frames["c"]
-    assert view["last_conflict"]["ttc_s"] == 0.9
-    assert view["latest_detection"]["ground"] == [{"id": 3, "cls": "person", "x": 3.0, "y": 4.0, "vx": 0.0, "vy": 1.4}]  # type: ignore[index]
+    view = join.camera_view[camera_key("c")]
+    assert view is not None and view["last_conflict"]["ttc_s"] == 0.9
+    assert join.frames["c"]["latest_detection"]["ground"] == [
+        {"id": 3, "cls": "person", "x": 3.0, "y": 4.0, "vx": 0.0, "vy": 1.4}
+    ]  # type: ignore[index]
     # within the second: not taken, but the worse conflict is held for the next take, the milder one is not
     record_detection(join, with_conflict(detection("c", 2), "critical", ttc=0.3), 1000.3, 0, joined=True)
     record_detection(join, with_conflict(detection("c", 3), "medium", ttc=1.4), 1000.6, 0, joined=True)
     record_detection(join, detection("c", 4), 1001.2, 0, joined=False)
-    assert join.frames["c"]["last_conflict"]["ttc_s"] == 0.3
+    assert join.camera_view[camera_key("c")]["last_conflict"]["ttc_s"] == 0.3  # type: ignore[index]
     assert join.frames["c"]["latest_detection"]["frame_seq"] == 4
-    record_detection(join, detection("c", 5), 1002.3, 0, joined=False)  # no conflict since: the last one stays
-    assert join.frames["c"]["last_conflict"]["ttc_s"] == 0.3
+    join.forget_frames()  # a rebalance: the last conflict is the table's, it stays
+    record_detection(join, detection("c", 5), 1002.3, 0, joined=False)
+    assert join.camera_view[camera_key("c")]["last_conflict"]["ttc_s"] == 0.3  # type: ignore[index]
 
 
 def test_an_answer_about_a_frame_before_the_conflict_does_not_judge_it() -> None:
