@@ -37,6 +37,7 @@ Writes ``bench/results/detection.json``.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import platform
@@ -173,20 +174,25 @@ def _node_share(cams: dict[str, str], n_frames: int, barrier: Any, done: Any, op
         detector, pipes = MotionDetector(), _cameras(frames)
         _analyse_all(pipes, frames, range(WARM_FRAMES), detector, settings, store)
         barrier.wait(timeout=SHARE_TIMEOUT_S)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         _analyse_all(pipes, frames, range(WARM_FRAMES, n_frames), detector, settings, store)
-        done.put(((n_frames - WARM_FRAMES) * len(frames), time.perf_counter() - started))
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        done.put(((n_frames - WARM_FRAMES) * len(frames), wall, cpu))
 
 
 #: The longest a process of the node measurement may take to get ready, or to finish its frames.
 SHARE_TIMEOUT_S = 300.0
 
 
-def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2, share_cores: bool = True) -> float:
+def node_fps_processes(
+    cams: dict[str, str], n_frames: int, processes: int = 2, share_cores: bool = True
+) -> tuple[float, float]:
     """The motion path as ``python -m models.producer --processes 2 --workers 1`` runs it: a
     process per core, each with every n-th camera and its share of the cores for OpenCV (or,
     ``share_cores=False``, OpenCV's default of every core in each); frames a second of them all
-    until the last one finishes. A process that fails stops the measurement with its exit code."""
+    until the last one finishes, and the CPU milliseconds a frame of them all (``/proc``'s count for
+    the processes: what the machine's other tenants take from the wall clock is not in it). A
+    process that fails stops the measurement with its exit code."""
     _check_frames(n_frames, WARM_FRAMES)
     ctx = multiprocessing.get_context("spawn")  # OpenCV's thread pool does not survive a fork
     ids = list(cams)
@@ -196,7 +202,7 @@ def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2, 
     procs = [ctx.Process(target=_node_share, args=(s, n_frames, barrier, done, opencv_threads)) for s in shares]
     for proc in procs:
         proc.start()
-    results: list[tuple[int, float]] = []
+    results: list[tuple[int, float, float]] = []
     deadline = time.monotonic() + 2 * SHARE_TIMEOUT_S
     try:
         while len(results) < len(procs):
@@ -214,7 +220,11 @@ def node_fps_processes(cams: dict[str, str], n_frames: int, processes: int = 2, 
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    return round(sum(n for n, _ in results) / max(wall for _, wall in results), 2)
+    frames_done = sum(n for n, _, _ in results)
+    return (
+        round(frames_done / max(wall for _, wall, _ in results), 2),
+        round(1000.0 * sum(cpu for _, _, cpu in results) / frames_done, 3),
+    )
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
@@ -242,19 +252,20 @@ def bench_motion(
     mog2_fps = steady_rate(frames, mog2, mog2)
     fps = pipeline_fps(MotionDetector(), frames, settings, store)
     n_frames = len(next(iter(frames.values())))
-    arms: dict[str, Callable[[], float]] = {
+    arms: dict[str, Callable[[], tuple[float, float]]] = {
         "processes": lambda: node_fps_processes(cams, n_frames),
         "every_core": lambda: node_fps_processes(cams, n_frames, share_cores=False),
-        "threads": lambda: node_fps(MotionDetector, frames, settings, store),
+        "threads": lambda: (node_fps(MotionDetector, frames, settings, store), math.nan),
     }
-    taken: dict[str, list[float]] = {name: [] for name in arms}
+    taken: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
     for r in range(runs):
         # in rounds, each starting with another arm: the machine's drift falls on all alike, and
         # the ratios are of runs taken side by side
         names = list(arms)
         for name in names[r % len(names) :] + names[: r % len(names)]:
             taken[name].append(arms[name]())
-    node_runs, all_cores_runs, thread_runs = taken["processes"], taken["every_core"], taken["threads"]
+    node_runs, all_cores_runs, thread_runs = ([fps for fps, _ in taken[name]] for name in arms)
+    node_cpu, all_cores_cpu = ([cpu for _, cpu in taken[name]] for name in ("processes", "every_core"))
     return {
         "fps": fps,
         "bare_fps": bare_fps,
@@ -269,6 +280,12 @@ def bench_motion(
         "node_fps_opencv_every_core": statistics.median(all_cores_runs),
         "node_fps_opencv_every_core_runs": all_cores_runs,
         "opencv_core_share_vs_every_core": paired_ratio(node_runs, all_cores_runs),
+        # CPU a frame in the node's processes: steadier than frames a second on a shared machine
+        "node_cpu_ms_per_frame": statistics.median(node_cpu),
+        "node_cpu_ms_per_frame_runs": node_cpu,
+        "node_cpu_ms_per_frame_opencv_every_core": statistics.median(all_cores_cpu),
+        "node_cpu_ms_per_frame_opencv_every_core_runs": all_cores_cpu,
+        "opencv_every_core_vs_core_share_cpu": paired_ratio(all_cores_cpu, node_cpu),
         "plain_mog2_fps": mog2_fps,
         "detector_vs_plain_mog2": round(bare_fps / mog2_fps, 3),
     }
@@ -327,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
             report["yolo_error"] = str(exc)
         report["cameras_per_node"] = {
             "motion": int(report["motion"]["node_fps"] // 2),
+            # were the node's cores all its own: its cores' milliseconds over a frame's CPU at 2 fps
+            "motion_by_cpu": int((os.cpu_count() or 1) * 1000.0 / report["motion"]["node_cpu_ms_per_frame"] // 2),
             "yolo_onnx": int(report["yolo_onnx"]["node_fps"] // 2) if "yolo_onnx" in report else None,
             "yolo": int(report["yolo"]["node_fps"] // 2) if "yolo" in report else None,
             "analysis_fps_per_camera": 2,

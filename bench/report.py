@@ -312,6 +312,14 @@ def render(folder: Path) -> str:
                     f"(median of {motion['node_fps_opencv_every_core_runs']}): "
                     f"x{motion['opencv_core_share_vs_every_core']} for the share."
                 )
+            if "node_cpu_ms_per_frame" in motion:
+                out.append(
+                    f"CPU a frame in the node's processes: {motion['node_cpu_ms_per_frame']} ms with the share "
+                    f"(median of {motion['node_cpu_ms_per_frame_runs']}), "
+                    f"{motion['node_cpu_ms_per_frame_opencv_every_core']} ms with every core "
+                    f"(x{motion['opencv_every_core_vs_core_share_cpu']}); by CPU a node whose cores are all its own "
+                    f"holds {cpn.get('motion_by_cpu')} cameras."
+                )
             out.append("")
         out.append(
             f"Cameras one node ({det['machine']['cpus']} CPUs) holds at 2 analysis fps: motion "
