@@ -21,8 +21,11 @@ Per backend, in one run on the same pre-rendered 640x360 frames of four simulate
 2 analysis fps per camera, rounded down. For motion, as ``python -m models.producer --processes 2``
 runs it with ``--workers 1`` (``node_fps``: two processes, each with half the cameras, one
 analysis thread each), beside one process with two analysis threads
-(``node_fps_one_process_two_threads``): five runs of each, taken in turn, the median reported and
-every run kept (``*_runs``); YOLO in one process with two analysis threads. Frame
+(``node_fps_one_process_two_threads``) and the two processes with OpenCV's every-core default
+(``node_fps_opencv_every_core``): five rounds, each started by another of the three, the medians
+reported and every run kept (``*_runs``), the ratios the median of each round's; the processes'
+CPU a frame beside (``node_cpu_ms_per_frame``), and ``motion_by_cpu``: the cameras a node whose
+cores were all its own would hold at that CPU. YOLO in one process with two analysis threads. Frame
 decoding is not included (a real camera's H.264 decode adds a few ms per frame). The producer's
 figures are a steady state: each camera's first frames (``WARM_FRAMES``, the motion background's
 warm-up; for YOLO two frames, and two before its ``bare_fps``) run before the clock starts.
@@ -190,8 +193,8 @@ def node_fps_processes(
     """The motion path as ``python -m models.producer --processes 2 --workers 1`` runs it: a
     process per core, each with every n-th camera and its share of the cores for OpenCV (or,
     ``share_cores=False``, OpenCV's default of every core in each); frames a second of them all
-    until the last one finishes, and the CPU milliseconds a frame of them all (``/proc``'s count for
-    the processes: what the machine's other tenants take from the wall clock is not in it). A
+    until the last one finishes, and the CPU milliseconds a frame of them all (each process's own
+    CPU time: what the machine's other tenants take from the wall clock is not in it). A
     process that fails stops the measurement with its exit code."""
     _check_frames(n_frames, WARM_FRAMES)
     ctx = multiprocessing.get_context("spawn")  # OpenCV's thread pool does not survive a fork
@@ -280,7 +283,7 @@ def bench_motion(
         "node_fps_opencv_every_core": statistics.median(all_cores_runs),
         "node_fps_opencv_every_core_runs": all_cores_runs,
         "opencv_core_share_vs_every_core": paired_ratio(node_runs, all_cores_runs),
-        # CPU a frame in the node's processes: steadier than frames a second on a shared machine
+        # CPU a frame in the node's processes: what the machine's other tenants take from the wall clock is not in it
         "node_cpu_ms_per_frame": statistics.median(node_cpu),
         "node_cpu_ms_per_frame_runs": node_cpu,
         "node_cpu_ms_per_frame_opencv_every_core": statistics.median(all_cores_cpu),
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         report["cameras_per_node"] = {
             "motion": int(report["motion"]["node_fps"] // 2),
             # were the node's cores all its own: its cores' milliseconds over a frame's CPU at 2 fps
-            "motion_by_cpu": int((os.cpu_count() or 1) * 1000.0 / report["motion"]["node_cpu_ms_per_frame"] // 2),
+            "motion_by_cpu": int(cv2.getNumberOfCPUs() * 1000.0 / report["motion"]["node_cpu_ms_per_frame"] // 2),
             "yolo_onnx": int(report["yolo_onnx"]["node_fps"] // 2) if "yolo_onnx" in report else None,
             "yolo": int(report["yolo"]["node_fps"] // 2) if "yolo" in report else None,
             "analysis_fps_per_camera": 2,

@@ -310,14 +310,15 @@ def render(folder: Path) -> str:
                     f"Each process has its share of the cores for OpenCV (`--cv-threads`); with OpenCV's default of "
                     f"every core in each, {motion['node_fps_opencv_every_core']} "
                     f"(median of {motion['node_fps_opencv_every_core_runs']}): "
-                    f"x{motion['opencv_core_share_vs_every_core']} for the share."
+                    f"x{motion['opencv_core_share_vs_every_core']} for the share (the median of each round's ratio)."
                 )
             if "node_cpu_ms_per_frame" in motion:
                 out.append(
                     f"CPU a frame in the node's processes: {motion['node_cpu_ms_per_frame']} ms with the share "
                     f"(median of {motion['node_cpu_ms_per_frame_runs']}), "
                     f"{motion['node_cpu_ms_per_frame_opencv_every_core']} ms with every core "
-                    f"(x{motion['opencv_every_core_vs_core_share_cpu']}); by CPU a node whose cores are all its own "
+                    f"(x{motion['opencv_every_core_vs_core_share_cpu']}, the median of each round's ratio); "
+                    "by CPU a node whose cores are all its own "
                     f"holds {cpn.get('motion_by_cpu')} cameras."
                 )
             out.append("")

@@ -399,8 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
     )
-    if args.cv_threads:  # after the detector: importing ultralytics sets OpenCV's threads itself
-        cv2.setNumThreads(args.cv_threads)
+    if args.cv_threads is not None:  # after the detector: importing ultralytics sets OpenCV's threads itself
+        cv2.setNumThreads(args.cv_threads if args.cv_threads > 0 else -1)  # below 0: OpenCV's default
     logger.info("OpenCV threads: %d", cv2.getNumThreads())
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.REGISTRY)

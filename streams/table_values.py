@@ -100,8 +100,7 @@ class CameraView(TypedDict):
 class CameraFrame(TypedDict):
     """A camera's latest frame as the dashboard shows it, held in the memory of the worker that
     owns the camera (``agents.detection_join``), not in a table: the next frame replaces it within
-    a second, so its changelog record (one in seven of a worker's records at 100 cameras) bought
-    nothing a crash would miss."""
+    a second, so its changelog record (one a camera a second) bought nothing a crash would miss."""
 
     latest_detection: dict[str, Any]
     updated_at: float
