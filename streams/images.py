@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import os
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -58,7 +59,9 @@ class FileImageStore(ImageStore):
     def put(self, jpeg: bytes) -> str:
         name = self.name_for(jpeg)
         path = self.folder / f"{name}.jpg"
-        tmp = path.with_suffix(".tmp")
+        # a temporary name of this thread's own: analysis threads may store the same crop at once,
+        # and with one name per crop one thread's rename took the file from under another's
+        tmp = self.folder / f"{name}.{os.getpid()}-{threading.get_ident()}.tmp"
         tmp.write_bytes(jpeg)
         os.replace(tmp, path)
         self._maybe_sweep()
@@ -78,7 +81,7 @@ class FileImageStore(ImageStore):
         if now - self._last_sweep < 30:
             return
         self._last_sweep = now
-        for path in self.folder.glob("*.jpg"):
+        for path in [*self.folder.glob("*.jpg"), *self.folder.glob("*.tmp")]:  # .tmp: a writer that died
             try:
                 if now - path.stat().st_mtime > self.ttl_s:
                     path.unlink()

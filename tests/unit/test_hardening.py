@@ -530,3 +530,23 @@ def test_the_relay_message_is_the_payload_once_and_starts_with_its_origin():
     assert message.startswith(OWN_PREFIX)  # skipped unparsed by the worker that sent it
     assert parse_relayed(message) == (ORIGIN, "result", "cam-1", json.loads(body))
     assert not relay_message("alert", "cam-1", body).replace(OWN_PREFIX, b'{"origin":"other:1",').startswith(OWN_PREFIX)
+
+
+def test_the_file_store_takes_the_same_crop_from_several_threads_at_once(tmp_path):
+    """The producer's analysis threads may store byte-identical crops at once: with one temporary
+    name per crop, one thread's rename took the file another was about to rename (FileNotFoundError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streams.images import FileImageStore
+
+    store = FileImageStore(tmp_path / "img", ttl_s=60)
+    _, buf = cv2.imencode(".jpg", np.full((40, 60, 3), 90, np.uint8))
+    jpeg = buf.tobytes()
+
+    def put_many(_: int) -> set[str]:
+        return {store.put(jpeg) for _ in range(300)}
+
+    with ThreadPoolExecutor(8) as pool:
+        uris = set().union(*pool.map(put_many, range(8)))
+    assert len(uris) == 1 and store.get(uris.pop()) == jpeg
+    assert not list((tmp_path / "img").glob("*.tmp"))  # no temporary file left behind
