@@ -58,22 +58,20 @@ class DetectionJoin:
     camera_view: MutableMapping[bytes, CameraView | None]
     expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.detection_ttl()))
     view_every_s: float = 1.0
-    viewed: dict[str, float] = field(default_factory=dict)
-    #: camera id -> its latest frame, for the cameras whose detections this worker consumes
+    #: camera id -> its latest frame (and when it was taken), for the cameras whose detections this
+    #: worker consumes
     frames: dict[str, CameraFrame] = field(default_factory=dict)
     #: each camera's most urgent conflict since its frame was last taken (calibrated cameras)
     conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def mark_stale(self) -> None:
-        """After a rebalance: keys written elsewhere, and views another worker wrote last."""
+        """After a rebalance: keys written elsewhere (the frames went when the partitions were revoked)."""
         self.expiry.mark_stale()
-        self.viewed.clear()
 
     def forget_frames(self) -> None:
         """Partitions revoked: the cameras may move, and a frame kept here would list a camera on two
         workers (their ``/cameras/``); those that stay are taken again from their next detection."""
         self.frames.clear()
-        self.viewed.clear()
         self.conflicts.clear()
 
 
@@ -133,9 +131,9 @@ def record_detection(join: DetectionJoin, det: DetectionResult, now: float, part
         held = join.conflicts.get(det.camera_id)
         if held is None or urgency(held.get("ttc_s"), held.get("pet_s")) >= urgency(worst.ttc_s, worst.pet_s):
             join.conflicts[det.camera_id] = {**record_to_dict(worst), "captured_at": det.captured_at}
-    if now - join.viewed.get(det.camera_id, -join.view_every_s) < join.view_every_s:
+    taken = join.frames.get(det.camera_id)
+    if taken is not None and now - taken["updated_at"] < join.view_every_s:
         return
-    join.viewed[det.camera_id] = now
     best = max(det.groups, key=lambda g: g.interest, default=None)
     latest = {
         "frame_seq": det.frame_seq,

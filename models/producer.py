@@ -265,13 +265,13 @@ def supervise(
     ``bench/results/detection.json``). Each child gets ``cv_threads_each`` OpenCV threads (0:
     OpenCV's default, every core), by default its share of the cores (:func:`cv_threads`)."""
     cleaned = child_args(argv)
+    share_of_cores = cv_threads(len(devices)) if cv_threads_each is None else cv_threads_each
     commands: list[list[str]] = []
     for i, device in enumerate(devices):
         share = [c.id for c in cameras[i :: len(devices)]]
         if not share:
             continue
         cmd = [sys.executable, "-m", "models.producer", *cleaned, "--device", device, "--camera-ids", ",".join(share)]
-        share_of_cores = cv_threads(len(devices)) if cv_threads_each is None else cv_threads_each
         cmd += ["--cv-threads", str(share_of_cores)]
         if metrics_port:
             cmd += ["--metrics-port", str(metrics_port + i)]

@@ -22,7 +22,7 @@ from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import generate_latest
 
-from agents.detection_join import detection_join
+from agents.detection_join import detection_join, empty_view
 from agents.worker_clients import current
 from streams import metrics
 from streams.app import app, settings
@@ -71,7 +71,7 @@ def _camera_id(key: bytes | str) -> str:
 def camera_summary(
     camera_id: str, view: CameraView | None, state: CameraState | None, frame: CameraFrame | None
 ) -> dict[str, Any]:
-    view = view or {"camera_id": camera_id, "results": [], "counts": {}}
+    view = view or empty_view(camera_id)
     latest = view["results"][0] if view["results"] else None
     updated = [at for at in (view.get("updated_at"), frame["updated_at"] if frame else None) if at is not None]
     return {
