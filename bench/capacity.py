@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ import cv2
 import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from bench.pipeline import RESULTS, log, pct
 from ops.http import get_json, get_text
@@ -347,16 +350,22 @@ def python_for(tag: str, i: int) -> list[str]:
     return [sys.executable, "-m", "cProfile", "-o", str(CPROFILE / f"{tag}-worker-{i}.prof")]
 
 
+def worker_samples(port: int) -> Iterator[Sample]:
+    """The samples of a worker's /metrics, as prometheus_client parses its own exposition."""
+    for family in text_string_to_metric_families(get_text(f"http://127.0.0.1:{port}/metrics")):
+        yield from family.samples
+
+
 def messages_sent(dep: Deployment) -> dict[str, int]:
     """Records the workers produced over the level, by topic (deployment prefixes stripped; table
     changelogs end in ``-changelog``), from Faust's counters in /metrics."""
     sent: dict[str, int] = {}
     for w in dep.workers:
-        for line in get_text(f"http://127.0.0.1:{w.port}/metrics").splitlines():
-            if line.startswith("roadwatch_faust_topic_messages_sent_total{"):
-                topic = line.split('topic="', 1)[1].split('"', 1)[0].removeprefix("topic.")
+        for sample in worker_samples(w.port):
+            if sample.name == "roadwatch_faust_topic_messages_sent_total":
+                topic = sample.labels["topic"].removeprefix("topic.")
                 name = topic.removeprefix(f"{dep.app_id}-").removeprefix(dep.prefix)
-                sent[name] = sent.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
+                sent[name] = sent.get(name, 0) + int(sample.value)
     return dict(sorted(sent.items()))
 
 
@@ -647,13 +656,11 @@ def worker_memory(port: int) -> dict[str, float | None]:
     wanted = {"roadwatch_rocksdb_memory_bytes": "rocksdb_mb", "roadwatch_heap_trimmed_bytes_total": "heap_trimmed_mb"}
     found: dict[str, float | None] = dict.fromkeys(wanted.values())
     try:
-        text = get_text(f"http://127.0.0.1:{port}/metrics")
+        samples = [sample for sample in worker_samples(port) if sample.name in wanted]
     except (OSError, http.client.HTTPException, ValueError):
         return found  # a worker too busy to answer this minute: the sample says so with nulls
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in wanted:
-            found[wanted[name]] = round(float(value) / 2**20, 1)
+    for sample in samples:
+        found[wanted[sample.name]] = round(sample.value / 2**20, 1)
     return found
 
 

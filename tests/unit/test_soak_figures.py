@@ -22,3 +22,42 @@ def test_growth_is_measured_from_the_minute_asked():
     assert five["minutes"] == 15 and five["rss_growth"] == round(200 / 150 - 1, 4)
     assert ten["minutes"] == 10 and ten["rss_growth"] == 0.0 and ten["cpu_per_detection_ratio"] == 1.25
     assert settled(samples[:10], 10) is None
+
+
+def test_the_workers_gauges_and_records_are_read_from_their_exposition_and_a_silent_worker_gives_nulls():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    from bench.capacity import messages_sent, worker_memory
+    from ops.kafka import free_port
+
+    registry = CollectorRegistry()
+    Gauge("roadwatch_rocksdb_memory_bytes", "budget in use", registry=registry).set(64 * 2**20)
+    Counter("roadwatch_heap_trimmed_bytes_total", "trimmed", registry=registry).inc(3 * 2**20)
+    sent = Counter("roadwatch_faust_topic_messages_sent", "sent", ["topic"], registry=registry)
+    sent.labels("topic.rw-t-camera_view-changelog").inc(5)
+    sent.labels("topic.t-alerts").inc(7)
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert worker_memory(server.server_port) == {"rocksdb_mb": 64.0, "heap_trimmed_mb": 3.0}
+        two = SimpleNamespace(app_id="rw-t", prefix="t-", workers=[SimpleNamespace(port=server.server_port)] * 2)
+        assert messages_sent(two) == {"alerts": 14, "camera_view-changelog": 10}  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+    assert worker_memory(free_port()) == {"rocksdb_mb": None, "heap_trimmed_mb": None}
