@@ -421,6 +421,15 @@ def ssm_section(ssm: dict[str, Any]) -> list[str]:
             f"(via a camera {sumo['via_camera']['precision']}); TTC error on SUMO's following conflicts p50 "
             f"{sumo['ttc_abs_err_s_p50']} s."
         )
+        sampling = sumo.get("sampling")
+        if sampling:
+            out[-1] += (
+                f" The engine flags a TTC that reaches the threshold before the next frame; counting only a TTC at "
+                f"or below it, it finds {sumo.get('recall_without_lookahead')}. SUMO's own TTC, seen only at the "
+                f"frames, finds {sampling['recall_ceiling']} of its conflicts, looking a frame ahead "
+                f"{sampling['recall_ceiling_looking_ahead']} (`sumo.sampling`: the most an engine measuring at "
+                f"{sumo['fps']} fps can)."
+            )
         out.append("")
         rows = []
         for name, r in sumo["scenarios"].items():

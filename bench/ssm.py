@@ -6,9 +6,10 @@
   every vehicle; its trajectories (FCD) are replayed through :mod:`models.ssm` at the camera
   rate (positions only: velocities come from :class:`models.ssm.GroundTrack` as they would on
   a camera). ``recall``: SUMO conflicts with minimum TTC <= 1.5 s for which roadwatch flags
-  the same pair at TTC <= 1.5 s within the conflict's time window (1 s either side).
-  ``precision``: of the pairs roadwatch flags at TTC <= 1.5 s, the share SUMO logs as a
-  conflict at all (TTC < 3 s, DRAC > 3 m/s^2 or PET < 2 s) around the same time.
+  the same pair within the conflict's time window (1 s either side), flagging as the engine
+  does: a TTC that reaches 1.5 s before the next frame (``recall_without_lookahead``: a TTC
+  at or below 1.5 s itself). ``precision``: of the pairs roadwatch flags, the share SUMO logs
+  as a conflict at all (TTC < 3 s, DRAC > 3 m/s^2 or PET < 2 s) around the same time.
   ``ttc_abs_err_s_p50`` compares the minimum TTC over the window on following conflicts. The
   disagreements are sorted by reason.
 * ``sumo.via_camera``: the same, seen by a pinhole camera over the central intersection:
@@ -16,14 +17,14 @@
   clicked (rounded) points; only conflicts whose two vehicles the camera sees count.
 * ``sumo.ceiling``: what the same comparison gives the engine when told what a camera cannot
   know, to separate its estimation errors from the distance between the two definitions of a
-  conflict: ``true_state`` (each vehicle's exact position, heading, speed and turn rate from the
-  FCD),
+  conflict: ``true_state`` (each vehicle's exact position, heading, speed, acceleration and turn
+  rate from the FCD),
   ``true_route`` (that, and predicted along its own future path, the route SUMO knows, at its
   current speed), ``true_route_braking`` (that, slowing at its current deceleration as SUMO's
-  arrival estimates do). SUMO's crossing TTC is not two bodies meeting: it is the follower's
-  distance to the conflict area over its speed, counted when its estimated entry comes before the
-  leader's estimated exit, a leader braking to a stop never exiting (MSDevice_SSM's
-  ``estimateConflictTimes`` and ``determineTTCandDRAC``).
+  arrival estimates do; the acceleration comes from the FCD in all three).
+* ``sumo.sampling``: SUMO's own TTC series (the device's trajectories), seen only at the
+  camera's frame instants: the recall of an engine that reproduced SUMO exactly but measured
+  only at its frames, with and without looking a frame ahead.
 * ``dlr_urban``: see :mod:`bench.dlr_urban` (the tasi wheel's real intersection).
 
 Writes ``bench/results/ssm.json``.
@@ -147,10 +148,12 @@ class Replay:
     frames: int = 0
     engine_s: float = 0.0
 
-    def flagged(self, threshold: float) -> dict[tuple[str, str], list[float]]:
+    def flagged(self, threshold: float, lookahead_s: float = 0.0) -> dict[tuple[str, str], list[float]]:
+        """Pair -> the times it was flagged: its TTC at or below ``threshold`` within ``lookahead_s`` (the engine
+        flags what will cross the threshold before the next frame, :func:`models.ssm.measure`)."""
         out: dict[tuple[str, str], list[float]] = {}
         for pair, series in self.ttc.items():
-            times = [t for t, v in series if v <= threshold]
+            times = [t for t, v in series if v - lookahead_s <= threshold]
             if times:
                 out[pair] = times
         return out
@@ -172,6 +175,15 @@ def yaw_rates(traj: Trajectories) -> FloatArray:
             out[seg] = np.gradient(np.unwrap(traj.heading[seg]), traj.t[seg])
     kept: FloatArray = np.where(np.abs(out) < MIN_YAW_RATE, 0.0, np.clip(out, -MAX_YAW_RATE, MAX_YAW_RATE))
     return kept
+
+
+def accelerations(traj: Trajectories) -> FloatArray:
+    """Each FCD row's acceleration (m/s^2), from its vehicle's speed over time."""
+    out = np.zeros(len(traj.t))
+    for seg in _per_vehicle(traj):
+        if len(seg) > 1:
+            out[seg] = np.gradient(traj.speed[seg], traj.t[seg])
+    return out
 
 
 def _distance(speed: float, decel: float, steps: FloatArray) -> FloatArray:
@@ -209,6 +221,7 @@ def replay(
     paths = PathHistory(window_s=10.0)
     routes = TrueRoutes(traj, braking) if oracle == "route" else None
     true_yaw = yaw_rates(traj) if oracle is not None else None
+    true_acc = accelerations(traj) if oracle is not None else None
     flow = (
         FlowMap(
             (float(traj.x.min()) - 10, float(traj.y.min()) - 10, float(traj.x.max()) + 10, float(traj.y.max()) + 10)
@@ -249,6 +262,7 @@ def replay(
                     vx=speed * math.cos(heading),
                     vy=speed * math.sin(heading),
                     yaw_rate=float(true_yaw[row]) if true_yaw is not None else 0.0,
+                    accel=float(true_acc[row]) if true_acc is not None else 0.0,
                 )
             users.append(
                 RoadUser(
@@ -262,6 +276,7 @@ def replay(
                     CAR_LENGTH_M,
                     CAR_WIDTH_M,
                     state.yaw_rate,
+                    state.accel,
                 )
             )
         started = time.process_time()
@@ -308,8 +323,10 @@ def compare(
     ttc_threshold: float = 1.5,
     visible: set[tuple[str, str]] | None = None,
     warmup_s: float = 0.0,
+    lookahead_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Recall, precision and TTC error of ``seen`` against SUMO's ``conflicts``."""
+    """Recall, precision and TTC error of ``seen`` against SUMO's ``conflicts``, flagging as the engine does
+    (``lookahead_s`` ahead); ``recall_without_lookahead`` counts only a TTC at or below the threshold itself."""
     by_pair: dict[tuple[str, str], list[SumoConflict]] = defaultdict(list)
     for c in conflicts:
         by_pair[c.pair].append(c)
@@ -325,11 +342,13 @@ def compare(
             key = (*c.pair, round(c.begin))
             if key not in positives or c.min_ttc < positives[key].min_ttc:
                 positives[key] = c
-    flagged = {p: ts for p, ts in seen.flagged(ttc_threshold).items() if ts[-1] >= warmup_s}
+    flagged = {p: ts for p, ts in seen.flagged(ttc_threshold, lookahead_s).items() if ts[-1] >= warmup_s}
+    found_now = 0
     found, missed, errors, following_errors = 0, [], [], []
     for c in positives.values():
         series = [v for t, v in seen.ttc.get(c.pair, []) if c.begin - SLACK_S <= t <= c.end + SLACK_S]
-        if series and min(series) <= ttc_threshold:
+        found_now += bool(series) and min(series) <= ttc_threshold
+        if series and min(series) - lookahead_s <= ttc_threshold:
             found += 1
             errors.append(abs(min(series) - c.min_ttc))
         else:
@@ -355,12 +374,15 @@ def compare(
         else:
             false_pairs.append((pair, times))
     reasons = _false_reasons(false_pairs, traj)
+    sampling = _sampling(conflicts, set(positives), seen.fps, ttc_threshold, lookahead_s)
     return {
         "sumo_conflicts_ttc_le_threshold": len(positives),
         "sumo_conflicts_from_opposite_approaches": _opposite_approaches(list(positives.values()), traj),
         "sumo_ssm_collision_artefacts_left_out": len(artefacts),
         "found": found,
         "recall": round(found / len(positives), 3) if positives else None,
+        "found_without_lookahead": found_now,
+        "recall_without_lookahead": round(found_now / len(positives), 3) if positives else None,
         "flagged_pairs": len(flagged),
         "flagged_pairs_sumo_logs": true_pairs,
         "precision": round(true_pairs / len(flagged), 3) if flagged else None,
@@ -381,6 +403,37 @@ def compare(
             "errors": following_errors,
         },
         "false_positive_reasons": reasons,
+        "sampling": sampling,
+    }
+
+
+def _sampling(
+    conflicts: list[SumoConflict], keys: set[tuple[str, str, float]], fps: float, threshold: float, lookahead_s: float
+) -> dict[str, Any] | None:
+    """What SUMO's own TTC, seen only at the camera's frame instants, finds of ``keys`` (the positives): the most
+    any engine measuring at those instants can, with and without looking ``lookahead_s`` ahead. None when SUMO
+    logged no TTC series."""
+    lowest: dict[tuple[str, str, float], float] = {}
+    logged = False
+    for c in conflicts:
+        key = (*c.pair, round(c.begin))
+        if key not in keys or not c.ttc_series:
+            continue
+        logged = True
+        at_frames = [v for t, v in c.ttc_series if abs(t * fps - round(t * fps)) < 1e-6]
+        if at_frames:
+            lowest[key] = min(lowest.get(key, math.inf), min(at_frames))
+    if not logged:
+        return None
+    now = sum(1 for v in lowest.values() if v <= threshold)
+    ahead = sum(1 for v in lowest.values() if v - lookahead_s <= threshold)
+    return {
+        "fps": fps,
+        "positives": len(keys),
+        "found_at_frames": now,
+        "recall_ceiling": round(now / len(keys), 3) if keys else None,
+        "found_looking_ahead": ahead,
+        "recall_ceiling_looking_ahead": round(ahead / len(keys), 3) if keys else None,
     }
 
 
@@ -514,20 +567,23 @@ def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[
     conflicts = read_ssm(ssm_log)
     log(f"{name}: SUMO {time.monotonic() - started:.0f} s, {len(conflicts)} conflicts logged, {len(traj.t)} FCD rows")
     seen = replay(traj, fps)
-    result = compare(conflicts, seen, traj, warmup_s=WARMUP_S)
+    ahead = 1.0 / fps  # the engine looks one frame ahead (models.ssm.measure)
+    result = compare(conflicts, seen, traj, warmup_s=WARMUP_S, lookahead_s=ahead)
     result["pet"] = pet_compare(conflicts, seen)
     result["sumo_collisions_reported"] = count_collisions(workdir / name)
     result["pairs_per_s"] = round(seen.pairs_evaluated / seen.engine_s) if seen.engine_s else None
     camera = VirtualCamera(target=(150.0, 150.0))
     seen_cam = replay(traj, fps, camera=camera, noise_px=noise_px, seed=scenario.seed)
-    cam = compare(conflicts, seen_cam, traj, visible=visible_pairs(traj, camera, fps), warmup_s=WARMUP_S)
+    cam = compare(
+        conflicts, seen_cam, traj, visible=visible_pairs(traj, camera, fps), warmup_s=WARMUP_S, lookahead_s=ahead
+    )
     cam["noise_px"] = noise_px
     cam["calibration_rms_m"] = round(fit(camera.clicked_points()).rms_error_m, 3)
     result["via_camera"] = cam
     result["ceiling"] = {}
     for variant, (oracle, braking) in CEILING.items():
         told = replay(traj, fps, oracle=oracle, braking=braking)
-        found = compare(conflicts, told, traj, warmup_s=WARMUP_S)
+        found = compare(conflicts, told, traj, warmup_s=WARMUP_S, lookahead_s=ahead)
         result["ceiling"][variant] = {
             k: found[k]
             for k in ("found", "sumo_conflicts_ttc_le_threshold", "recall", "flagged_pairs_sumo_logs", "flagged_pairs")
@@ -560,7 +616,12 @@ def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "sumo_conflicts_ttc_le_threshold": total((), "sumo_conflicts_ttc_le_threshold"),
         "sumo_conflicts_from_opposite_approaches": total((), "sumo_conflicts_from_opposite_approaches"),
         "recall": ratio((), "found", "sumo_conflicts_ttc_le_threshold"),
+        "recall_without_lookahead": ratio((), "found_without_lookahead", "sumo_conflicts_ttc_le_threshold"),
         "precision": ratio((), "flagged_pairs_sumo_logs", "flagged_pairs"),
+        "sampling": {
+            "recall_ceiling": ratio(("sampling",), "found_at_frames", "positives"),
+            "recall_ceiling_looking_ahead": ratio(("sampling",), "found_looking_ahead", "positives"),
+        },
         "via_camera": {
             "recall": ratio(("via_camera",), "found", "sumo_conflicts_ttc_le_threshold"),
             "precision": ratio(("via_camera",), "flagged_pairs_sumo_logs", "flagged_pairs"),

@@ -31,17 +31,22 @@ MAX_SPEED_MPS = 70.0
 MIN_SAMPLES = 3
 #: Conflicts kept per frame (most urgent first): a crowded frame does not flood the record.
 MAX_CONFLICTS = 8
+#: The next frame is looked for at most this far ahead (s): a camera that paused is no reason to flag early.
+MAX_LOOKAHEAD_S = 1.0
 
 
-def conflict_level(ttc_s: float | None, pet_s: float | None, drac_mps2: float, th: Thresholds) -> str:
-    """A risk level for measured values: critical at half a second, high at one, medium at the thresholds."""
+def conflict_level(
+    ttc_s: float | None, pet_s: float | None, drac_mps2: float, th: Thresholds, lookahead_s: float = 0.0
+) -> str:
+    """A risk level for measured values: critical at half a second, high at one, medium at the thresholds (a
+    TTC that reaches its threshold within ``lookahead_s``, before the next frame, is at it)."""
     soonest = urgency(ttc_s, pet_s)
     if soonest <= 0.5:
         return "critical"
     if soonest <= 1.0:
         return "high"
     if (
-        (ttc_s is not None and ttc_s <= th.ttc_s)
+        (ttc_s is not None and ttc_s - lookahead_s <= th.ttc_s)
         or (pet_s is not None and pet_s <= th.pet_s)
         or drac_mps2 >= th.drac_mps2
     ):
@@ -124,6 +129,7 @@ class GroundView:
                 length,
                 width,
                 state.yaw_rate,
+                state.accel,
             )
         for track_id in [k for k, (at, _) in self.tracks.items() if t - at > TRACK_GAP_S]:
             del self.tracks[track_id]
@@ -147,13 +153,19 @@ class ConflictMeter:
         self.lanes = lanes
         self.thresholds = thresholds
         self.paths = PathHistory()
+        #: when the scene was last measured: the next look is expected as far ahead (ssm.measure's lookahead)
+        self.last_t: float | None = None
+        self.lookahead_s = 0.0
 
     def conflicts(self, t: float, users: dict[int, RoadUser], members: list[RoadUser]) -> list[Conflict]:
         """The conflicts among ``members`` (the settled road users of ``users``) at ``t``, most urgent first;
         the vehicles among them teach the lanes."""
         th = self.thresholds
+        if self.last_t is not None and t > self.last_t:
+            self.lookahead_s = min(t - self.last_t, MAX_LOOKAHEAD_S)
+        self.last_t = t
         found: dict[tuple[int, int], Conflict] = {}
-        for c in measure(members, th, self.lanes):
+        for c in measure(members, th, self.lanes, self.lookahead_s):
             ttc = None if math.isinf(c.ttc_s) else round(c.ttc_s, 2)
             found[(min(c.a, c.b), max(c.a, c.b))] = self._conflict(users, c.a, c.b, c.pair, ttc, None, c.drac_mps2)
         for enc in self.paths.add(t, members):
@@ -192,5 +204,5 @@ class ConflictMeter:
             drac_mps2=round(drac, 2),
             closing_mps=round(math.hypot(ua.vx - ub.vx, ua.vy - ub.vy), 2),
             speeds_mps=[round(ua.speed, 2), round(ub.speed, 2)],
-            level=conflict_level(ttc, pet, drac, self.thresholds),
+            level=conflict_level(ttc, pet, drac, self.thresholds, self.lookahead_s),
         )

@@ -6,16 +6,20 @@ crash (DRAC) and post-encroachment time (PET). The thresholds below default to t
 use: FHWA's SSAM flags TTC <= 1.5 s; SUMO's SSM device logs TTC < 3 s, PET < 2 s and
 DRAC > 3 m/s^2.
 
-Each road user is an oriented rectangle (length along its heading, width across). Going
-straight, TTC is the first time the two rectangles overlap at constant velocity (the separating
-axis test on the four edge normals, solved for the interval in which every projection
-overlaps): exact for two boxes that keep their heading and speed, so cars side by side in
-parallel lanes or queued at a light never collide, where centre-distance discs would. A road
-user already turning follows a constant-turn-rate arc, and with a camera's learned lanes
-(:mod:`models.lanes`) a vehicle is steered along them; both are sampled every ``TURN_STEP_S``.
+Each road user is an oriented rectangle (length along its heading, width across). Where two
+road users' predicted paths cross, TTC is measured by the conflict area, as SUMO's SSM device
+measures a crossing (:func:`conflict_area_ttc`): the one due first at the area is the leader,
+and if the follower is due before the leader has cleared it, TTC is the follower's time to the
+area. Elsewhere (following, merging, drifting into the next lane) TTC is the first time the two
+rectangles overlap at constant velocity (the separating axis test on the four edge normals,
+solved for the interval in which every projection overlaps): exact for two boxes that keep
+their heading and speed, so cars side by side in parallel lanes or queued at a light never
+collide, where centre-distance discs would. A road user already turning follows a
+constant-turn-rate arc, and with a camera's learned lanes (:mod:`models.lanes`) a vehicle is
+steered along them; both are sampled every ``TURN_STEP_S``.
 The limits: no one's route is known, so a turn not yet begun is extrapolated straight on (a
-left turner's conflict with oncoming traffic is seen only once it turns), braking and
-acceleration are not extrapolated, and a lane not yet driven cannot steer anyone
+left turner's conflict with oncoming traffic is seen only once it turns), braking is extrapolated
+only in a crossing's arrival times, and a lane not yet driven cannot steer anyone
 (``bench/results/ssm.json`` measures this against SUMO). PET does not extrapolate: it is
 measured on the paths both users actually drove.
 
@@ -86,6 +90,8 @@ PET_MIN_SPEED = 0.5
 PET_MIN_MOVER_SPEED = 2.0
 #: Two paths cross for PET only at more than this angle (degrees); shallower is following or merging.
 PET_MIN_ANGLE_DEG = 20.0
+#: Metres a conflict area's path extends behind a road user's rear and past its predicted end.
+CONFLICT_MARGIN_M = 1.5
 
 
 class PathPredictor(Protocol):
@@ -137,6 +143,8 @@ class RoadUser:
     width: float
     #: rad/s, counter-clockwise: a turning road user is predicted along an arc (CTRV), not straight on
     yaw_rate: float = 0.0
+    #: m/s^2 along the heading: one braking is expected at a crossing later, or never (conflict_area_ttc)
+    accel: float = 0.0
 
     @property
     def kind(self) -> Kind | None:
@@ -236,12 +244,19 @@ def drac(closing_mps: FloatArray, ttc_s: FloatArray) -> FloatArray:
 
 
 def measure(
-    users: list[RoadUser], thresholds: Thresholds | None = None, lanes: PathPredictor | None = None
+    users: list[RoadUser],
+    thresholds: Thresholds | None = None,
+    lanes: PathPredictor | None = None,
+    lookahead_s: float = 0.0,
 ) -> list[Conflict]:
     """TTC and DRAC of every pair of interest among ``users``; the pairs past a threshold, most urgent first.
 
-    PET is not instantaneous: :class:`PathHistory` adds it. The conflicts returned here carry
-    ``pet_s = inf``.
+    ``lookahead_s`` is the time until the road users are seen again (a camera's frame interval): a TTC
+    that, at constant velocity, falls to the threshold before then is flagged now, since TTC drops by a
+    second a second and the next look comes too late (``bench/results/ssm.json``'s ``sumo.sampling``: SUMO's
+    own TTC, sampled at 2 fps, misses most of its conflicts under 1.5 s; looked at half a second ahead, few).
+    The TTC reported is the one measured now. PET is not instantaneous: :class:`PathHistory` adds it.
+    The conflicts returned here carry ``pet_s = inf``.
     """
     th = thresholds or Thresholds()
     left, right = interesting_pairs(users)
@@ -252,7 +267,7 @@ def measure(
     # frames before it show closing in: only pairs that will meet, and are closing in, count
     approaching = (ttc > 0) & (closing >= MIN_CLOSING_MPS)
     dr = drac(closing, ttc)
-    flagged = np.flatnonzero(approaching & ((ttc <= th.ttc_s) | (dr >= th.drac_mps2)))
+    flagged = np.flatnonzero(approaching & ((ttc - max(lookahead_s, 0.0) <= th.ttc_s) | (dr >= th.drac_mps2)))
     conflicts = [
         Conflict(
             a=users[left[i]].track_id,
@@ -311,6 +326,7 @@ def _pair_ttc(
     head = np.array([u.heading for u in users], dtype=np.float64)
     ext = np.array([(u.length, u.width) for u in users], dtype=np.float64)
     yaw = np.array([u.yaw_rate for u in users], dtype=np.float64)
+    acc = np.array([u.accel for u in users], dtype=np.float64)
     speed = np.hypot(vel[:, 0], vel[:, 1])
     ttc = np.full(len(left), np.inf)
     closing = np.hypot(*(vel[right] - vel[left]).T)
@@ -330,7 +346,8 @@ def _pair_ttc(
                     pos[vehicle], head[vehicle], speed[vehicle], yaw[vehicle], steps
                 )
             li, ri = left[near], right[near]
-            ttc[near] = _first_overlap(paths[li], headings[li], ext[li], paths[ri], headings[ri], ext[ri], steps)
+            over = _first_overlap(paths[li], headings[li], ext[li], paths[ri], headings[ri], ext[ri], steps)
+            ttc[near] = _crossing_first(paths, headings, speed, acc, ext, li, ri, steps, horizon_s, over)
         return ttc, closing
     straight = near & (yaw[left] == 0.0) & (yaw[right] == 0.0)
     li, ri = left[straight], right[straight]
@@ -345,7 +362,46 @@ def _pair_ttc(
             (pos[ri], speed[ri], head[ri], yaw[ri], ext[ri]),
             horizon_s,
         )
+    if near.any():
+        steps = np.arange(0.0, horizon_s + TURN_STEP_S / 2, TURN_STEP_S)
+        paths, headings = _arc((pos, speed, head, yaw, ext), steps)
+        ttc[near] = _crossing_first(
+            paths, headings, speed, acc, ext, left[near], right[near], steps, horizon_s, ttc[near]
+        )
     return ttc, closing
+
+
+def _crossing_first(
+    paths: FloatArray,
+    headings: FloatArray,
+    speed: FloatArray,
+    acc: FloatArray,
+    ext: FloatArray,
+    li: npt.NDArray[np.intp],
+    ri: npt.NDArray[np.intp],
+    steps: FloatArray,
+    horizon_s: float,
+    overlap_ttc: FloatArray,
+) -> FloatArray:
+    """The pairs' TTC: by the conflict area where their paths cross, by their bodies' overlap where they do not
+    (following, merging, a drift into the next lane)."""
+    coarse = slice(None, None, 2) if len(steps) > 2 else slice(None)  # the crossing point needs no 0.1 s step
+    cross, crosses = conflict_area_ttc(
+        paths[li][:, coarse],
+        headings[li][:, coarse],
+        speed[li],
+        ext[li],
+        paths[ri][:, coarse],
+        headings[ri][:, coarse],
+        speed[ri],
+        ext[ri],
+        steps[coarse],
+        horizon_s,
+        acc[li],
+        acc[ri],
+    )
+    out: FloatArray = np.where(crosses, cross, overlap_ttc)
+    return out
 
 
 Motion = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]  # position, speed, heading, yaw rate, extent
@@ -360,6 +416,125 @@ def turning_ttc(a: Motion, b: Motion, horizon_s: float, step_s: float = TURN_STE
     pa, ha = _arc(a, steps)
     pb, hb = _arc(b, steps)
     return _first_overlap(pa, ha, a[4], pb, hb, b[4], steps)
+
+
+def conflict_area_ttc(
+    pa: FloatArray,
+    ha: FloatArray,
+    sa: FloatArray,
+    ea: FloatArray,
+    pb: FloatArray,
+    hb: FloatArray,
+    sb: FloatArray,
+    eb: FloatArray,
+    steps: FloatArray,
+    horizon_s: float,
+    acc_a: FloatArray | None = None,
+    acc_b: FloatArray | None = None,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """TTC of N pairs whose predicted paths cross, by the conflict area (SUMO's SSM device's crossing TTC).
+
+    ``p*`` are the predicted centres (N, K, 2) and ``h*`` headings (N, K) at ``steps`` (the first
+    at 0) at the speeds ``s*`` (N,); ``e*`` (N, 2) lengths and widths. Where the two paths cross at more than
+    ``PET_MIN_ANGLE_DEG``, the conflict area is the other's width across the crossing; each
+    road user enters it when its front reaches it and leaves it when its rear has cleared it,
+    at its current speed. The one due first is the leader; if the follower is due before the
+    leader has left, TTC is the follower's time to the area. This is not two bodies touching:
+    a follower arriving while the leader still occupies the area is a conflict even if the
+    leader's rear clears the follower's path a moment before its front gets there, as in
+    MSDevice_SSM's ``determineTTCandDRAC``. Returns the TTC (inf: no conflict) and whether the
+    paths cross at all (pairs whose paths do not cross are following or merging, measured by
+    overlap).
+    """
+    n = pa.shape[0]
+    if n == 0:
+        return np.empty(0), np.zeros(0, dtype=bool)
+    # each path is extended behind the centre and past its end by a body length and a lane half-width,
+    # so a road user standing in (or just entering) the other's path still has a path through it
+    margin_a = ea[:, 0] / 2 + CONFLICT_MARGIN_M
+    margin_b = eb[:, 0] / 2 + CONFLICT_MARGIN_M
+    qa, da = _extended(pa, ha, sa, margin_a, steps)
+    qb, db = _extended(pb, hb, sb, margin_b, steps)
+    a0, a1 = qa[:, :-1, None, :], qa[:, 1:, None, :]  # (N, Ka, 1, 2)
+    b0, b1 = qb[:, None, :-1, :], qb[:, None, 1:, :]  # (N, 1, Kb, 2)
+    r, s = a1 - a0, b1 - b0
+    denom = r[..., 0] * s[..., 1] - r[..., 1] * s[..., 0]  # (N, Ka, Kb)
+    qp = b0 - a0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = (qp[..., 0] * s[..., 1] - qp[..., 1] * s[..., 0]) / denom
+        w = (qp[..., 0] * r[..., 1] - qp[..., 1] * r[..., 0]) / denom
+        sine = np.abs(denom) / (np.hypot(r[..., 0], r[..., 1]) * np.hypot(s[..., 0], s[..., 1]))
+    hit = (np.abs(denom) > 1e-12) & (u >= 0) & (u < 1) & (w >= 0) & (w < 1)
+    hit &= sine >= math.sin(math.radians(PET_MIN_ANGLE_DEG))
+    flat = hit.reshape(n, -1)
+    crosses: npt.NDArray[np.bool_] = np.asarray(flat.any(axis=1), dtype=bool)
+    ttc: FloatArray = np.full(n, np.inf)
+    if not crosses.any():
+        return ttc, crosses
+    # the crossing first along road user a's path
+    first = flat.argmax(axis=1)[crosses]
+    kb = pb.shape[1] + 1
+    ia, ib = first // kb, first % kb
+    rows = np.flatnonzero(crosses)
+    ua, wb = u[rows, ia, ib], w[rows, ia, ib]
+    along_a = da[rows, ia] + ua * (da[rows, ia + 1] - da[rows, ia])
+    along_b = db[rows, ib] + wb * (db[rows, ib + 1] - db[rows, ib])
+    # the area is where the bodies can touch: the other's width across the path at the crossing's angle, widened
+    # by one's own half-width over its tangent (a front corner gets there first), plus centre to front
+    sin_x = np.maximum(sine[rows, ia, ib], math.sin(math.radians(PET_MIN_ANGLE_DEG)))
+    cot_x = np.sqrt(1.0 - sin_x**2) / sin_x
+    reach_a = ea[rows, 0] / 2 + eb[rows, 1] / (2 * sin_x) + ea[rows, 1] / 2 * cot_x
+    reach_b = eb[rows, 0] / 2 + ea[rows, 1] / (2 * sin_x) + eb[rows, 1] / 2 * cot_x
+    enter_a, leave_a = along_a - reach_a, along_a + reach_a
+    enter_b, leave_b = along_b - reach_b, along_b + reach_b
+    speed_a, speed_b = sa[rows], sb[rows]
+    brake_a = np.minimum(acc_a[rows], 0.0) if acc_a is not None else np.zeros(len(rows))
+    brake_b = np.minimum(acc_b[rows], 0.0) if acc_b is not None else np.zeros(len(rows))
+    # who gets there first, and whether the other arrives before the first has left, at each one's speed
+    # slowing at its current deceleration (one braking to a stop short of the area never arrives)
+    t_in_a, t_in_b = _arrival(enter_a, speed_a, brake_a), _arrival(enter_b, speed_b, brake_b)
+    t_out_a, t_out_b = _arrival(leave_a, speed_a, brake_a), _arrival(leave_b, speed_b, brake_b)
+    a_leads = t_in_a < t_in_b
+    follower_in = np.where(a_leads, t_in_b, t_in_a)
+    leader_out = np.where(a_leads, t_out_a, t_out_b)
+    conflict = (leave_a > 0) & (leave_b > 0) & np.isfinite(follower_in) & (follower_in <= leader_out)
+    # the TTC itself is the follower's distance to the area at its current speed
+    follower_enter = np.where(a_leads, enter_b, enter_a)
+    follower_speed = np.where(a_leads, speed_b, speed_a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(follower_speed > 0, np.maximum(follower_enter, 0.0) / follower_speed, np.inf)
+    # both already in the area is a collision (SUMO's own type, not a TTC)
+    value = np.where((enter_a <= 0) & (enter_b <= 0), 0.0, value)
+    ttc[rows] = np.where(conflict & (value <= horizon_s), value, np.inf)
+    return ttc, crosses
+
+
+def _arrival(distance: FloatArray, speed: FloatArray, brake: FloatArray) -> FloatArray:
+    """Seconds to cover ``distance`` (0 if already past) from ``speed`` slowing at ``brake`` (<= 0); inf if it
+    stops first."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plain = np.where(speed > 0, distance / speed, np.inf)
+        disc = speed**2 + 2 * brake * distance
+        braking = np.where(disc >= 0, (speed - np.sqrt(np.maximum(disc, 0.0))) / -brake, np.inf)
+    out: FloatArray = np.where(distance <= 0, 0.0, np.where(brake < 0, braking, plain))
+    return out
+
+
+def _extended(
+    p: FloatArray, h: FloatArray, speed: FloatArray, margin: FloatArray, steps: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Predicted centres with a point ``margin`` behind the first and one ``margin`` past the last (along the
+    headings there, so a road user standing still has a path too), and the distance along the path of each
+    (0 at the centre now)."""
+    u0 = np.stack([np.cos(h[:, 0]), np.sin(h[:, 0])], axis=1)
+    u1 = np.stack([np.cos(h[:, -1]), np.sin(h[:, -1])], axis=1)
+    before = p[:, 0] - u0 * margin[:, None]
+    after = p[:, -1] + u1 * margin[:, None]
+    pts = np.concatenate([before[:, None], p, after[:, None]], axis=1)
+    along = np.concatenate(
+        [-margin[:, None], speed[:, None] * steps[None, :], (speed * steps[-1] + margin)[:, None]], axis=1
+    )
+    return pts, along
 
 
 def _first_overlap(
@@ -584,6 +759,8 @@ class GroundState(NamedTuple):
     heading: float
     #: rad/s, counter-clockwise; 0 unless the heading turned by more than noise over the last second
     yaw_rate: float
+    #: m/s^2, the speed's change over the last second
+    accel: float = 0.0
 
 
 @dataclass
@@ -656,4 +833,4 @@ class GroundTrack:
             vx, vy = now_speed * math.cos(heading), now_speed * math.sin(heading)
         else:
             self.headings.clear()
-        return GroundState(float(bx), float(by), float(vx), float(vy), heading, yaw_rate)
+        return GroundState(float(bx), float(by), float(vx), float(vy), heading, yaw_rate, float(accel))

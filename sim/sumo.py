@@ -93,6 +93,9 @@ class SumoConflict:
     max_drac: float
     pet: float
     pet_time: float
+    #: (time, TTC) at each of SUMO's steps with a TTC, for sampling it as a camera would (empty when the run
+    #: logged no trajectories)
+    ttc_series: tuple[tuple[float, float], ...] = ()
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -200,6 +203,10 @@ def run(scenario: Scenario, workdir: Path, *, step_s: float = 0.1) -> tuple[Path
             "50",
             "--device.ssm.file",
             str(ssm),
+            # each conflict's TTC at every step, not only its minimum: what a camera sampling at its own rate
+            # could have seen of it (bench.ssm's sampling ceiling)
+            "--device.ssm.trajectories",
+            "true",
             # SUMO's own collision check, junctions included, only reporting: the SSM device's "collision"
             # type (footprints overlapping inside a junction) is compared against it
             "--collision.check-junctions",
@@ -268,13 +275,24 @@ def read_fcd(path: Path, length: float = CAR_LENGTH_M) -> Trajectories:
 
 
 def read_ssm(path: Path) -> list[SumoConflict]:
-    """SUMO's SSM log; a measure SUMO did not take is NaN."""
+    """SUMO's SSM log; a measure SUMO did not take is NaN. Read element by element: with trajectories the log
+    of a ten-minute grid is some 80 MB."""
 
     def num(value: str | None) -> float:
         return float(value) if value not in (None, "NA", "") else math.nan
 
     out = []
-    for conflict in ET.parse(path).getroot().iter("conflict"):  # noqa: S314 - SUMO's own output
+    for _, conflict in ET.iterparse(path):  # noqa: S314 - SUMO's own output
+        if conflict.tag != "conflict":
+            continue
+        series: tuple[tuple[float, float], ...] = ()
+        times, values = conflict.find("timeSpan"), conflict.find("TTCSpan")
+        if times is not None and values is not None:
+            series = tuple(
+                (float(t), float(v))
+                for t, v in zip((times.get("values") or "").split(), (values.get("values") or "").split(), strict=True)
+                if v != "NA"
+            )
         ttc = conflict.find("minTTC")
         drac = conflict.find("maxDRAC")
         pet = conflict.find("PET")
@@ -291,8 +309,10 @@ def read_ssm(path: Path) -> list[SumoConflict]:
                 max_drac=num(drac.get("value") if drac is not None else None),
                 pet=num(pet.get("value") if pet is not None else None),
                 pet_time=num(pet.get("time") if pet is not None else None),
+                ttc_series=series,
             )
         )
+        conflict.clear()
     return out
 
 

@@ -44,6 +44,35 @@ def test_conflict_levels(ttc: float | None, pet: float | None, drac: float, leve
     assert conflict_level(ttc, pet, drac, Thresholds()) == level
 
 
+def test_a_ttc_reaching_its_threshold_before_the_next_frame_is_medium() -> None:
+    assert conflict_level(1.8, None, 0.0, Thresholds()) == "low"
+    assert conflict_level(1.8, None, 0.0, Thresholds(), lookahead_s=0.5) == "medium"
+
+
+def test_the_meter_looks_ahead_by_the_time_between_its_frames() -> None:
+    """A follower closing at 5 m/s on a leader 9 m ahead (TTC 1.8 s): at 2 fps the next look comes after the
+    TTC has passed 1.5 s, so the pair is flagged (medium) with the TTC measured now; at 10 fps it is not yet;
+    a camera that paused for seconds does not widen the look beyond MAX_LOOKAHEAD_S."""
+    from models.ground_view import MAX_LOOKAHEAD_S, ConflictMeter
+    from models.lanes import FlowMap
+    from models.ssm import RoadUser
+
+    def pair(t: float) -> dict[int, RoadUser]:
+        return {
+            1: RoadUser(1, "car", 10 * t, 0.0, 10.0, 0.0, 0.0, 4.5, 1.8),
+            2: RoadUser(2, "car", 13.5 + 10 * t, 0.0, 5.0, 0.0, 0.0, 4.5, 1.8),
+        }
+
+    for fps, flagged in ((2.0, True), (10.0, False)):
+        meter = ConflictMeter(FlowMap((-50, -50, 200, 50)), Thresholds())
+        assert meter.conflicts(0.0, pair(0.0), list(pair(0.0).values())) == []  # no interval known yet
+        users = pair(1 / fps)
+        found = meter.conflicts(1 / fps, users, list(users.values()))
+        assert [(c.ttc_s, c.level) for c in found] == ([(1.8, "medium")] if flagged else [])
+    meter.conflicts(60.0, users, list(users.values()))
+    assert meter.lookahead_s == MAX_LOOKAHEAD_S
+
+
 def test_a_conflict_makes_a_task_ahead_of_the_pixel_rules_and_again_only_when_it_worsens() -> None:
     state, decisions, _ = plan_tasks(None, detection("c", 1, track_base=10), 100.0, BUDGET)
     assert [d.reason for d in decisions] == ["new"]

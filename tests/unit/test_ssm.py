@@ -16,6 +16,7 @@ from models.ssm import (
     PathHistory,
     RoadUser,
     Thresholds,
+    conflict_area_ttc,
     drac,
     measure,
     pair_ttc,
@@ -244,3 +245,90 @@ def test_the_ceiling_takes_each_vehicle_turn_rate_from_its_headings() -> None:
     yaw = yaw_rates(traj)
     assert yaw[: len(t)] == pytest.approx(np.full(len(t), 0.5), abs=1e-6)
     assert not yaw[len(t) :].any()
+
+
+def _crossing(
+    a: tuple[float, float, float, float], b: tuple[float, float, float, float], horizon: float = 3.0
+) -> tuple[float, bool]:
+    """conflict_area_ttc of two cars, each (x, y, heading, speed) going straight, 5 m by 1.8 m."""
+    steps = np.arange(0.0, horizon + 0.05, 0.2)
+    paths, heads, speeds = [], [], []
+    for x, y, h, v in (a, b):
+        paths.append(np.stack([x + np.cos(h) * v * steps, y + np.sin(h) * v * steps], axis=1)[None])
+        heads.append(np.full((1, len(steps)), h))
+        speeds.append(np.array([v]))
+    ext = np.array([[5.0, 1.8]])
+    ttc, crosses = conflict_area_ttc(
+        paths[0], heads[0], speeds[0], ext, paths[1], heads[1], speeds[1], ext, steps, horizon
+    )
+    return float(ttc[0]), bool(crosses[0])
+
+
+def test_crossing_ttc_is_the_followers_time_to_an_area_the_leader_still_occupies() -> None:
+    """SUMO's crossing TTC, worked by hand at a right angle: the area is 1.8 m wide (the other's width), each
+    enters it when its front (2.5 m ahead of its centre) reaches it."""
+    east, north = 0.0, math.pi / 2
+    # a: 20 m from the crossing at 10 m/s enters at (20 - 2.5 - 0.9) / 10 = 1.66 s; b: 15 m away enters at
+    # 1.16 s and leaves at (15 + 3.4) / 10 = 1.84 s, after a has arrived
+    assert _crossing((-20, 0, east, 10), (0, -15, north, 10)) == pytest.approx((1.66, True), abs=1e-6)
+    # b 8 m away has left (1.14 s) before a arrives: no conflict, though the paths cross
+    ttc, crosses = _crossing((-20, 0, east, 10), (0, -8, north, 10))
+    assert math.isinf(ttc) and crosses
+    # b standing in a's lane never leaves: a's time to the area
+    assert _crossing((-20, 0, east, 10), (0, 0, north, 0)) == pytest.approx((1.66, True), abs=1e-6)
+    # parallel lanes never cross: left to the bodies' overlap
+    ttc, crosses = _crossing((-20, 0, east, 10), (0, 3.5, east, 5))
+    assert math.isinf(ttc) and not crosses
+
+
+def test_a_road_user_braking_to_a_stop_short_of_the_area_is_no_crossing_conflict() -> None:
+    """The arrival times slow each one at its current deceleration (SUMO's estimate): b, 15 m from the
+    crossing at 10 m/s braking at 5 m/s^2, stops after 10 m, short of the area (11.6 m on); without braking it is
+    a conflict."""
+    steps = np.arange(0.0, 3.05, 0.2)
+    a = np.stack([-20 + 10 * steps, np.zeros_like(steps)], axis=1)[None]
+    b = np.stack([np.zeros_like(steps), -15 + 10 * steps], axis=1)[None]
+    ha, hb = np.zeros((1, len(steps))), np.full((1, len(steps)), math.pi / 2)
+    ext = np.array([[5.0, 1.8]])
+    v = np.array([10.0])
+    plain, _ = conflict_area_ttc(a, ha, v, ext, b, hb, v, ext, steps, 3.0)
+    braking, _ = conflict_area_ttc(a, ha, v, ext, b, hb, v, ext, steps, 3.0, np.zeros(1), np.array([-5.0]))
+    assert plain[0] == pytest.approx(1.66)
+    assert math.isinf(braking[0])
+
+
+def test_measure_flags_a_ttc_that_reaches_the_threshold_before_the_next_frame() -> None:
+    """A follower closing at 5 m/s on a leader 9 m ahead: TTC 1.8 s (DRAC 1.4 m/s^2, under its threshold). At
+    2 fps the next look is at 1.3 s, past the threshold: flagged now, with the TTC measured now."""
+    users = [user(1, "car", 0, 0, 10, 0), user(2, "car", 13.5, 0, 5, 0)]
+    assert measure(users, Thresholds()) == []
+    flagged = measure(users, Thresholds(), lookahead_s=0.5)
+    assert [c.ttc_s for c in flagged] == pytest.approx([1.8])
+    assert measure(users, Thresholds(), lookahead_s=0.2) == []
+
+
+def test_sumo_ttc_series_are_read_and_sampled_at_the_camera_rate(tmp_path: Path) -> None:
+    """A conflict whose TTC dips under 1.5 s between two frames at 2 fps: a camera measuring at its frames
+    cannot find it, one looking half a second ahead can (bench.ssm's sampling ceiling)."""
+    from bench.ssm import _sampling
+    from sim.sumo import read_ssm
+
+    log = tmp_path / "ssm.xml"
+    log.write_text(
+        '<SSMLog><conflict begin="180.00" end="183.00" ego="a" foe="b">'
+        '<timeSpan values="181.40 181.50 181.60 181.70 181.80 181.90 182.00"/>'
+        '<TTCSpan values="2.02 1.82 1.63 1.47 1.28 NA NA"/>'
+        '<minTTC time="181.80" position="0,0" type="11" value="1.28" speed="4.0"/>'
+        '<maxDRAC time="NA" position="NA" type="NA" value="NA" speed="NA"/>'
+        '<PET time="NA" position="NA" type="NA" value="NA" speed="NA"/>'
+        "</conflict></SSMLog>"
+    )
+    (conflict,) = read_ssm(log)
+    assert conflict.min_ttc == 1.28 and conflict.min_ttc_type == 11
+    assert conflict.ttc_series[1] == (181.5, 1.82) and len(conflict.ttc_series) == 5
+    keys = {("a", "b", 180.0)}
+    at_2 = _sampling([conflict], keys, 2.0, 1.5, 0.5)
+    assert at_2 is not None
+    assert (at_2["found_at_frames"], at_2["found_looking_ahead"]) == (0, 1)
+    at_10 = _sampling([conflict], keys, 10.0, 1.5, 0.1)
+    assert at_10 is not None and at_10["found_at_frames"] == 1
