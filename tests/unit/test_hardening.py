@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -25,7 +26,7 @@ from agents.worker_clients import WorkerClients
 from sim.records import assessment_task, detection
 from streams.cache import ORIGIN, OWN_PREFIX, parse_relayed, relay_message
 from streams.dlq import dlq_body
-from streams.errors import BadImage, ConfigError, InvalidRecord
+from streams.errors import BadImage, ConfigError, ImageMissing, InvalidRecord
 from streams.images import check_image
 from streams.records import RECORD_TYPES, DetectionResult, decode, to_bytes
 from streams.settings import ApiKeyConfig, Settings, parse_keys, redact_url
@@ -548,5 +549,34 @@ def test_the_file_store_takes_the_same_crop_from_several_threads_at_once(tmp_pat
 
     with ThreadPoolExecutor(8) as pool:
         uris = set().union(*pool.map(put_many, range(8)))
-    assert len(uris) == 1 and store.get(uris.pop()) == jpeg
-    assert not list((tmp_path / "img").glob("*.tmp"))  # no temporary file left behind
+    # one name (two URIs if the puts crossed a minute, each its own folder's)
+    assert len({uri.rsplit("-", 1)[1] for uri in uris}) == 1 and len(uris) <= 2
+    assert all(store.get(uri) == jpeg for uri in uris)
+    assert not list((tmp_path / "img").glob("**/*.tmp"))  # no temporary file left behind
+
+
+def test_the_file_store_sweeps_whole_minutes_past_the_ttl(tmp_path, monkeypatch):
+    """Crops go in one folder per minute; the sweep removes a folder once its last minute is older than the
+    TTL, by its name, without looking at its files; flat files of the store before are still read and swept,
+    and a reference naming no minute or an odd one is refused."""
+    from streams import images
+    from streams.images import FileImageStore
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(images.time, "time", lambda: clock[0])
+    store = FileImageStore(tmp_path / "img", ttl_s=120)
+    old = store.put(b"old crop")
+    legacy = tmp_path / "img" / f"{FileImageStore.name_for(b'legacy')}.jpg"
+    legacy.write_bytes(b"legacy")
+    os.utime(legacy, (clock[0], clock[0]))
+    assert store.get(f"file://{legacy.stem}") == b"legacy"
+    clock[0] += 150  # the first minute ended 130-150 s ago: past the TTL of 120 s
+    fresh = store.put(b"new crop")
+    assert store.get(fresh) == b"new crop"
+    for gone in (old, f"file://{legacy.stem}"):
+        with pytest.raises(ImageMissing):
+            store.get(gone)
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == [fresh.removeprefix("file://").split("-")[0]]
+    for bad in ("file://x1-abc", "file://-abc", "file://12-../etc", "file://12-ABC"):
+        with pytest.raises(ImageMissing, match="malformed"):
+            store.get(bad)
