@@ -161,8 +161,9 @@ class ConflictMeter:
         """The conflicts among ``members`` (the settled road users of ``users``) at ``t``, most urgent first;
         the vehicles among them teach the lanes."""
         th = self.thresholds
-        if self.last_t is not None and t > self.last_t:
-            self.lookahead_s = min(t - self.last_t, MAX_LOOKAHEAD_S)
+        if self.last_t is not None:
+            # a clock stepping back gives no interval: look no further ahead than the last frame's
+            self.lookahead_s = min(max(t - self.last_t, 0.0), MAX_LOOKAHEAD_S)
         self.last_t = t
         found: dict[tuple[int, int], Conflict] = {}
         for c in measure(members, th, self.lanes, self.lookahead_s):
@@ -205,4 +206,5 @@ class ConflictMeter:
             closing_mps=round(math.hypot(ua.vx - ub.vx, ua.vy - ub.vy), 2),
             speeds_mps=[round(ua.speed, 2), round(ub.speed, 2)],
             level=conflict_level(ttc, pet, drac, self.thresholds, self.lookahead_s),
+            lookahead_s=round(self.lookahead_s, 3),
         )

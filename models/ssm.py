@@ -90,6 +90,10 @@ PET_MIN_SPEED = 0.5
 PET_MIN_MOVER_SPEED = 2.0
 #: Two paths cross for PET only at more than this angle (degrees); shallower is following or merging.
 PET_MIN_ANGLE_DEG = 20.0
+#: Braking gentler than this (m/s^2) is not extrapolated into a crossing's arrival times: tracker noise.
+BRAKE_DEADBAND_MPS2 = 1.0
+#: No road user brakes harder than this (m/s^2): an emergency stop on dry asphalt.
+MAX_BRAKE_MPS2 = 8.0
 #: Metres a conflict area's path extends behind a road user's rear and past its predicted end.
 CONFLICT_MARGIN_M = 1.5
 
@@ -384,7 +388,8 @@ def _crossing_first(
     overlap_ttc: FloatArray,
 ) -> FloatArray:
     """The pairs' TTC: by the conflict area where their paths cross, by their bodies' overlap where they do not
-    (following, merging, a drift into the next lane)."""
+    (following, merging, a drift into the next lane); where the bodies would touch sooner than the crossing
+    says (a follower behind a turning leader), by that."""
     coarse = slice(None, None, 2) if len(steps) > 2 else slice(None)  # the crossing point needs no 0.1 s step
     cross, crosses = conflict_area_ttc(
         paths[li][:, coarse],
@@ -400,7 +405,7 @@ def _crossing_first(
         acc[li],
         acc[ri],
     )
-    out: FloatArray = np.where(crosses, cross, overlap_ttc)
+    out: FloatArray = np.where(crosses, np.minimum(cross, overlap_ttc), overlap_ttc)
     return out
 
 
@@ -488,8 +493,8 @@ def conflict_area_ttc(
     enter_a, leave_a = along_a - reach_a, along_a + reach_a
     enter_b, leave_b = along_b - reach_b, along_b + reach_b
     speed_a, speed_b = sa[rows], sb[rows]
-    brake_a = np.minimum(acc_a[rows], 0.0) if acc_a is not None else np.zeros(len(rows))
-    brake_b = np.minimum(acc_b[rows], 0.0) if acc_b is not None else np.zeros(len(rows))
+    brake_a = _braking(acc_a[rows]) if acc_a is not None else np.zeros(len(rows))
+    brake_b = _braking(acc_b[rows]) if acc_b is not None else np.zeros(len(rows))
     # who gets there first, and whether the other arrives before the first has left, at each one's speed
     # slowing at its current deceleration (one braking to a stop short of the area never arrives)
     t_in_a, t_in_b = _arrival(enter_a, speed_a, brake_a), _arrival(enter_b, speed_b, brake_b)
@@ -503,10 +508,20 @@ def conflict_area_ttc(
     follower_speed = np.where(a_leads, speed_b, speed_a)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(follower_speed > 0, np.maximum(follower_enter, 0.0) / follower_speed, np.inf)
-    # both already in the area is a collision (SUMO's own type, not a TTC)
-    value = np.where((enter_a <= 0) & (enter_b <= 0), 0.0, value)
     ttc[rows] = np.where(conflict & (value <= horizon_s), value, np.inf)
+    # both already inside the other's (widened) area: no crossing still to come; whether and when they touch is
+    # the bodies' overlap (SUMO calls it a collision, but at a shallow angle the bodies may still be apart)
+    inside = rows[(enter_a <= 0) & (enter_b <= 0)]
+    ttc[inside] = np.inf
+    crosses[inside] = False
     return ttc, crosses
+
+
+def _braking(accel: FloatArray) -> FloatArray:
+    """The deceleration a crossing's arrival times use: none below ``BRAKE_DEADBAND_MPS2`` (a tracker's speed
+    noise would only ever delay arrivals, hiding conflicts), at most ``MAX_BRAKE_MPS2``."""
+    out: FloatArray = np.where(accel <= -BRAKE_DEADBAND_MPS2, np.maximum(accel, -MAX_BRAKE_MPS2), 0.0)
+    return out
 
 
 def _arrival(distance: FloatArray, speed: FloatArray, brake: FloatArray) -> FloatArray:

@@ -282,17 +282,18 @@ def read_ssm(path: Path) -> list[SumoConflict]:
         return float(value) if value not in (None, "NA", "") else math.nan
 
     out = []
-    for _, conflict in ET.iterparse(path):  # noqa: S314 - SUMO's own output
-        if conflict.tag != "conflict":
+    root: ET.Element | None = None
+    for event, conflict in ET.iterparse(path, events=("start", "end")):  # noqa: S314 - SUMO's own output
+        if root is None:
+            root = conflict
+        if event != "end" or conflict.tag != "conflict":
             continue
         series: tuple[tuple[float, float], ...] = ()
         times, values = conflict.find("timeSpan"), conflict.find("TTCSpan")
         if times is not None and values is not None:
-            series = tuple(
-                (float(t), float(v))
-                for t, v in zip((times.get("values") or "").split(), (values.get("values") or "").split(), strict=True)
-                if v != "NA"
-            )
+            stamps, ttcs = (times.get("values") or "").split(), (values.get("values") or "").split()
+            if len(stamps) == len(ttcs):  # a log cut short keeps its minimum, not a series
+                series = tuple((float(t), float(v)) for t, v in zip(stamps, ttcs, strict=True) if v != "NA")
         ttc = conflict.find("minTTC")
         drac = conflict.find("maxDRAC")
         pet = conflict.find("PET")
@@ -312,7 +313,7 @@ def read_ssm(path: Path) -> list[SumoConflict]:
                 ttc_series=series,
             )
         )
-        conflict.clear()
+        root.clear()  # the conflicts read so far: the log's memory stays one conflict's
     return out
 
 

@@ -89,6 +89,9 @@ class Conflict(faust.Record, serializer="json", include_metadata=False):
     speeds_mps: list[float] | None = None
     #: How severe by the thresholds (models/ground_view.conflict_level): a risk level.
     level: str = "low"
+    #: Seconds until the camera's next frame: a TTC that reaches its threshold within them is at it already
+    #: (models/ssm.measure), so a "medium" conflict may carry a TTC up to the threshold plus this.
+    lookahead_s: float = 0.0
 
 
 class TrafficGroup(faust.Record, serializer="json", include_metadata=False):

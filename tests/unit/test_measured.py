@@ -68,7 +68,7 @@ def test_the_meter_looks_ahead_by_the_time_between_its_frames() -> None:
         assert meter.conflicts(0.0, pair(0.0), list(pair(0.0).values())) == []  # no interval known yet
         users = pair(1 / fps)
         found = meter.conflicts(1 / fps, users, list(users.values()))
-        assert [(c.ttc_s, c.level) for c in found] == ([(1.8, "medium")] if flagged else [])
+        assert [(c.ttc_s, c.level, c.lookahead_s) for c in found] == ([(1.8, "medium", 0.5)] if flagged else [])
     meter.conflicts(60.0, users, list(users.values()))
     assert meter.lookahead_s == MAX_LOOKAHEAD_S
 

@@ -20,6 +20,7 @@ from models.ssm import (
     drac,
     measure,
     pair_ttc,
+    time_to_collision,
 )
 
 
@@ -332,3 +333,37 @@ def test_sumo_ttc_series_are_read_and_sampled_at_the_camera_rate(tmp_path: Path)
     assert (at_2["found_at_frames"], at_2["found_looking_ahead"]) == (0, 1)
     at_10 = _sampling([conflict], keys, 10.0, 1.5, 0.1)
     assert at_10 is not None and at_10["found_at_frames"] == 1
+
+
+def test_a_shallow_crossing_already_inside_each_others_area_is_left_to_the_bodies() -> None:
+    """At 30 degrees the area widens by a half-width over its tangent: two cars can both be in it with their
+    bodies still apart. That is no collision (TTC 0, dropped) but the bodies' own first contact, 0.13 s on."""
+    h = math.radians(150)
+
+    def car(i: int, x: float, y: float, head: float) -> RoadUser:
+        return RoadUser(i, "car", x, y, 8 * math.cos(head), 8 * math.sin(head), head, 4.5, 1.8)
+
+    a, b = car(1, 1.0, 0.0, 0.0), car(2, 4.0 - 4 * math.cos(h), -4 * math.sin(h), h)
+    (conflict,) = measure([a, b])
+    contact = time_to_collision(
+        np.array([[a.x, a.y]]),
+        np.array([[a.vx, a.vy]]),
+        np.array([a.heading]),
+        np.array([[4.5, 1.8]]),
+        np.array([[b.x, b.y]]),
+        np.array([[b.vx, b.vy]]),
+        np.array([b.heading]),
+        np.array([[4.5, 1.8]]),
+    )[0]
+    assert conflict.ttc_s == pytest.approx(contact)
+    assert 0 < contact < 0.2
+
+
+def test_arrivals_slow_at_the_braking_kept_past_noise() -> None:
+    from models.ssm import _arrival, _braking
+
+    # 11.6 m from 10 m/s at -4 m/s^2: 10 t - 2 t^2 = 11.6, t = (10 - sqrt(7.2)) / 4
+    assert _arrival(np.array([11.6]), np.array([10.0]), np.array([-4.0]))[0] == pytest.approx((10 - 7.2**0.5) / 4)
+    assert math.isinf(_arrival(np.array([13.0]), np.array([10.0]), np.array([-4.0]))[0])  # stops at 12.5 m
+    assert _arrival(np.array([-1.0]), np.array([0.0]), np.array([0.0]))[0] == 0.0  # there already
+    assert _braking(np.array([-0.5, -3.0, -20.0, 2.0])).tolist() == [0.0, -3.0, -8.0, 0.0]
