@@ -239,7 +239,8 @@ def drac(closing_mps: FloatArray, ttc_s: FloatArray) -> FloatArray:
     For a follower this is the textbook (v_f - v_l)^2 / (2 gap), since gap = (v_f - v_l) TTC. A pair
     that never meets (TTC inf) gets 0; TTC 0 is taken as 1 ms (such pairs are not flagged anyway).
     ``closing_mps`` is the magnitude of the relative velocity, which for a crossing is more than the
-    rate the gap closes at: DRAC is then an upper bound.
+    rate the gap closes at: a crossing measured by its conflict area has its own DRAC instead
+    (:func:`conflict_area_ttc`).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(np.isfinite(ttc_s), closing_mps / (2.0 * np.maximum(ttc_s, 1e-3)), 0.0)
@@ -266,11 +267,11 @@ def measure(
     left, right = interesting_pairs(users)
     if not left.size:
         return []
-    ttc, closing = _pair_ttc(users, left, right, th.horizon_s, lanes)
+    ttc, closing, area_drac = _pair_ttc(users, left, right, th.horizon_s, lanes)
     # footprints that overlap already are a position or size error far more often than a crash, which
     # frames before it show closing in: only pairs that will meet, and are closing in, count
     approaching = (ttc > 0) & (closing >= MIN_CLOSING_MPS)
-    dr = drac(closing, ttc)
+    dr = np.where(np.isnan(area_drac), drac(closing, ttc), area_drac)
     flagged = np.flatnonzero(approaching & ((ttc - max(lookahead_s, 0.0) <= th.ttc_s) | (dr >= th.drac_mps2)))
     conflicts = [
         Conflict(
@@ -295,7 +296,7 @@ def pair_ttc(
     left, right = interesting_pairs(users)
     if not left.size:
         return {}
-    ttc, _ = _pair_ttc(users, left, right, horizon_s, lanes)
+    ttc, _, _ = _pair_ttc(users, left, right, horizon_s, lanes)
     out: dict[tuple[int, int], float] = {}
     for i in np.flatnonzero(np.isfinite(ttc)):
         a, b = users[left[i]].track_id, users[right[i]].track_id
@@ -324,7 +325,7 @@ def _pair_ttc(
     right: npt.NDArray[np.intp],
     horizon_s: float,
     lanes: PathPredictor | None = None,
-) -> tuple[FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     pos = np.array([(u.x, u.y) for u in users], dtype=np.float64)
     vel = np.array([(u.vx, u.vy) for u in users], dtype=np.float64)
     head = np.array([u.heading for u in users], dtype=np.float64)
@@ -333,6 +334,7 @@ def _pair_ttc(
     acc = np.array([u.accel for u in users], dtype=np.float64)
     speed = np.hypot(vel[:, 0], vel[:, 1])
     ttc = np.full(len(left), np.inf)
+    area_drac = np.full(len(left), np.nan)  # a crossing's own DRAC where its conflict area gave the TTC
     closing = np.hypot(*(vel[right] - vel[left]).T)
     # pairs too far apart to meet within the horizon at their speeds are never computed
     reach = (speed[left] + speed[right]) * horizon_s + (np.hypot(*ext[left].T) + np.hypot(*ext[right].T)) / 2
@@ -351,8 +353,10 @@ def _pair_ttc(
                 )
             li, ri = left[near], right[near]
             over = _first_overlap(paths[li], headings[li], ext[li], paths[ri], headings[ri], ext[ri], steps)
-            ttc[near] = _crossing_first(paths, headings, speed, acc, ext, li, ri, steps, horizon_s, over)
-        return ttc, closing
+            ttc[near], area_drac[near] = _crossing_first(
+                paths, headings, speed, acc, ext, li, ri, steps, horizon_s, over
+            )
+        return ttc, closing, area_drac
     straight = near & (yaw[left] == 0.0) & (yaw[right] == 0.0)
     li, ri = left[straight], right[straight]
     ttc[straight] = time_to_collision(
@@ -369,10 +373,10 @@ def _pair_ttc(
     if near.any():
         steps = np.arange(0.0, horizon_s + TURN_STEP_S / 2, TURN_STEP_S)
         paths, headings = _arc((pos, speed, head, yaw, ext), steps)
-        ttc[near] = _crossing_first(
+        ttc[near], area_drac[near] = _crossing_first(
             paths, headings, speed, acc, ext, left[near], right[near], steps, horizon_s, ttc[near]
         )
-    return ttc, closing
+    return ttc, closing, area_drac
 
 
 def _crossing_first(
@@ -386,12 +390,13 @@ def _crossing_first(
     steps: FloatArray,
     horizon_s: float,
     overlap_ttc: FloatArray,
-) -> FloatArray:
+) -> tuple[FloatArray, FloatArray]:
     """The pairs' TTC: by the conflict area where their paths cross, by their bodies' overlap where they do not
     (following, merging, a drift into the next lane); where the bodies would touch sooner than the crossing
-    says (a follower behind a turning leader), by that."""
+    says (a follower behind a turning leader), by that. With the crossing's DRAC where the TTC is the
+    crossing's (NaN elsewhere)."""
     coarse = slice(None, None, 2) if len(steps) > 2 else slice(None)  # the crossing point needs no 0.1 s step
-    cross, crosses = conflict_area_ttc(
+    cross, crosses, area_drac = conflict_area_ttc(
         paths[li][:, coarse],
         headings[li][:, coarse],
         speed[li],
@@ -405,8 +410,10 @@ def _crossing_first(
         acc[li],
         acc[ri],
     )
-    out: FloatArray = np.where(crosses, np.minimum(cross, overlap_ttc), overlap_ttc)
-    return out
+    by_area = crosses & (cross <= overlap_ttc)
+    out: FloatArray = np.where(by_area, cross, overlap_ttc)
+    drac_out: FloatArray = np.where(by_area & np.isfinite(cross), area_drac, np.nan)
+    return out, drac_out
 
 
 Motion = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]  # position, speed, heading, yaw rate, extent
@@ -436,7 +443,7 @@ def conflict_area_ttc(
     horizon_s: float,
     acc_a: FloatArray | None = None,
     acc_b: FloatArray | None = None,
-) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+) -> tuple[FloatArray, npt.NDArray[np.bool_], FloatArray]:
     """TTC of N pairs whose predicted paths cross, by the conflict area (SUMO's SSM device's crossing TTC).
 
     ``p*`` are the predicted centres (N, K, 2) and ``h*`` headings (N, K) at ``steps`` (the first
@@ -447,13 +454,16 @@ def conflict_area_ttc(
     leader has left, TTC is the follower's time to the area. This is not two bodies touching:
     a follower arriving while the leader still occupies the area is a conflict even if the
     leader's rear clears the follower's path a moment before its front gets there, as in
-    MSDevice_SSM's ``determineTTCandDRAC``. Returns the TTC (inf: no conflict) and whether the
+    MSDevice_SSM's ``determineTTCandDRAC``. Returns the TTC (inf: no conflict), whether the
     paths cross at all (pairs whose paths do not cross are following or merging, measured by
-    overlap).
+    overlap), and the conflict's DRAC (NaN where there is none): as SUMO's ``computeDRAC`` for a
+    crossing, the gentler of the two ways out, one of them slowing to arrive only as the other
+    leaves (or stopping short of an area the other will not leave), not the closing speed over
+    twice the TTC, which at a crossing's small TTCs asks for hundreds of m/s^2.
     """
     n = pa.shape[0]
     if n == 0:
-        return np.empty(0), np.zeros(0, dtype=bool)
+        return np.empty(0), np.zeros(0, dtype=bool), np.empty(0)
     # each path is extended behind the centre and past its end by a body length and a lane half-width,
     # so a road user standing in (or just entering) the other's path still has a path through it
     margin_a = ea[:, 0] / 2 + CONFLICT_MARGIN_M
@@ -474,8 +484,9 @@ def conflict_area_ttc(
     flat = hit.reshape(n, -1)
     crosses: npt.NDArray[np.bool_] = np.asarray(flat.any(axis=1), dtype=bool)
     ttc: FloatArray = np.full(n, np.inf)
+    area_drac: FloatArray = np.full(n, np.nan)
     if not crosses.any():
-        return ttc, crosses
+        return ttc, crosses, area_drac
     # the crossing first along road user a's path
     first = flat.argmax(axis=1)[crosses]
     kb = pb.shape[1] + 1
@@ -508,13 +519,52 @@ def conflict_area_ttc(
     follower_speed = np.where(a_leads, speed_b, speed_a)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = np.where(follower_speed > 0, np.maximum(follower_enter, 0.0) / follower_speed, np.inf)
-    ttc[rows] = np.where(conflict & (value <= horizon_s), value, np.inf)
+    found = conflict & (value <= horizon_s)
+    ttc[rows] = np.where(found, value, np.inf)
+    area_drac[rows] = np.where(
+        found,
+        _crossing_drac(enter_a, leave_a, speed_a, t_in_a, t_out_a, enter_b, leave_b, speed_b, t_in_b, t_out_b),
+        np.nan,
+    )
     # both already inside the other's (widened) area: no crossing still to come; whether and when they touch is
     # the bodies' overlap (SUMO calls it a collision, but at a shallow angle the bodies may still be apart)
     inside = rows[(enter_a <= 0) & (enter_b <= 0)]
     ttc[inside] = np.inf
+    area_drac[inside] = np.nan
     crosses[inside] = False
-    return ttc, crosses
+    return ttc, crosses, area_drac
+
+
+def _crossing_drac(
+    enter_a: FloatArray,
+    leave_a: FloatArray,
+    speed_a: FloatArray,
+    t_in_a: FloatArray,
+    t_out_a: FloatArray,
+    enter_b: FloatArray,
+    leave_b: FloatArray,
+    speed_b: FloatArray,
+    t_in_b: FloatArray,
+    t_out_b: FloatArray,
+) -> FloatArray:
+    """DRAC of crossing conflicts (MSDevice_SSM's ``computeDRAC``): for each one still short of the area, the
+    deceleration that brings it there only as the other leaves, or, if the other will not leave, to a stop
+    before it; the smaller of the two. 0 once either has left."""
+
+    def way_out(enter: FloatArray, speed: FloatArray, other_in: FloatArray, other_out: FloatArray) -> FloatArray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            until_left = 2 * (speed - enter / other_out) / other_out
+            stop_short = speed**2 / (2 * enter)
+        out: FloatArray = np.where(
+            enter <= 0,
+            np.inf,
+            np.where(np.isfinite(other_out), until_left, np.where(np.isfinite(other_in), stop_short, np.inf)),
+        )
+        return out
+
+    need = np.minimum(way_out(enter_a, speed_a, t_in_b, t_out_b), way_out(enter_b, speed_b, t_in_a, t_out_a))
+    out: FloatArray = np.where((leave_a <= 0) | (leave_b <= 0) | ~np.isfinite(need), 0.0, np.maximum(need, 0.0))
+    return out
 
 
 def _braking(accel: FloatArray) -> FloatArray:

@@ -259,7 +259,7 @@ def _crossing(
         heads.append(np.full((1, len(steps)), h))
         speeds.append(np.array([v]))
     ext = np.array([[5.0, 1.8]])
-    ttc, crosses = conflict_area_ttc(
+    ttc, crosses, _ = conflict_area_ttc(
         paths[0], heads[0], speeds[0], ext, paths[1], heads[1], speeds[1], ext, steps, horizon
     )
     return float(ttc[0]), bool(crosses[0])
@@ -292,8 +292,8 @@ def test_a_road_user_braking_to_a_stop_short_of_the_area_is_no_crossing_conflict
     ha, hb = np.zeros((1, len(steps))), np.full((1, len(steps)), math.pi / 2)
     ext = np.array([[5.0, 1.8]])
     v = np.array([10.0])
-    plain, _ = conflict_area_ttc(a, ha, v, ext, b, hb, v, ext, steps, 3.0)
-    braking, _ = conflict_area_ttc(a, ha, v, ext, b, hb, v, ext, steps, 3.0, np.zeros(1), np.array([-5.0]))
+    plain, _, _ = conflict_area_ttc(a, ha, v, ext, b, hb, v, ext, steps, 3.0)
+    braking, _, _ = conflict_area_ttc(a, ha, v, ext, b, hb, v, ext, steps, 3.0, np.zeros(1), np.array([-5.0]))
     assert plain[0] == pytest.approx(1.66)
     assert math.isinf(braking[0])
 
@@ -367,3 +367,19 @@ def test_arrivals_slow_at_the_braking_kept_past_noise() -> None:
     assert math.isinf(_arrival(np.array([13.0]), np.array([10.0]), np.array([-4.0]))[0])  # stops at 12.5 m
     assert _arrival(np.array([-1.0]), np.array([0.0]), np.array([0.0]))[0] == 0.0  # there already
     assert _braking(np.array([-0.5, -3.0, -20.0, 2.0])).tolist() == [0.0, -3.0, -8.0, 0.0]
+
+
+def test_a_crossing_drac_is_the_gentler_way_out_not_closing_speed_over_twice_the_ttc() -> None:
+    """SUMO's crossing DRAC, by hand, for the right-angle case above (TTC 1.66 s): a may arrive only as b
+    leaves (1.84 s), slowing from 10 m/s over 16.6 m: 2 (10 - 16.6 / 1.84) / 1.84 = 1.063 m/s^2; b after a
+    (2.34 s) would need 4.31. The closing speed over twice the TTC said 4.26. With b standing in a's path,
+    a must stop in 16.6 m: 100 / 33.2 = 3.01."""
+
+    def car(i: int, x: float, y: float, head: float, v: float) -> RoadUser:
+        return RoadUser(i, "car", x, y, v * math.cos(head), v * math.sin(head), head, 5.0, 1.8)
+
+    east, north = 0.0, math.pi / 2
+    (c,) = measure([car(1, -20, 0, east, 10), car(2, 0, -15, north, 10)], lookahead_s=0.5)
+    assert (c.ttc_s, c.drac_mps2) == pytest.approx((1.66, 2 * (10 - 16.6 / 1.84) / 1.84))
+    (c,) = measure([car(1, -20, 0, east, 10), car(2, 0, 0, north, 0)], lookahead_s=0.5)
+    assert (c.ttc_s, c.drac_mps2) == pytest.approx((1.66, 100 / 33.2))
