@@ -351,6 +351,14 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="An alert older than this is no longer sent to the webhook (counted)."
     )
 
+    @field_validator("heap_trim_s")
+    @classmethod
+    def _trim_interval(cls, value: float) -> float:
+        # malloc_trim walks the whole heap under its lock: every few milliseconds it would stall the worker
+        if 0 < value < 1:
+            raise ValueError(f"heap_trim_s must be 0 (never) or at least 1 second, got {value}")
+        return value
+
     @field_validator("kafka_url")
     @classmethod
     def _kafka_scheme(cls, value: str) -> str:

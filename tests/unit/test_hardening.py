@@ -458,6 +458,13 @@ def test_a_rebalance_timeout_shorter_than_a_task_is_refused_at_start():
     assert defaults.rebalance_timeout_s > defaults.task_deadline_s
 
 
+@pytest.mark.parametrize("interval", [0.001, 0.5])
+def test_a_heap_trim_every_few_milliseconds_is_refused_at_start(interval):
+    with pytest.raises(ValidationError, match="heap_trim_s must be 0"):
+        Settings(heap_trim_s=interval)
+    assert Settings(heap_trim_s=0).heap_trim_s == 0 and Settings(heap_trim_s=1).heap_trim_s == 1
+
+
 # --- 12: Redis shared by two deployments -------------------------------------------------------
 def test_two_deployments_sharing_a_redis_use_their_own_keys_and_channel():
     """#12.12: every deployment wrote roadwatch:camera:<id>:latest and published on roadwatch:results,
