@@ -169,20 +169,22 @@ def _per_vehicle(traj: Trajectories) -> list[npt.NDArray[np.intp]]:
 def yaw_rates(traj: Trajectories) -> FloatArray:
     """Each FCD row's turn rate (rad/s), from its vehicle's heading over time, kept as the tracker keeps
     one: none below ``MIN_YAW_RATE`` (noise on a straight road), at most ``MAX_YAW_RATE``."""
-    out = np.zeros(len(traj.t))
-    for seg in _per_vehicle(traj):
-        if len(seg) > 1:
-            out[seg] = np.gradient(np.unwrap(traj.heading[seg]), traj.t[seg])
+    out = _rate_of_change(traj, traj.heading, unwrap=True)
     kept: FloatArray = np.where(np.abs(out) < MIN_YAW_RATE, 0.0, np.clip(out, -MAX_YAW_RATE, MAX_YAW_RATE))
     return kept
 
 
 def accelerations(traj: Trajectories) -> FloatArray:
     """Each FCD row's acceleration (m/s^2), from its vehicle's speed over time."""
+    return _rate_of_change(traj, traj.speed)
+
+
+def _rate_of_change(traj: Trajectories, values: FloatArray, unwrap: bool = False) -> FloatArray:
+    """Each FCD row's ``values`` differentiated over its vehicle's time (an angle ``unwrap``-ped first)."""
     out = np.zeros(len(traj.t))
     for seg in _per_vehicle(traj):
         if len(seg) > 1:
-            out[seg] = np.gradient(traj.speed[seg], traj.t[seg])
+            out[seg] = np.gradient(np.unwrap(values[seg]) if unwrap else values[seg], traj.t[seg])
     return out
 
 
@@ -343,7 +345,15 @@ def compare(
             key = (*c.pair, round(c.begin))
             if key not in positives or c.min_ttc < positives[key].min_ttc:
                 positives[key] = c
-    flagged = {p: ts for p, ts in seen.flagged(ttc_threshold, lookahead_s).items() if ts[-1] >= warmup_s}
+
+    def flagged_pairs(ahead: float) -> dict[tuple[str, str], list[float]]:
+        out = {p: ts for p, ts in seen.flagged(ttc_threshold, ahead).items() if ts[-1] >= warmup_s}
+        return out if visible is None else {p: ts for p, ts in out.items() if p in visible}
+
+    def logged(pair: tuple[str, str], times: list[float]) -> bool:
+        """Whether SUMO logs the pair as a conflict at all around one of ``times``."""
+        return any(c.begin - SLACK_S <= t <= c.end + SLACK_S for c in by_pair.get(pair, []) for t in times)
+
     found_now = 0
     found, missed, errors, following_errors = 0, [], [], []
     for c in positives.values():
@@ -365,25 +375,13 @@ def compare(
         if series:
             following_found += 1
             following_errors.append(abs(min(series) - c.min_ttc))
-    if visible is not None:
-        flagged = {p: ts for p, ts in flagged.items() if p in visible}
-    true_pairs, false_pairs = 0, []
-    for pair, times in flagged.items():
-        logged = by_pair.get(pair, [])
-        if any(c.begin - SLACK_S <= t <= c.end + SLACK_S for c in logged for t in times):
-            true_pairs += 1
-        else:
-            false_pairs.append((pair, times))
+    flagged = flagged_pairs(lookahead_s)
+    false_pairs = [(pair, times) for pair, times in flagged.items() if not logged(pair, times)]
+    true_pairs = len(flagged) - len(false_pairs)
     reasons = _false_reasons(false_pairs, traj)
     # the same precision without looking ahead: what the look-ahead costs in pairs SUMO does not log
-    strict = {p: ts for p, ts in seen.flagged(ttc_threshold).items() if ts[-1] >= warmup_s}
-    if visible is not None:
-        strict = {p: ts for p, ts in strict.items() if p in visible}
-    strict_true = sum(
-        1
-        for pair, times in strict.items()
-        if any(c.begin - SLACK_S <= t <= c.end + SLACK_S for c in by_pair.get(pair, []) for t in times)
-    )
+    strict = flagged_pairs(0.0)
+    strict_true = sum(1 for pair, times in strict.items() if logged(pair, times))
     sampling = _sampling(conflicts, set(positives), seen.fps, ttc_threshold, lookahead_s)
     return {
         "sumo_conflicts_ttc_le_threshold": len(positives),

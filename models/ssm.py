@@ -362,17 +362,13 @@ def _pair_ttc(
     ttc[straight] = time_to_collision(
         pos[li], vel[li], head[li], ext[li], pos[ri], vel[ri], head[ri], ext[ri], horizon_s
     )
-    turning = near & ~straight
-    if turning.any():
-        li, ri = left[turning], right[turning]
-        ttc[turning] = turning_ttc(
-            (pos[li], speed[li], head[li], yaw[li], ext[li]),
-            (pos[ri], speed[ri], head[ri], yaw[ri], ext[ri]),
-            horizon_s,
-        )
     if near.any():
+        # constant-turn-rate arcs, sampled: the bodies' overlap when either turns, and every near pair's crossing
         steps = np.arange(0.0, horizon_s + TURN_STEP_S / 2, TURN_STEP_S)
         paths, headings = _arc((pos, speed, head, yaw, ext), steps)
+        turning = near & ~straight
+        li, ri = left[turning], right[turning]
+        ttc[turning] = _first_overlap(paths[li], headings[li], ext[li], paths[ri], headings[ri], ext[ri], steps)
         ttc[near], area_drac[near] = _crossing_first(
             paths, headings, speed, acc, ext, left[near], right[near], steps, horizon_s, ttc[near]
         )
@@ -419,17 +415,6 @@ def _crossing_first(
 Motion = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]  # position, speed, heading, yaw rate, extent
 
 
-def turning_ttc(a: Motion, b: Motion, horizon_s: float, step_s: float = TURN_STEP_S) -> FloatArray:
-    """TTC of N pairs when either turns: both follow arcs of constant speed and turn rate (CTRV), sampled.
-
-    The first sampled instant at which the two rectangles overlap; ``step_s`` bounds the error.
-    """
-    steps = np.arange(0.0, horizon_s + step_s / 2, step_s)
-    pa, ha = _arc(a, steps)
-    pb, hb = _arc(b, steps)
-    return _first_overlap(pa, ha, a[4], pb, hb, b[4], steps)
-
-
 def conflict_area_ttc(
     pa: FloatArray,
     ha: FloatArray,
@@ -464,7 +449,7 @@ def conflict_area_ttc(
     n = pa.shape[0]
     if n == 0:
         return np.empty(0), np.zeros(0, dtype=bool), np.empty(0)
-    # each path is extended behind the centre and past its end by a body length and a lane half-width,
+    # each path is extended behind the centre and past its end by half a body length and CONFLICT_MARGIN_M,
     # so a road user standing in (or just entering) the other's path still has a path through it
     margin_a = ea[:, 0] / 2 + CONFLICT_MARGIN_M
     margin_b = eb[:, 0] / 2 + CONFLICT_MARGIN_M
@@ -472,14 +457,7 @@ def conflict_area_ttc(
     qb, db = _extended(pb, hb, sb, margin_b, steps)
     a0, a1 = qa[:, :-1, None, :], qa[:, 1:, None, :]  # (N, Ka, 1, 2)
     b0, b1 = qb[:, None, :-1, :], qb[:, None, 1:, :]  # (N, 1, Kb, 2)
-    r, s = a1 - a0, b1 - b0
-    denom = r[..., 0] * s[..., 1] - r[..., 1] * s[..., 0]  # (N, Ka, Kb)
-    qp = b0 - a0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = (qp[..., 0] * s[..., 1] - qp[..., 1] * s[..., 0]) / denom
-        w = (qp[..., 0] * r[..., 1] - qp[..., 1] * r[..., 0]) / denom
-        sine = np.abs(denom) / (np.hypot(r[..., 0], r[..., 1]) * np.hypot(s[..., 0], s[..., 1]))
-    hit = (np.abs(denom) > 1e-12) & (u >= 0) & (u < 1) & (w >= 0) & (w < 1)
+    hit, u, w, sine = _crossings(a0, a1, b0, b1)  # (N, Ka, Kb)
     hit &= sine >= math.sin(math.radians(PET_MIN_ANGLE_DEG))
     flat = hit.reshape(n, -1)
     crosses: npt.NDArray[np.bool_] = np.asarray(flat.any(axis=1), dtype=bool)
@@ -803,15 +781,24 @@ class PathHistory:
 
 def _segment_hits(p0: FloatArray, p1: FloatArray, q0: FloatArray, q1: FloatArray) -> list[tuple[int, float, float]]:
     """Where segment p0-p1 crosses each of the segments q0[k]-q1[k]: (k, fraction on p, fraction on q)."""
-    r = p1 - p0
-    s = q1 - q0
-    denom = r[0] * s[:, 1] - r[1] * s[:, 0]
+    ok, u, w, _ = _crossings(p0[None, :], p1[None, :], q0, q1)
+    return [(int(k), float(u[k]), float(w[k])) for k in np.flatnonzero(ok)]
+
+
+def _crossings(
+    p0: FloatArray, p1: FloatArray, q0: FloatArray, q1: FloatArray
+) -> tuple[npt.NDArray[np.bool_], FloatArray, FloatArray, FloatArray]:
+    """Whether segments p0-p1 cross segments q0-q1 (points (..., 2), broadcast against each other), where (the
+    fraction along each) and the sine of the angle between them."""
+    r, s = p1 - p0, q1 - q0
+    denom = r[..., 0] * s[..., 1] - r[..., 1] * s[..., 0]
     qp = q0 - p0
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = (qp[:, 0] * s[:, 1] - qp[:, 1] * s[:, 0]) / denom
-        w = (qp[:, 0] * r[1] - qp[:, 1] * r[0]) / denom
-    ok = (np.abs(denom) > 1e-12) & (u >= 0) & (u < 1) & (w >= 0) & (w < 1)
-    return [(int(k), float(u[k]), float(w[k])) for k in np.flatnonzero(ok)]
+        u = (qp[..., 0] * s[..., 1] - qp[..., 1] * s[..., 0]) / denom
+        w = (qp[..., 0] * r[..., 1] - qp[..., 1] * r[..., 0]) / denom
+        sine = np.abs(denom) / (np.hypot(r[..., 0], r[..., 1]) * np.hypot(s[..., 0], s[..., 1]))
+    hit = (np.abs(denom) > 1e-12) & (u >= 0) & (u < 1) & (w >= 0) & (w < 1)
+    return hit, u, w, sine
 
 
 class GroundState(NamedTuple):
