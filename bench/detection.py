@@ -17,6 +17,10 @@ Per backend, in one run on the same pre-rendered 640x360 frames of four simulate
   and ``detector_vs_plain_mog2``: what light correction, shake measurement and the median
   start cost on top of it, in the same run (the machine's speed varies from run to run).
 
+``motion_by_resolution``: one camera's analysis (as ``fps``) of the same street at 640x360,
+1280x720 and 1920x1080, frames halved to the detector's ``MAX_SIDE`` (the default) beside
+analysed whole, in the same run.
+
 ``cameras_per_node``: frames per second one node analyses over four cameras at once, divided by
 2 analysis fps per camera, rounded down. For motion, as ``python -m models.producer --processes 2``
 runs it with ``--workers 1`` (``node_fps``: two processes, each with half the cameras, one
@@ -59,7 +63,7 @@ import numpy as np
 from bench.detection_quality import measure as measure_quality
 from bench.pipeline import RESULTS, log, save
 from models.cameras import CameraConfig
-from models.detectors import WARM_UP_S, Detector, MotionDetector, YoloDetector
+from models.detectors import MAX_SIDE, WARM_UP_S, Detector, MotionDetector, YoloDetector, halvings
 from models.producer import CameraPipeline, analyse, cv_threads
 from models.sources import Frame
 from sim.scenarios import scenario
@@ -294,6 +298,31 @@ def bench_motion(
     }
 
 
+#: The same street at three camera resolutions (road users drawn to the frame's size).
+RESOLUTIONS = [(640, 360), (1280, 720), (1920, 1080)]
+
+
+def bench_resolutions(n_frames: int, settings: Settings, store: Any, runs: int = 3) -> dict[str, Any]:
+    """The producer's analysis of one camera at each of RESOLUTIONS, frames halved to the
+    detector's ``MAX_SIDE`` (the default) and analysed whole, in the same run: frames a second,
+    (medians of ``runs``) and ``halved_vs_whole``, the median of each round's ratio."""
+    out: dict[str, Any] = {"max_side": MAX_SIDE}
+    for w, h in RESOLUTIONS:
+        url = f"sim://scene?seed=21&vehicles=0.4&pedestrians=0.15&width={w}&height={h}&scale={w / 640:g}&follow=1"
+        frames = render({"cam": url}, n_frames)
+        halved, whole = [], []
+        for _ in range(runs):  # side by side, in rounds: the machine's drift falls on both
+            halved.append(pipeline_fps(MotionDetector(), frames, settings, store))
+            whole.append(pipeline_fps(MotionDetector(max_side=0), frames, settings, store))
+        out[f"{w}x{h}"] = {
+            "halvings": halvings((h, w), MAX_SIDE),
+            "fps": statistics.median(halved),
+            "whole_fps": statistics.median(whole),
+            "halved_vs_whole": paired_ratio(halved, whole),
+        }
+    return out
+
+
 def bench_yolo(model: str, frames: dict[str, list[np.ndarray]], settings: Settings, store: Any) -> dict[str, Any]:
     detector = YoloDetector(model, imgsz=IMGSZ)
     images = [im for v in frames.values() for im in v]
@@ -313,6 +342,7 @@ def bench_yolo(model: str, frames: dict[str, list[np.ndarray]], settings: Settin
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.detection", description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=150, help="frames per camera for motion")
+    parser.add_argument("--resolution-frames", type=int, default=60, help="frames per resolution")
     parser.add_argument("--yolo-frames", type=int, default=20, help="frames per camera for yolo")
     parser.add_argument("--quality-seconds", type=float, default=60.0, help="scene seconds scored per scenario")
     parser.add_argument("--out", type=Path, default=RESULTS / "detection.json")
@@ -331,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         frames = render(cams, args.frames)
         report["motion"] = bench_motion(frames, settings, store, cams)
         log(f"  motion: {report['motion']}")
+        report["motion_by_resolution"] = bench_resolutions(args.resolution_frames, settings, store)
+        log(f"  motion by resolution: {report['motion_by_resolution']}")
         small = {c: v[: args.yolo_frames] for c, v in frames.items()}
         try:
             report["yolo"] = bench_yolo("yolo11n.yaml", small, settings, store)

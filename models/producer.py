@@ -29,7 +29,7 @@ from prometheus_client import start_http_server
 
 from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
-from models.detectors import Detector, DetectorKind, make_detector
+from models.detectors import MAX_SIDE, Detector, DetectorKind, make_detector
 from models.ground_view import GroundView, Seen
 from models.grouping import cluster, conflict_groups
 from models.sources import Frame, Grabber, OnDemandGrabber, open_source
@@ -347,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--camera-ids", default="", help=argparse.SUPPRESS)  # a supervised child's share
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument(
+        "--motion-max-side",
+        type=int,
+        default=MAX_SIDE,
+        help="motion: frames are halved until their long side is at most this (0: analysed whole)",
+    )
     parser.add_argument("--replay", type=Path, default=None, help="replay: JSON-lines detections")
     parser.add_argument("--max-batch", type=int, default=1, help="yolo: frames of several cameras per model call")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="yolo: longest wait to fill a batch")
@@ -398,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         replay=args.replay,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        max_side=args.motion_max_side,
     )
     if args.cv_threads is not None:  # after the detector: importing ultralytics sets OpenCV's threads itself
         cv2.setNumThreads(args.cv_threads if args.cv_threads > 0 else -1)  # below 0: OpenCV's default

@@ -243,6 +243,31 @@ def test_a_camera_clock_that_steps_back_or_a_stream_that_changes_size_does_not_s
     assert detector._models["c"].shape == small.shape
 
 
+def test_large_frames_are_analysed_halved_and_boxed_at_full_size():
+    from bench.detection_quality import run_scenario
+    from models.detectors import halvings
+    from sim.scenarios import HARDER
+
+    assert [halvings(s, 960) for s in [(360, 640), (720, 1280), (1080, 1920), (2160, 3840), (961, 961)]] == [
+        0,
+        1,
+        1,
+        2,
+        1,
+    ]
+    assert halvings((2160, 3840), 0) == 0
+    with pytest.raises(ConfigError):
+        MotionDetector(max_side=-1)
+    # the distant scene is 1280x720: scored against its full-size truth at IoU 0.5, so the boxes
+    # of the halved analysis are scaled back. Measured over 20 s: recall 0.978 halved, 0.973 whole
+    halved, whole = (
+        run_scenario(HARDER["distant"], 2, 20, {"roadwatch": make})["roadwatch"].figures()
+        for make in (MotionDetector, lambda: MotionDetector(max_side=0))
+    )
+    assert halved["recall"] >= 0.9 and halved["recall"] >= whole["recall"] - 0.03
+    assert halved["precision"] >= 0.9
+
+
 def test_shake_is_measured_and_undone():
     # measured: precision 0.76 aligned, 0.22 without alignment (edges of the scene light up)
     from bench.detection_quality import run_scenario
