@@ -93,6 +93,16 @@ BACKGROUND_PICTURE_S = 2.0
 #: Only a blob that stands still (this IoU with one of the frame before) or is smaller than
 #: FRAGMENT_AREA px takes the ghost test: it costs ~10% of a frame when every blob takes it.
 GHOST_STILL_IOU, FRAGMENT_AREA = 0.8, 1500.0
+#: Light that changes over part of the frame (a cloud's shadow sweeping across, a building's
+#: shadow) is measured in blocks of about LIGHT_BLOCK px, over the pixels that were background in
+#: the frame before (a block with less than LIGHT_MIN_BACKGROUND of them takes its neighbours'
+#: light); a 3x3 median of the blocks keeps a road user the frame before did not know from
+#: setting its block's light. Where a block's light differs from the whole frame's by more than
+#: LIGHT_STEP the frame is corrected block by block (smoothly between block centres).
+LIGHT_BLOCK, LIGHT_MIN_BACKGROUND, LIGHT_STEP = 30, 0.25, 0.08
+#: The light of a block is measured on every LIGHT_SAMPLE-th pixel of every LIGHT_SAMPLE-th row.
+LIGHT_SAMPLE = 3
+LIGHT_MEDIAN = 5
 #: Frames are halved (2x2 averages: 0.4 ms for 1920x1080, where OpenCV's area resize to another
 #: size takes 2.5 ms) until their long side is at most MAX_SIDE px: every step of the detector
 #: costs in proportion to the pixels, and a 1080p camera analysed whole costs 45 ms a frame
@@ -153,6 +163,8 @@ class _CameraModel:
     blobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     #: how many times the frames are halved before analysis (see MAX_SIDE)
     halvings: int = 0
+    #: the last frame's foreground (MOG2's mask): where the light is not measured
+    foreground: np.ndarray | None = None
 
 
 class MotionDetector(Detector):
@@ -176,6 +188,7 @@ class MotionDetector(Detector):
         min_area: float = 120.0,
         background_s: float = BACKGROUND_S,
         stabilise: bool = True,
+        local_light: bool = True,
         night_below: float = NIGHT_BELOW,
     ) -> None:
         if max_side < 0:
@@ -185,6 +198,7 @@ class MotionDetector(Detector):
         self.min_area = min_area
         self.background_s = background_s
         self.stabilise = stabilise
+        self.local_light = local_light
         self._models: dict[str, _CameraModel] = {}
         self._kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
         self._lock = threading.Lock()
@@ -248,8 +262,56 @@ class MotionDetector(Detector):
                 back = np.array([[1, 0, -shift[0]], [0, 1, -shift[1]]], np.float32)
                 image = cv2.warpAffine(image, back, (w, h), borderMode=cv2.BORDER_REPLICATE)
                 grey = cv2.warpAffine(grey, back, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        light = self._local_light(model, grey) if self.local_light else None
+        if light is not None:
+            grey = cv2.multiply(grey, light, dtype=cv2.CV_8U)
+            image = cv2.multiply(image, cv2.merge([light, light, light]), dtype=cv2.CV_8U)
         cv2.accumulateWeighted(grey, model.ref, rate)
         return image, grey
+
+    @staticmethod
+    def _local_light(model: _CameraModel, grey: np.ndarray) -> np.ndarray | None:
+        """Per pixel, the gain that brings ``grey`` to the reference's light where that differs
+        over the frame (see LIGHT_BLOCK); None where the whole frame's gain already does."""
+        if model.ref is None or model.foreground is None or model.foreground.shape != grey.shape:
+            return None  # no frame before (the first after the warm-up): where road users are is unknown
+        h, w = grey.shape
+        blocks = (max(3, round(w / LIGHT_BLOCK)), max(3, round(h / LIGHT_BLOCK)))
+        # LIGHT_BLOCK / LIGHT_SAMPLE rows and columns of pixels a block, evenly over the frame
+        # (nearest-pixel sampling), so that the blocks are an area resize by a whole factor: 30
+        # times faster than by another
+        k = max(1, LIGHT_BLOCK // LIGHT_SAMPLE)
+        grid = (blocks[0] * k, blocks[1] * k)
+        grey_in = cv2.resize(grey, grid, interpolation=cv2.INTER_NEAREST)
+        ref_in = cv2.resize(model.ref, grid, interpolation=cv2.INTER_NEAREST)
+        # every pixel's light, road users and all: when even that is even over the frame (most
+        # frames), nothing more is needed
+        whole = np.clip(
+            cv2.resize(ref_in, blocks, interpolation=cv2.INTER_AREA)
+            / np.maximum(cv2.resize(grey_in, blocks, interpolation=cv2.INTER_AREA), 1.0),
+            0.5,
+            2.0,
+        ).astype(np.float32)
+        if float(np.abs(cv2.medianBlur(whole, LIGHT_MEDIAN) - 1.0).max()) <= LIGHT_STEP:
+            return None
+        # the background's light: the pixels the frame before saw no road user on
+        background = cv2.bitwise_not(cv2.resize(model.foreground, grid, interpolation=cv2.INTER_NEAREST))
+        share = cv2.resize(background, blocks, interpolation=cv2.INTER_AREA)
+        now = cv2.resize(cv2.bitwise_and(grey_in, grey_in, mask=background), blocks, interpolation=cv2.INTER_AREA)
+        then = cv2.resize(cv2.bitwise_and(ref_in, ref_in, mask=background), blocks, interpolation=cv2.INTER_AREA)
+        valid = (share >= 255 * LIGHT_MIN_BACKGROUND).astype(np.float32)
+        measured = np.clip(then / np.maximum(now.astype(np.float32), 1.0), 0.5, 2.0) * valid
+        gain = np.where(valid > 0, cv2.medianBlur(np.where(valid > 0, measured, 1.0).astype(np.float32), 3), 1.0)
+        if not valid.all():
+            # a block mostly foreground the frame before takes its neighbours' light, or, when they
+            # were foreground too, every pixel's light
+            near, weight = cv2.blur(measured, (3, 3)), cv2.blur(valid, (3, 3))
+            gain = np.where(valid > 0, gain, np.where(weight > 0, near / np.maximum(weight, 1e-6), whole))
+        gain = cv2.medianBlur(gain.astype(np.float32), LIGHT_MEDIAN)
+        if float(np.abs(gain - 1.0).max()) <= LIGHT_STEP:
+            return None
+        light: np.ndarray = cv2.resize(gain, (w, h), interpolation=cv2.INTER_LINEAR)
+        return light
 
     @staticmethod
     def _shift(model: _CameraModel, grey: np.ndarray) -> tuple[float, float] | None:
@@ -302,6 +364,7 @@ class MotionDetector(Detector):
         rate = min(1.0, dt / self.background_s)
         image, model.grey = self._align(model, image, rate)
         mask = model.mog.apply(image, learningRate=rate)
+        model.foreground = mask
         self._unghost(model, mask)
         model.image = image
         return mask

@@ -88,6 +88,9 @@ class TruthBox:
 #: HEADLIGHT_GAIN over HEADLIGHT_REACH vehicle lengths ahead (a lit road at about twice its
 #: night brightness).
 NIGHT_GAIN, HEADLIGHT_GAIN, HEADLIGHT_REACH = 0.35, 0.45, 1.0
+#: A cloud's shadow takes this share of the light, and its soft edge is this share of the
+#: frame's extent across it.
+CLOUD_SHADE, CLOUD_EDGE = 0.33, 0.15
 Light = Literal["steady", "dusk", "clouds", "night"]
 
 
@@ -97,8 +100,10 @@ class Conditions:
 
     * ``scale``: road users drawn (and moving) at this size, for small and distant ones;
     * ``shake_px``: the camera on a pole in the wind: every frame shifted by up to this much;
-    * ``light``: ``dusk`` dims the street to half over a minute; ``clouds`` darkens it by a third
-      within 0.3 s, for 4-10 s, every 15-30 s; ``night`` keeps it at a third and every vehicle
+    * ``light``: ``dusk`` dims the street to half over a minute; ``clouds``: every 15-30 s a cloud's
+      shadow darkens the street by a third for 4-10 s, its soft edge sweeping across the frame in
+      1.5-4 s from any side (a shadow at 10-25 m/s over a view some 40 m wide): while it
+      crosses, part of the frame is in shade and part in sun; ``night`` keeps it at a third and every vehicle
       throws its headlights on the road ahead of it (a lit patch as long as the vehicle, moving
       with it: no road user, but foreground to a background model);
     * ``poles``: static occluders (lamp posts, sign poles) in front of the road;
@@ -270,17 +275,20 @@ class Scene:
             boxes.append((x, int(self.height * 0.2), x + w, int(self.height * 0.9)))
         return boxes
 
-    def _clouds(self, duration_s: float) -> list[tuple[float, float]]:
-        """(start, length) of each cloud passing over the sun."""
+    def _clouds(self, duration_s: float) -> list[tuple[float, float, float, float]]:
+        """(start, length, heading, sweep) of each cloud passing over the sun: its shadow's edge
+        enters the frame at ``start`` moving along ``heading`` (radians) and takes ``sweep``
+        seconds to cross it; each point stays in shade for ``length`` seconds."""
         out, t = [], self._hard_rng.uniform(5, 15)
         while t < duration_s:
-            length = self._hard_rng.uniform(4, 10)
-            out.append((t, length))
-            t += length + self._hard_rng.uniform(10, 20)
+            length, sweep = self._hard_rng.uniform(4, 10), self._hard_rng.uniform(1.5, 4.0)
+            out.append((t, length, self._hard_rng.uniform(0, 2 * math.pi), sweep))
+            t += length + sweep + self._hard_rng.uniform(10, 20)
         return out
 
-    def gain(self, t: float) -> float:
-        """The light on the street at ``t`` (1 = the background as drawn)."""
+    def gain(self, t: float) -> float | np.ndarray:
+        """The light on the street at ``t`` (1 = the background as drawn): one figure for the
+        whole frame, or (clouds, while a shadow's edge crosses) one per pixel."""
         light = self.conditions.light
         if light == "dusk":
             return 1.0 - 0.5 * min(1.0, max(0.0, (t - 20.0) / 60.0))
@@ -289,11 +297,30 @@ class Scene:
         if light == "clouds":
             i = bisect.bisect_right(self.clouds, (t, math.inf)) - 1
             if i >= 0:
-                start, length = self.clouds[i]
-                into, left = t - start, start + length - t
-                if left > 0:
-                    return 1.0 - 0.33 * min(1.0, into / 0.3, left / 0.3)
+                return self._shade(t, *self.clouds[i])
         return 1.0
+
+    def _shade(self, t: float, start: float, length: float, heading: float, sweep: float) -> float | np.ndarray:
+        """The light under one cloud's shadow: a band moving along ``heading`` with soft edges
+        (penumbra CLOUD_EDGE of the frame's extent along it), every point in it for ``length`` s."""
+        if t >= start + length + sweep:
+            return 1.0
+        cos, sin = math.cos(heading), math.sin(heading)
+        corners = [x * cos + y * sin for x in (0, self.width) for y in (0, self.height)]
+        low, extent = min(corners), max(corners) - min(corners)
+        edge = CLOUD_EDGE * extent
+        speed = (extent + edge) / sweep
+        front = low - edge / 2 + speed * (t - start)  # the shadow's leading edge, along heading
+        back = front - speed * length
+        if front - edge / 2 >= low + extent and back + edge / 2 <= low:
+            return 1.0 - CLOUD_SHADE  # the whole frame in shade
+        p = (
+            np.arange(self.width, dtype=np.float32)[None, :] * cos
+            + np.arange(self.height, dtype=np.float32)[:, None] * sin
+        )
+        cover = np.clip((front - p) / edge + 0.5, 0.0, 1.0) * np.clip((p - back) / edge + 0.5, 0.0, 1.0)
+        shade: np.ndarray = 1.0 - CLOUD_SHADE * cover
+        return shade
 
     def shake(self, t: float) -> tuple[float, float]:
         """The camera's offset at ``t``: a sway of the pole plus a jolt every frame."""
@@ -360,7 +387,9 @@ class Scene:
             frame = cv2.warpAffine(frame, shift, (self.width, self.height), borderMode=cv2.BORDER_REPLICATE)
         gain = self.gain(t)
         lit = self._headlights(boxes) if self.conditions.light == "night" else None
-        if self.noise or gain != 1.0:
+        if isinstance(gain, np.ndarray):
+            gain = gain[..., None]
+        if self.noise or isinstance(gain, np.ndarray) or gain != 1.0:
             out = frame.astype(np.float32) * (gain if lit is None else (gain + lit)[..., None])
             if self.noise:
                 out += self._noise_rng.normal(0, self.noise, (*frame.shape[:2], 1))

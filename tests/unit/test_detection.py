@@ -138,7 +138,11 @@ def test_harder_scenes_ground_truth_follows_shake_light_poles_and_queues():
     dusk = scene_from_url(HARDER["dusk"])
     assert dusk.gain(20.0) == 1.0 and dusk.gain(80.0) == pytest.approx(0.5)
     clouds = scene_from_url(HARDER["clouds"])
-    assert min(clouds.gain(20 + i / 4) for i in range(240)) == pytest.approx(0.67, abs=0.01)
+    light = [np.asarray(clouds.gain(20 + i / 4)) for i in range(240)]
+    assert min(float(g.min()) for g in light) == pytest.approx(0.67, abs=0.01)
+    # a shadow's edge crossing: shade and sun in one frame; and the whole frame in shade
+    assert any(g.ndim == 2 and g.min() < 0.7 and g.max() > 0.99 for g in light)
+    assert any(g.ndim == 0 and g < 0.7 for g in light)
 
     occluded = scene_from_url(HARDER["occluded"])
     assert len(occluded.poles) == 3
@@ -225,6 +229,34 @@ def test_the_place_a_parked_car_left_is_not_a_road_user_but_a_car_that_stops_is(
     assert remembered == 1  # held out of the mask, not tested again every frame
     stopped = [t for t, boxes in seen.items() if t >= 16 and any(iou(b, (200, 100, 270, 130)) >= 0.5 for b in boxes)]
     assert len(stopped) >= 14  # a real car that stands still is reported while it is foreground
+
+
+def test_a_cloud_shadow_sweeping_across_is_light_not_road_users():
+    # the whole frame's gain cannot undo a shadow over part of it: its front was foreground
+    rng = np.random.default_rng(2)
+    street = _street()
+    w = street.shape[1]
+    on, off, car = MotionDetector(), MotionDetector(local_light=False), MotionDetector()
+    found: dict[str, list[int]] = {"on": [], "off": [], "car": []}
+    for i in range(50):  # 2 fps: 16 s steady, then a shadow's edge sweeps left to right in 4 s
+        t = i / 2
+        shade = np.where(np.arange(w) < (t - 16.0) * w / 4.0, 0.67, 1.0).astype(np.float32)
+        shade = cv2.GaussianBlur(shade[None, :], (0, 0), 12)[0][None, :, None]
+        empty = np.clip(_noisy(street, rng) * shade, 0, 255).astype(np.uint8)
+        driven = np.clip(_noisy(_with_car(street, 20 + (i % 30) * 8), rng) * shade, 0, 255).astype(np.uint8)
+        boxes = {
+            "on": on.detect("c", empty, i, at=t),
+            "off": off.detect("c", empty, i, at=t),
+            "car": car.detect("c", driven if t >= 16 else empty, i, at=t),
+        }
+        if t >= 16:
+            for name, got in boxes.items():
+                found[name].append(len(got))
+    assert sum(found["off"]) >= 5  # without: the shade's front is reported as road users
+    assert sum(found["on"]) == 0
+    # a car driving through the sweep: one box (measured: in each of the 18 frames; without the
+    # local light, up to 39 boxes a frame)
+    assert sum(n == 1 for n in found["car"]) >= 16
 
 
 def test_a_camera_clock_that_steps_back_or_a_stream_that_changes_size_does_not_stall_the_detector():
