@@ -25,7 +25,7 @@ from typing import Any
 
 import cv2
 from aiokafka import AIOKafkaProducer
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
@@ -35,6 +35,7 @@ from models.grouping import cluster, conflict_groups
 from models.sources import Frame, Grabber, OnDemandGrabber, open_source
 from models.tracking import Tracker
 from streams import metrics
+from streams.child_metrics import ChildrenCollector
 from streams.images import ImageStore, make_ref, open_store
 from streams.records import DetectedObject, DetectionResult, ImageRef, to_bytes
 from streams.settings import Settings, get_settings
@@ -221,7 +222,7 @@ class Producer:
 
 
 #: Flags a supervisor sets per child (or, ``--processes``, must not pass on: a child would supervise).
-_PER_CHILD = ("--device", "--metrics-port", "--camera-ids", "--processes", "--cv-threads")
+_PER_CHILD = ("--device", "--metrics-port", "--metrics-host", "--camera-ids", "--processes", "--cv-threads")
 
 
 def cv_threads(processes: int, cpus: int | None = None) -> int:
@@ -257,13 +258,17 @@ def supervise(
     cameras: list[CameraConfig],
     metrics_port: int,
     cv_threads_each: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """One producer process per device (or per CPU share: ``--processes``), each with every n-th
     camera: inference on several GPUs never shares a CUDA context, and the motion path's Python
     half (tracking, grouping, records) never waits on another process's GIL (see
     ``motion.node_fps`` against ``node_fps_one_process_two_threads`` in
     ``bench/results/detection.json``). Each child gets ``cv_threads_each`` OpenCV threads (0:
-    OpenCV's default, every core), by default its share of the cores (:func:`cv_threads`)."""
+    OpenCV's default, every core), by default its share of the cores (:func:`cv_threads`).
+    With ``metrics_port``, this process serves every child's metrics there (each sample labelled
+    ``process``: :class:`streams.child_metrics.ChildrenCollector`), the children on loopback
+    ports after it."""
     cleaned = child_args(argv)
     share_of_cores = cv_threads(len(devices)) if cv_threads_each is None else cv_threads_each
     commands: list[list[str]] = []
@@ -274,11 +279,15 @@ def supervise(
         cmd = [sys.executable, "-m", "models.producer", *cleaned, "--device", device, "--camera-ids", ",".join(share)]
         cmd += ["--cv-threads", str(share_of_cores)]
         if metrics_port:
-            cmd += ["--metrics-port", str(metrics_port + i)]
+            cmd += ["--metrics-port", str(metrics_port + 1 + i), "--metrics-host", "127.0.0.1"]
         logger.info(
             "process %d of %d, device %s: %d cameras (%s)", i + 1, len(devices), device, len(share), ", ".join(share)
         )
         commands.append(cmd)
+    if metrics_port:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ChildrenCollector([metrics_port + 1 + i for i in range(len(commands))]))
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
     codes = run_children(commands)
     if any(codes):
         raise SystemExit(f"producer processes exited with {codes}")
@@ -391,7 +400,14 @@ def main(argv: list[str] | None = None) -> None:
     kind: DetectorKind = args.detector
     cameras = load_cameras(args.cameras)
     if len(devices) > 1:
-        supervise(argv if argv is not None else sys.argv[1:], devices, cameras, args.metrics_port, args.cv_threads)
+        supervise(
+            argv if argv is not None else sys.argv[1:],
+            devices,
+            cameras,
+            args.metrics_port,
+            args.cv_threads,
+            args.metrics_host,
+        )
         return
     if args.camera_ids:
         share = set(args.camera_ids.split(","))

@@ -17,6 +17,7 @@ def test_children_get_no_per_child_flag_of_the_parent():
         "--device=cpu",
         "--metrics-port",
         "9108",
+        "--metrics-host=0.0.0.0",
         "--processes=3",
         "--camera-ids",
         "a,b",
@@ -60,3 +61,35 @@ def test_children_that_finish_are_all_waited_for():
     quick = [sys.executable, "-c", "pass"]
     slow = [sys.executable, "-c", "import time; time.sleep(1)"]
     assert run_children([quick, slow], poll_s=0.1) == [0, 0]
+
+
+def test_the_supervisor_serves_every_childs_metrics_on_one_port():
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ops.kafka import free_port
+    from streams.child_metrics import ChildrenCollector
+
+    ports = []
+    for child, camera in enumerate(["cam-a", "cam-b"]):  # two children, as two registries
+        registry = CollectorRegistry()
+        frames = Counter("roadwatch_frames_total", "Frames.", ["camera_id"], registry=registry)
+        frames.labels(camera).inc(3 + child)
+        Histogram("roadwatch_detector_seconds", "Detector time.", registry=registry).observe(0.01)
+        port = free_port()
+        start_http_server(port, addr="127.0.0.1", registry=registry)
+        ports.append(port)
+    ports.append(free_port())  # a third child that does not answer (exited, or not started yet)
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(ChildrenCollector(ports, timeout_s=1.0))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(merged).decode())
+        for s in family.samples
+    }
+    assert samples[("roadwatch_frames_total", (("camera_id", "cam-a"), ("process", "0")))] == 3
+    assert samples[("roadwatch_frames_total", (("camera_id", "cam-b"), ("process", "1")))] == 4
+    # a family every child has, with no label to tell them apart, is one family with both
+    assert samples[("roadwatch_detector_seconds_count", (("process", "0"),))] == 1
+    assert samples[("roadwatch_detector_seconds_count", (("process", "1"),))] == 1
+    assert [samples[("roadwatch_producer_process_up", (("process", str(i)),))] for i in range(3)] == [1, 1, 0]
