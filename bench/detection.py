@@ -302,14 +302,19 @@ def bench_motion(
 RESOLUTIONS = [(640, 360), (1280, 720), (1920, 1080)]
 
 
+def street_url(width: int, height: int) -> str:
+    """One street seen by a camera of ``width`` x ``height`` px: road users drawn to its size."""
+    size = f"width={width}&height={height}&scale={width / 640:g}"
+    return f"sim://scene?seed=21&vehicles=0.4&pedestrians=0.15&{size}&follow=1"
+
+
 def bench_resolutions(n_frames: int, settings: Settings, store: Any, runs: int = 3) -> dict[str, Any]:
     """The producer's analysis of one camera at each of RESOLUTIONS, frames halved to the
     detector's ``MAX_SIDE`` (the default) and analysed whole, in the same run: frames a second,
     (medians of ``runs``) and ``halved_vs_whole``, the median of each round's ratio."""
     out: dict[str, Any] = {"max_side": MAX_SIDE}
     for w, h in RESOLUTIONS:
-        url = f"sim://scene?seed=21&vehicles=0.4&pedestrians=0.15&width={w}&height={h}&scale={w / 640:g}&follow=1"
-        frames = render({"cam": url}, n_frames)
+        frames = render({"cam": street_url(w, h)}, n_frames)
         halved, whole = [], []
         for _ in range(runs):  # side by side, in rounds: the machine's drift falls on both
             halved.append(pipeline_fps(MotionDetector(), frames, settings, store))

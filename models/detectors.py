@@ -96,18 +96,22 @@ GHOST_STILL_IOU, FRAGMENT_AREA = 0.8, 1500.0
 #: Light that changes over part of the frame (a cloud's shadow sweeping across, a building's
 #: shadow) is measured in blocks of about LIGHT_BLOCK px, over the pixels that were background in
 #: the frame before (a block with less than LIGHT_MIN_BACKGROUND of them takes its neighbours'
-#: light); a 3x3 median of the blocks keeps a road user the frame before did not know from
-#: setting its block's light. Where a block's light differs from the whole frame's by more than
-#: LIGHT_STEP the frame is corrected block by block (smoothly between block centres).
-LIGHT_BLOCK, LIGHT_MIN_BACKGROUND, LIGHT_STEP = 30, 0.25, 0.08
+#: light); a LIGHT_MEDIAN x LIGHT_MEDIAN median of the blocks keeps a road user the frame before
+#: did not know from setting its block's light. Where a block's light then differs from the
+#: whole frame's by more than LIGHT_STEP the frame is corrected block by block (smoothly between
+#: block centres). On the crowded demo scene no frame is (the largest difference is 0.076).
+LIGHT_BLOCK, LIGHT_MIN_BACKGROUND, LIGHT_STEP, LIGHT_MEDIAN = 30, 0.25, 0.08, 5
 #: The light of a block is measured on every LIGHT_SAMPLE-th pixel of every LIGHT_SAMPLE-th row.
 LIGHT_SAMPLE = 3
-LIGHT_MEDIAN = 5
 #: Frames are halved (2x2 averages: 0.4 ms for 1920x1080, where OpenCV's area resize to another
 #: size takes 2.5 ms) until their long side is at most MAX_SIDE px: every step of the detector
-#: costs in proportion to the pixels, and a 1080p camera analysed whole costs 45 ms a frame
-#: instead of 6 (the distant scene at 1280x720: recall 0.977 halved, 0.980 whole).
-MAX_SIDE = 960
+#: costs in proportion to the pixels (``motion_by_resolution`` in bench/results/detection.json:
+#: a 1920x1080 camera analysed whole ran at a third of the frames a second), and the 1280x720
+#: distant scene keeps its recall (0.977 halved, 0.980 whole). MIN_SIDE: a smaller setting would
+#: leave too little of a frame to find anyone in.
+MAX_SIDE, MIN_SIDE = 960, 64
+#: The frame size (px) the class sizes are set for (see ``MotionDetector._classify``).
+CLASS_SIZES_AREA = 640 * 360
 
 
 def halvings(shape: tuple[int, ...], max_side: int) -> int:
@@ -115,7 +119,7 @@ def halvings(shape: tuple[int, ...], max_side: int) -> int:
     (``max_side`` 0: never)."""
     side, steps = max(shape[:2]), 0
     while max_side > 0 and side > max_side:
-        side, steps = side // 2, steps + 1
+        side, steps = (side + 1) // 2, steps + 1  # OpenCV's halving of an odd side rounds up
     return steps
 
 
@@ -191,8 +195,8 @@ class MotionDetector(Detector):
         local_light: bool = True,
         night_below: float = NIGHT_BELOW,
     ) -> None:
-        if max_side < 0:
-            raise ConfigError(f"max_side must be 0 (frames analysed whole) or more, got {max_side}")
+        if max_side < 0 or 0 < max_side < MIN_SIDE:
+            raise ConfigError(f"max_side must be 0 (frames analysed whole) or at least {MIN_SIDE}, got {max_side}")
         self.max_side = max_side
         self.night_below = night_below
         self.min_area = min_area
@@ -282,7 +286,8 @@ class MotionDetector(Detector):
         # times faster than by another
         k = max(1, LIGHT_BLOCK // LIGHT_SAMPLE)
         grid = (blocks[0] * k, blocks[1] * k)
-        grey_in = cv2.resize(grey, grid, interpolation=cv2.INTER_NEAREST)
+        # in floats: a block's mean over a quarter of its pixels, as 8 bits, would be off by up to 7%
+        grey_in = cv2.resize(grey, grid, interpolation=cv2.INTER_NEAREST).astype(np.float32)
         ref_in = cv2.resize(model.ref, grid, interpolation=cv2.INTER_NEAREST)
         # every pixel's light, road users and all: when even that is even over the frame (most
         # frames), nothing more is needed
@@ -364,7 +369,7 @@ class MotionDetector(Detector):
         rate = min(1.0, dt / self.background_s)
         image, model.grey = self._align(model, image, rate)
         mask = model.mog.apply(image, learningRate=rate)
-        model.foreground = mask
+        model.foreground = mask.copy()  # ghosts and all: _unghost clears them from the mask
         self._unghost(model, mask)
         model.image = image
         return mask
@@ -463,6 +468,7 @@ class MotionDetector(Detector):
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         inv = float(2**model.halvings)
         h_img, w_img = frame.shape[:2]
+        area = h_img * w_img / CLASS_SIZES_AREA
         found: list[Detection] = []
 
         def sized(
@@ -483,15 +489,18 @@ class MotionDetector(Detector):
                 continue
             fill = cv2.contourArea(contour) / max(1.0, w * h)
             box = (x * inv, y * inv, min(w_img - 1.0, (x + w) * inv), min(h_img - 1.0, (y + h) * inv))
-            found.append(Detection(self._classify(box), round(min(0.99, 0.5 + fill / 2), 3), box))
+            found.append(Detection(self._classify(box, area), round(min(0.99, 0.5 + fill / 2), 3), box))
         return found
 
     @staticmethod
-    def _classify(box: tuple[float, float, float, float]) -> str:
+    def _classify(box: tuple[float, float, float, float], area: float = 1.0) -> str:
+        """A guess from the box's shape and size; the sizes are those of a 640x360 view of a street,
+        ``area`` times larger in a frame ``area`` times larger (with fixed sizes, 1920x1080 frames
+        of the same street had half their pedestrians called cars)."""
         w, h = box[2] - box[0], box[3] - box[1]
-        if h > 1.4 * w and w * h < 1500:
+        if h > 1.4 * w and w * h < 1500 * area:
             return "person"
-        if w * h > 4200:
+        if w * h > 4200 * area:
             return "truck" if w > 2.8 * h else "car"
         return "car" if w >= h else "person"
 

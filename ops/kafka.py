@@ -71,10 +71,26 @@ def libs_dir(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
-def free_port() -> int:
+def free_port(run: int = 1) -> int:
+    """A loopback port free now, and with ``run`` > 1 the ``run - 1`` ports after it too (a
+    producer supervisor's children listen on the ports after its own)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if all(_bindable(port + i) for i in range(1, run)):
+            return port
+
+
+def _bindable(port: int) -> bool:
+    if port > 65535:
+        return False
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,8 +21,20 @@ from prometheus_client.samples import Sample
 
 logger = logging.getLogger(__name__)
 
-#: The longest one child's scrape may take: a child that hangs must not stall the whole scrape.
+#: The longest the children's scrape may take, all of them together (they are scraped at once):
+#: a child that hangs must not stall the whole scrape past Prometheus's own timeout (10 s).
 SCRAPE_TIMEOUT_S = 2.0
+
+
+def scrape(port: int, timeout_s: float) -> list[Metric] | None:
+    """The metric families of the process on ``port`` (127.0.0.1), or None when it does not
+    answer in time or answers something that does not parse (killed mid-reply, not started)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as reply:
+            return list(text_string_to_metric_families(reply.read().decode()))
+    except Exception as exc:  # any failure of one child is that child's up = 0, not the scrape's
+        logger.debug("producer process on port %d did not answer its scrape: %s", port, exc)
+        return None
 
 
 class ChildrenCollector(Collector):
@@ -31,22 +44,20 @@ class ChildrenCollector(Collector):
     def __init__(self, ports: list[int], timeout_s: float = SCRAPE_TIMEOUT_S) -> None:
         self.ports = ports
         self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(max(1, len(ports)), thread_name_prefix="child-metrics")
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, Metric] = {}
         up = GaugeMetricFamily(
             "roadwatch_producer_process_up", "1 while the producer process answers its scrape.", labels=["process"]
         )
-        for index, port in enumerate(self.ports):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=self.timeout_s) as reply:
-                    text = reply.read().decode()
-            except OSError as exc:  # not started yet, exited, or hung past the timeout
-                logger.debug("producer process %d (port %d) did not answer its scrape: %s", index, port, exc)
-                up.add_metric([str(index)], 0.0)
-                continue
-            up.add_metric([str(index)], 1.0)
-            for family in text_string_to_metric_families(text):
+        asked = [self._pool.submit(scrape, port, self.timeout_s) for port in self.ports]
+        # the socket timeout bounds each read, not a reply trickling in: one deadline for all
+        wait(asked, timeout=self.timeout_s)
+        for index, reply in enumerate(asked):
+            families = reply.result() if reply.done() else None
+            up.add_metric([str(index)], 0.0 if families is None else 1.0)
+            for family in families or []:
                 into = merged.get(family.name)
                 if into is None:
                     into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)

@@ -27,7 +27,7 @@ def test_one_producer_process_per_device_each_with_its_share_of_cameras(kafka, d
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    port = free_port()
+    port = free_port(run=3)  # the supervisor's, then a port for each of its two children
     child = subprocess.Popen(
         producer.command(ROOT / "deploy" / "cameras.sim.yaml", duration=8, metrics_port=port, **split),
         cwd=ROOT,

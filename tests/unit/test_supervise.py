@@ -64,6 +64,11 @@ def test_children_that_finish_are_all_waited_for():
 
 
 def test_the_supervisor_serves_every_childs_metrics_on_one_port():
+    import http.server
+    import socket
+    import threading
+    import time
+
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -80,11 +85,28 @@ def test_the_supervisor_serves_every_childs_metrics_on_one_port():
         start_http_server(port, addr="127.0.0.1", registry=registry)
         ports.append(port)
     ports.append(free_port())  # a third child that does not answer (exited, or not started yet)
+
+    class Garbled(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a child killed mid-reply, or not a Prometheus exposition
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'roadwatch_frames_total{camera_id="cam-c" 3\n\xff\xfe')
+
+    garbled = http.server.HTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=garbled.serve_forever, daemon=True).start()
+    ports.append(garbled.server_address[1])
+    hung = socket.socket()  # a child that takes the connection and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen()
+    ports.append(hung.getsockname()[1])
     merged = CollectorRegistry(auto_describe=False)
     merged.register(ChildrenCollector(ports, timeout_s=1.0))
+    started = time.monotonic()
+    text = generate_latest(merged).decode()
+    assert time.monotonic() - started < 3.0  # one deadline for them all, not one each
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(generate_latest(merged).decode())
+        for family in text_string_to_metric_families(text)
         for s in family.samples
     }
     assert samples[("roadwatch_frames_total", (("camera_id", "cam-a"), ("process", "0")))] == 3
@@ -92,4 +114,7 @@ def test_the_supervisor_serves_every_childs_metrics_on_one_port():
     # a family every child has, with no label to tell them apart, is one family with both
     assert samples[("roadwatch_detector_seconds_count", (("process", "0"),))] == 1
     assert samples[("roadwatch_detector_seconds_count", (("process", "1"),))] == 1
-    assert [samples[("roadwatch_producer_process_up", (("process", str(i)),))] for i in range(3)] == [1, 1, 0]
+    assert [samples[("roadwatch_producer_process_up", (("process", str(i)),))] for i in range(5)] == [1, 1, 0, 0, 0]
+    assert not any(labels == (("camera_id", "cam-c"), ("process", "3")) for _, labels in samples)
+    garbled.shutdown()
+    hung.close()
