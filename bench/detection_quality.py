@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from bench.pipeline import log, save
-from models.detectors import WARM_UP_S, Detection, Detector, MotionDetector
+from models.detectors import CLASS_SIZES_AREA, WARM_UP_S, Detection, Detector, MotionDetector
 from models.geometry import iou
 from models.tracking import Tracker
 from sim.scenarios import HARDER
@@ -66,12 +66,13 @@ class PlainMog2(Detector):
         mask = cv2.dilate(mask, self._kernel, iterations=2)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         found = []
+        area = frame.shape[0] * frame.shape[1] / CLASS_SIZES_AREA  # roadwatch's class sizes, as it scales them
         for contour in contours:
             if cv2.contourArea(contour) <= 120:
                 continue
             x, y, w, h = cv2.boundingRect(contour)
             box = (float(x), float(y), float(x + w), float(y + h))
-            found.append(Detection(MotionDetector._classify(box), 0.5, box))
+            found.append(Detection(MotionDetector._classify(box, area), 0.5, box))
         return found
 
 

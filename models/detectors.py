@@ -107,7 +107,8 @@ LIGHT_SAMPLE = 3
 #: size takes 2.5 ms) until their long side is at most MAX_SIDE px: every step of the detector
 #: costs in proportion to the pixels (``motion_by_resolution`` in bench/results/detection.json:
 #: a 1920x1080 camera analysed whole ran at a third of the frames a second), and the 1280x720
-#: distant scene keeps its recall (0.977 halved, 0.980 whole). MIN_SIDE: a smaller setting would
+#: distant scene keeps its recall (0.977 halved; 0.980 whole in the run committed with e89c1e4,
+#: before halving). MIN_SIDE: a smaller setting would
 #: leave too little of a frame to find anyone in.
 MAX_SIDE, MIN_SIDE = 960, 64
 #: The frame size (px) the class sizes are set for (see ``MotionDetector._classify``).
@@ -119,7 +120,7 @@ def halvings(shape: tuple[int, ...], max_side: int) -> int:
     (``max_side`` 0: never)."""
     side, steps = max(shape[:2]), 0
     while max_side > 0 and side > max_side:
-        side, steps = (side + 1) // 2, steps + 1  # OpenCV's halving of an odd side rounds up
+        side, steps = round(side / 2), steps + 1  # as OpenCV halves an odd side: to the even neighbour
     return steps
 
 

@@ -10,9 +10,10 @@ itself and its children serve loopback ports beside it; every sample keeps its l
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,12 +27,21 @@ logger = logging.getLogger(__name__)
 SCRAPE_TIMEOUT_S = 2.0
 
 
-def scrape(port: int, timeout_s: float) -> list[Metric] | None:
-    """The metric families of the process on ``port`` (127.0.0.1), or None when it does not
-    answer in time or answers something that does not parse (killed mid-reply, not started)."""
+def scrape(port: int, deadline: float) -> list[Metric] | None:
+    """The metric families of the process on ``port`` (127.0.0.1), or None when it has not
+    answered by ``deadline`` (``time.monotonic()``) or answers something that does not parse
+    (killed mid-reply, not started yet). The deadline holds for the whole reply, not each read:
+    a child trickling its reply in is cut off like one that hangs."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as reply:
-            return list(text_string_to_metric_families(reply.read().decode()))
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=max(0.01, deadline - time.monotonic())
+        ) as reply:
+            chunks = []
+            while chunk := reply.read(1 << 16):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("reply still coming at the deadline")
+            return list(text_string_to_metric_families(b"".join(chunks).decode()))
     except Exception as exc:  # any failure of one child is that child's up = 0, not the scrape's
         logger.debug("producer process on port %d did not answer its scrape: %s", port, exc)
         return None
@@ -39,25 +49,40 @@ def scrape(port: int, timeout_s: float) -> list[Metric] | None:
 
 class ChildrenCollector(Collector):
     """The metrics of the processes listening on ``ports`` (127.0.0.1), each sample labelled
-    ``process`` with the child's index, and ``roadwatch_producer_process_up`` per child."""
+    ``process`` with the child's index, and ``roadwatch_producer_process_up`` per child.
+
+    Each scrape asks every child at once, from threads of its own: two scrapes at a time (two
+    Prometheus servers, a person with curl) never queue behind each other's hung child."""
 
     def __init__(self, ports: list[int], timeout_s: float = SCRAPE_TIMEOUT_S) -> None:
         self.ports = ports
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max(1, len(ports)), thread_name_prefix="child-metrics")
 
     def collect(self) -> Iterator[Metric]:
+        deadline = time.monotonic() + self.timeout_s
+        replies: list[list[Metric] | None] = [None] * len(self.ports)
+
+        def ask(index: int, port: int) -> None:
+            replies[index] = scrape(port, deadline)
+
+        askers = [
+            threading.Thread(target=ask, args=(i, port), daemon=True, name=f"child-metrics-{i}")
+            for i, port in enumerate(self.ports)
+        ]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(max(0.0, deadline - time.monotonic()) + 0.1)
         merged: dict[str, Metric] = {}
         up = GaugeMetricFamily(
             "roadwatch_producer_process_up", "1 while the producer process answers its scrape.", labels=["process"]
         )
-        asked = [self._pool.submit(scrape, port, self.timeout_s) for port in self.ports]
-        # the socket timeout bounds each read, not a reply trickling in: one deadline for all
-        wait(asked, timeout=self.timeout_s)
-        for index, reply in enumerate(asked):
-            families = reply.result() if reply.done() else None
-            up.add_metric([str(index)], 0.0 if families is None else 1.0)
-            for family in families or []:
+        for index, (asker, families) in enumerate(zip(askers, list(replies), strict=True)):
+            if families is None or asker.is_alive():
+                up.add_metric([str(index)], 0.0)
+                continue
+            up.add_metric([str(index)], 1.0)
+            for family in families:
                 into = merged.get(family.name)
                 if into is None:
                     into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)

@@ -280,13 +280,10 @@ def test_large_frames_are_analysed_halved_and_boxed_at_full_size():
     from models.detectors import halvings
     from sim.scenarios import HARDER
 
-    assert [halvings(s, 960) for s in [(360, 640), (720, 1280), (1080, 1920), (2160, 3840), (961, 961)]] == [
-        0,
-        1,
-        1,
-        2,
-        1,
-    ]
+    # OpenCV halves an odd side to its even neighbour: 1921 -> 960 (one halving), 3841 -> 1920 -> 960
+    shapes = [(360, 640), (720, 1280), (1080, 1920), (2160, 3840), (961, 961), (1080, 1921), (2160, 3841)]
+    assert [halvings(s, 960) for s in shapes] == [0, 1, 1, 2, 1, 1, 2]
+    assert [cv2.resize(np.zeros((4, n), np.uint8), None, fx=0.5, fy=0.5).shape[1] for n in (961, 1921)] == [480, 960]
     assert halvings((2160, 3840), 0) == 0
     with pytest.raises(ConfigError):
         MotionDetector(max_side=-1)

@@ -116,5 +116,20 @@ def test_the_supervisor_serves_every_childs_metrics_on_one_port():
     assert samples[("roadwatch_detector_seconds_count", (("process", "1"),))] == 1
     assert [samples[("roadwatch_producer_process_up", (("process", str(i)),))] for i in range(5)] == [1, 1, 0, 0, 0]
     assert not any(labels == (("camera_id", "cam-c"), ("process", "3")) for _, labels in samples)
+    # two scrapes at once (two Prometheus servers): neither waits behind the other's hung child
+    both: list[str] = []
+    at_once = [threading.Thread(target=lambda: both.append(generate_latest(merged).decode())) for _ in range(2)]
+    for scrape in at_once:
+        scrape.start()
+    for scrape in at_once:
+        scrape.join()
+    for text in both:
+        up = {
+            s.labels["process"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "roadwatch_producer_process_up"
+        }
+        assert up == {"0": 1, "1": 1, "2": 0, "3": 0, "4": 0}
     garbled.shutdown()
     hung.close()
