@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from bench.pipeline import log, save
-from models.detectors import CLASS_SIZES_AREA, WARM_UP_S, Detection, Detector, MotionDetector
+from models.detectors import WARM_UP_S, Detection, Detector, MotionDetector, class_sizes_scale
 from models.geometry import iou
 from models.tracking import Tracker
 from sim.scenarios import HARDER
@@ -66,7 +66,7 @@ class PlainMog2(Detector):
         mask = cv2.dilate(mask, self._kernel, iterations=2)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         found = []
-        area = frame.shape[0] * frame.shape[1] / CLASS_SIZES_AREA  # roadwatch's class sizes, as it scales them
+        area = class_sizes_scale(frame.shape)  # roadwatch's class sizes, as it scales them
         for contour in contours:
             if cv2.contourArea(contour) <= 120:
                 continue

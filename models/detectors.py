@@ -108,11 +108,15 @@ LIGHT_SAMPLE = 3
 #: costs in proportion to the pixels (``motion_by_resolution`` in bench/results/detection.json:
 #: a 1920x1080 camera analysed whole ran at a third of the frames a second), and the 1280x720
 #: distant scene keeps its recall (0.977 halved; 0.980 whole in the run committed with e89c1e4,
-#: before halving). MIN_SIDE: a smaller setting would
-#: leave too little of a frame to find anyone in.
+#: before halving). MIN_SIDE: a smaller setting would leave too little of a frame to find anyone in.
 MAX_SIDE, MIN_SIDE = 960, 64
 #: The frame size (px) the class sizes are set for (see ``MotionDetector._classify``).
 CLASS_SIZES_AREA = 640 * 360
+
+
+def class_sizes_scale(shape: tuple[int, ...]) -> float:
+    """How much larger the class sizes are in a frame of ``shape`` than in 640x360."""
+    return shape[0] * shape[1] / CLASS_SIZES_AREA
 
 
 def halvings(shape: tuple[int, ...], max_side: int) -> int:
@@ -306,7 +310,7 @@ class MotionDetector(Detector):
         now = cv2.resize(cv2.bitwise_and(grey_in, grey_in, mask=background), blocks, interpolation=cv2.INTER_AREA)
         then = cv2.resize(cv2.bitwise_and(ref_in, ref_in, mask=background), blocks, interpolation=cv2.INTER_AREA)
         valid = (share >= 255 * LIGHT_MIN_BACKGROUND).astype(np.float32)
-        measured = np.clip(then / np.maximum(now.astype(np.float32), 1.0), 0.5, 2.0) * valid
+        measured = np.clip(then / np.maximum(now, 1.0), 0.5, 2.0) * valid
         gain = np.where(valid > 0, cv2.medianBlur(np.where(valid > 0, measured, 1.0).astype(np.float32), 3), 1.0)
         if not valid.all():
             # a block mostly foreground the frame before takes its neighbours' light, or, when they
@@ -469,7 +473,7 @@ class MotionDetector(Detector):
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         inv = float(2**model.halvings)
         h_img, w_img = frame.shape[:2]
-        area = h_img * w_img / CLASS_SIZES_AREA
+        area = class_sizes_scale(frame.shape)
         found: list[Detection] = []
 
         def sized(
