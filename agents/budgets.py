@@ -255,7 +255,10 @@ class Budget(Shared):
         return 0.0 if not self.recent else 1.0 - sum(self.recent) / len(self.recent)
 
     def refusal_rate(self) -> float:
-        return 0.0 if not self.refused else sum(self.refused) / len(self.refused)
+        """The share of recent calls refused, over at least half of RECENT: the first 429 after a
+        start is not a 100% rate (it cooled a quota for ``cooldown_max_s``, two minutes, where the
+        provider's window clears within one)."""
+        return 0.0 if not self.refused else sum(self.refused) / max(len(self.refused), RECENT // 2)
 
     def state(self, now: float) -> str:
         return "COOLING" if now < self.cooldown_until else "AVAILABLE"

@@ -279,7 +279,8 @@ class KeyPool:
     def _key_free_at(self, slot: KeySlot, now: float) -> float:
         state = slot.state(now)
         if state == DISABLED:
-            return slot.disabled_until if slot.disabled_until is not None else math.inf
+            # an operator's disable holds until an operator's enable, whatever the provider's says
+            return math.inf if slot.operator_disabled or slot.disabled_until is None else slot.disabled_until
         if slot.in_flight >= self._caps[slot.index]:
             return math.inf  # frees on release, which wakes waiters
         return max(now, slot.cooldown_until)
@@ -323,17 +324,19 @@ class KeyPool:
     ) -> Lease | None:
         """A lease on the best key free right now, for the first model of ``models`` that has one.
 
-        Keys in ``exclude`` (those a task already failed on) are used only when every other
-        key is disabled or capped, so failover moves to another key whenever one exists.
-        ``usable`` may rule out a key and model (a spent daily budget).
+        Keys in ``exclude`` (those a task already failed on) are used only when no other key is
+        free now, so failover moves to another key whenever one can take the call; a tried key
+        that its failure did not cool (one transient error) serves rather than the task waiting
+        for a cooling key, maybe until its deadline. ``usable`` may rule out a key and model (a
+        spent daily budget).
         """
         now = self.clock()
         for model in models or self.models:
             allowed = [s for s in self.slots if usable is None or usable(s, model)]
-            others = [s for s in allowed if s.alias not in exclude]
-            if all(self._free_at(s, model, now, tokens) == math.inf for s in others):
-                others = allowed
-            ready = [s for s in others if self._free_at(s, model, now, tokens) <= now]
+            free = {s.index: self._free_at(s, model, now, tokens) <= now for s in allowed}
+            ready = [s for s in allowed if free[s.index] and s.alias not in exclude]
+            if not ready:
+                ready = [s for s in allowed if free[s.index]]
             if not ready:
                 continue
             slot = self._choose(ready)

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -85,14 +88,29 @@ def build_request(model: str, jpeg: bytes, context: str, max_tokens: int) -> dic
     }
 
 
-def _retry_after(headers: Any) -> float | None:
+#: The longest Retry-After believed (a day: a daily quota's reset): a larger or endless one would
+#: cool a quota that every worker shares, through the key_pool table, past any restart.
+RETRY_AFTER_MAX_S = 86_400.0
+
+
+def _retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110)."""
     value = headers.get("Retry-After") if headers is not None else None
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(str(value))
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
         return None
+    return min(RETRY_AFTER_MAX_S, max(0.0, seconds))
 
 
 def classify_error(status: int, body: str, headers: Any = None) -> VlmError:

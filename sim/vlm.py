@@ -95,6 +95,10 @@ class SimConfig:
     throttle_s: float = 0.0
 
 
+#: Accepted calls a quota's log keeps (``/admin/usage?calls=1``), so a long run's memory stays flat.
+LOG_KEPT = 100_000
+
+
 def tail(key: str) -> str:
     """The alias the simulator uses for a key: its last 4 characters."""
     return "…" + key[-4:]
@@ -109,7 +113,8 @@ class Quota:
     bucket: float = -1.0  # the per-second bucket's level (-1: full, set on first use)
     bucket_at: float = 0.0
     usage: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    log: list[tuple[float, int, int]] = field(default_factory=list)
+    #: the accepted calls (time, prompt tokens, completion tokens), the latest LOG_KEPT
+    log: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=LOG_KEPT))
 
 
 def smart_resize(
@@ -175,7 +180,9 @@ class SimVlm:
         return web.json_response(body, status=status, headers=headers)
 
     def account(self, key: str) -> str:
-        return self.cfg.accounts.get(key, tail(key))
+        """The account a key belongs to: as configured, else one of its own (named by a digest of
+        the whole key: two keys ending alike are two accounts, as the key pool counts them)."""
+        return self.cfg.accounts.get(key) or "acct-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
     def limits(self, model: str) -> dict[str, float]:
         limits = dict(self.cfg.limits.get(model, {}))
@@ -333,7 +340,7 @@ class SimVlm:
                         "account": account,
                         "model": model,
                         **dict(q.usage),
-                        **({"log": q.log} if with_calls else {}),
+                        **({"log": list(q.log)} if with_calls else {}),
                     }
                     for (account, model), q in sorted(self.quotas.items())
                 ]

@@ -184,6 +184,55 @@ def test_failover_falls_back_to_a_tried_key_when_the_others_are_disabled():
     assert lease is not None and lease.alias == "key-1"
 
 
+def test_failover_retries_a_tried_key_that_is_free_rather_than_wait_for_a_cooling_one():
+    p, clock = pool(2)
+    p.release(_lease(p, "key-2"), ok=False, kind="rate", retry_after=30)
+    first = _lease(p, "key-1")
+    p.release(first, ok=False, kind="server")  # one transient error: key-1 is not cooled
+    lease = p.try_acquire(exclude=frozenset({"key-1"}))
+    assert lease is not None and lease.alias == "key-1"
+    p.release(lease, ok=True)
+    clock.now += 31  # key-2's account cooled off: an untried key is preferred again
+    lease = p.try_acquire(exclude=frozenset({"key-1"}))
+    assert lease is not None and lease.alias == "key-2"
+
+
+def _lease(p: KeyPool, alias: str):  # type: ignore[no-untyped-def]
+    """A lease on ``alias`` (the others excluded while it is free)."""
+    lease = p.try_acquire(exclude=frozenset(a for a in p.by_alias if a != alias))
+    assert lease is not None and lease.alias == alias
+    return lease
+
+
+def test_an_operators_disable_holds_after_the_providers_disable_has_expired():
+    p, clock = pool(2)
+    p.release(_lease(p, "key-1"), ok=False, kind="quota", retry_after=5)
+    clock.now += 3600
+    p.disable("key-1", "by hand", by_operator=True)
+    assert p.key_state(p.by_alias["key-1"]) == DISABLED
+    for _ in range(4):
+        lease = p.try_acquire()
+        assert lease is not None and lease.alias == "key-2"
+        p.release(lease, ok=True)
+    p.disable("key-2", "by hand", by_operator=True)
+    assert p.try_acquire() is None  # not even as the last key left
+    p.enable("key-1")
+    lease = p.try_acquire()
+    assert lease is not None and lease.alias == "key-1"
+
+
+def test_the_first_429_without_retry_after_cools_briefly_and_a_run_of_them_longer():
+    p, clock = pool(1)
+    p.release(_lease(p, "key-1"), ok=False, kind="rate")
+    first = p.by_alias["key-1"]
+    budget = p.paths[(first.index, p.models[0])][0]
+    assert budget.cooldown_until - clock.now == pytest.approx(26.5)  # not cooldown_max_s (120) for one refusal
+    for _ in range(6):
+        clock.now = budget.cooldown_until + 0.1
+        p.release(_lease(p, "key-1"), ok=False, kind="rate")
+    assert budget.cooldown_until - clock.now == pytest.approx(120)  # refused every time: the longest
+
+
 def test_acquire_waits_for_the_first_key_to_recover_then_gives_up_at_the_deadline():
     async def scenario() -> None:
         p = KeyPool([ApiKeyConfig(key=SecretStr("s"), alias="k", max_in_flight=1)])

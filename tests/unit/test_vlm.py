@@ -258,3 +258,26 @@ async def test_verify_keys_checks_every_model_and_says_which_keys_share_a_quota(
     assert groups[("acct-a", "qwen-vl-max")]["limits"] == {"account": {"rpm": 120}}
     assert groups[("solo", "qwen-vl-max")]["shared"] is False and groups[("solo", "qwen-vl-max")]["limits"] is None
     assert GOOD not in json.dumps(out) and OTHER not in json.dumps(out)
+
+
+def test_retry_after_reads_seconds_and_http_dates_and_refuses_the_endless():
+    from agents.vlm_client import RETRY_AFTER_MAX_S, _retry_after
+
+    now = 1_445_412_000.0  # Wed, 21 Oct 2015 07:20:00 GMT
+    assert _retry_after({"Retry-After": "7"}, now) == 7.0
+    assert _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, now) == 480.0
+    assert _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:10:00 GMT"}, now) == 0.0  # already past
+    assert _retry_after({"Retry-After": "-3"}, now) == 0.0
+    assert _retry_after({"Retry-After": "inf"}, now) is None  # would cool a shared quota for ever
+    assert _retry_after({"Retry-After": "nan"}, now) is None
+    assert _retry_after({"Retry-After": "1e9"}, now) == RETRY_AFTER_MAX_S
+    assert _retry_after({"Retry-After": "soon"}, now) is None
+    assert _retry_after({}, now) is None and _retry_after(None, now) is None
+
+
+def test_the_simulator_gives_an_unlisted_key_an_account_of_its_own():
+    sim = SimVlm(SimConfig(accounts={"sk-listed-0001": "acct-a"}))
+    assert sim.account("sk-listed-0001") == "acct-a"
+    a, b = sim.account("sk-a-0001"), sim.account("sk-b-0001")  # same last 4 characters
+    assert a != b and a == sim.account("sk-a-0001")
+    assert "0001" not in a and "sk-" not in a  # no part of the key in the usage report
