@@ -57,11 +57,22 @@ def parse_relayed(data: object) -> tuple[str, str, str, dict[str, Any]] | None:
     return str(origin), kind, camera_id, payload
 
 
+#: The relay PINGs Redis after this long without a message, and reconnects after as long again.
+RELAY_SILENT_S = 15.0
+
+
 class ResultCache:
     """Latest result per camera and per task in Redis, with a TTL; results and alerts on pub/sub."""
 
     def __init__(
-        self, url: str, ttl_s: int, retry_s: float, *, prefix: str = "roadwatch:", queue_size: int = 2000
+        self,
+        url: str,
+        ttl_s: int,
+        retry_s: float,
+        *,
+        prefix: str = "roadwatch:",
+        queue_size: int = 2000,
+        relay_silent_s: float = RELAY_SILENT_S,
     ) -> None:
         self.url = url
         #: Every key and the channel start with it: deployments sharing a Redis never meet.
@@ -69,6 +80,7 @@ class ResultCache:
         self.channel = f"{prefix}results"
         self.ttl_s = ttl_s
         self.retry_s = retry_s
+        self.relay_silent_s = relay_silent_s
         #: (kind, camera_id, task_id, payload); kind "result" is cached and published, "alert" published.
         self.queue: asyncio.Queue[tuple[str, str, str, dict[str, Any]]] = asyncio.Queue(maxsize=queue_size)
         self.degraded_until = 0.0
@@ -149,14 +161,30 @@ class ResultCache:
 
         This worker's own messages are skipped: its WebSocket clients got them directly. Anything
         else on the channel is counted and dropped. Reconnects after ``retry_s`` when Redis is away,
-        closing the client it had.
+        closing the client it had. A subscriber only reads, so a connection whose other end vanished
+        without a reset (a Redis host gone) would wait for ever: after ``relay_silent_s`` without a
+        message it PINGs, and a second silence as long reconnects.
         """
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0, socket_keepalive=True)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
-                    async for message in pubsub.listen():
+                    heard, pinged = time.monotonic(), False
+                    while True:
+                        message = await pubsub.get_message(timeout=min(1.0, self.relay_silent_s))
+                        now = time.monotonic()
+                        if message is None:
+                            if now - heard < self.relay_silent_s:
+                                continue
+                            if pinged:
+                                raise TimeoutError(
+                                    f"Redis silent for {2 * self.relay_silent_s:.0f}s, a PING unanswered"
+                                )
+                            await pubsub.ping()
+                            heard, pinged = now, True
+                            continue
+                        heard, pinged = now, False
                         if message.get("type") != "message":
                             continue
                         data = message.get("data")
@@ -174,7 +202,8 @@ class ResultCache:
                         except Exception:  # an app task that raises crashes the worker: never here
                             metrics.relay_dropped_total.inc()
                             logger.warning("relayed %s of camera %s not delivered", kind, camera_id, exc_info=True)
-            except (RedisError, OSError, TimeoutError):
+            except (RedisError, OSError, TimeoutError) as exc:
+                logger.info("relay from Redis interrupted (%s): reconnecting in %.0fs", exc, self.retry_s)
                 await asyncio.sleep(self.retry_s)
             finally:
                 await client.aclose()

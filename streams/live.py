@@ -1,8 +1,11 @@
 """WebSocket fan-out: every browser gets the new results and alerts, and a slow one hurts nobody.
 
-Each client has a small queue. Publishing never waits: when a client's queue is full the
-oldest message is dropped (and counted), and a client that stays full for a while is
-disconnected. A client may subscribe to some cameras only (``/ws?cameras=a,b``).
+Each client has a small mailbox. Publishing never waits: when a client's mailbox is full the
+oldest result is dropped (and counted), never an alert while a result is left to drop (a
+dropped alert would be gone from that dashboard until a reload; a result is superseded by the
+camera's next one). A client whose mailbox stays full for ``max_drops`` publishes in a row is
+disconnected; one that drains its mailbox between bursts starts counting again. A client may
+subscribe to some cameras only (``/ws?cameras=a,b``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,17 +21,46 @@ from streams import metrics
 
 logger = logging.getLogger(__name__)
 
+#: What a mailbox yields to say the hub has let its client go.
+CLOSE = "__close__"
+
 
 @dataclass(eq=False)
 class Subscriber:
     """One connected browser."""
 
     cameras: frozenset[str] | None
-    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=200))
+    maxsize: int = 200
+    #: (kind, text), oldest first
+    pending: deque[tuple[str, str]] = field(default_factory=deque)
+    #: messages dropped since the mailbox last had room when one was published
     dropped: int = 0
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, camera_id: str) -> bool:
         return self.cameras is None or camera_id in self.cameras
+
+    def full(self) -> bool:
+        return len(self.pending) >= self.maxsize
+
+    def put(self, kind: str, text: str) -> None:
+        self.pending.append((kind, text))
+        self._ready.set()
+
+    def drop_one(self) -> None:
+        """Make room: the oldest result goes, or the oldest message when there is none."""
+        for i, (kind, _) in enumerate(self.pending):
+            if kind != "alert":
+                del self.pending[i]
+                return
+        self.pending.popleft()
+
+    async def get(self) -> str:
+        """The next message for the browser (``CLOSE`` when the hub let it go)."""
+        while not self.pending:
+            self._ready.clear()
+            await self._ready.wait()
+        return self.pending.popleft()[1]
 
 
 class LiveHub:
@@ -54,16 +87,19 @@ class LiveHub:
         for sub in list(self.subscribers):
             if not sub.wants(camera_id):
                 continue
-            if sub.queue.full():
-                sub.queue.get_nowait()
+            if not sub.full():
+                sub.dropped = 0  # it had room: it keeps up, whatever it dropped in an earlier burst
+            else:
+                sub.drop_one()
                 sub.dropped += 1
                 metrics.ws_dropped_total.inc()
                 if sub.dropped > self.max_drops:
                     logger.info("dropping a WebSocket client that does not keep up")
                     self.unsubscribe(sub)
-                    sub.queue.put_nowait("__close__")
+                    sub.pending.clear()
+                    sub.put("close", CLOSE)
                     continue
-            sub.queue.put_nowait(text)
+            sub.put(kind, text)
 
 
 hub = LiveHub()

@@ -8,6 +8,7 @@ when the worker starts, never when a module is imported. Until then every reques
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
@@ -71,6 +72,26 @@ class WebAuth:
             raise ConfigError(f"the web token in {path} {problem}: delete the file to have a new one made")
         self.token = token
 
+    def cross_site(self, request: Any) -> str | None:
+        """Why a request with auth off may come from another site's page (None: it does not).
+
+        With auth off (the local stack) nothing else would stop a page the developer visits from
+        POSTing to ``/keys/key-1/disable`` (a form POST needs no CORS preflight) or reading ``/ws``;
+        nor, by DNS rebinding (its own name pointed at 127.0.0.1), from reading every view. So the
+        Host must be ``localhost`` or an IP address, and a browser's Origin, when sent, that Host.
+        With auth on, such a page lacks the token.
+        """
+        if self.required:
+            return None
+        host = request.host or ""
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1 : host.find("]")]
+        if name != "localhost" and not _is_ip(name):
+            return f"Host {host!r} is not localhost or an IP address (auth is off: set a web token to serve a name)"
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.split("://", 1)[-1].rstrip("/") != host:
+            return "a request from another site's page (Origin differs from Host) while auth is off"
+        return None
+
     def allows(self, request: Any) -> bool:
         """True for an open path, when auth is off, or when the request carries the token."""
         if request.path in OPEN_PATHS or not self.required:
@@ -80,3 +101,11 @@ class WebAuth:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         given = bearer or request.query.get("token", "")
         return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

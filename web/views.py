@@ -29,7 +29,7 @@ from streams.app import app, settings
 from streams.errors import ImageMissing
 from streams.faust_seam import limit_request_body
 from streams.lag import guard as stall_guard
-from streams.live import hub
+from streams.live import CLOSE, hub
 from streams.table_values import CameraFrame, CameraState, CameraView
 from streams.tables import (
     alerts_live,
@@ -40,7 +40,7 @@ from streams.tables import (
     detections,
     results,
 )
-from web.auth import WebAuth
+from web.auth import OPEN_PATHS, WebAuth
 
 logger = logging.getLogger(__name__)
 TABLES = {"detections": detections, "results": results, "camera_view": camera_view, "camera_state": camera_state}
@@ -58,6 +58,8 @@ async def require_token(request: web.Request, handler: Any) -> web.StreamRespons
     both answered before any handler runs."""
     if not auth.allows(request):
         return web.json_response({"error": "unauthorized: pass the web token as Bearer or ?token="}, status=401)
+    if request.path not in OPEN_PATHS and (why := auth.cross_site(request)) is not None:
+        return web.json_response({"error": f"refused: {why}"}, status=403)
     if (request.content_length or 0) > settings.web_max_body:
         return web.json_response({"error": f"request body over {settings.web_max_body} bytes"}, status=413)
     response: web.StreamResponse = await handler(request)
@@ -249,8 +251,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
     async def pump() -> None:
         while True:
-            text = await sub.queue.get()
-            if text == "__close__":
+            text = await sub.get()
+            if text == CLOSE:
                 await ws.close()
                 return
             await ws.send_str(text)

@@ -50,6 +50,19 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
             await page.goto(f"http://127.0.0.1:{worker.port}/?token={os.environ['ROADWATCH_WEB_TOKEN']}")
             await page.wait_for_selector(".tile[data-camera='cam-c'] img", timeout=15_000)
             await page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=15_000)
+            # the inline crop decodes with auth on (a token appended to its data URL corrupted it)
+            await page.wait_for_function(
+                "(() => { const i = document.querySelector(\".tile[data-camera='cam-c'] .crop img\");"
+                " return i && i.complete && i.naturalWidth > 0; })()",
+                timeout=10_000,
+            )
+            # a crop URL from elsewhere (a relayed payload is not trusted) is not loaded: the token
+            # would go with it
+            assert await page.evaluate("imageSrc('https://evil.example/p.gif')") is None
+            assert (
+                await page.evaluate("imageSrc('data:image/jpeg;base64,/9j/4AAQ')") == "data:image/jpeg;base64,/9j/4AAQ"
+            )
+            assert (await page.evaluate("imageSrc('/images/file/12-ab')")).startswith("/images/file/12-ab?token=")
             await page.wait_for_timeout(1500)  # the WebSocket is connected and the alert list loaded
             before = await page.locator("#alerts li").count()
             task_id = "browser-" + uuid.uuid4().hex[:8]

@@ -587,3 +587,26 @@ def test_the_file_store_sweeps_whole_minutes_past_the_ttl(tmp_path, monkeypatch)
     for bad in ("file://x1-abc", "file://-abc", "file://12-../etc", "file://12-ABC"):
         with pytest.raises(ImageMissing, match="malformed"):
             store.get(bad)
+
+
+def test_with_auth_off_only_a_local_host_and_a_same_site_page_get_in():
+    from types import SimpleNamespace
+
+    from web.auth import WebAuth
+
+    auth = WebAuth()
+    auth.required = False  # the local stack (make run)
+
+    def request(host: str, origin: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(host=host, headers={} if origin is None else {"Origin": origin}, path="/keys/")
+
+    for host in ("127.0.0.1:6066", "localhost:6066", "[::1]:6066", "10.0.0.5:6066", "localhost"):
+        assert auth.cross_site(request(host)) is None, host
+    assert auth.cross_site(request("127.0.0.1:6066", "http://127.0.0.1:6066")) is None  # the dashboard itself
+    # a page elsewhere POSTing to the keys, or opening /ws
+    assert "another site" in auth.cross_site(request("127.0.0.1:6066", "https://evil.example"))
+    assert "another site" in auth.cross_site(request("127.0.0.1:6066", "null"))  # a sandboxed frame
+    # DNS rebinding: the attacker's own name, pointed at 127.0.0.1, is same-origin with itself
+    assert "not localhost" in auth.cross_site(request("evil.example:6066", "http://evil.example:6066"))
+    auth.required = True  # with auth on such a page lacks the token; names behind a proxy are fine
+    assert auth.cross_site(request("roadwatch.example.com", "https://roadwatch.example.com")) is None
