@@ -35,11 +35,12 @@ def merge_alert(
             continue
         if alert["raised_at"] - float(old.get("last_raised_at", old["raised_at"])) > cooldown_s * 1000:
             break
-        if awaits_verdict(old) and alert.get("source", "vlm") == "vlm":
+        source = alert.get("source", "vlm")
+        if awaits_verdict(old) and source == "vlm":
             if float(alert.get("captured_at", 0.0)) >= float(old.get("captured_at", 0.0)):
                 return [judged(old, alert), *recent[:i], *recent[i + 1 :]][:keep], True
-            # an answer about a frame from before the conflict was measured says nothing about it
-            return recent, False
+            # an answer about a frame from before the conflict was measured does not judge it; a
+            # graver one is still news (merged below: the measured alert keeps awaiting its verdict)
         escalated = risk_rank(alert["level"]) > risk_rank(old["level"])
         merged = {
             **old,
@@ -50,7 +51,12 @@ def merge_alert(
             "last_task_id": alert["task_id"],
             "summary": alert["summary"] if escalated else old["summary"],
         }
-        if escalated and old.get("verdict"):  # a judged measured alert that a later answer escalates
+        if escalated and source == "measured":
+            # the measures found it graver since: a measured alert on the new frame again, awaiting
+            # the VLM's answer about that frame (whatever an earlier answer said of an earlier one)
+            merged.pop("verdict", None)
+            merged.update(source="measured", captured_at=alert.get("captured_at", old.get("captured_at", 0.0)))
+        elif escalated and old.get("verdict"):  # a judged measured alert that a later answer escalates
             merged["verdict"] = "escalated"
         return [merged, *recent[:i], *recent[i + 1 :]][:keep], escalated
     return [{**alert, "count": 1, "last_raised_at": alert["raised_at"]}, *recent][:keep], True

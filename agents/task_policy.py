@@ -9,8 +9,9 @@ What is "new" follows the risk, not the track set: a group with pedestrians and 
 only when it holds a (pedestrian, vehicle) pair not assessed within the refresh period, so a
 third car driving up to an assessed pedestrian-car pair costs a call, while the same pair
 re-clustered with a parked bus does not. Groups without a pedestrian near a vehicle (vehicle
-clusters, lone road users) may only spend tokens above a reserve of half the burst, so that they
-never empty the bucket a pedestrian stepping out will need a moment later.
+clusters, lone road users) and measured vehicle-vehicle conflicts may only spend tokens above a
+reserve of ``RESERVE`` of the burst, so that they never empty the bucket a pedestrian stepping
+out will need a moment later.
 
 The per-camera state is a plain JSON dict that lives in the ``camera_state`` table; its shape is
 :class:`streams.table_values.CameraState`.
@@ -93,8 +94,6 @@ def measured_alerts(
     answer to the group's task then confirms, escalates or downgrades that alert.
     """
     seen = st.setdefault("conflicts", {})
-    groups = conflicts_by_group(det)
-    group_of = {conflict_key(c): gid for gid, c in groups.items()}
     out = []
     for conflict in det.conflicts or []:
         key = conflict_key(conflict)
@@ -106,8 +105,30 @@ def measured_alerts(
         if recent and risk_rank(conflict.level) <= risk_rank(entry["alert_level"]):
             continue
         entry["alert_at"], entry["alert_level"] = now_s, conflict.level
-        out.append(MeasuredAlert(conflict, group_of.get(key, "")))
+        out.append(MeasuredAlert(conflict, group_holding(det, conflict)))
     return out
+
+
+def conflict_interest(conflict: Conflict) -> float:
+    """Where a conflict's task ranks among the frame's candidates: conflicts with a pedestrian or a
+    cyclist first, the graver first; a vehicle-vehicle conflict below every group with a pedestrian
+    near a vehicle, so it spends only tokens above the reserve (its measured alert does not need
+    the VLM; queued cars in conflict after conflict emptied the bucket a pedestrian stepping out
+    needed a moment later)."""
+    rank = max(0, risk_rank(conflict.level))
+    if conflict.pair == "vehicle-vehicle":
+        return RISK_INTEREST - 0.06 + 0.01 * rank
+    return 2.0 + rank
+
+
+def group_holding(det: DetectionResult, conflict: Conflict) -> str:
+    """The group both road users of ``conflict`` are in ("" if none): the group the VLM judges, which
+    is where every conflict of it alerts (not only its most urgent one: another had no group, so
+    no task, and its alert awaited a verdict that could never come)."""
+    for group in det.groups:
+        if conflict.a in group.track_ids and conflict.b in group.track_ids:
+            return group.group_id
+    return ""
 
 
 def _new_conflict(now_s: float) -> SeenConflict:
@@ -254,7 +275,9 @@ def plan_tasks(
             entry["last"] = now_s
             stale = now_s - entry["task_at"] >= budget.refresh_s
             if stale or risk_rank(conflict.level) > risk_rank(entry["task_level"]):
-                candidates.append((2.0, Decision(group, "conflict", conflict), risk_pairs(group, det)))
+                candidates.append(
+                    (conflict_interest(conflict), Decision(group, "conflict", conflict), risk_pairs(group, det))
+                )
                 continue
         if group.interest < budget.min_interest:
             skipped["low_interest"] = skipped.get("low_interest", 0) + 1

@@ -53,6 +53,11 @@ class Calibration:
     ground_side: float = 1.0
 
     @property
+    def checked(self) -> bool:
+        """Whether the points can show a mistake: 4 fit any homography exactly, errors of 0 whatever they are."""
+        return len(self.image_points) >= 5
+
+    @property
     def rms_error_m(self) -> float:
         return float(np.sqrt(np.mean(self.errors_m**2)))
 
@@ -73,6 +78,11 @@ class Calibration:
     def report(self) -> str:
         """The fit per point, for a person checking it."""
         lines = [f"homography from {len(self.image_points)} points, RMS error {self.rms_error_m:.3f} m"]
+        if not self.checked:
+            lines.append(
+                "  4 points fit exactly: their errors are 0 whatever they are, so a mistyped point cannot show"
+                " here; add a fifth point, or check the ground grid (--grid) by eye"
+            )
         for (u, v), (x, y), em, ep in zip(
             self.image_points, self.ground_points, self.errors_m, self.errors_px, strict=True
         ):

@@ -15,6 +15,7 @@ cameras:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from models.calibration import MAX_ERROR_M, Calibration, CalibrationError, fit
 from streams.errors import ConfigError
 from streams.records import CAMERA_ID as ID
+
+logger = logging.getLogger(__name__)
 
 
 class CalibrationConfig(BaseModel):
@@ -47,6 +50,11 @@ class CalibrationConfig(BaseModel):
             self._fitted = fit(self.points, self.max_error_m)
         except CalibrationError as exc:
             raise ValueError(str(exc)) from exc
+        if not self._fitted.checked:
+            logger.warning(
+                "a calibration of 4 points fits them exactly, so a mistyped one cannot be caught: add a fifth, "
+                "or check the grid of python -m models.calibration by eye"
+            )
         return self
 
     def fitted(self) -> Calibration:

@@ -840,7 +840,7 @@ class GroundTrack:
 
     def update(self, t: float, x: float, y: float) -> GroundState:
         """Add a position; return the smoothed state."""
-        if self.samples and t <= self.samples[-1][0]:
+        while self.samples and t <= self.samples[-1][0]:  # a repeated or older time replaces what it follows
             self.samples.pop()
         self.samples.append((t, x, y))
         # at least three kept, so a camera at 1-1.5 fps, or 2 fps with jittery capture times, still has

@@ -17,7 +17,7 @@ from models.calibration import fit
 from models.ground_view import GroundView, Seen, conflict_level
 from models.ssm import Thresholds
 from sim.records import assessment_task, detection
-from streams.records import Conflict, DetectionResult, decode, to_bytes
+from streams.records import Conflict, DetectedObject, DetectionResult, TrafficGroup, decode, to_bytes
 from streams.settings import Settings
 
 BUDGET = Budget(refresh_s=20.0, per_min=6.0, burst=3.0, min_interest=0.3)
@@ -192,7 +192,8 @@ def test_the_simulated_cameras_ship_a_calibration() -> None:
     cams = load_cameras(Path(__file__).parents[2] / "deploy" / "cameras.sim.yaml")
     assert cams and all(c.calibration is not None for c in cams)
     calib = cams[0].calibration.fitted()  # type: ignore[union-attr]
-    assert np.allclose(calib.to_ground([[640, 0]]), [[40, 22.5]])
+    assert calib.checked  # five points: a mistyped one would show
+    assert np.allclose(calib.to_ground([[320, 90], [100, 300]]), [[20, 16.875], [6.25, 3.75]])  # 16 px a metre
 
 
 def test_an_assessment_task_without_a_conflict_describes_as_before() -> None:
@@ -234,6 +235,41 @@ def test_an_answer_about_a_frame_before_the_conflict_does_not_judge_it() -> None
     later = {**alert("v2", "critical", 102), "captured_at": 100_500.0}
     recent, publish = merge_alert(recent, later, 60.0, 10)
     assert publish and recent[0]["verdict"] == "escalated"
+
+
+def test_a_graver_answer_about_an_earlier_frame_is_still_published_and_the_conflict_still_awaits() -> None:
+    measured = {**alert("m", "high", 100, "measured"), "captured_at": 100_000.0}
+    recent, _ = merge_alert([], measured, 60.0, 10)
+    earlier = {**alert("v", "critical", 101), "captured_at": 99_000.0}
+    recent, publish = merge_alert(recent, earlier, 60.0, 10)
+    assert publish and len(recent) == 1 and recent[0]["level"] == "critical"
+    assert pending_measured(recent, "g", 101_500, 60.0)  # the answer about its own frame is still to come
+
+
+def test_a_measured_alert_the_measures_make_graver_after_a_verdict_awaits_the_vlm_again() -> None:
+    recent, _ = merge_alert([], {**alert("m", "high", 100, "measured"), "captured_at": 100_000.0}, 60.0, 10)
+    recent, _ = merge_alert(recent, {**alert("v", "low", 101), "captured_at": 100_000.0}, 60.0, 10)
+    assert recent[0]["verdict"] == "downgraded" and recent[0]["level"] == "low"
+    graver = {**alert("m2", "critical", 102, "measured"), "captured_at": 102_000.0}
+    recent, publish = merge_alert(recent, graver, 60.0, 10)
+    assert publish and recent[0]["level"] == "critical" and recent[0]["source"] == "measured"
+    assert not recent[0].get("verdict")  # not "escalated": the VLM said low; the measures said critical
+    assert pending_measured(recent, "g", 102_500, 60.0, captured_at=102_000.0)
+    recent, publish = merge_alert(recent, {**alert("v2", "low", 103), "captured_at": 102_000.0}, 60.0, 10)
+    assert publish and (recent[0]["level"], recent[0]["verdict"]) == ("low", "downgraded")
+
+
+def test_every_conflict_inside_a_group_alerts_on_that_group() -> None:
+    state, _, _ = plan_tasks(None, detection("c", 1), 100.0, BUDGET)
+    det = detection("c", 2, track_base=2)
+    a, b = det.groups[0].track_ids
+    det.groups[0].track_ids = [a, b, 9]  # a third road user in the group, in a second conflict
+    det.conflicts = [
+        Conflict(a=a, b=b, pair="pedestrian-vehicle", ttc_s=0.4, level="critical"),
+        Conflict(a=a, b=9, pair="pedestrian-vehicle", ttc_s=0.9, level="high"),
+    ]
+    alerts = measured_alerts(state, det, 100.0, "high", 60.0)
+    assert [(x.conflict.b, x.group_id) for x in alerts] == [(b, det.groups[0].group_id), (9, det.groups[0].group_id)]
 
 
 def test_a_pixel_beyond_the_horizon_has_no_ground_point() -> None:
@@ -281,3 +317,39 @@ def test_a_conflict_between_road_users_in_different_groups_gets_a_group_of_its_o
     assert [(g.track_ids, g.members, g.kind) for g in extra] == [([1, 2], [0, 1], "pedestrian_vehicle")]
     assert extra[0].interest >= 0.3  # above the shipped min_group_score: the producer crops it
     assert conflict_groups(objects, [*groups, *extra], [conflict]) == []
+
+
+def test_queued_cars_in_conflict_leave_the_reserve_to_a_pedestrian() -> None:
+    budget = Budget(refresh_s=20.0, per_min=30.0, burst=20.0, min_interest=0.3)
+    state = None
+    for seq in range(1, 5):  # 8 following conflicts a frame, each between two new cars
+        det = detection("c", seq, track_base=1000 * seq)
+        det.groups, det.objects = [], []
+        groups, objects, conflicts = [], [], []
+        for k in range(8):
+            a, b = 1000 * seq + 2 * k + 1, 1000 * seq + 2 * k + 2
+            cars = [
+                DetectedObject(
+                    track_id=t, cls="car", conf=0.9, bbox=[100.0 * k, 10.0 * i, 100.0 * k + 60, 10.0 * i + 30]
+                )
+                for i, t in enumerate((a, b))
+            ]
+            objects += cars
+            groups.append(
+                TrafficGroup(
+                    group_id=f"g{a}-{b}",
+                    kind="vehicle_cluster",
+                    track_ids=[a, b],
+                    members=[len(objects) - 2, len(objects) - 1],
+                    bbox=[100.0 * k, 0.0, 100.0 * k + 60, 40.0],
+                    min_gap=0.2,
+                    interest=0.4,
+                )
+            )
+            conflicts.append(Conflict(a=a, b=b, pair="vehicle-vehicle", ttc_s=0.9, level="high"))
+        det.objects, det.groups, det.conflicts = objects, groups, conflicts
+        state, decisions, _ = plan_tasks(state, det, 100.0 + seq * 0.5, budget)
+        assert state["tokens"] >= budget.burst * 0.8 - 1e-9  # the reserve stays
+    pedestrian = with_conflict(detection("c", 9, track_base=9000), "medium")
+    _, decisions, _ = plan_tasks(state, pedestrian, 102.5, budget)
+    assert [d.reason for d in decisions] == ["conflict"]

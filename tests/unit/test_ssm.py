@@ -169,6 +169,16 @@ def test_calibration_fits_and_refuses() -> None:
     assert "off by" in str(refused.value).split("\n", 1)[1]  # each point's error follows
 
 
+def test_four_points_are_said_to_be_unchecked_and_a_fifth_catches_a_mistyped_one() -> None:
+    square = [[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 40, 22.5], [0, 0, 0, 22.5]]
+    typo = [[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 40, 2.25], [0, 0, 0, 22.5]]  # 22.5 typed 2.25
+    four = fit(typo)  # accepted: 4 points fit any homography exactly
+    assert not four.checked and four.rms_error_m < 1e-6 and "cannot show" in four.report()
+    assert fit([*square, [160, 120, 10, 15]]).checked
+    with pytest.raises(CalibrationError, match=r"point \d is off by \d"):
+        fit([*typo, [160, 120, 10, 15]])
+
+
 def test_sumo_oracle_on_a_small_grid(tmp_path: Path) -> None:
     """The SUMO replay end to end on a 2-minute priority grid: every following conflict SUMO logs is seen
     with a TTC close to SUMO's, and the PETs of its crossings are found."""
@@ -383,3 +393,13 @@ def test_a_crossing_drac_is_the_gentler_way_out_not_closing_speed_over_twice_the
     assert (c.ttc_s, c.drac_mps2) == pytest.approx((1.66, 2 * (10 - 16.6 / 1.84) / 1.84))
     (c,) = measure([car(1, -20, 0, east, 10), car(2, 0, 0, north, 0)], lookahead_s=0.5)
     assert (c.ttc_s, c.drac_mps2) == pytest.approx((1.66, 100 / 33.2))
+
+
+def test_a_ground_track_given_a_time_it_has_passed_starts_over_from_there() -> None:
+    track = GroundTrack()
+    track.update(0.0, 0.0, 0.0)
+    track.update(0.5, 5.0, 0.0)
+    state = track.update(0.0, 1.0, 0.0)  # a clock stepped back: no two samples at one time (it divided by 0)
+    assert (state.x, state.vx) == (1.0, 0.0) and len(track.samples) == 1
+    state = track.update(0.5, 6.0, 0.0)
+    assert state.vx == pytest.approx(10.0)
