@@ -71,15 +71,19 @@ def libs_dir(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
-def free_port(run: int = 1) -> int:
+def free_port(run: int = 1, attempts: int = 200) -> int:
     """A loopback port free now, and with ``run`` > 1 the ``run - 1`` ports after it too (a
-    producer supervisor's children listen on the ports after its own)."""
-    while True:
+    producer supervisor's children listen on the ports after its own). The kernel's pick is tried
+    ``attempts`` times before giving up: a crowded port range must not spin forever."""
+    if not 1 <= run <= 1000:
+        raise ValueError(f"run of {run} ports: 1 to 1000")
+    for _ in range(attempts):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
         if all(_bindable(port + i) for i in range(1, run)):
             return port
+    raise OSError(f"no run of {run} free loopback ports found in {attempts} tries")
 
 
 def _bindable(port: int) -> bool:

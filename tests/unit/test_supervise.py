@@ -133,3 +133,18 @@ def test_the_supervisor_serves_every_childs_metrics_on_one_port():
         assert up == {"0": 1, "1": 1, "2": 0, "3": 0, "4": 0}
     garbled.shutdown()
     hung.close()
+
+
+def test_free_port_gives_up_on_a_crowded_range_instead_of_spinning(monkeypatch):
+    import pytest
+
+    from ops import kafka
+
+    monkeypatch.setattr(kafka, "_bindable", lambda port: False)  # every neighbour taken
+    with pytest.raises(OSError, match="no run of 3 free loopback ports found in 5 tries"):
+        kafka.free_port(run=3, attempts=5)
+    with pytest.raises(ValueError):
+        kafka.free_port(run=0)
+    monkeypatch.undo()
+    port = kafka.free_port(run=2)
+    assert kafka._bindable(port) and kafka._bindable(port + 1)
