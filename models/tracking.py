@@ -192,8 +192,10 @@ class Tracker:
                 other = detections[j].bbox
                 if j in used or other[0] - box[2] > box[3] - box[1]:
                     continue
-                if _side_by_side([box, other]) and self._cut_known(box, other):
-                    box = union_box([box, other])
+                joined = union_box([box, other])
+                wide = joined[2] - joined[0] >= joined[3] - joined[1]  # two pedestrians side by side are not a car
+                if wide and _side_by_side([box, other]) and self._cut_known(box, other):
+                    box = joined
                     used.add(j)
             used.add(i)
             if box == detections[i].bbox:

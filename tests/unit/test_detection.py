@@ -10,7 +10,7 @@ import pytest
 
 from models.cameras import load_cameras
 from models.crops import crop_group
-from models.detectors import MotionDetector, ReplayDetector
+from models.detectors import Detection, MotionDetector, ReplayDetector
 from models.geometry import iou
 from models.grouping import cluster
 from models.tracking import Tracker
@@ -473,3 +473,23 @@ def test_node_speed_ratios_compare_runs_of_the_same_round():
     assert paired_ratio([210.0, 110.0, 160.0], [200.0, 100.0, 150.0]) == 1.067  # each round ahead, medians 160/150
     with pytest.raises(ValueError):
         paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_two_pedestrians_side_by_side_at_a_post_are_not_joined_into_a_car():
+    from models.tracking import CUT_CELL, Track, Tracker
+
+    def tracker() -> Tracker:  # a post's columns where 3 vehicles were cut; a car tracked elsewhere
+        cuts = {cell: {11, 12, 13} for cell in range(280 // CUT_CELL, 320 // CUT_CELL + 1)}
+        return Tracker(tracks=[Track(99, "car", (600.0, 100.0, 660.0, 140.0), 9.5, hits=5)], _cuts=cuts)
+
+    pair = [
+        Detection("person", 0.8, (280.0, 130.0, 298.0, 200.0)),
+        Detection("person", 0.8, (304.0, 128.0, 322.0, 200.0)),
+    ]
+    assert [d.cls for d in tracker().split_merged(pair, 10.0)] == ["person", "person"]
+    # the two halves of a car behind the same post still are
+    halves = [
+        Detection("person", 0.8, (250.0, 150.0, 290.0, 184.0)),
+        Detection("person", 0.8, (300.0, 151.0, 330.0, 184.0)),
+    ]
+    assert [(d.cls, d.bbox) for d in tracker().split_merged(halves, 10.0)] == [("car", (250.0, 150.0, 330.0, 184.0))]
