@@ -89,14 +89,24 @@ def parse_answer(text: str) -> Assessment:
     """Parse the model's message content into an Assessment, or raise UnparseableAnswer."""
     if not text or not text.strip():
         raise UnparseableAnswer("empty answer")
+    found: list[Assessment] = []
+    problem: UnparseableAnswer | None = None
     for candidate in _json_objects(text):
         try:
             data = json.loads(candidate)
         except ValueError:
             continue
         if isinstance(data, dict) and ("risk_level" in data or "risk_score" in data):
-            return _from_dict(data)
-    raise UnparseableAnswer(f"no JSON risk assessment in answer: {text[:160]!r}")
+            try:  # a model may echo the prompt's template ("none|low|...") before its answer
+                found.append(_from_dict(data))
+            except UnparseableAnswer as exc:
+                problem = problem or exc
+    if not found:
+        raise problem or UnparseableAnswer(f"no JSON risk assessment in answer: {text[:160]!r}")
+    levels = sorted({a.risk_level for a in found}, key=RISK_LEVELS.index)
+    if len(levels) > 1:  # "for example {none}... here: {critical}": not guessed
+        raise UnparseableAnswer(f"the answer holds assessments that disagree ({', '.join(levels)})")
+    return found[0]
 
 
 def _from_dict(data: dict[str, object]) -> Assessment:
@@ -121,6 +131,10 @@ def _from_dict(data: dict[str, object]) -> Assessment:
         score = _unit_score(score, level, raw_score)
     if level is None and score is None:
         raise UnparseableAnswer("answer has neither risk_level nor risk_score")
+    if level is not None and score is not None:
+        apart = abs(RISK_LEVELS.index(level) - RISK_LEVELS.index(_level_from_score(score)))
+        if apart > 1:  # "none" at 0.97: alerts go by the level, so neither may be taken for the other
+            raise UnparseableAnswer(f"risk_level {level!r} contradicts risk_score {raw_score!r}")
     if level is None and score is not None:
         level = _level_from_score(score)
     if score is None and level is not None:

@@ -24,6 +24,14 @@ from streams.errors import UnparseableAnswer
         ('{"risk_score": 0.9}', "critical", 0.9),
         ('{"risk_level": "none"}', "none", 0.05),
         ('{"note": "{braces} in a string", "risk_level": "low", "risk_score": "0.3"}', "low", 0.3),
+        # the prompt's template echoed before the answer: skipped, not a failed (paid) call
+        (
+            'Format: {"risk_level": "none|low|medium|high|critical", "risk_score": 0.0}\n'
+            '{"risk_level": "high", "risk_score": 0.8, "summary": "close"}',
+            "high",
+            0.8,
+        ),
+        ('{"risk_level": "high", "risk_score": 0.5}', "high", 0.5),  # a band apart: the model's own pair
     ],
 )
 def test_answers_that_parse(text: str, level: str, score: float) -> None:
@@ -43,6 +51,8 @@ def test_answers_that_parse(text: str, level: str, score: float) -> None:
         '{"risk_score": "NaN"}',
         '{"risk_score": true}',
         '{"summary": "no level, no score"}',
+        '{"risk_level": "none", "risk_score": 0.97}',  # alerts go by the level: neither is taken
+        'For example {"risk_level": "none", "risk_score": 0.05}. Here: {"risk_level": "critical", "risk_score": 0.95}',
     ],
 )
 def test_garbage_is_a_clear_error(text: str) -> None:
