@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from agents.task_policy import UNGROUPED
 from streams import metrics
 from streams.records import risk_rank
 
@@ -63,8 +64,12 @@ def merge_alert(
 
 
 def awaits_verdict(alert: dict[str, Any]) -> bool:
-    """A measured alert the VLM has not judged yet."""
-    return alert.get("source") == "measured" and not alert.get("verdict")
+    """A measured alert the VLM has not judged yet, and will (one on no group has no task to judge it)."""
+    return (
+        alert.get("source") == "measured"
+        and not alert.get("verdict")
+        and not str(alert.get("group_id", "")).startswith(UNGROUPED)
+    )
 
 
 def pending_measured(

@@ -21,7 +21,15 @@ from faust.types import EventT
 
 from agents.camera_filter import check_camera
 from agents.detection_join import detection_join, record_detection
-from agents.task_policy import Budget, GlobalCap, MeasuredAlert, conflict_key, measured_alerts, plan_tasks
+from agents.task_policy import (
+    UNGROUPED,
+    Budget,
+    GlobalCap,
+    MeasuredAlert,
+    conflict_key,
+    measured_alerts,
+    plan_tasks,
+)
 from agents.worker_clients import current
 from streams import metrics
 from streams.app import app, settings
@@ -117,7 +125,7 @@ def measured_results_for(
 def measured_result(det: DetectionResult, alert: MeasuredAlert, now_s: float) -> RiskAssessment:
     """A measured conflict as a result: joined, cached, pushed and alerted on like the VLM's, without a call."""
     c = alert.conflict
-    group_id = alert.group_id or f"conflict-{conflict_key(c)}"
+    group_id = alert.group_id or UNGROUPED + conflict_key(c)
     return RiskAssessment(
         task_id=make_task_id(det.camera_id, det.frame_seq, group_id, det.run) + ":measured",
         camera_id=det.camera_id,

@@ -70,6 +70,11 @@ class MeasuredAlert:
     group_id: str
 
 
+#: The group id of a measured conflict no group holds (a road user already out of view): no task,
+#: no crop, so no VLM verdict will ever come for its alert.
+UNGROUPED = "conflict-"
+
+
 def conflict_key(conflict: Conflict) -> str:
     return f"{min(conflict.a, conflict.b)}~{max(conflict.a, conflict.b)}"
 

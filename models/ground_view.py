@@ -153,6 +153,9 @@ class ConflictMeter:
         self.lanes = lanes
         self.thresholds = thresholds
         self.paths = PathHistory()
+        #: each road user's latest state and when: the first of a PET pair has often left the view
+        #: (or missed a frame) by the time the second reaches where it passed
+        self._last_seen: dict[int, tuple[float, RoadUser]] = {}
         #: when the scene was last measured: the next look is expected as far ahead (ssm.measure's lookahead)
         self.last_t: float | None = None
         self.lookahead_s = 0.0
@@ -169,13 +172,20 @@ class ConflictMeter:
         for c in measure(members, th, self.lanes, self.lookahead_s):
             ttc = None if math.isinf(c.ttc_s) else round(c.ttc_s, 2)
             found[(min(c.a, c.b), max(c.a, c.b))] = self._conflict(users, c.a, c.b, c.pair, ttc, None, c.drac_mps2)
+        for user in members:
+            self._last_seen[user.track_id] = (t, user)
         for enc in self.paths.add(t, members):
-            if enc.pet_s > th.pet_s or enc.first not in users or enc.second not in users:
+            if enc.pet_s > th.pet_s:
                 continue
+            at_hand = users
+            if enc.first not in users or enc.second not in users:
+                at_hand = {**{k: u for k, (_, u) in self._last_seen.items()}, **users}
+                if enc.first not in at_hand or enc.second not in at_hand:
+                    continue
             key = (min(enc.first, enc.second), max(enc.first, enc.second))
             known = found.get(key)
             found[key] = self._conflict(
-                users,
+                at_hand,
                 enc.first,
                 enc.second,
                 enc.pair,
@@ -183,6 +193,8 @@ class ConflictMeter:
                 round(enc.pet_s, 2),
                 known.drac_mps2 if known else 0.0,
             )
+        horizon = t - self.paths.window_s
+        self._last_seen = {k: seen for k, seen in self._last_seen.items() if seen[0] >= horizon}
         vehicles = [u for u in members if u.kind == "vehicle"]
         if vehicles:
             self.lanes.learn(

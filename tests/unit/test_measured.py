@@ -353,3 +353,33 @@ def test_queued_cars_in_conflict_leave_the_reserve_to_a_pedestrian() -> None:
     pedestrian = with_conflict(detection("c", 9, track_base=9000), "medium")
     _, decisions, _ = plan_tasks(state, pedestrian, 102.5, budget)
     assert [d.reason for d in decisions] == ["conflict"]
+
+
+def test_a_pet_conflict_counts_when_the_first_road_user_has_left_the_frame() -> None:
+    from models.ground_view import ConflictMeter
+    from models.lanes import FlowMap
+    from models.ssm import RoadUser
+
+    def run(car_gone_from: float) -> list[tuple[float, float | None, str]]:
+        meter = ConflictMeter(FlowMap((-60, -60, 60, 60)), Thresholds())
+        out = []
+        for k in range(12):
+            t = k * 0.5
+            car = RoadUser(1, "car", -20 + 10 * t, 0.0, 10.0, 0.0, 0.0, 4.5, 1.8)  # over x = 0 at t = 2
+            ped = RoadUser(2, "person", 0.0, -5.1 + 1.5 * t, 0.0, 1.5, math.pi / 2, 0.5, 0.5)  # at y = 0 at t = 3.4
+            users = {2: ped} if t >= car_gone_from else {1: car, 2: ped}
+            out += [(t, c.pet_s, c.level) for c in meter.conflicts(t, users, list(users.values())) if c.pet_s]
+        return out
+
+    seen_throughout = run(car_gone_from=99.0)
+    assert seen_throughout == [(3.5, 0.38, "critical")]
+    assert run(car_gone_from=3.5) == seen_throughout  # out of view (or missed) when the pedestrian crosses
+
+
+def test_a_measured_alert_on_no_group_awaits_no_verdict() -> None:
+    from agents.task_policy import UNGROUPED
+
+    lone = {**alert("m", "high", 100, "measured"), "group_id": UNGROUPED + "1~2"}
+    recent, publish = merge_alert([], lone, 60.0, 10)
+    assert publish and not pending_measured(recent, UNGROUPED + "1~2", 101_000, 60.0)
+    assert pending_measured(merge_alert([], alert("m", "high", 100, "measured"), 60.0, 10)[0], "g", 101_000, 60.0)
