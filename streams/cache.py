@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -57,6 +57,8 @@ def parse_relayed(data: object) -> tuple[str, str, str, dict[str, Any]] | None:
     return str(origin), kind, camera_id, payload
 
 
+#: Alerts kept in the cache's list, and cameras a view lists from it at most.
+ALERTS_CACHED, CAMERAS_LISTED = 200, 10_000
 #: The relay PINGs Redis after this long without a message, and reconnects after as long again.
 RELAY_SILENT_S = 15.0
 
@@ -130,9 +132,18 @@ class ResultCache:
                 continue
             try:
                 pipe = self.client().pipeline(transaction=False)
+                now = time.time()
                 if kind == "result":
                     pipe.set(self.camera_key(camera_id), body, ex=self.ttl_s)
                     pipe.set(self.task_key(task_id), body, ex=self.ttl_s)
+                    # which cameras have a cached result: any worker's views list every camera
+                    pipe.zadd(self.cameras_key, {camera_id: now})
+                    pipe.zremrangebyscore(self.cameras_key, "-inf", now - self.ttl_s)
+                    pipe.expire(self.cameras_key, self.ttl_s)
+                elif kind == "alert":  # the latest alerts of every worker, for any worker's /alerts/
+                    pipe.lpush(self.alerts_key, body)
+                    pipe.ltrim(self.alerts_key, 0, ALERTS_CACHED - 1)
+                    pipe.expire(self.alerts_key, self.ttl_s)
                 pipe.publish(self.channel, message)
                 await pipe.execute()
                 self.written += 1
@@ -155,6 +166,14 @@ class ResultCache:
 
     def task_key(self, task_id: str) -> str:
         return f"{self.prefix}task:{task_id}"
+
+    @property
+    def cameras_key(self) -> str:
+        return f"{self.prefix}cameras"
+
+    @property
+    def alerts_key(self) -> str:
+        return f"{self.prefix}alerts"
 
     async def relay(self, deliver: Callable[[str, str, dict[str, Any]], None]) -> None:
         """Hand other workers' results and alerts from the pub/sub channel to ``deliver``.
@@ -217,6 +236,36 @@ class ResultCache:
         except (RedisError, OSError, TimeoutError):
             return {}
         return {c: orjson.loads(v) for c, v in zip(camera_ids, values, strict=True) if v}
+
+    async def known_cameras(self) -> list[str]:
+        """The cameras with a cached result (every worker's), at most ``CAMERAS_LISTED``."""
+        if self.degraded:
+            return []
+        try:
+            ids = await self.client().zrangebyscore(
+                self.cameras_key, time.time() - self.ttl_s, "+inf", start=0, num=CAMERAS_LISTED
+            )
+        except (RedisError, OSError, TimeoutError):
+            return []
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def recent_alerts(self) -> list[dict[str, Any]]:
+        """Every worker's latest alerts as cached, newest first (an updated alert appears again)."""
+        if self.degraded:
+            return []
+        try:
+            raw = await cast(Awaitable[list[bytes]], self.client().lrange(self.alerts_key, 0, ALERTS_CACHED - 1))
+        except (RedisError, OSError, TimeoutError):
+            return []
+        out = []
+        for item in raw:
+            try:
+                alert = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(alert, dict):
+                out.append(alert)
+        return out
 
     async def close(self) -> None:
         if self._task is not None:

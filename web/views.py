@@ -108,8 +108,11 @@ class Cameras(View):
             camera_summary(cid, local.get(cid), camera_state_live.get(camera_key(cid)), frames.get(cid))
             for cid in sorted(set(local) | set(frames))
         ]
-        known = set(request.query.get("also", "").split(",")) - set(local) - set(frames) - {""}
-        for cid, latest in (await current().cache.latest(sorted(known))).items():
+        # the cameras other workers own: those with a cached result, and any asked for (?also=)
+        cache = current().cache
+        asked = set(request.query.get("also", "").split(",")) | set(await cache.known_cameras())
+        known = asked - set(local) - set(frames) - {""}
+        for cid, latest in (await cache.latest(sorted(known))).items():
             rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
         return self.json({"cameras": rows, "count": len(rows)})
 
@@ -151,12 +154,23 @@ class Tables(View):
 
 @app.page("/alerts/")
 class Alerts(View):
-    """The last 100 alerts, newest first, across this worker's cameras."""
+    """The last 100 alerts, newest first: this worker's, and other workers' from the cache."""
 
     async def get(self, request: Request) -> Response:
-        merged = [a for _, items in alerts_live.items() for a in (items or [])]
-        merged.sort(key=lambda a: -float(a.get("raised_at", 0)))
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        cached = await current().cache.recent_alerts()
+        for alert in [*cached, *(a for _, items in alerts_live.items() for a in (items or []))]:
+            key = (str(alert.get("camera_id")), str(alert.get("task_id")))
+            old = latest.get(key)
+            # an alert updated since (a verdict, a repeat) is the one shown
+            if old is None or _updated_at(alert) >= _updated_at(old):
+                latest[key] = alert
+        merged = sorted(latest.values(), key=lambda a: -float(a.get("raised_at", 0)))
         return self.json({"alerts": merged[:100]})
+
+
+def _updated_at(alert: dict[str, Any]) -> float:
+    return float(alert.get("last_raised_at", alert.get("raised_at", 0)) or 0)
 
 
 @app.page("/keys/")

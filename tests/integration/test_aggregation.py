@@ -60,6 +60,28 @@ def test_two_workers_answer_the_same_for_every_camera(kafka, deployment, start_w
         # the latest frame is held by the worker that consumed the camera's detections: the one answering
         assert a["latest_detection"]["frame_seq"] in (0, 1), a
 
+    # the dashboard's lists: any worker lists every camera (those of the other through the cache),
+    # and every worker's alerts
+    def listed(port: int) -> list[str]:
+        return sorted(c["camera_id"] for c in get_json(f"http://127.0.0.1:{port}/cameras/")["cameras"])
+
+    for worker in (first, second):
+        wait_until(lambda w=worker: listed(w.port) == cameras, 20, f"all cameras listed by :{worker.port}")
+    alerted = {
+        a["camera_id"]
+        for port in (first.port, second.port)
+        for a in get_json(f"http://127.0.0.1:{port}/alerts/")["alerts"]
+    }
+    assert alerted, "the frames alert"
+    for worker in (first, second):
+        wait_until(
+            lambda w=worker: (
+                {a["camera_id"] for a in get_json(f"http://127.0.0.1:{w.port}/alerts/")["alerts"]} == alerted
+            ),
+            20,
+            f"every worker's alerts at :{worker.port}",
+        )
+
 
 def test_redelivering_results_changes_no_alert_count_or_cache_entry(kafka, deployment, start_worker, redis_url):
     received: list[dict[str, object]] = []
