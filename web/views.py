@@ -191,6 +191,8 @@ class Keys(View):
                 "quotas": pool.quota_snapshot(),
                 # today's calls, tokens and spend per account through this worker's partitions
                 "spend_today": clients.spend.today_by_account(),
+                # the models of the chain without a price: their calls cost 0 in spend_today
+                "unpriced_models": [m for m in pool.models if m not in clients.spend.prices],
             }
         )
 
