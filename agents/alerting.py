@@ -55,10 +55,16 @@ def merge_alert(
         if escalated and source == "measured":
             # the measures found it graver since: a measured alert on the new frame again, awaiting
             # the VLM's answer about that frame (whatever an earlier answer said of an earlier one)
-            merged.pop("verdict", None)
+            for stale in ("verdict", "measured_level", "measured_summary", "vlm_task_id"):
+                merged.pop(stale, None)
             merged.update(source="measured", captured_at=alert.get("captured_at", old.get("captured_at", 0.0)))
         elif escalated and old.get("verdict"):  # a judged measured alert that a later answer escalates
             merged["verdict"] = "escalated"
+        elif escalated and awaits_verdict(old):
+            # an answer about an earlier frame, graver: shown, while what the measures found is kept
+            # for the verdict still to come
+            merged.setdefault("measured_level", old["level"])
+            merged.setdefault("measured_summary", old["summary"])
         return [merged, *recent[:i], *recent[i + 1 :]][:keep], escalated
     return [{**alert, "count": 1, "last_raised_at": alert["raised_at"]}, *recent][:keep], True
 
@@ -92,7 +98,8 @@ def judged(measured: dict[str, Any], vlm: dict[str, Any]) -> dict[str, Any]:
     The verdict says which way the VLM went; the measured facts stay in ``measured_summary`` and
     ``measured_level``, so a reader sees both judgements.
     """
-    new, old = risk_rank(vlm["level"]), risk_rank(measured["level"])
+    measured_level = measured.get("measured_level", measured["level"])
+    new, old = risk_rank(vlm["level"]), risk_rank(measured_level)
     verdict = "escalated" if new > old else "confirmed" if new == old else "downgraded"
     return {
         **measured,
@@ -100,8 +107,8 @@ def judged(measured: dict[str, Any], vlm: dict[str, Any]) -> dict[str, Any]:
         "score": vlm["score"],
         "summary": vlm["summary"],
         "verdict": verdict,
-        "measured_level": measured["level"],
-        "measured_summary": measured["summary"],
+        "measured_level": measured_level,
+        "measured_summary": measured.get("measured_summary", measured["summary"]),
         "vlm_task_id": vlm["task_id"],
         "count": int(measured.get("count", 1)) + 1,
         "last_raised_at": vlm["raised_at"],

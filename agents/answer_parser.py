@@ -103,10 +103,9 @@ def parse_answer(text: str) -> Assessment:
                 problem = problem or exc
     if not found:
         raise problem or UnparseableAnswer(f"no JSON risk assessment in answer: {text[:160]!r}")
-    levels = sorted({a.risk_level for a in found}, key=RISK_LEVELS.index)
-    if len(levels) > 1:  # "for example {none}... here: {critical}": not guessed
-        raise UnparseableAnswer(f"the answer holds assessments that disagree ({', '.join(levels)})")
-    return found[0]
+    # several that disagree ("the pedestrian and the car: critical ... the parked cars: none"): the
+    # gravest, for the group holds them all (a refusal would be a paid call with no answer)
+    return max(found, key=lambda a: (RISK_LEVELS.index(a.risk_level), a.risk_score))
 
 
 def _from_dict(data: dict[str, object]) -> Assessment:
@@ -132,9 +131,12 @@ def _from_dict(data: dict[str, object]) -> Assessment:
     if level is None and score is None:
         raise UnparseableAnswer("answer has neither risk_level nor risk_score")
     if level is not None and score is not None:
-        apart = abs(RISK_LEVELS.index(level) - RISK_LEVELS.index(_level_from_score(score)))
-        if apart > 1:  # "none" at 0.97: alerts go by the level, so neither may be taken for the other
-            raise UnparseableAnswer(f"risk_level {level!r} contradicts risk_score {raw_score!r}")
+        by_score = _level_from_score(score)
+        if RISK_LEVELS.index(by_score) > RISK_LEVELS.index(level) + 1:
+            # "none" at 0.97: alerts go by the level, so the graver of the two stands
+            level = by_score
+        elif RISK_LEVELS.index(level) > RISK_LEVELS.index(by_score) + 1:
+            score = _LEVEL_SCORE[level]
     if level is None and score is not None:
         level = _level_from_score(score)
     if score is None and level is not None:

@@ -64,6 +64,8 @@ STATES = (AVAILABLE, IN_USE, COOLING, DISABLED)
 RECENT = 20
 #: A burst refusal without a Retry-After: wait this long; the calls after it ramp up again (budgets.py).
 BURST_COOL_S = 1.0
+#: Failover waits this long for a key the task has not tried before it takes one it has.
+FAILOVER_WAIT_S = 1.0
 #: Refusals that spent nothing (the provider refused before counting tokens).
 REFUSED: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage"})
 
@@ -324,21 +326,21 @@ class KeyPool:
     ) -> Lease | None:
         """A lease on the best key free right now, for the first model of ``models`` that has one.
 
-        Keys in ``exclude`` (those a task already failed on) are used only when no other key is
-        free now, so failover moves to another key whenever one can take the call; a tried key
+        Keys in ``exclude`` (those a task already failed on) are used only when no other key will
+        be free within ``FAILOVER_WAIT_S``, so failover moves to another key whenever one can
+        take the call soon (a paced key's next slot is a fraction of a second away); a tried key
         that its failure did not cool (one transient error) serves rather than the task waiting
         for a cooling key, maybe until its deadline. ``usable`` may rule out a key and model (a
         spent daily budget).
         """
         now = self.clock()
         for model in models or self.models:
-            allowed = [s for s in self.slots if usable is None or usable(s, model)]
-            free = {s.index: self._free_at(s, model, now, tokens) <= now for s in allowed}
-            ready = [s for s in allowed if free[s.index] and s.alias not in exclude]
-            if not ready:
-                ready = [s for s in allowed if free[s.index]]
+            free_at = self._failover_free_at(model, now, tokens, exclude, usable)
+            ready = [s for s, at in free_at if at <= now]
             if not ready:
                 continue
+            untried = [s for s in ready if s.alias not in exclude]
+            ready = untried or ready
             slot = self._choose(ready)
             slot.in_flight += 1
             slot.calls += 1
@@ -348,20 +350,34 @@ class KeyPool:
             return Lease(slot=slot, started=now, waited_s=0.0, model=model, budgets=path, entries=entries)
         return None
 
+    def _failover_free_at(
+        self,
+        model: str,
+        now: float,
+        tokens: int,
+        exclude: frozenset[str],
+        usable: Callable[[KeySlot, str], bool] | None,
+    ) -> list[tuple[KeySlot, float]]:
+        """Each allowed key with when it may take a call of ``model``: a key in ``exclude`` only
+        once no other will be free within ``FAILOVER_WAIT_S``."""
+        allowed = [(s, self._free_at(s, model, now, tokens)) for s in self.slots if usable is None or usable(s, model)]
+        if not exclude:
+            return allowed
+        soonest_untried = min((at for s, at in allowed if s.alias not in exclude), default=math.inf)
+        if soonest_untried - now > FAILOVER_WAIT_S:
+            return allowed
+        return [(s, at) for s, at in allowed if s.alias not in exclude]
+
     def next_free_at(
         self,
         models: Sequence[str] | None = None,
         tokens: int = 0,
         usable: Callable[[KeySlot, str], bool] | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> float:
         now = self.clock()
         return min(
-            (
-                self._free_at(s, m, now, tokens)
-                for m in models or self.models
-                for s in self.slots
-                if usable is None or usable(s, m)
-            ),
+            (at for m in models or self.models for _, at in self._failover_free_at(m, now, tokens, exclude, usable)),
             default=math.inf,
         )
 
@@ -394,7 +410,7 @@ class KeyPool:
                 # make room; with none, waiting would hold the task until its deadline for nothing
                 if not any(s.in_flight for s in self.slots):
                     raise NoKeyAvailable("no key may serve it, and no call in flight can make room")
-            wake = min(self.next_free_at(models, tokens, usable), deadline)
+            wake = min(self.next_free_at(models, tokens, usable, exclude), deadline)
             self._changed.clear()
             try:  # asyncio.timeout: unlike wait_for on 3.11, never swallows a cancellation
                 async with asyncio.timeout(max(0.005, min(wake - now, 1.0))):

@@ -3,9 +3,10 @@
 Each client has a small mailbox. Publishing never waits: when a client's mailbox is full the
 oldest result is dropped (and counted), never an alert while a result is left to drop (a
 dropped alert would be gone from that dashboard until a reload; a result is superseded by the
-camera's next one). A client whose mailbox stays full for ``max_drops`` publishes in a row is
-disconnected; one that drains its mailbox between bursts starts counting again. A client may
-subscribe to some cameras only (``/ws?cameras=a,b``).
+camera's next one; a result for a mailbox of alerts only is itself dropped). A client that drops
+more than ``max_drops`` messages without once reading its mailbox empty is disconnected; one
+that drains it between bursts starts counting again. A client may subscribe to some cameras
+only (``/ws?cameras=a,b``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Subscriber:
     maxsize: int = 200
     #: (kind, text), oldest first
     pending: deque[tuple[str, str]] = field(default_factory=deque)
-    #: messages dropped since the mailbox last had room when one was published
+    #: messages dropped since the mailbox was last found empty
     dropped: int = 0
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -47,13 +48,18 @@ class Subscriber:
         self.pending.append((kind, text))
         self._ready.set()
 
-    def drop_one(self) -> None:
-        """Make room: the oldest result goes, or the oldest message when there is none."""
-        for i, (kind, _) in enumerate(self.pending):
-            if kind != "alert":
+    def make_room(self, kind: str) -> bool:
+        """Make room for a message of ``kind``: the oldest result goes, or, for an alert, the oldest
+        alert when there is no result; False when the message itself is the one to go (a result
+        for a mailbox of alerts)."""
+        for i, (queued, _) in enumerate(self.pending):
+            if queued != "alert":
                 del self.pending[i]
-                return
+                return True
+        if kind != "alert":
+            return False
         self.pending.popleft()
+        return True
 
     async def get(self) -> str:
         """The next message for the browser (``CLOSE`` when the hub let it go)."""
@@ -87,10 +93,10 @@ class LiveHub:
         for sub in list(self.subscribers):
             if not sub.wants(camera_id):
                 continue
-            if not sub.full():
-                sub.dropped = 0  # it had room: it keeps up, whatever it dropped in an earlier burst
-            else:
-                sub.drop_one()
+            if not sub.pending:
+                sub.dropped = 0  # it read everything: it keeps up, whatever it dropped in an earlier burst
+            if sub.full():
+                room = sub.make_room(kind)
                 sub.dropped += 1
                 metrics.ws_dropped_total.inc()
                 if sub.dropped > self.max_drops:
@@ -98,6 +104,8 @@ class LiveHub:
                     self.unsubscribe(sub)
                     sub.pending.clear()
                     sub.put("close", CLOSE)
+                    continue
+                if not room:
                     continue
             sub.put(kind, text)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -160,17 +161,29 @@ class Alerts(View):
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         cached = await current().cache.recent_alerts()
         for alert in [*cached, *(a for _, items in alerts_live.items() for a in (items or []))]:
+            if not _shown(alert):  # what came through Redis is not trusted
+                continue
             key = (str(alert.get("camera_id")), str(alert.get("task_id")))
             old = latest.get(key)
             # an alert updated since (a verdict, a repeat) is the one shown
             if old is None or _updated_at(alert) >= _updated_at(old):
                 latest[key] = alert
         merged = sorted(latest.values(), key=lambda a: -float(a.get("raised_at", 0)))
-        return self.json({"alerts": merged[:100]})
+        # how long a measured alert may still get the VLM's verdict after its last raise
+        return self.json({"alerts": merged[:100], "verdict_wait_s": settings.alert_cooldown_s})
+
+
+def _shown(alert: dict[str, Any]) -> bool:
+    times = (alert.get("raised_at"), alert.get("last_raised_at", alert.get("raised_at")))
+    return (
+        isinstance(alert.get("camera_id"), str)
+        and isinstance(alert.get("task_id"), str)
+        and all(isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in times)
+    )
 
 
 def _updated_at(alert: dict[str, Any]) -> float:
-    return float(alert.get("last_raised_at", alert.get("raised_at", 0)) or 0)
+    return float(alert.get("last_raised_at", alert["raised_at"]))
 
 
 @app.page("/keys/")

@@ -32,6 +32,16 @@ from streams.errors import UnparseableAnswer
             0.8,
         ),
         ('{"risk_level": "high", "risk_score": 0.5}', "high", 0.5),  # a band apart: the model's own pair
+        # further apart: alerts go by the level, so the graver of the two stands
+        ('{"risk_level": "none", "risk_score": 0.97}', "critical", 0.97),
+        ('{"risk_level": "critical", "risk_score": 0.3}', "critical", 0.95),
+        # assessments that disagree (of parts of the scene): the gravest, the group holds them all
+        (
+            'Pedestrian and car: {"risk_level": "critical", "risk_score": 0.92}. '
+            'Parked cars: {"risk_level": "none", "risk_score": 0.02}',
+            "critical",
+            0.92,
+        ),
     ],
 )
 def test_answers_that_parse(text: str, level: str, score: float) -> None:
@@ -51,8 +61,6 @@ def test_answers_that_parse(text: str, level: str, score: float) -> None:
         '{"risk_score": "NaN"}',
         '{"risk_score": true}',
         '{"summary": "no level, no score"}',
-        '{"risk_level": "none", "risk_score": 0.97}',  # alerts go by the level: neither is taken
-        'For example {"risk_level": "none", "risk_score": 0.05}. Here: {"risk_level": "critical", "risk_score": 0.95}',
     ],
 )
 def test_garbage_is_a_clear_error(text: str) -> None:

@@ -197,6 +197,22 @@ def test_failover_retries_a_tried_key_that_is_free_rather_than_wait_for_a_coolin
     assert lease is not None and lease.alias == "key-2"
 
 
+def test_failover_waits_a_paced_moment_for_an_untried_key_rather_than_retry_the_failed_one():
+    p, clock = pool(2, rpm=60)  # paced: a key's next call a second after its last
+    first = _lease(p, "key-1")
+    clock.now += 0.75
+    p.release(_lease(p, "key-2"), ok=True)
+    clock.now += 0.35
+    p.release(first, ok=False, kind="server")  # key-1 is free again; key-2's next slot is 0.68 s away
+    tried = frozenset({"key-1"})
+    assert p.try_acquire(exclude=tried) is None
+    wake = p.next_free_at(exclude=tried)
+    assert 0.5 < wake - clock.now < 1.0  # acquire sleeps until key-2's slot, not 5 ms at a time
+    clock.now = wake
+    lease = p.try_acquire(exclude=tried)
+    assert lease is not None and lease.alias == "key-2"
+
+
 def _lease(p: KeyPool, alias: str):  # type: ignore[no-untyped-def]
     """A lease on ``alias`` (the others excluded while it is free)."""
     lease = p.try_acquire(exclude=frozenset(a for a in p.by_alias if a != alias))

@@ -55,3 +55,25 @@ def test_a_mailbox_of_alerts_only_drops_the_oldest_alert():
         hub.publish("alert", "cam-2", {"n": n})  # not subscribed: never queued
     got = [json.loads(text)["data"]["n"] for text in _drain(sub)]
     assert got == list(range(3, sub.maxsize + 3))
+
+
+def test_a_result_for_a_mailbox_of_alerts_is_the_one_dropped():
+    hub = LiveHub()
+    sub = hub.subscribe(None)
+    for n in range(sub.maxsize):
+        hub.publish("alert", "cam-1", {"n": n})
+    hub.publish("result", "cam-1", {"n": -1})
+    got = [json.loads(text) for text in _drain(sub)]
+    assert [m["type"] for m in got] == ["alert"] * sub.maxsize and got[0]["data"]["n"] == 0
+
+
+def test_a_client_reading_at_half_the_rate_is_let_go_in_the_end():
+    hub = LiveHub(max_drops=100)
+    sub = hub.subscribe(None)
+    for n in range(5000):
+        hub.publish("result", "cam-1", {"n": n})
+        if n % 2 and sub.pending:
+            asyncio.run(sub.get())  # it never reads its mailbox empty
+        if sub not in hub.subscribers:
+            break
+    assert sub not in hub.subscribers and n < 1000

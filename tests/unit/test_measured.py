@@ -244,6 +244,14 @@ def test_a_graver_answer_about_an_earlier_frame_is_still_published_and_the_confl
     recent, publish = merge_alert(recent, earlier, 60.0, 10)
     assert publish and len(recent) == 1 and recent[0]["level"] == "critical"
     assert pending_measured(recent, "g", 101_500, 60.0)  # the answer about its own frame is still to come
+    same_frame = {**alert("v2", "critical", 102), "captured_at": 100_000.0}
+    recent, publish = merge_alert(recent, same_frame, 60.0, 10)
+    # judged against what the measures found (high), not the earlier answer shown meanwhile
+    assert (recent[0]["verdict"], recent[0]["measured_level"], recent[0]["measured_summary"]) == (
+        "escalated",
+        "high",
+        "m",
+    )
 
 
 def test_a_measured_alert_the_measures_make_graver_after_a_verdict_awaits_the_vlm_again() -> None:
@@ -255,8 +263,10 @@ def test_a_measured_alert_the_measures_make_graver_after_a_verdict_awaits_the_vl
     assert publish and recent[0]["level"] == "critical" and recent[0]["source"] == "measured"
     assert not recent[0].get("verdict")  # not "escalated": the VLM said low; the measures said critical
     assert pending_measured(recent, "g", 102_500, 60.0, captured_at=102_000.0)
+    assert "measured_level" not in recent[0] and "vlm_task_id" not in recent[0]  # the first verdict's, gone
     recent, publish = merge_alert(recent, {**alert("v2", "low", 103), "captured_at": 102_000.0}, 60.0, 10)
     assert publish and (recent[0]["level"], recent[0]["verdict"]) == ("low", "downgraded")
+    assert (recent[0]["measured_level"], recent[0]["measured_summary"]) == ("critical", "m2")
 
 
 def test_every_conflict_inside_a_group_alerts_on_that_group() -> None:
