@@ -14,6 +14,7 @@ detection never works on stale frames and one bad camera never stalls the others
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ import numpy as np
 
 from streams import metrics
 from streams.errors import ConfigError
+from streams.settings import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,9 @@ class VideoSource(FrameSource):
 
     def __init__(self, url: str, *, open_timeout_ms: int = 5000, read_timeout_ms: int = 5000) -> None:
         self.url = url
-        self.is_file = not url.startswith(("rtsp://", "rtsps://", "http://", "https://"))
+        self.is_file = not url.lower().startswith(("rtsp://", "rtsps://", "http://", "https://"))
         if self.is_file and not os.path.isfile(url):
-            raise ConfigError(f"video file {url!r} not found")
+            raise ConfigError(f"video file {redact_url(url)!r} not found")
         self.open_timeout_ms, self.read_timeout_ms = open_timeout_ms, read_timeout_ms
         self.cap: cv2.VideoCapture | None = None
 
@@ -114,13 +116,13 @@ VIDEO_SCHEMES = ("rtsp", "rtsps", "http", "https", "file")
 
 def open_source(url: str) -> FrameSource:
     """The source for a camera URL: a video stream or file, or a plugin's source for its scheme."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""  # schemes are case-insensitive
     if not scheme or scheme in VIDEO_SCHEMES:
-        return VideoSource(url.removeprefix("file://"))
+        return VideoSource(url[len("file://") :] if scheme == "file" else url)
     plugins = {ep.name: ep for ep in entry_points(group=SOURCE_PLUGINS)}
     if scheme not in plugins:
         known = ", ".join(sorted([*VIDEO_SCHEMES, *plugins]))
-        raise ConfigError(f"no frame source for {scheme}:// in {url!r} (known: {known})")
+        raise ConfigError(f"no frame source for {scheme}:// in {redact_url(url)!r} (known: {known})")
     source = plugins[scheme].load()(url)
     if not isinstance(source, FrameSource):
         raise ConfigError(f"the {scheme}:// plugin returned {type(source).__name__}, not a FrameSource")
@@ -135,7 +137,8 @@ class Grabber(threading.Thread):
         self.camera_id, self.source, self.max_backoff_s = camera_id, source, max_backoff_s
         self._latest: Frame | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        # not ``_stop``: threading.Thread has a method of that name, which join() and is_alive() call
+        self._halt = threading.Event()
         self.seq = 0
         self.reconnects = 0
         self.up = False
@@ -147,17 +150,43 @@ class Grabber(threading.Thread):
             return frame
 
     def run(self) -> None:
+        try:
+            self._grab()
+        finally:
+            # released here, by the thread that reads: releasing from another thread while a read
+            # is under way crashed the process (OpenCV frees the capture under the reader)
+            self.source.close()
+
+    def _read(self) -> np.ndarray | None:
+        try:
+            return self.source.read()
+        except Exception as exc:  # a plugin's or OpenCV's error is a failed read: reconnect, not a dead camera
+            logger.warning("camera %s: read raised %s", self.camera_id, type(exc).__name__, exc_info=True)
+            with contextlib.suppress(Exception):
+                self.source.close()
+            return None
+
+    def _grab(self) -> None:
         backoff = 0.5
-        while not self._stop.is_set():
-            image = self.source.read()
+        while not self._halt.is_set():
+            image = self._read()
             if image is None:
+                if self._halt.is_set():
+                    break
                 if self.up:
                     logger.warning("camera %s: read failed, reconnecting", self.camera_id)
+                elif self.reconnects == 0 or self.reconnects % 60 == 0:  # never up: say so now and then
+                    logger.warning(
+                        "camera %s: no frames from %s (%d tries)",
+                        self.camera_id,
+                        redact_url(self.source.url) if isinstance(self.source, VideoSource) else "its source",
+                        self.reconnects + 1,
+                    )
                 self.up = False
                 metrics.camera_up.labels(camera_id=self.camera_id).set(0)
                 self.reconnects += 1
                 metrics.camera_reconnects_total.labels(camera_id=self.camera_id).inc()
-                self._stop.wait(backoff)
+                self._halt.wait(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
             if not self.up:
@@ -171,11 +200,19 @@ class Grabber(threading.Thread):
                 self._latest = Frame(image, time.time(), self.seq)
                 self.seq += 1
             if self.source.interval_s:
-                self._stop.wait(self.source.interval_s)
+                self._halt.wait(self.source.interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
-        self.source.close()
+        """Ask the thread to stop: it releases the source itself (one never started is released here)."""
+        self._halt.set()
+        if not self.is_alive():
+            self.source.close()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the thread to end (a read blocked in the network may outlast it)."""
+        if self.is_alive():
+            self.join(max(0.0, timeout_s))
+        return not self.is_alive()
 
 
 class OnDemandGrabber:
@@ -197,3 +234,6 @@ class OnDemandGrabber:
 
     def stop(self) -> None:
         self.source.close()
+
+    def wait(self, timeout_s: float) -> bool:
+        return True

@@ -99,6 +99,8 @@ class FileImageStore(ImageStore):
             return path.read_bytes()
         except FileNotFoundError as exc:
             raise ImageMissing(f"image {uri} not found (expired or never stored)") from exc
+        except OSError as exc:  # a name too long, a folder unreadable: the crop cannot be had
+            raise ImageMissing(f"image {uri[:80]!r} unreadable: {type(exc).__name__}") from exc
 
     def _maybe_sweep(self) -> None:
         now = time.time()
@@ -132,7 +134,10 @@ class RedisImageStore(ImageStore):
 
     def get(self, uri: str) -> bytes:
         name = uri.removeprefix("redis://")
-        data = self.client.get(f"roadwatch:img:{name}")
+        try:
+            data = self.client.get(f"roadwatch:img:{name}")
+        except (redis.RedisError, OSError) as exc:  # the task fails as one without its crop, not as an internal error
+            raise ImageMissing(f"image store unreachable ({type(exc).__name__})") from exc
         if not isinstance(data, bytes):
             raise ImageMissing(f"image {uri} not found in Redis (expired or never stored)")
         return data

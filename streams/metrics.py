@@ -20,8 +20,20 @@ relay_dropped_total = Counter(
 frames_total = Counter("roadwatch_frames_total", "Frames analysed by the producer.", ["camera_id"], registry=REGISTRY)
 frames_dropped_total = Counter(
     "roadwatch_frames_dropped_total",
-    "Frames dropped (grabbed but not analysed, or Kafka too slow).",
+    "Frames dropped (grabbed but not analysed, Kafka too slow, a record too large or not sent).",
     ["camera_id", "reason"],
+    registry=REGISTRY,
+)
+objects_dropped_total = Counter(
+    "roadwatch_objects_dropped_total",
+    "Detections over the producer's per-frame cap (the least confident, smallest) left out.",
+    ["camera_id"],
+    registry=REGISTRY,
+)
+crops_unstored_total = Counter(
+    "roadwatch_crops_unstored_total",
+    "Crops the image store did not take (unreachable): their groups went out without a crop.",
+    ["camera_id"],
     registry=REGISTRY,
 )
 camera_up = Gauge("roadwatch_camera_up", "1 while the camera delivers frames.", ["camera_id"], registry=REGISTRY)
