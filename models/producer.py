@@ -86,12 +86,11 @@ def analyse(
         # so grouping (quadratic) stays bounded and the record far under the consumers' size limit
         metrics.objects_dropped_total.labels(camera_id=cam.cfg.id).inc(len(found) - MAX_OBJECTS)
         found = sorted(found, key=lambda d: (-d.conf, -(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])))[:MAX_OBJECTS]
-    found = cam.tracker.split_merged(found, frame.captured_at)
-    tracks = cam.tracker.update(found, frame.captured_at)
+    t = frame.motion_time
+    found = cam.tracker.split_merged(found, t)
+    tracks = cam.tracker.update(found, t)
     on_ground, conflicts = (
-        cam.ground.observe(
-            frame.captured_at, [Seen(tr.track_id, det.cls, det.bbox) for det, tr in zip(found, tracks, strict=True)]
-        )
+        cam.ground.observe(t, [Seen(tr.track_id, det.cls, det.bbox) for det, tr in zip(found, tracks, strict=True)])
         if cam.ground is not None
         else ({}, None)
     )

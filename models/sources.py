@@ -42,6 +42,14 @@ class Frame:
     image: np.ndarray
     captured_at: float  # epoch seconds
     seq: int
+    #: time.monotonic() at capture, when the frame came from a clock (a wall clock stepped back
+    #: made a tracked car's speed 6,000 px/s)
+    mono: float | None = None
+
+    @property
+    def motion_time(self) -> float:
+        """The time speeds and tracks are measured on: monotonic when known."""
+        return self.mono if self.mono is not None else self.captured_at
 
 
 class FrameSource(ABC):
@@ -197,7 +205,7 @@ class Grabber(threading.Thread):
             with self._lock:
                 if self._latest is not None:
                     metrics.frames_dropped_total.labels(camera_id=self.camera_id, reason="superseded").inc()
-                self._latest = Frame(image, time.time(), self.seq)
+                self._latest = Frame(image, time.time(), self.seq, time.monotonic())
                 self.seq += 1
             if self.source.interval_s:
                 self._halt.wait(self.source.interval_s)
@@ -227,7 +235,7 @@ class OnDemandGrabber:
             return None
         metrics.frames_grabbed_total.labels(camera_id=self.camera_id).inc()
         self.seq += 1
-        return Frame(image, time.time(), self.seq - 1)
+        return Frame(image, time.time(), self.seq - 1, time.monotonic())
 
     def start(self) -> None:
         metrics.camera_up.labels(camera_id=self.camera_id).set(1)

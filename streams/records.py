@@ -348,6 +348,8 @@ def validate(record: faust.Record) -> None:
                 raise InvalidRecord(f"group {group.group_id}: member index outside objects")
         for conflict in record.conflicts or []:
             _check_conflict(conflict)
+        for group_id, ref in record.crops.items():
+            _check_ref(ref, f"crops[{group_id[:40]!r}]")
     elif isinstance(record, RiskAssessment):
         if record.risk_level not in RISK_LEVELS:
             raise InvalidRecord(f"risk_level {record.risk_level!r} not one of {RISK_LEVELS}")
@@ -362,6 +364,7 @@ def validate(record: faust.Record) -> None:
     elif isinstance(record, AssessmentTask):
         if record.reason not in TASK_REASONS:
             raise InvalidRecord(f"reason {record.reason!r} not one of {TASK_REASONS}")
+        _check_ref(record.image, "image")
         if record.conflict is not None:
             _check_conflict(record.conflict)
     elif isinstance(record, Alert):
@@ -371,6 +374,15 @@ def validate(record: faust.Record) -> None:
             raise InvalidRecord(f"alert source {record.source!r} / verdict {record.verdict!r} unknown")
         if record.conflict is not None:
             _check_conflict(record.conflict)
+
+
+def _check_ref(ref: ImageRef, where: str) -> None:
+    if not ref.data_b64 and not ref.uri:
+        raise InvalidRecord(f"{where}: neither inline data nor a URI")
+    if min(ref.width, ref.height, ref.size) < 0:
+        raise InvalidRecord(f"{where}: negative size {ref.width}x{ref.height}, {ref.size} bytes")
+    if ref.region is not None:
+        _check_box(ref.region, where)
 
 
 def _check_conflict(conflict: Conflict) -> None:
@@ -439,6 +451,11 @@ def _from_data(record_type: type[R], data: dict[str, Any]) -> R:
         raise InvalidRecord(f"{record_type.__name__}: {exc}") from exc
     if not clean:
         _check_types(record)
+        # Faust's validation lets much through (a camera id of 5, a frame_seq of 1.5, a member
+        # index of 0.5) that fails later, mid-handling: what it built must be as exact as the
+        # fast path requires
+        if not _clean(record_type, orjson.loads(to_bytes(record))):
+            raise InvalidRecord(f"{record_type.__name__}: a field of the wrong type")
     validate(record)
     return record
 

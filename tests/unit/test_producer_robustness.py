@@ -142,3 +142,26 @@ def test_a_record_that_cannot_be_sent_is_dropped_and_the_next_goes():
 
     producer = asyncio.run(scenario())
     assert producer.sent == 1 and len(producer.kafka.sent) == 2  # type: ignore[attr-defined]
+
+
+class Mover(Detector):
+    name = "mover"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
+        self.n += 1
+        x = 100.0 + 10 * self.n  # 10 px a frame, a frame every 0.5 s: 20 px/s
+        return [Detection("car", 0.9, (x, 100.0, x + 60, 130.0))]
+
+
+def test_a_wall_clock_stepped_back_leaves_speeds_alone(tmp_path):
+    cam = CameraPipeline(CameraConfig(id="cam-clock", url="sim://scene?seed=1"))
+    detector, image = Mover(), np.zeros((360, 640, 3), np.uint8)
+    store = FileImageStore(tmp_path, 60)
+    speeds = []
+    for i, wall in enumerate((1000.0, 1000.5, 1001.0, 999.5, 1000.0)):  # NTP steps the clock back 1.5 s
+        result = analyse(cam, Frame(image, wall, i, mono=50.0 + 0.5 * i), detector, store, Settings())
+        speeds.append(result.objects[0].speed)
+    assert speeds[2:] == pytest.approx([20.0, 20.0, 20.0], abs=0.5)

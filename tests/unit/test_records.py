@@ -160,3 +160,36 @@ def test_the_fast_build_equals_faust_field_for_field():
         assert _fields(fast) == _fields(_faust_built(record_type, body))
         assert fast == _faust_built(record_type, body)
         assert to_bytes(fast) == to_bytes(_faust_built(record_type, body))
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("camera_id", 5),
+        ("frame_seq", 1.5),
+        ("model", {"a": 1}),
+        ("frame_w", True),
+        ("objects.track_id", 1.5),
+        ("groups.members", [0.5]),
+        ("groups.track_ids", "ab"),
+        ("crop.width", -3),
+        ("crop.region", [1.0, 2.0]),
+        ("crop.data_b64", None),
+    ],
+)
+def test_a_field_of_the_wrong_type_or_a_bad_crop_is_refused_before_any_agent_handles_it(where: str, value: object):
+    import orjson
+
+    from sim.records import detection
+
+    data = orjson.loads(to_bytes(detection("cam-a", 1)))
+    head, _, field = where.partition(".")
+    if not field:
+        data[head] = value
+    elif head == "crop":
+        ref = next(iter(data["crops"].values()))
+        ref[field] = value
+    else:
+        data[head][0][field] = value
+    with pytest.raises(InvalidRecord):
+        decode(DetectionResult, orjson.dumps(data))
