@@ -51,6 +51,9 @@ from streams.topics import assessment_tasks_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
 
+#: A lease with less time than this left before the task's deadline makes no call (it could only be cut short).
+MIN_CALL_S = 0.1
+
 
 def describe(task: AssessmentTask) -> str:
     """The text part of the prompt: what the detector knows about the group."""
@@ -201,6 +204,12 @@ async def assess(
                 queue_ms=queue_s * 1000,
                 error=f"{exc}; last error: {last_error or 'none'}",
             )
+        if deadline - time.time() < MIN_CALL_S:
+            # granted at (or past) the deadline: a call now could only be cut short, and paid for
+            keys.abandon(lease)
+            return _result(
+                task, "expired", model=model, attempts=attempt, queue_ms=queue_s * 1000, error=last_error or None
+            )
         # no await since the lease was granted: the budget check and this reservation are one step
         reservation = ledger.reserve(lease.account, camera, partition, ledger.worst_case(lease.model, estimate))
         queue_s += lease.waited_s
@@ -211,7 +220,7 @@ async def assess(
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # arrives as the call completes, and then the task outlives its cancellation
-            async with clients.calls_gate, asyncio.timeout(max(0.1, deadline - time.time())):
+            async with clients.calls_gate, asyncio.timeout(max(MIN_CALL_S, deadline - time.time())):
                 answer = await vlm.assess(lease.secret, jpeg, context, model=lease.model)
         except asyncio.CancelledError:
             keys.abandon(lease)  # the worker is stopping or rebalancing: the call says nothing of the key
@@ -219,12 +228,25 @@ async def assess(
                 reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens
             )  # sent: may be billed
             raise
-        except (VlmError, TimeoutError) as exc:
-            err = (
-                exc
-                if isinstance(exc, VlmError)
-                else VlmError("server", "task deadline reached during call", billed=True)
+        except TimeoutError:
+            # the task's deadline cut the call (the client's own timeout is a VlmError): a backlog,
+            # which says nothing of the key or the model (blamed, three such calls cooled a healthy
+            # key for two minutes on every worker, and more tasks expired). Sent: may be billed.
+            keys.abandon(lease)
+            billed = ledger.settle(reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens)
+            metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(billed)
+            metrics.camera_cost_total.labels(camera_id=camera).inc(billed)
+            metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome="deadline").inc()
+            return _result(
+                task,
+                "expired",
+                model=lease.model,
+                key_alias=lease.alias,
+                attempts=attempt,
+                queue_ms=queue_s * 1000,
+                error=f"{lease.alias} {lease.model}: the task's deadline came during the call",
             )
+        except VlmError as err:
             billed = _book_failed(ledger, reservation, lease.model, estimate, err)
             if billed:
                 metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(billed)

@@ -102,6 +102,14 @@ async def _drop_held(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwa
             logger.info("rebalance: %s of %d cameras had changes not yet written (state_write_s)", name, lost)
 
 
+@app.on_before_shutdown.connect
+async def _flush_spend(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
+    # a graceful stop revokes no partitions, so without this each restart forgot up to a few
+    # seconds of spend per camera and account slice (a rolling deploy could overrun a daily budget);
+    # sent after the consumer stopped and before the producer's last flush
+    vlm_spend_live.flush()
+
+
 #: The GlobalTables' store (see :func:`_global_table`).
 GLOBAL_STORE = "memory://global"
 

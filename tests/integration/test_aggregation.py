@@ -15,7 +15,7 @@ import redis
 from ops.http import get_json
 from sim.records import detection, produce, produce_detections, risk_result
 from streams.records import to_bytes
-from tests.conftest import wait_until
+from tests.conftest import SIM_KEYS, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +293,30 @@ def test_an_operator_disable_on_one_worker_reaches_the_other_on_the_shipped_stor
         20,
         "the enable seen by the first worker",
     )
+
+
+def test_a_graceful_stop_keeps_the_spend_it_held(kafka, deployment, start_worker):
+    """A stop revokes no partitions: the spend held in memory (``spend_write_s``) was lost at every
+    restart, and a rolling deploy could overrun a daily budget."""
+    env = {
+        "ROADWATCH_VLM_PRICES": '{"qwen-vl-plus": {"input_per_1k": 0.002, "output_per_1k": 0.006}}',
+        "ROADWATCH_SPEND_WRITE_S": "300",  # after a row's first write, only the stop itself can write it
+        "ROADWATCH_VLM_KEYS": SIM_KEYS[0],  # one account: one row holding every call but the first
+    }
+    worker = start_worker(env)
+    produce_detections(
+        kafka.bootstrap,
+        deployment.prefix + "detection-results",
+        [detection("cam-s", seq, track_base=10 * seq) for seq in range(4)],
+    )
+    wait_until(lambda: len(results(worker.port)) >= 4, 60, "4 results")
+
+    def calls_today(port: int) -> int:
+        spend = get_json(f"http://127.0.0.1:{port}/keys/")["spend_today"]
+        return int(sum(row["calls"] for row in spend.values()))
+
+    held = calls_today(worker.port)
+    assert held >= 4
+    worker.stop()
+    again = start_worker(env)
+    wait_until(lambda: calls_today(again.port) == held, 30, f"{held} calls of today's spend after the restart")

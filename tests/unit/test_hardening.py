@@ -145,6 +145,35 @@ async def test_a_task_past_its_deadline_makes_no_further_call(throttling_vlm, tm
     assert calls and all(t - started < 0.16 for t in calls), "calls made after the deadline"
 
 
+async def test_calls_the_deadline_cuts_short_blame_neither_key_nor_model(tmp_path):
+    """A backlog handed tasks with little time left to a healthy provider answering in 1 s: each
+    call cut by the task's deadline counted as the key's server error, and three cooled it for
+    two minutes on every worker."""
+    from agents.key_pool import AVAILABLE
+    from agents.llm_scheduler import assess
+    from sim.vlm import SimConfig, SimVlm
+
+    sim = SimVlm(SimConfig(latency_ms=1000, p95_ms=1000))
+    async with sim.serving() as url:
+        clients = _clients(url, tmp_path, keys=1)
+        for i in range(4):
+            task = assessment_task(detection("cam", 10 + i), f"t-short-{i}", deadline_in_ms=300)
+            result = await assess(task, clients)
+            assert result.status == "expired" and "deadline" in (result.error or ""), result
+        slot = clients.pool.slots[0]
+        assert clients.pool.key_state(slot) == AVAILABLE and slot.failures == 0
+        assert all(b.consecutive_failures == 0 for path in clients.pool.paths.values() for b in path)
+        # a task granted its key with no time left makes no call at all
+        late = assessment_task(detection("cam", 20), "t-late-lease", deadline_in_ms=50)
+        requests_before = sum(c["requests"] for c in sim.stats.values())
+        try:
+            assert (await assess(late, clients)).status == "expired"
+            assert sum(c["requests"] for c in sim.stats.values()) == requests_before
+            assert slot.in_flight == 0
+        finally:
+            await clients.close()
+
+
 async def test_a_cancelled_assessment_stops_calling_at_once(throttling_vlm, tmp_path):
     """#12.4: the loop survived cancellation."""
     from agents.llm_scheduler import assess
