@@ -23,6 +23,7 @@ from faust.types.transports import TransportT
 from mode import Service, ServiceT
 
 from streams import metrics
+from streams.errors import ConfigError
 from streams.faust_seam import AtLeastOnceTransport, share_rocksdb_memory
 from streams.settings import Settings, get_settings
 
@@ -75,8 +76,22 @@ class RoadwatchApp(faust.App):
         return chain(first, super().on_init_dependencies())
 
 
+def require_compiled_streams() -> None:
+    """Refuse to run on Faust's pure-Python stream iterator: it acknowledges the events it skips in
+    a rebalance, which the commit rule of :mod:`streams.faust_seam` would then commit over (lost
+    events). It is used, silently, under ``NO_CYTHON=1`` or when Faust's extension fails to load."""
+    import faust.streams
+
+    if getattr(faust.streams, "_CStreamIterator", None) is None:
+        raise ConfigError(
+            "Faust's compiled stream iterator is not loaded (NO_CYTHON set, or faust-streaming built without "
+            "its extension): roadwatch's at-least-once commits need it; install the faust-streaming wheel"
+        )
+
+
 def create_app(settings: Settings) -> RoadwatchApp:
     """The app for ``settings``; tables, topics and agents register with it as they are imported."""
+    require_compiled_streams()
     app = RoadwatchApp(
         settings.app_id,
         broker=settings.kafka_url,

@@ -188,3 +188,16 @@ def test_all_rocksdb_tables_share_one_memory_budget(tmp_path, monkeypatch):
     assert dbs[1][b"1-199"] == b"x" * 500 and dbs[1][b"bulk-19999"] == b"y" * 1000
     for db in dbs:
         db.close()
+
+
+def test_a_worker_refuses_faust_without_its_compiled_stream_iterator(monkeypatch):
+    import faust.streams
+    import pytest
+
+    from streams.app import require_compiled_streams
+    from streams.errors import ConfigError
+
+    require_compiled_streams()  # as installed
+    monkeypatch.setattr(faust.streams, "_CStreamIterator", None)  # what NO_CYTHON=1 gives
+    with pytest.raises(ConfigError, match="compiled stream iterator"):
+        require_compiled_streams()
