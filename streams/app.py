@@ -24,7 +24,7 @@ from mode import Service, ServiceT
 
 from streams import metrics
 from streams.errors import ConfigError
-from streams.faust_seam import AtLeastOnceTransport, share_rocksdb_memory
+from streams.faust_seam import SEND_FAILURES, AtLeastOnceTransport, share_rocksdb_memory
 from streams.settings import Settings, get_settings
 
 Hook = Callable[[], Awaitable[None]]
@@ -131,6 +131,8 @@ def create_app(settings: Settings) -> RoadwatchApp:
         metrics.rocksdb_memory.set_function(cache.get_usage)
     # Faust's own stream, table and send metrics, in the registry /metrics serves.
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.REGISTRY, "roadwatch_faust"))
+    SEND_FAILURES.app = app
+    app.sensors.add(SEND_FAILURES)
     return app
 
 

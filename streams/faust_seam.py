@@ -10,6 +10,7 @@ What lives here:
 * :class:`AtLeastOnceConsumer` / :class:`AtLeastOnceTransport`: the commit rule (below).
 * :class:`BatchingConsumerThread`: the fetch's wait and minimum size from the settings.
 * :func:`request_rejoin`: make the consumer rejoin its group (the stall guard's remedy).
+* :class:`SendFailureGuard`: a record the producer could not deliver holds the commits back.
 * :func:`record_fields`: a Faust record's field names and defaults (the strict decoder).
 * :func:`limit_request_body`: aiohttp's request body limit on Faust's web app.
 * :func:`force_metadata_update`: refresh an aiokafka consumer's cluster metadata.
@@ -55,6 +56,8 @@ acknowledges them, and the seek reads them again.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,11 +65,14 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import IllegalStateError
 from faust import Record
+from faust.sensors import Sensor
 from faust.transport.consumer import CONSUMER_PARTITIONS_REVOKED
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, AppT
 from faust.utils.tracing import traced_from_parent_span
 from mode import Service
+
+logger = logging.getLogger(__name__)
 
 
 class BatchingConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -84,6 +90,40 @@ class BatchingConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         return consumer
 
 
+class SendFailureGuard(Sensor):
+    """Faust only logs a record its producer could not deliver (the broker refused it, or its batch
+    expired after the request timeout), and commits the events that wrote it anyway: a result lost,
+    its task never retried. Here such a failure holds every commit back, and the consumer rejoins
+    its group, which seeks every partition to its committed offset: the events are handled again
+    (the pipeline deduplicates what was delivered twice). Commits resume after that seek."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.app: AppT | None = None
+        #: failures since the last seek: while set, nothing is committed
+        self.pending = 0
+        self.failures_total = 0
+        self._rejoin: asyncio.Future[None] | None = None
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        self.failures_total += 1
+        self.pending += 1
+        if self.pending == 1 and self.app is not None:
+            logger.error("a record was not delivered (%s): commits held; rejoining to handle its events again", exc)
+            self._rejoin = asyncio.ensure_future(request_rejoin(self.app))
+
+    def seeked(self) -> None:
+        if self.pending:
+            logger.info(
+                "after %d undelivered records, partitions sought to their commits: commits resume", self.pending
+            )
+        self.pending = 0
+
+
+#: The worker's guard (``streams.app`` adds it to the app's sensors).
+SEND_FAILURES = SendFailureGuard()
+
+
 class AtLeastOnceConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer with a seek and a commit rule that cannot skip an event."""
 
@@ -91,6 +131,16 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
         super().__init__(*args, **kwargs)
         #: Per partition, the next offset that is not known to be processed.
         self.heads: dict[TP, int] = {}
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Faust flushed the producer just before: let the delivery callbacks of that flush run first
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if SEND_FAILURES.pending:
+            self.log.warning("commit held back: %d records not delivered since the last seek", SEND_FAILURES.pending)
+            return False
+        committed: bool = await super()._commit(offsets)
+        return committed
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -118,6 +168,7 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
         # Faust's own bookkeeping keeps its convention (0 and "none" read as None); the heads do not.
         self._committed_offset.update({tp: off or None for tp, off in committed.items() if off is not None})
         self.heads.update(starts)
+        SEND_FAILURES.seeked()
 
     async def _starts(self, committed: Mapping[TP, int | None]) -> dict[TP, int]:
         """The committed offset, unless retention removed it; with none, where the reset policy says."""

@@ -320,3 +320,38 @@ def test_a_graceful_stop_keeps_the_spend_it_held(kafka, deployment, start_worker
     worker.stop()
     again = start_worker(env)
     wait_until(lambda: calls_today(again.port) == held, 30, f"{held} calls of today's spend after the restart")
+
+
+async def _set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)})]
+        )
+    finally:
+        await admin.close()
+
+
+def test_results_the_broker_refused_are_made_again_not_lost(kafka, deployment, start_worker):
+    """Faust only logs a record it could not deliver and commits the events behind it: with the
+    results topic refusing every record for a while, those tasks' results were lost for good."""
+    worker = start_worker()
+    wait_until(lambda: get_json(f"http://127.0.0.1:{worker.port}/health")["partitions"] > 0, 60, "partitions")
+    results_topic = deployment.prefix + "risk-assessment-results"
+    asyncio.run(_set_max_message_bytes(kafka.bootstrap, results_topic, 100))  # every result refused
+    try:
+        produce_detections(
+            kafka.bootstrap,
+            deployment.prefix + "detection-results",
+            [detection(f"cam-r{i}", 1, track_base=10 * i) for i in range(6)],
+        )
+        wait_until(lambda: b"_on_published error" in worker.log.read_bytes(), 60, "a result refused (Faust's log)")
+        time.sleep(3)
+        assert len(results(worker.port)) == 0
+    finally:
+        asyncio.run(_set_max_message_bytes(kafka.bootstrap, results_topic, 1_048_588))
+    wait_until(lambda: len(results(worker.port)) == 6, 90, "all 6 results once the broker takes them")

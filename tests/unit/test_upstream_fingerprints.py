@@ -38,6 +38,18 @@ FINGERPRINTS: dict[str, tuple[str, str]] = {
         "0e8c130ff4b0afd8",
         "AtLeastOnceConsumer.perform_seek replaces it: pause, seek every partition to its head, resume",
     ),
+    "faust.transport.consumer:Consumer._commit_offsets": (
+        "1a69799041188441",
+        "AtLeastOnceConsumer._commit relies on it flushing the producer just before calling _commit",
+    ),
+    "faust.transport.drivers.aiokafka:Consumer._commit": (
+        "a20eec84e4b2ed50",
+        "AtLeastOnceConsumer._commit holds commits back after an undelivered record, then calls it",
+    ),
+    "faust.topics:Topic._on_published": (
+        "7cfe9ebd65964b0a",
+        "SendFailureGuard learns of an undelivered record from the on_send_error sensor call here",
+    ),
     "faust.transport.consumer:Consumer.track_message": (
         "217d7f1399a4cd8e",
         "in_flight() reads _unacked_messages as track_message fills it",
