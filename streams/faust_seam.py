@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,11 +105,28 @@ class SendFailureGuard(Sensor):
         #: failures since the last seek: while set, nothing is committed
         self.pending = 0
         self.failures_total = 0
+        #: when records began to fail with no commit since (None: the last commit came after them)
+        self.failing_since: float | None = None
         self._rejoin: asyncio.Future[None] | None = None
+
+    def committed(self) -> None:
+        self.failing_since = None
 
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
         self.failures_total += 1
         self.pending += 1
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > SEND_FAILURES_GIVE_UP_S:
+            # a refusal that does not pass (a topic's limit, an ACL): re-reading would only call the VLM
+            # again and again; a restart (the supervisor's backoff) re-reads from the same commits
+            logger.critical(
+                "records undelivered for %.0f s (%s): exiting, nothing committed past them",
+                now - self.failing_since,
+                exc,
+            )
+            os._exit(70)
         if self.pending == 1 and self.app is not None:
             logger.error("a record was not delivered (%s): commits held; rejoining to handle its events again", exc)
             self._rejoin = asyncio.ensure_future(request_rejoin(self.app))
@@ -120,6 +139,8 @@ class SendFailureGuard(Sensor):
         self.pending = 0
 
 
+#: Records failing for this long with no commit in between end the worker (exit 70, as the stall guard).
+SEND_FAILURES_GIVE_UP_S = 120.0
 #: The worker's guard (``streams.app`` adds it to the app's sensors).
 SEND_FAILURES = SendFailureGuard()
 
@@ -140,6 +161,8 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
             self.log.warning("commit held back: %d records not delivered since the last seek", SEND_FAILURES.pending)
             return False
         committed: bool = await super()._commit(offsets)
+        if committed:
+            SEND_FAILURES.committed()
         return committed
 
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:

@@ -201,3 +201,33 @@ def test_a_worker_refuses_faust_without_its_compiled_stream_iterator(monkeypatch
     monkeypatch.setattr(faust.streams, "_CStreamIterator", None)  # what NO_CYTHON=1 gives
     with pytest.raises(ConfigError, match="compiled stream iterator"):
         require_compiled_streams()
+
+
+def test_undelivered_records_hold_commits_until_a_seek_and_a_lasting_refusal_ends_the_worker(monkeypatch):
+    import pytest
+
+    from streams import faust_seam
+
+    clock = [1000.0]
+    monkeypatch.setattr(faust_seam.time, "monotonic", lambda: clock[0])
+
+    def exit_(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(faust_seam.os, "_exit", exit_)
+    guard = faust_seam.SendFailureGuard()  # no app: no rejoin requested here
+    guard.on_send_error(None, RuntimeError("refused"), None)
+    assert guard.pending == 1  # AtLeastOnceConsumer._commit holds back while pending
+    guard.seeked()
+    assert guard.pending == 0
+    clock[0] += 60
+    guard.on_send_error(None, RuntimeError("refused"), None)  # still failing, no commit since: not yet
+    guard.seeked()
+    clock[0] += 61
+    with pytest.raises(SystemExit) as ended:
+        guard.on_send_error(None, RuntimeError("refused"), None)
+    assert ended.value.code == 70
+    guard.committed()  # a commit after the failures: a later one starts a new window
+    clock[0] += 500
+    guard.on_send_error(None, RuntimeError("refused"), None)
+    assert guard.pending == 2 and guard.failing_since == clock[0]
