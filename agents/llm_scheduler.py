@@ -35,7 +35,7 @@ from faust.types import EventT
 from mode import BaseSignalT
 
 from agents.costs import Estimate, Reservation, SpendLedger, downscale_factor, image_tokens, text_tokens
-from agents.key_pool import KeySlot
+from agents.key_pool import KeySlot, Lease
 from agents.vlm_client import KEY_FAULTS, RETRYABLE, SYSTEM_PROMPT
 from agents.worker_clients import WorkerClients, current, current_or_none
 from streams import metrics
@@ -234,8 +234,7 @@ async def assess(
             # key for two minutes on every worker, and more tasks expired). Sent: may be billed.
             keys.abandon(lease)
             billed = ledger.settle(reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens)
-            metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(billed)
-            metrics.camera_cost_total.labels(camera_id=camera).inc(billed)
+            _count_cost(lease, camera, billed)
             metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome="deadline").inc()
             return _result(
                 task,
@@ -249,8 +248,7 @@ async def assess(
         except VlmError as err:
             billed = _book_failed(ledger, reservation, lease.model, estimate, err)
             if billed:
-                metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(billed)
-                metrics.camera_cost_total.labels(camera_id=camera).inc(billed)
+                _count_cost(lease, camera, billed)
             keys.release(lease, ok=False, kind=err.kind, retry_after=err.retry_after, reason=str(err))
             metrics.vlm_calls_total.labels(key_alias=lease.alias, outcome=err.kind).inc()
             metrics.vlm_model_calls_total.labels(account=lease.account, model=lease.model, outcome=err.kind).inc()
@@ -306,8 +304,7 @@ async def assess(
         metrics.vlm_tokens_total.labels(account=lease.account, model=lease.model, direction="output").inc(
             completion_tokens
         )
-        metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(cost)
-        metrics.camera_cost_total.labels(camera_id=camera).inc(cost)
+        _count_cost(lease, camera, cost)
         metrics.vlm_latency_seconds.observe(answer.latency_ms / 1000.0)
         a = answer.assessment
         return _result(
@@ -334,6 +331,12 @@ async def assess(
         queue_ms=queue_s * 1000,
         error=f"gave up after {attempt} attempts; last error: {last_error}",
     )
+
+
+def _count_cost(lease: Lease, camera: str, cost: float) -> None:
+    """A call's cost in the account's and the camera's cost counters."""
+    metrics.vlm_cost_total.labels(account=lease.account, model=lease.model).inc(cost)
+    metrics.camera_cost_total.labels(camera_id=camera).inc(cost)
 
 
 def _book_failed(ledger: SpendLedger, reservation: Reservation, model: str, estimate: Estimate, err: VlmError) -> float:

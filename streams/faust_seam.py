@@ -104,7 +104,6 @@ class SendFailureGuard(Sensor):
         self.app: AppT | None = None
         #: failures since the last seek: while set, nothing is committed
         self.pending = 0
-        self.failures_total = 0
         #: when records began to fail with no commit since (None: the last commit came after them)
         self.failing_since: float | None = None
         self._rejoin: asyncio.Future[None] | None = None
@@ -113,7 +112,6 @@ class SendFailureGuard(Sensor):
         self.failing_since = None
 
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
-        self.failures_total += 1
         self.pending += 1
         now = time.monotonic()
         if self.failing_since is None:
