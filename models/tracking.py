@@ -11,7 +11,10 @@ predicted boxes of two or more established tracks is replaced by those boxes (cl
 so each road user keeps its box and id through the overlap (the classic blob-tracker merge
 handling). A track counts only in the blob holding most of it; a vehicle's prediction that
 reaches out of the blob slides back in first (it may have stopped while merged); a second track
-on the same road user is left out. Objects that were never seen apart stay merged.
+on the same road user is left out. A blob no larger than the vehicle in it is split too when a
+pedestrian tracked into it walks unlike the vehicle (crossing in front of a bus, within its
+outline). Objects that were never seen apart stay merged here; the motion detector cuts two
+pedestrians side by side apart from their outline alone (:func:`models.detectors.pair_cut`).
 
 The reverse happens too: a lamp post or a sign in front of the road cuts a passing car into two
 blobs, each too narrow to look like a car. Pieces that lie inside one established vehicle
@@ -38,6 +41,13 @@ SPLIT_INSIDE = 0.6
 SPLIT_TOUCH, SPLIT_SLIDE = 0.3, 0.6
 #: ... and the blob must be this much bigger than the largest such track (else it is just that one).
 SPLIT_BLOB = 1.25
+#: ... unless it holds vehicles and pedestrians whose velocities differ by at least CROSS_APART
+#: of the faster one's speed (a pedestrian in front of a bus, within its outline).
+CROSS_APART = 0.5
+#: ... and by at least CROSS_MIN of the pedestrian's height a second (a walker covers about 0.8).
+CROSS_MIN = 0.25
+#: ... measured no longer than CROSS_COAST_S ago (a walker crosses a bus's width in about that).
+CROSS_COAST_S = 1.5
 #: ... and two tracks whose parts overlap this much (IoU) are one road user (a pedestrian in
 #: front of a car overlaps it far less).
 DUPLICATE_IOU = 0.4
@@ -66,6 +76,8 @@ class Track:
     vy: float = 0.0
     missed: int = 0
     hits: int = 1
+    #: since when its boxes are its own predictions (see split_merged): its velocity is as old
+    coasting_since: float | None = None
 
     def predict(self, t: float) -> Box:
         dt = t - self.at
@@ -117,7 +129,7 @@ class Tracker:
                     inside.append((track, pred))
             inside = _distinct(inside)
             biggest = max((_area(track.bbox) for track, _ in inside), default=0.0)
-            if len(inside) >= 2 and _area(det.bbox) >= SPLIT_BLOB * biggest:
+            if len(inside) >= 2 and (_area(det.bbox) >= SPLIT_BLOB * biggest or _crossing(inside, t)):
                 for track, pred in inside:
                     # the part of the blob where the track is predicted to be
                     part = Detection(track.cls, round(det.conf * 0.9, 3), pred)
@@ -273,6 +285,10 @@ class Tracker:
                 track.vx = a * (cx1 - cx0) / dt + (1 - a) * track.vx
                 track.vy = a * (cy1 - cy0) / dt + (1 - a) * track.vy
             track.bbox, track.at, track.missed, track.cls = det.bbox, t, 0, det.cls
+            if id(det) not in coasting:
+                track.coasting_since = None
+            elif track.coasting_since is None:
+                track.coasting_since = t
             track.hits += 1
             matched[di] = track
         for ti, track in enumerate(self.tracks):
@@ -285,6 +301,26 @@ class Tracker:
                 self.tracks.append(track)
                 matched[di] = track
         return [matched[di] for di in range(len(detections))]
+
+
+def _crossing(inside: list[tuple[Track, Box]], t: float) -> bool:
+    """Whether the tracks in a blob are vehicles and pedestrians who walk unlike every vehicle there.
+
+    A pedestrian crossing in front of a bus is a blob no larger than the bus; a piece of the bus
+    once taken for a pedestrian moves with the bus, and must not be split off it for ever. A
+    velocity carried through a merge for more than CROSS_COAST_S is a guess (the bus may have
+    stopped in it) and proves nothing.
+    """
+    vehicles = [track for track, _ in inside if track.cls != "person"]
+    people = [track for track, _ in inside if track.cls == "person"]
+    if any(track.coasting_since is not None and t - track.coasting_since > CROSS_COAST_S for track, _ in inside):
+        return False  # a velocity kept through a long merge (a bus that stopped in it) proves nothing
+    return bool(vehicles and people) and all(
+        math.hypot(p.vx - v.vx, p.vy - v.vy)
+        >= max(CROSS_APART * max(v.speed, p.speed), CROSS_MIN * (p.bbox[3] - p.bbox[1]))
+        for p in people
+        for v in vehicles
+    )
 
 
 def _distinct(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -493,3 +494,88 @@ def test_two_pedestrians_side_by_side_at_a_post_are_not_joined_into_a_car():
         Detection("person", 0.8, (300.0, 151.0, 330.0, 184.0)),
     ]
     assert [(d.cls, d.bbox) for d in tracker().split_merged(halves, 10.0)] == [("car", (250.0, 150.0, 330.0, 184.0))]
+
+
+def _walker(mask: np.ndarray, x: int, y: int, w: int, h: int) -> None:
+    """A pedestrian's silhouette as the simulated scenes draw one: a body and a head as wide."""
+    head = max(3, w // 2)
+    cv2.rectangle(mask, (x, y + 2 * head), (x + w, y + h), 255, -1)
+    cv2.circle(mask, (x + w // 2, y + head), head, 255, -1)
+
+
+def test_two_pedestrians_walking_together_are_cut_apart_and_one_road_user_never_is():
+    from models.detectors import pair_cut
+
+    # one a little ahead of the other, overlapping by a column: the blob of the distant scene
+    pair = np.zeros((23, 10), np.uint8)
+    pair[0:13, 0:5] = 255
+    pair[10:23, 4:10] = 255
+    assert pair_cut(pair) == ((0, 0, 5, 13), (4, 10, 6, 13))
+    # two walkers drawn as the scenes draw them, side by side, the right one 20 px further on
+    two = np.zeros((57, 28), np.uint8)
+    _walker(two, 0, 0, 13, 36)
+    _walker(two, 14, 20, 13, 36)
+    left, right = pair_cut(two) or ((), ())
+    assert left[:2] == (0, 0) and left[3] == 37 and 14 <= left[2] <= 16, left
+    assert right[1] == 20 and right[3] == 37 and 12 <= right[2] <= 14, right
+    # ... but 10 px apart they are too alike to one road user's outline to cut (PAIR_COVER)
+    close = np.zeros((47, 28), np.uint8)
+    _walker(close, 0, 0, 13, 36)
+    _walker(close, 14, 10, 13, 36)
+    assert pair_cut(close) is None
+    # one walker, a car, a walker with a leg swung out, a pedestrian beside a car: never cut
+    one = np.zeros((38, 14), np.uint8)
+    _walker(one, 0, 0, 13, 37)
+    assert pair_cut(one) is None
+    assert pair_cut(np.full((30, 70), 255, np.uint8)) is None
+    stride = np.zeros((38, 20), np.uint8)
+    _walker(stride, 0, 0, 13, 37)
+    stride[24:38, 13:20] = 255  # the leg: under half the height
+    assert pair_cut(stride) is None
+    beside = np.zeros((40, 90), np.uint8)
+    beside[8:40, 0:70] = 255
+    _walker(beside, 72, 0, 13, 37)
+    assert pair_cut(beside) is None  # a car is not tall: the tracker parts these (seen apart before)
+
+
+def test_the_motion_detector_reports_two_walkers_who_entered_together_as_two():
+    scene = np.full((360, 640, 3), 90, np.uint8)
+    detector = MotionDetector()
+    detector.warm_up("c", [scene] * 9)
+    frame = scene.copy()
+    for x, y in ((300, 150), (313, 170)):  # overlapping by a column, the second 20 px ahead
+        head = 6
+        cv2.rectangle(frame, (x, y + 2 * head), (x + 13, y + 36), (40, 160, 220), -1)
+        cv2.circle(frame, (x + 6, y + head), head, (60, 90, 160), -1)
+    found = detector.detect("c", frame, 1, at=1.0)
+    truth = [(300.0, 150.0, 313.0, 186.0), (313.0, 170.0, 326.0, 206.0)]
+    assert len(found) == 2, found
+    assert all(max(iou(d.bbox, box) for d in found) >= 0.5 for box in truth), found
+    assert {d.cls for d in found} == {"person"}
+
+
+def test_a_pedestrian_crossing_within_a_vehicles_outline_keeps_their_box():
+    def last_frame(person_at: Callable[[float, float], tuple[float, float]]) -> list[Detection]:
+        """Seen apart for 2 s, then one blob the car's own size (the pedestrian inside its outline)."""
+        tracker = Tracker()
+        found: list[Detection] = []
+        for i in range(6):
+            t = i * 0.5
+            x = 400.0 - 60.0 * t  # the car drives left at 60 px/s
+            car = (x, 100.0, x + 90.0, 140.0)
+            px, py = person_at(t, x)
+            dets = [Detection("car", 0.9, car)]
+            if i < 4:
+                dets.append(Detection("person", 0.9, (px, py, px + 12.0, py + 34.0)))
+            found = tracker.split_merged(dets, t)
+            tracker.update(found, t)
+        return found
+
+    # walking down across the lane at 30 px/s: in front of the car from t = 2
+    crossing = last_frame(lambda t, x: (330.0, 40.0 + 30.0 * t))
+    assert sorted(d.cls for d in crossing) == ["car", "person"], crossing
+    person = next(d for d in crossing if d.cls == "person")
+    assert iou(person.bbox, (330.0, 115.0, 342.0, 149.0)) >= 0.5, person
+    # a 'pedestrian' that moves with the car is a piece of it, not someone crossing
+    riding = last_frame(lambda t, x: (x + 40.0, 104.0))
+    assert [d.cls for d in riding] == ["car"], riding
