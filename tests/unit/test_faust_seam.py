@@ -231,3 +231,74 @@ def test_undelivered_records_hold_commits_until_a_seek_and_a_lasting_refusal_end
     clock[0] += 500
     guard.on_send_error(None, RuntimeError("refused"), None)
     assert guard.pending == 2 and guard.failing_since == clock[0]
+
+
+@pytest.mark.parametrize(
+    ("raised", "dead_lettered"),
+    [
+        ("connection", False),  # a broker away: handled again after the rejoin, not lost to the DLQ
+        ("metadata timeout", False),
+        ("producer closed", False),  # the worker stopping: the partition's next owner handles it
+        ("too large", True),  # this event's own record: the DLQ, with the reason
+        ("bug", True),
+    ],
+)
+def test_a_send_kafka_could_not_take_is_retried_and_only_the_events_own_fault_is_dead_lettered(
+    monkeypatch, raised, dead_lettered
+):
+    from types import SimpleNamespace
+
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError, ProducerClosed
+    from faust.exceptions import ProducerSendError
+
+    from streams import dlq, faust_seam
+
+    cause = {
+        "connection": KafkaConnectionError("no broker"),
+        "metadata timeout": KafkaTimeoutError(),
+        "producer closed": ProducerClosed(),
+        "too large": MessageSizeTooLargeError(),
+        "bug": None,
+    }[raised]
+    guard = faust_seam.SendFailureGuard()
+    monkeypatch.setattr(dlq, "SEND_FAILURES", guard)
+    letters: list[str] = []
+
+    async def to_dlq(event, reason: str) -> None:
+        letters.append(reason)
+
+    monkeypatch.setattr(dlq, "send_to_dlq", to_dlq)
+
+    async def handle(event) -> None:
+        if cause is None:
+            raise KeyError("a bug")
+        raise ProducerSendError(f"Error while sending: {cause!r}") from cause
+
+    event = SimpleNamespace(message=SimpleNamespace(topic="t-assessment-tasks", partition=3, offset=7))
+    asyncio.run(dlq.guarded(event, handle))
+    assert bool(letters) == dead_lettered, letters
+    assert guard.pending == (0 if dead_lettered else 1)  # pending: commits held until the seek
+
+
+def test_an_unreachable_dlq_holds_the_event_for_another_try(monkeypatch):
+    from types import SimpleNamespace
+
+    from aiokafka.errors import KafkaConnectionError
+    from faust.exceptions import ProducerSendError
+
+    from streams import dlq, faust_seam
+    from streams.errors import InvalidRecord
+
+    guard = faust_seam.SendFailureGuard()
+    monkeypatch.setattr(dlq, "SEND_FAILURES", guard)
+
+    async def to_dlq(event, reason: str) -> None:
+        raise ProducerSendError("Error while sending") from KafkaConnectionError("no broker")
+
+    async def handle(event) -> None:
+        raise InvalidRecord("not JSON")
+
+    monkeypatch.setattr(dlq, "send_to_dlq", to_dlq)
+    event = SimpleNamespace(message=SimpleNamespace(topic="t-detections", partition=0, offset=1))
+    asyncio.run(dlq.guarded(event, handle))
+    assert guard.pending == 1
