@@ -121,6 +121,9 @@ class WebhookSender:
 
     An alert older than ``max_age_s`` is not sent any more (counted ``expired``): an alert that
     arrives an hour late is noise, and a dead receiver must not make every later alert late.
+    Versions of one alert (a measured one, then the VLM's verdict on it, an escalation) go out one
+    at a time in the order they came: sent side by side, a retried first version would reach the
+    receiver after the verdict and undo it there. Different alerts still go out side by side.
     """
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, retries: int = 3, max_age_s: float = 300.0) -> None:
@@ -129,6 +132,8 @@ class WebhookSender:
         self.retries = retries
         self.max_age_s = max_age_s
         self._session: aiohttp.ClientSession | None = None
+        #: one lock per alert (camera, group) with sends waiting on it, and how many hold or wait
+        self._in_order: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -140,7 +145,23 @@ class WebhookSender:
             await self._session.close()
 
     async def send(self, alert: dict[str, Any]) -> str:
-        """Deliver ``alert``; returns the outcome (ok, failed, expired), also counted in metrics."""
+        """Deliver ``alert`` after the versions of it sent before; returns the outcome (ok, failed,
+        expired), also counted in metrics. Call it with no await before: the wait for the earlier
+        versions is joined in the caller's order only then."""
+        key = (str(alert.get("camera_id")), str(alert.get("group_id")))
+        lock, users = self._in_order.get(key, (asyncio.Lock(), 0))
+        self._in_order[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._post(alert)
+        finally:
+            lock, users = self._in_order[key]
+            if users == 1:
+                del self._in_order[key]
+            else:
+                self._in_order[key] = (lock, users - 1)
+
+    async def _post(self, alert: dict[str, Any]) -> str:
         reason, outcome = "", "failed"
         for attempt in range(self.retries + 1):
             age_s = time.time() - float(alert.get("raised_at", 0)) / 1000.0

@@ -43,3 +43,54 @@ def test_only_the_last_alerts_are_kept():
     for i in range(120):
         recent, _ = merge_alert(recent, alert(f"t{i}", f"g{i}", "high", i), 60, 100)
     assert len(recent) == 100 and recent[0]["task_id"] == "t119"
+
+
+def test_versions_of_one_alert_reach_the_webhook_in_order_while_other_alerts_go_side_by_side():
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from agents.alerting import WebhookSender
+
+    async def scenario() -> tuple[list[str], dict[object, object]]:
+        arrived: list[str] = []
+        refused: set[str] = set()
+
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.json()
+            name = f"{body['group_id']}:{body.get('verdict') or body['source']}"
+            if name == "g1:measured" and name not in refused:
+                refused.add(name)  # the first try of the measured alert fails: retried 0.5 s later
+                return web.Response(status=503)
+            arrived.append(name)
+            return web.Response()
+
+        server = web.Application()
+        server.router.add_post("/hook", receive)
+        runner = web.AppRunner(server)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sender = WebhookSender(f"http://127.0.0.1:{port}/hook", retries=2)
+        now = time.time() * 1000
+
+        def version(group: str, source: str) -> dict[str, object]:
+            return {"task_id": f"t-{group}", "camera_id": "c", "group_id": group, "raised_at": now, "source": source}
+
+        measured = version("g1", "measured")
+        judged = {**measured, "verdict": "confirmed"}
+        other = version("g2", "vlm")
+        try:
+            outcomes = await asyncio.gather(sender.send(measured), sender.send(judged), sender.send(other))
+        finally:
+            await sender.close()
+            await runner.cleanup()
+        assert outcomes == ["ok", "ok", "ok"]
+        return arrived, getattr(sender, "_in_order", {})
+
+    arrived, locks = asyncio.run(scenario())
+    # the verdict waited for the retried measured alert; the other group's alert did not wait
+    assert arrived == ["g2:vlm", "g1:measured", "g1:confirmed"], arrived
+    assert not locks  # none left behind
