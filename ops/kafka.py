@@ -13,6 +13,8 @@ StorageTool, then ``java -cp 'libs/*' kafka.Kafka server.properties`` runs until
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -214,11 +216,15 @@ class KafkaCluster:
                 check=True,
                 capture_output=True,
             )
-        for node in self.nodes:
-            self.start_node(node)
-        deadline = time.monotonic() + timeout_s
-        for node in self.nodes:
-            self._wait(node, deadline)
+        try:
+            for node in self.nodes:
+                self.start_node(node)
+            deadline = time.monotonic() + timeout_s
+            for node in self.nodes:
+                self._wait(node, deadline)
+        except BaseException:
+            self.stop(timeout_s=5.0)  # a node that did not come up must not leave the others running
+            raise
         return self
 
     def start_node(self, node: KafkaNode) -> None:
@@ -229,7 +235,10 @@ class KafkaCluster:
             [*java, "kafka.Kafka", str(node.data_dir / "server.properties")],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # its own group (a Ctrl-C meant for the test run or the stack does not reach it half
+            # way), but it goes when its starter goes, however that ends (SIGKILL included)
             start_new_session=True,
+            preexec_fn=_end_with_parent,
         )
 
     def _wait(self, node: KafkaNode, deadline: float) -> None:
@@ -265,6 +274,19 @@ class KafkaCluster:
                 node.process.wait(10)
 
 
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+#: prctl(2) option: the signal the calling process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+#: ``python -m ops.kafka start`` stops its brokers within this (SIGKILL after it), inside the
+#: 15 s that ``ops.procs.stop_group`` gives it before killing it.
+FOREGROUND_STOP_S = 10.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ops.kafka", description="Apache Kafka on loopback.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -278,16 +300,17 @@ def main(argv: list[str] | None = None) -> None:
         print(libs_dir())
         return
     cluster = KafkaCluster(args.dir, size=args.size, ports=[args.port + i for i in range(args.size)])
-    cluster.start()
-    print(f"kafka: {cluster.url}  (bootstrap {cluster.bootstrap}); Ctrl-C stops", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     try:
+        cluster.start()  # stopped below even when it fails half way or is interrupted
+        print(f"kafka: {cluster.url}  (bootstrap {cluster.bootstrap}); Ctrl-C stops", flush=True)
         while all(n.process is not None and n.process.poll() is None for n in cluster.nodes):
             time.sleep(0.5)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        cluster.stop()
+        cluster.stop(FOREGROUND_STOP_S)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Child processes for tests, benchmarks and the local stack: spawn, stop, wait.
 
 Every process roadwatch's tooling starts gets its own session (process group), so that stopping
-it also stops what it started (java under ``ops.kafka``). Stopping is SIGTERM to the group, then
-SIGKILL after a timeout; waiting is a poll with a deadline that names what it waited for.
+it also stops what it started; the brokers ``ops.kafka`` starts have sessions of their own
+and end with it (stopped by it, or by the kernel's parent-death signal if it is killed).
+Stopping is SIGTERM to the group, then SIGKILL after a timeout; waiting is a poll with a
+deadline that names what it waited for.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ KeyStrategy = Literal["least_loaded", "round_robin", "weighted", "latency"]
 class ApiKeyConfig(BaseModel):
     """One VLM API key with its pool parameters; only ``alias`` is ever shown."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     key: SecretStr = Field(description="The secret API key.")
     alias: str = Field(default="", description="Name shown in logs, metrics and web views.")
@@ -52,7 +52,7 @@ class ApiKeyConfig(BaseModel):
 class QuotaConfig(BaseModel):
     """The provider's limits of one (account, model), or of a sub-workspace of the account."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     account: str = Field(min_length=1, description="The account (as the keys' ``account``).")
     model: str = Field(default="*", min_length=1, description="The model these limits are for; * for every model.")
@@ -66,7 +66,7 @@ class QuotaConfig(BaseModel):
 class PriceConfig(BaseModel):
     """What one model costs per 1,000 tokens (in any currency; budgets are in the same)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     input_per_1k: float = Field(ge=0)
     output_per_1k: float = Field(ge=0)
@@ -151,7 +151,9 @@ def parse_keys(raw: str) -> list[ApiKeyConfig]:
 class Settings(BaseSettings):
     """All settings; each field maps to ``ROADWATCH_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="ROADWATCH_", env_file=".env", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ROADWATCH_", env_file=".env", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # --- Faust / Kafka -------------------------------------------------------------------
     app_id: str = Field(default="roadwatch", description="Faust app id: consumer group and table prefix.")

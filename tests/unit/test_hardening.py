@@ -487,6 +487,27 @@ def test_a_rebalance_timeout_shorter_than_a_task_is_refused_at_start():
     assert defaults.rebalance_timeout_s > defaults.task_deadline_s
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ROADWATCH_REBALANCE_TIMEOUT_S": "20"},  # a model check: pydantic printed the whole input
+        {"ROADWATCH_TASK_DEADLINE_S": "fast"},
+        {"ROADWATCH_WEB_TOKEN": "short"},
+    ],
+)
+def test_a_refused_setting_shows_no_part_of_a_key_or_token(monkeypatch, bad):
+    key = "sk-0123456789abcdefREALSECRET"
+    monkeypatch.setenv("ROADWATCH_VLM_KEYS", key)
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    text = str(refused.value)
+    for secret in (key, *bad.values()):
+        if secret != "fast" and secret != "20":
+            assert all(secret[i : i + 6] not in text for i in range(len(secret) - 5)), text
+
+
 @pytest.mark.parametrize("interval", [0.001, 0.5])
 def test_a_heap_trim_every_few_milliseconds_is_refused_at_start(interval):
     with pytest.raises(ValidationError, match="heap_trim_s must be 0"):
