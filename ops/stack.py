@@ -24,7 +24,7 @@ from pathlib import Path
 
 from models import producer
 from ops.http import get_json
-from ops.kafka import port_open
+from ops.kafka import libs_dir, port_open
 from ops.procs import Proc, WaitTimeout, alive, spawn, stop_pids, wait_until
 from sim import vlm
 
@@ -56,7 +56,10 @@ def stack_env(ports: Ports, extra: dict[str, str] | None = None) -> dict[str, st
             "ROADWATCH_IMAGE_STORE": f"file://{STATE / 'images'}",
         }
     )
-    env.setdefault("ROADWATCH_VLM_KEYS", ",".join(SIM_KEYS))
+    # the stack's VLM is the simulated one, which knows only its own keys: a shell's real keys
+    # (ROADWATCH_VLM_KEYS, or the _FILE that wins over it) would all be refused, and sent there
+    env.pop("ROADWATCH_VLM_KEYS_FILE", None)
+    env["ROADWATCH_VLM_KEYS"] = ",".join(SIM_KEYS)
     # the local stack binds to loopback only: no token, so the printed dashboard URL just works
     env.setdefault("ROADWATCH_WEB_AUTH", "false")
     env.update(extra or {})
@@ -138,10 +141,12 @@ class Stack:
         (STATE / "pids").mkdir(parents=True, exist_ok=True)
         if not shutil.which("redis-server"):
             print("redis: redis-server not found: running degraded (no result cache)", flush=True)
+        if self.plan and self.plan[0][0] == "kafka":
+            libs_dir()  # the broker's jars, fetched once (minutes) before, not inside its 120 s to start
         try:
             for name, cmd in self.plan:
                 self._start_one(name, cmd, say=say)
-        except (SystemExit, Exception):
+        except BaseException:  # a failure, or Ctrl-C half way: nothing started is left running
             self.stop()
             raise
 
@@ -182,8 +187,9 @@ class Stack:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         stop_pids([(name, proc.pid) for name, proc in reversed(list(self.procs.items()))], timeout_s)
-        for proc in self.procs.values():
-            proc.popen.poll()
+        for name, proc in self.procs.items():
+            if proc.popen.poll() is not None:  # its PID may be another process's tomorrow
+                (STATE / "pids" / f"{name}.pid").unlink(missing_ok=True)
 
     def alive(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.running()]
@@ -210,6 +216,17 @@ def wait_for_results(web: int, cameras: int, timeout_s: float) -> float | None:
     return None
 
 
+#: What stops a foreground stack: Ctrl-C, a kill, the terminal closing (its children have sessions
+#: of their own: the hang-up does not reach them).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    for sig in STOP_SIGNALS:  # once: a second Ctrl-C must not cut short the stop that follows
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     stack = Stack(Ports())
     stopping = False
@@ -218,10 +235,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in STOP_SIGNALS:  # while starting, a signal interrupts the wait for the next service
+        signal.signal(sig, _interrupt)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except KeyboardInterrupt:
+            return 130
+        for sig in STOP_SIGNALS:  # from here the loop below ends on the flag, and stops everything
+            signal.signal(sig, on_signal)
         print(f"dashboard: http://127.0.0.1:{stack.ports.web}/", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         ready_said = False
@@ -250,18 +272,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _pid_files() -> list[tuple[str, int]]:
-    order = ["producer", "worker", "worker-1", "worker-2", "worker-3", "worker-4", "vlm", "redis", "kafka"]
+    """The PID files of ``up``, in stop order: the producer, every worker, then what they use."""
+    order = ["producer", "worker", "vlm", "redis", "kafka"]
     found = {p.stem: int(p.read_text()) for p in (STATE / "pids").glob("*.pid")} if (STATE / "pids").exists() else {}
-    return sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 50)
+
+    def rank(name: str) -> tuple[int, int]:
+        kind, _, index = name.partition("-")
+        return (order.index(kind) if kind in order else len(order), int(index) if index.isdigit() else 0)
+
+    return sorted(found.items(), key=lambda kv: rank(kv[0]))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(Ports(), workers=args.workers)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
-        stack.start()
-    except SystemExit:
-        stack.stop()
-        raise
+        stack.start()  # stops what it started on a failure or a Ctrl-C
+    except KeyboardInterrupt:
+        return 130
     print(f"dashboard: http://127.0.0.1:{stack.ports.web}/  (`make status`, `make down`)", flush=True)
     return 0
 
@@ -320,6 +349,14 @@ def cmd_e2e(args: argparse.Namespace) -> int:
         stack.stop()
 
 
+def _bootstrap() -> str:
+    """Where ``topics`` creates the topics: the brokers the workers would use, when configured."""
+    url = os.environ.get("ROADWATCH_KAFKA_URL")
+    if url:
+        return ",".join(part.strip().removeprefix("kafka://") for part in url.split(";") if part.strip())
+    return f"127.0.0.1:{Ports().kafka}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ops.stack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -330,7 +367,11 @@ def main(argv: list[str] | None = None) -> None:
     down.add_argument("--timeout", type=float, default=15.0)
     sub.add_parser("status", help="show what runs")
     topics = sub.add_parser("topics", help="create the topics")
-    topics.add_argument("--bootstrap", default=f"127.0.0.1:{Ports().kafka}")
+    topics.add_argument(
+        "--bootstrap",
+        default=_bootstrap(),
+        help="brokers, host:port[,...] (default: ROADWATCH_KAFKA_URL's when set, else the local stack's)",
+    )
     topics.add_argument("--partitions", type=int, default=None)
     topics.add_argument("--replicas", type=int, default=None)
     e2e = sub.add_parser("e2e", help="run the pipeline for a while and verify exactly-once results")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -55,8 +56,10 @@ def test_a_failed_start_stops_what_it_had_started(tmp_path):
     assert up.returncode != 0
     assert "started kafka" in up.stdout, up.stdout
     assert not any(port_open(int(env[f"ROADWATCH_{n}_PORT"])) for n in ("KAFKA", "REDIS", "VLM")), up.stdout
-    pids = [int(p.read_text()) for p in (tmp_path / "state" / "pids").glob("*.pid")]
+    pids = [int(pid) for pid in re.findall(r"^started \S+ +pid (\d+)", up.stdout, re.MULTILINE)]
     assert pids and not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in pids)
+    # and no PID file is left for `make status` to call DEAD (or `make down` to kill a reused PID)
+    assert not list((tmp_path / "state" / "pids").glob("*.pid"))
 
 
 def _running(pid: int) -> bool:

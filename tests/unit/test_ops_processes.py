@@ -71,3 +71,59 @@ def test_a_broker_ends_when_its_starter_is_killed(tmp_path):
         for pid in _pids(pids):
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def test_the_local_stack_uses_the_simulated_vlms_keys_whatever_the_shell_holds(monkeypatch):
+    from ops.stack import SIM_KEYS, Ports, stack_env
+
+    monkeypatch.setenv("ROADWATCH_VLM_KEYS", "sk-real-one,sk-real-two")
+    monkeypatch.setenv("ROADWATCH_VLM_KEYS_FILE", "/run/secrets/vlm-keys")
+    env = stack_env(Ports())
+    assert env["ROADWATCH_VLM_KEYS"] == ",".join(SIM_KEYS)
+    assert "ROADWATCH_VLM_KEYS_FILE" not in env
+
+
+def test_topics_go_to_the_configured_brokers_and_up_stops_every_worker_before_kafka(monkeypatch, tmp_path):
+    from ops import stack
+
+    monkeypatch.setenv("ROADWATCH_KAFKA_URL", "kafka://b1:9092;kafka://b2:9092")
+    assert stack._bootstrap() == "b1:9092,b2:9092"
+    monkeypatch.delenv("ROADWATCH_KAFKA_URL")
+    assert stack._bootstrap() == f"127.0.0.1:{stack.Ports().kafka}"
+    monkeypatch.setattr(stack, "STATE", tmp_path)
+    (tmp_path / "pids").mkdir()
+    for n, name in enumerate(["kafka", "worker-10", "redis", "worker-2", "producer", "vlm", "worker-1"]):
+        (tmp_path / "pids" / f"{name}.pid").write_text(str(100 + n))
+    assert [name for name, _ in stack._pid_files()] == [
+        "producer",
+        "worker-1",
+        "worker-2",
+        "worker-10",
+        "vlm",
+        "redis",
+        "kafka",
+    ]
+
+
+def test_a_stack_interrupted_while_starting_stops_what_it_started(monkeypatch, tmp_path):
+    from ops import stack
+
+    monkeypatch.setattr(stack, "STATE", tmp_path)
+    monkeypatch.setattr(stack, "libs_dir", lambda: tmp_path)
+    monkeypatch.setattr(stack.Stack, "check_ports", lambda self: None)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    plan = [("vlm", sleeper), ("worker", sleeper)]
+    st = stack.Stack(stack.Ports())
+    st.plan = plan
+
+    def start_one(self: stack.Stack, name: str, cmd: list[str], *, say: bool) -> None:
+        if name == "worker":
+            raise KeyboardInterrupt  # Ctrl-C while waiting for the worker
+        self.procs[name] = stack.spawn(name, cmd, dict(os.environ), tmp_path / "logs")
+        (tmp_path / "pids" / f"{name}.pid").write_text(str(self.procs[name].pid))
+
+    monkeypatch.setattr(stack.Stack, "_start_one", start_one)
+    with pytest.raises(KeyboardInterrupt):
+        st.start(say=False)
+    assert not st.alive()
+    assert not list((tmp_path / "pids").glob("*.pid"))  # no stale PID files for `make status`
