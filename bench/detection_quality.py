@@ -90,13 +90,16 @@ class Score:
     boxes_right: int = 0
     cpu_s: float = 0.0
     frames: int = 0
-    by_cause: dict[str, int] = field(default_factory=dict)
+    #: road users not found, by what the box nearest to them holds (see :func:`miss_cause`)
+    missed_by_cause: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Score) -> None:
         for name in ("objects", "found", "pedestrians", "pedestrians_found", "vehicles", "vehicles_found"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.boxes += other.boxes
         self.boxes_right += other.boxes_right
+        for cause, n in other.missed_by_cause.items():
+            self.missed_by_cause[cause] = self.missed_by_cause.get(cause, 0) + n
         self.cpu_s += other.cpu_s
         self.frames += other.frames
 
@@ -110,6 +113,7 @@ class Score:
             "pedestrians": self.pedestrians,
             "boxes": self.boxes,
             "ms_per_frame": round(1000 * self.cpu_s / max(1, self.frames), 2),
+            "missed_by_cause": dict(sorted(self.missed_by_cause.items(), key=lambda kv: -kv[1])),
         }
 
 
@@ -133,6 +137,9 @@ def score_frame(score: Score, truth: list[TruthBox], found: list[Detection]) -> 
     for ti, box in enumerate(counted):
         person = box.cls == "person"
         hit = hit_of.get(ti)
+        if hit is None:
+            cause = miss_cause(box, truth, found)
+            score.missed_by_cause[cause] = score.missed_by_cause.get(cause, 0) + 1
         right_class = hit is not None and (found[hit].cls == "person") == person
         score.objects += 1
         score.found += hit is not None
@@ -148,6 +155,24 @@ def score_frame(score: Score, truth: list[TruthBox], found: list[Detection]) -> 
             score.boxes_right += 1
         elif not any(iou(b.bbox, det.bbox) >= IOU for b in ignored):
             score.boxes += 1
+
+
+def miss_cause(box: TruthBox, truth: list[TruthBox], found: list[Detection]) -> str:
+    """Why ``box`` was not found: ``merged-<its kind>-<another's>`` (the box overlapping it most also
+    covers another road user: ``merged-person-person``, ``merged-person-vehicle`` ...), ``part`` (a
+    box on it alone, too small or too large for IoU 0.5), or ``none`` (no box on it at all)."""
+    overlaps = [(iou(box.bbox, d.bbox), d) for d in found]
+    best, det = max(overlaps, key=lambda od: od[0], default=(0.0, None))
+    if det is None or best <= 0.0:
+        return "none"
+    others = sorted(
+        "person" if other.cls == "person" else "vehicle"
+        for other in truth
+        if other.actor_id != box.actor_id and iou(other.bbox, det.bbox) > 0.1
+    )
+    if others:
+        return "-".join(["merged", "person" if box.cls == "person" else "vehicle", *others[:1]])
+    return "part"
 
 
 def run_scenario(url: str, fps: int, seconds: float, detectors: dict[str, Callable[[], Detector]]) -> dict[str, Score]:

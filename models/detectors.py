@@ -497,7 +497,7 @@ class MotionDetector(Detector):
         kept = sized([_blob(contour) for contour in contours])
         if kept and model.ref_level < self.night_below:
             kept = sized(self._unlight(model, mask, kept))  # lit road cut out: pieces may be small
-        parts = self._cut_pairs(mask, kept, inv, area)
+        parts = self._cut_pairs(mask, kept, inv, area, self.min_area)
         blobs = np.array([(x, y, x + w, y + h) for _, (x, y, w, h) in parts], np.float32).reshape(-1, 4)
         stood = _best_iou(blobs, model.blobs) >= GHOST_STILL_IOU
         model.blobs = blobs
@@ -515,7 +515,11 @@ class MotionDetector(Detector):
 
     @staticmethod
     def _cut_pairs(
-        mask: np.ndarray, blobs: list[tuple[np.ndarray, tuple[int, int, int, int]]], inv: float, area: float
+        mask: np.ndarray,
+        blobs: list[tuple[np.ndarray, tuple[int, int, int, int]]],
+        inv: float,
+        area: float,
+        min_area: float,
     ) -> list[tuple[np.ndarray | None, tuple[int, int, int, int]]]:
         """The blobs with each pair of road users side by side cut in two (see PAIR_COVER)."""
         out: list[tuple[np.ndarray | None, tuple[int, int, int, int]]] = []
@@ -533,7 +537,7 @@ class MotionDetector(Detector):
             cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
             own &= mask[y : y + h, x : x + w]
             parts = pair_cut(own)
-            if parts is None:
+            if parts is None or any(pw * ph * inv * inv < min_area for _, _, pw, ph in parts):
                 out.append((contour, (x, y, w, h)))
             else:
                 out += [(None, (x + px, y + py, pw, ph)) for px, py, pw, ph in parts]
@@ -575,8 +579,13 @@ def pair_cut(own: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int
         left_h = left_bottom[cut - 1] - left_top[cut - 1] + 1
         right_h = right_bottom[cut + seam] - right_top[cut + seam] + 1
         cover = cut * left_h + seam * h + (w - cut - seam) * right_h
+        # what the shared columns hold lies within the two parts' rows (not a figure above both)
+        seam_top = np.min([top[cut + i] for i in range(seam)], axis=0) if seam else h
+        seam_bottom = np.max([bottom[cut + i] for i in range(seam)], axis=0) if seam else -1
         ok = (
-            (np.minimum(left_h, right_h) >= PAIR_MIN_H * h)
+            (seam_top >= np.minimum(left_top[cut - 1], right_top[cut + seam]))
+            & (seam_bottom <= np.maximum(left_bottom[cut - 1], right_bottom[cut + seam]))
+            & (np.minimum(left_h, right_h) >= PAIR_MIN_H * h)
             & (left_h >= PAIR_TALL * (cut + seam))
             & (right_h >= PAIR_TALL * (w - cut))
             & (cover <= PAIR_COVER * w * h)

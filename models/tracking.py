@@ -48,6 +48,8 @@ CROSS_APART = 0.5
 CROSS_MIN = 0.25
 #: ... measured no longer than CROSS_COAST_S ago (a walker crosses a bus's width in about that).
 CROSS_COAST_S = 1.5
+#: A pedestrian whose predicted box overlaps another detection this much (IoU) was found apart.
+SEEN_APART_IOU = 0.3
 #: ... and two tracks whose parts overlap this much (IoU) are one road user (a pedestrian in
 #: front of a car overlaps it far less).
 DUPLICATE_IOU = 0.4
@@ -76,8 +78,12 @@ class Track:
     vy: float = 0.0
     missed: int = 0
     hits: int = 1
-    #: since when its boxes are its own predictions (see split_merged): its velocity is as old
-    coasting_since: float | None = None
+    #: when it last matched a detection of its own, not its prediction (see split_merged): its
+    #: velocity is as old
+    measured_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.measured_at = self.at
 
     def predict(self, t: float) -> Box:
         dt = t - self.at
@@ -129,12 +135,21 @@ class Tracker:
                     inside.append((track, pred))
             inside = _distinct(inside)
             biggest = max((_area(track.bbox) for track, _ in inside), default=0.0)
-            if len(inside) >= 2 and (_area(det.bbox) >= SPLIT_BLOB * biggest or _crossing(inside, t)):
+            if len(inside) >= 2 and _area(det.bbox) >= SPLIT_BLOB * biggest:
                 for track, pred in inside:
                     # the part of the blob where the track is predicted to be
                     part = Detection(track.cls, round(det.conf * 0.9, 3), pred)
                     self._coasting[id(part)] = track.track_id
                     out.append(part)
+            elif len(inside) >= 2 and _crossing(inside, t) and not _seen_apart(inside, blob_arr, di):
+                # the blob is the vehicle, measured as ever; the pedestrian in front coasts on
+                vehicle = next(track for track, _ in inside if track.cls != "person")
+                out.append(Detection(vehicle.cls, det.conf, det.bbox))
+                for track, pred in inside:
+                    if track.cls == "person":
+                        part = Detection(track.cls, round(det.conf * 0.9, 3), pred)
+                        self._coasting[id(part)] = track.track_id
+                        out.append(part)
             else:
                 out.append(det)
         return out
@@ -286,9 +301,7 @@ class Tracker:
                 track.vy = a * (cy1 - cy0) / dt + (1 - a) * track.vy
             track.bbox, track.at, track.missed, track.cls = det.bbox, t, 0, det.cls
             if id(det) not in coasting:
-                track.coasting_since = None
-            elif track.coasting_since is None:
-                track.coasting_since = t
+                track.measured_at = t
             track.hits += 1
             matched[di] = track
         for ti, track in enumerate(self.tracks):
@@ -308,19 +321,31 @@ def _crossing(inside: list[tuple[Track, Box]], t: float) -> bool:
 
     A pedestrian crossing in front of a bus is a blob no larger than the bus; a piece of the bus
     once taken for a pedestrian moves with the bus, and must not be split off it for ever. A
-    velocity carried through a merge for more than CROSS_COAST_S is a guess (the bus may have
-    stopped in it) and proves nothing.
+    velocity not measured for more than CROSS_COAST_S is a guess (the pedestrian may have stopped
+    behind the bus) and proves nothing. One vehicle: a blob of two is larger than either.
     """
     vehicles = [track for track, _ in inside if track.cls != "person"]
     people = [track for track, _ in inside if track.cls == "person"]
-    if any(track.coasting_since is not None and t - track.coasting_since > CROSS_COAST_S for track, _ in inside):
+    if any(t - track.measured_at > CROSS_COAST_S for track, _ in inside):
         return False  # a velocity kept through a long merge (a bus that stopped in it) proves nothing
-    return bool(vehicles and people) and all(
-        math.hypot(p.vx - v.vx, p.vy - v.vy)
-        >= max(CROSS_APART * max(v.speed, p.speed), CROSS_MIN * (p.bbox[3] - p.bbox[1]))
-        for p in people
-        for v in vehicles
+    return (
+        len(vehicles) == 1
+        and bool(people)
+        and all(
+            math.hypot(p.vx - v.vx, p.vy - v.vy)
+            >= max(CROSS_APART * max(v.speed, p.speed), CROSS_MIN * (p.bbox[3] - p.bbox[1]))
+            for p in people
+            for v in vehicles
+        )
     )
+
+
+def _seen_apart(inside: list[tuple[Track, Box]], blobs: np.ndarray, home: int) -> bool:
+    """Whether a pedestrian in blob ``home`` was also found on their own this frame (a detector
+    that reports a bus and the pedestrian in front of it: nothing to split, the box is there)."""
+    people = np.array([pred for track, pred in inside if track.cls == "person"], np.float64).reshape(-1, 4)
+    others = np.delete(blobs, home, axis=0)
+    return bool(len(others)) and bool((iou_matrix(people, others) >= SEEN_APART_IOU).any())
 
 
 def _distinct(

@@ -442,6 +442,18 @@ def test_detection_score_ignores_hidden_and_long_still_road_users():
     fig = score.figures()
     assert (score.objects, score.found, score.boxes, score.boxes_right) == (2, 2, 3, 2)
     assert fig["pedestrian_recall"] == 0.0 and fig["vehicle_recall"] == 1.0
+    assert fig["missed_by_cause"] == {}
+    # misses by what lies on them: two walkers in one box, half a car, nothing at all
+    truth = [
+        TruthBox(1, "person", (10, 10, 22, 45), True),
+        TruthBox(2, "person", (20, 20, 32, 55), True),
+        TruthBox(3, "car", (100, 10, 170, 42), True),
+        TruthBox(4, "car", (300, 10, 370, 42), True),
+    ]
+    found = [Detection("person", 0.9, (10, 10, 32, 55)), Detection("car", 0.9, (100, 10, 125, 42))]
+    score = Score()
+    score_frame(score, truth, found)
+    assert score.figures()["missed_by_cause"] == {"merged-person-person": 2, "part": 1, "none": 1}
 
 
 def test_speed_benchmark_times_only_the_steady_state():
@@ -579,3 +591,43 @@ def test_a_pedestrian_crossing_within_a_vehicles_outline_keeps_their_box():
     # a 'pedestrian' that moves with the car is a piece of it, not someone crossing
     riding = last_frame(lambda t, x: (x + 40.0, 104.0))
     assert [d.cls for d in riding] == ["car"], riding
+
+
+def test_a_detector_that_reports_the_pedestrian_in_front_of_a_bus_gets_one_pedestrian_back():
+    # YOLO finds both: the bus's box holds the pedestrian's, and nothing is to be split or doubled
+    tracker = Tracker()
+    ids: list[dict[str, int]] = []
+    for i in range(7):
+        t = i * 0.5
+        x = 400.0 - 60.0 * t
+        y = 40.0 + 30.0 * t
+        dets = [
+            Detection("bus", 0.9, (x, 90.0, x + 120.0, 150.0)),
+            Detection("person", 0.9, (330.0, y, 342.0, y + 34.0)),
+        ]
+        found = tracker.split_merged(dets, t)
+        tracks = tracker.update(found, t)
+        assert sorted(d.cls for d in found) == ["bus", "person"], (t, found)
+        ids.append({d.cls: track.track_id for d, track in zip(found, tracks, strict=True)})
+    assert all(frame == ids[0] for frame in ids), ids  # the pedestrian keeps their id
+
+
+def test_pair_cut_keeps_what_the_shared_columns_hold_and_the_motion_detector_its_smallest_size():
+    from models.detectors import pair_cut
+
+    # two low parts with a thin column rising above both between them: one figure, not a pair
+    figure = np.zeros((20, 10), np.uint8)
+    figure[8:20, 0:5] = 255
+    figure[8:20, 5:10] = 255
+    figure[0:20, 4:6] = 255
+    figure[8:14, 5:10] = 0
+    assert pair_cut(figure) is None
+    # two walkers smaller than the detector's min_area each stay one blob
+    scene = np.full((360, 640, 3), 90, np.uint8)
+    detector = MotionDetector(min_area=120.0)
+    detector.warm_up("c", [scene] * 9)
+    frame = scene.copy()
+    cv2.rectangle(frame, (300, 150), (304, 162), (40, 160, 220), -1)
+    cv2.rectangle(frame, (304, 160), (309, 172), (40, 160, 220), -1)
+    found = detector.detect("c", frame, 1, at=1.0)
+    assert all((d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]) >= 120.0 for d in found), found
