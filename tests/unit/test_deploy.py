@@ -92,6 +92,29 @@ def test_promtool_accepts_the_rules_and_the_config(tmp_path: Path):
     (tmp_path / "web-token").write_text("check-only\n")
     config = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
     assert config.returncode == 0, config.stdout + config.stderr
+    # the k8s scrape jobs (the workers' /metrics want the token: no annotation-driven scrape)
+    docs = yaml.safe_load_all((DEPLOY / "k8s" / "60-prometheus-scrape.yaml").read_text())
+    configmap = next(doc for doc in docs if doc["kind"] == "ConfigMap")
+    jobs = yaml.safe_load(configmap["data"]["scrape-configs.yml"])
+    token = tmp_path / "k8s-token"
+    token.write_text("check-only\n")
+    for job in jobs:
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token)
+    k8s = tmp_path / "k8s.yml"
+    k8s.write_text(yaml.safe_dump({"rule_files": ["alerts.yml"], "scrape_configs": jobs}))
+    config = run([promtool, "check", "config", str(k8s)])
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    wanted = {m for g in rules["groups"] for r in g["rules"] for m in re.findall(r'job="([^"]+)"', r["expr"])}
+    assert wanted <= {job["job_name"] for job in jobs}, wanted
+    workers = next(
+        doc
+        for doc in yaml.safe_load_all((DEPLOY / "k8s" / "30-workers.yaml").read_text())
+        if doc["kind"] == "StatefulSet"
+    )
+    # an annotation-driven scrape would go without the token: 401
+    assert "prometheus.io/scrape" not in workers["spec"]["template"]["metadata"].get("annotations", {})
 
 
 def test_docker_compose_file_is_valid(tmp_path: Path):
@@ -117,6 +140,57 @@ def test_docker_compose_file_is_valid(tmp_path: Path):
     assert {"kafka-1", "kafka-2", "kafka-3", "redis", "prometheus", "grafana", "kafka-ui", "sim-vlm"} <= set(services)
     assert {"worker-1", "worker-2", "producer", "producer-cpu"} <= set(services)
     assert services["producer"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+DEAD_WORKERS_TEST = """
+rule_files: [alerts.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    # the producer runs on; every worker is down: no roadwatch_* series of theirs at all
+    input_series:
+      - series: 'up{job="roadwatch-worker",instance="worker-1:6066"}'
+        values: '0x30'
+      - series: 'up{job="roadwatch-worker",instance="worker-2:6066"}'
+        values: '0x30'
+      - series: 'up{job="roadwatch-producer",instance="producer:9108"}'
+        values: '1x30'
+    alert_rule_test:
+      - eval_time: 30m
+        alertname: RoadwatchWorkerDown
+        exp_alerts:
+          - exp_labels: {severity: critical, job: roadwatch-worker, instance: "worker-1:6066"}
+            exp_annotations:
+              summary: "Worker worker-1:6066 cannot be scraped: down, or its /metrics refuses the token."
+          - exp_labels: {severity: critical, job: roadwatch-worker, instance: "worker-2:6066"}
+            exp_annotations:
+              summary: "Worker worker-2:6066 cannot be scraped: down, or its /metrics refuses the token."
+      - eval_time: 30m
+        alertname: RoadwatchNoWorkerUp
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "No worker is up (or none is scraped); nothing between the producer and the browser runs."
+      - {eval_time: 30m, alertname: RoadwatchProducerDown, exp_alerts: []}
+  - interval: 1m
+    # one worker of two up: not "no worker", but the other one is down
+    input_series:
+      - series: 'up{job="roadwatch-worker",instance="worker-1:6066"}'
+        values: '1x30'
+      - series: 'up{job="roadwatch-worker",instance="worker-2:6066"}'
+        values: '0x30'
+    alert_rule_test:
+      - {eval_time: 30m, alertname: RoadwatchNoWorkerUp, exp_alerts: []}
+"""
+
+
+def test_dead_workers_raise_alerts_though_they_report_nothing(tmp_path: Path):
+    """The rules on roadwatch_* series go quiet when every worker is dead (no series to compare)."""
+    promtool = tool("promtool")
+    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "dead.yml").write_text(DEAD_WORKERS_TEST)
+    out = run([promtool, "test", "rules", "dead.yml"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_kubernetes_manifests_match_the_kubernetes_schemas():
