@@ -17,8 +17,9 @@ for arg in "$@"; do
   esac
 done
 missing=()
-# Debian's python3 makes a venv without pip unless python3-venv is installed (ensurepip)
-python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
+# Debian's python3 makes a venv without pip unless python3-venv is installed (ensurepip): only
+# wanted while the clone has no working venv yet
+[ -x .venv/bin/pip ] || python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -38,7 +39,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "missing system packages: ${missing[*]} (install them, or run this script as root)"
   # without redis-server roadwatch runs degraded (no cache); Java and Maven are required
   for m in "${missing[@]}"; do
-    case "$m" in openjdk-17-jre-headless|maven|python3-venv) exit 1 ;; *) ;; esac
+    case "$m" in openjdk-17-jre-headless|maven) exit 1 ;; *) ;; esac
   done
   exit 0
 fi

@@ -13,7 +13,6 @@ StorageTool, then ``java -cp 'libs/*' kafka.Kafka server.properties`` runs until
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import os
 import shutil
@@ -23,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,7 +238,7 @@ class KafkaCluster:
             # its own group (a Ctrl-C meant for the test run or the stack does not reach it half
             # way), but it goes when its starter goes, however that ends (SIGKILL included)
             start_new_session=True,
-            preexec_fn=_end_with_parent,
+            preexec_fn=_end_with_parent(),
         )
 
     def _wait(self, node: KafkaNode, deadline: float) -> None:
@@ -274,10 +274,24 @@ class KafkaCluster:
                 node.process.wait(10)
 
 
-def _end_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the process that started it dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _end_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: SIGTERM the child when the process that started it dies (Linux).
+
+    prctl is looked up here, in the parent: the child between fork and exec only calls it (no
+    dlopen there, where another thread may have held the loader's lock at the fork).
+    """
+    parent = os.getpid()
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call: nobody will signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 #: prctl(2) option: the signal the calling process gets when its parent dies.
@@ -301,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     cluster = KafkaCluster(args.dir, size=args.size, ports=[args.port + i for i in range(args.size)])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # under nohup a hang-up stays ignored
+        signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     try:
         cluster.start()  # stopped below even when it fails half way or is interrupted
         print(f"kafka: {cluster.url}  (bootstrap {cluster.bootstrap}); Ctrl-C stops", flush=True)

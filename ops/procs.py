@@ -72,7 +72,8 @@ def stop_group(pid: int, timeout_s: float = 15.0, *, name: str = "", dump_first:
         time.sleep(0.1)
     killed = alive(pid)
     if killed:
-        print(f"{name or pid} (pid {pid}) did not stop in {timeout_s:.0f}s: SIGKILL", flush=True)
+        with contextlib.suppress(OSError):  # the terminal may be gone (a hang-up): kill anyway
+            print(f"{name or pid} (pid {pid}) did not stop in {timeout_s:.0f}s: SIGKILL", flush=True)
         if dump_first:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1)

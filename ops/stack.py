@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -19,8 +20,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models import producer
 from ops.http import get_json
@@ -56,9 +59,12 @@ def stack_env(ports: Ports, extra: dict[str, str] | None = None) -> dict[str, st
             "ROADWATCH_IMAGE_STORE": f"file://{STATE / 'images'}",
         }
     )
-    # the stack's VLM is the simulated one, which knows only its own keys: a shell's real keys
-    # (ROADWATCH_VLM_KEYS, or the _FILE that wins over it) would all be refused, and sent there
-    env.pop("ROADWATCH_VLM_KEYS_FILE", None)
+    # the stack's VLM is the simulated one, which knows only its own keys: a shell's or a .env's
+    # real keys (ROADWATCH_VLM_KEYS, or the _FILE that wins over it) would all be refused there
+    keys = STATE / "sim-vlm-keys"
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    keys.write_text("\n".join(SIM_KEYS) + "\n")
+    env["ROADWATCH_VLM_KEYS_FILE"] = str(keys)
     env["ROADWATCH_VLM_KEYS"] = ",".join(SIM_KEYS)
     # the local stack binds to loopback only: no token, so the printed dashboard URL just works
     env.setdefault("ROADWATCH_WEB_AUTH", "false")
@@ -221,6 +227,20 @@ def wait_for_results(web: int, cameras: int, timeout_s: float) -> float | None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _on_stop_signals(handler: Callable[[int, Any], None]) -> None:
+    """``handler`` for every stop signal, but a hang-up stays ignored under ``nohup``."""
+    for sig in STOP_SIGNALS:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        signal.signal(sig, handler)
+
+
+def _say(text: str) -> None:
+    """Print, unless the terminal is gone (a hang-up): the stop that follows must still run."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     for sig in STOP_SIGNALS:  # once: a second Ctrl-C must not cut short the stop that follows
         signal.signal(sig, signal.SIG_IGN)
@@ -235,15 +255,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
-    for sig in STOP_SIGNALS:  # while starting, a signal interrupts the wait for the next service
-        signal.signal(sig, _interrupt)
+    _on_stop_signals(_interrupt)  # while starting, a signal interrupts the wait for the next service
     try:
         try:
             stack.start()
         except KeyboardInterrupt:
             return 130
-        for sig in STOP_SIGNALS:  # from here the loop below ends on the flag, and stops everything
-            signal.signal(sig, on_signal)
+        _on_stop_signals(on_signal)  # from here the loop below ends on the flag, and stops everything
         print(f"dashboard: http://127.0.0.1:{stack.ports.web}/", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         ready_said = False
@@ -264,11 +282,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         return 0
     finally:
-        print("stopping...", flush=True)
+        _say("stopping...")
         stack.stop()
-        print(
-            "stopped: " + ("nothing left running" if not stack.alive() else f"still alive: {stack.alive()}"), flush=True
-        )
+        _say("stopped: " + ("nothing left running" if not stack.alive() else f"still alive: {stack.alive()}"))
 
 
 def _pid_files() -> list[tuple[str, int]]:
@@ -285,11 +301,11 @@ def _pid_files() -> list[tuple[str, int]]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(Ports(), workers=args.workers)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _interrupt)
+    _on_stop_signals(_interrupt)
     try:
         stack.start()  # stops what it started on a failure or a Ctrl-C
     except KeyboardInterrupt:
+        stack.stop()  # again: the Ctrl-C may have cut short the stop of a failed start
         return 130
     print(f"dashboard: http://127.0.0.1:{stack.ports.web}/  (`make status`, `make down`)", flush=True)
     return 0
@@ -350,10 +366,16 @@ def cmd_e2e(args: argparse.Namespace) -> int:
 
 
 def _bootstrap() -> str:
-    """Where ``topics`` creates the topics: the brokers the workers would use, when configured."""
-    url = os.environ.get("ROADWATCH_KAFKA_URL")
-    if url:
-        return ",".join(part.strip().removeprefix("kafka://") for part in url.split(";") if part.strip())
+    """Where ``topics`` creates the topics: the brokers the workers would use (the environment or
+    ``.env``), when configured; else the local stack's."""
+    from streams.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValueError:  # pydantic's ValidationError: the workers would refuse it too
+        settings = None
+    if settings is not None and "kafka_url" in settings.model_fields_set:
+        return settings.bootstrap_servers
     return f"127.0.0.1:{Ports().kafka}"
 
 

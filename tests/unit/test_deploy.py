@@ -173,6 +173,21 @@ tests:
               summary: "No worker is up (or none is scraped); nothing between the producer and the browser runs."
       - {eval_time: 30m, alertname: RoadwatchProducerDown, exp_alerts: []}
   - interval: 1m
+    # compose lists producer and producer-cpu; one runs (its profile): no alert. Then none runs.
+    input_series:
+      - series: 'up{job="roadwatch-producer",instance="producer:9108"}'
+        values: '0x30'
+      - series: 'up{job="roadwatch-producer",instance="producer-cpu:9108"}'
+        values: '1x10 0x20'
+    alert_rule_test:
+      - {eval_time: 10m, alertname: RoadwatchProducerDown, exp_alerts: []}
+      - eval_time: 30m
+        alertname: RoadwatchProducerDown
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "No producer is up (or none is scraped); no camera's frames are analysed."
+  - interval: 1m
     # one worker of two up: not "no worker", but the other one is down
     input_series:
       - series: 'up{job="roadwatch-worker",instance="worker-1:6066"}'

@@ -53,7 +53,7 @@ def test_a_broker_ends_when_its_starter_is_killed(tmp_path):
         import subprocess, sys, time
         from ops.kafka import _end_with_parent
         code = "import os, time; open({str(pids)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-        subprocess.Popen([sys.executable, "-c", code], start_new_session=True, preexec_fn=_end_with_parent)
+        subprocess.Popen([sys.executable, "-c", code], start_new_session=True, preexec_fn=_end_with_parent())
         time.sleep(120)
         """
     )
@@ -73,14 +73,26 @@ def test_a_broker_ends_when_its_starter_is_killed(tmp_path):
                 os.kill(pid, 9)
 
 
-def test_the_local_stack_uses_the_simulated_vlms_keys_whatever_the_shell_holds(monkeypatch):
-    from ops.stack import SIM_KEYS, Ports, stack_env
+def test_the_local_stack_uses_the_simulated_vlms_keys_whatever_the_shell_or_dotenv_holds(monkeypatch, tmp_path):
+    from ops import stack
+    from streams.settings import Settings
 
+    monkeypatch.setattr(stack, "STATE", tmp_path / "state")
     monkeypatch.setenv("ROADWATCH_VLM_KEYS", "sk-real-one,sk-real-two")
     monkeypatch.setenv("ROADWATCH_VLM_KEYS_FILE", "/run/secrets/vlm-keys")
-    env = stack_env(Ports())
-    assert env["ROADWATCH_VLM_KEYS"] == ",".join(SIM_KEYS)
-    assert "ROADWATCH_VLM_KEYS_FILE" not in env
+    env = stack.stack_env(stack.Ports())
+    assert env["ROADWATCH_VLM_KEYS"] == ",".join(stack.SIM_KEYS)
+    # a .env's ROADWATCH_VLM_KEYS_FILE would win over the keys: the stack's own file wins over it
+    (tmp_path / ".env").write_text("ROADWATCH_VLM_KEYS_FILE=/run/secrets/real-keys\n")
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("ROADWATCH_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("ROADWATCH_"):
+            monkeypatch.setenv(name, value)
+    keys = [key.key.get_secret_value() for key in Settings().api_keys()]
+    assert keys == stack.SIM_KEYS
 
 
 def test_topics_go_to_the_configured_brokers_and_up_stops_every_worker_before_kafka(monkeypatch, tmp_path):
