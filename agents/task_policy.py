@@ -249,6 +249,9 @@ def plan_tasks(
         # a restarted producer: its count starts again (whatever its clock says against the old one's)
         earlier_runs = [*earlier_runs, run][-EARLIER_RUNS:]
         st["run"], st["runs"], st["last_seq"], run = det.run, earlier_runs, -1, det.run
+        # its tracker counts again from 1: what the old run's track ids (groups, pairs, conflicts)
+        # remember would silence a new pair of the same ids (a crash-looping producer: always low ids)
+        st["groups"], st["pairs"], st["conflicts"] = {}, {}, {}
     if det.run != run:  # a redelivered frame of an earlier run: planned, the clock stays
         late = True
     elif det.run:  # with run ids, a frame behind the newest is always a redelivery, never a restart

@@ -14,6 +14,7 @@ prints the fit's quality per point and draws the ground grid (1 m, 5 m lines) on
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from collections.abc import Sequence
@@ -54,8 +55,9 @@ class Calibration:
 
     @property
     def checked(self) -> bool:
-        """Whether the points can show a mistake: 4 fit any homography exactly, errors of 0 whatever they are."""
-        return len(self.image_points) >= 5
+        """Whether the points can show a mistake: 4 fit any homography exactly, errors of 0 whatever they
+        are (a point given twice is one point)."""
+        return _distinct(self.image_points, self.ground_points) >= 5
 
     @property
     def rms_error_m(self) -> float:
@@ -111,6 +113,12 @@ def fit(points: Sequence[Sequence[float]], max_error_m: float = MAX_ERROR_M) -> 
                         f"calibration {name} points {[j + 1 for j in range(4) if j != i]} lie on one line: "
                         "4 points must be in general position"
                     )
+        elif not _four_in_general_position(pts, tol):
+            # all but one on a line (or two lines through one point...): the fit is made up off them
+            raise CalibrationError(
+                f"calibration {name} points: no 4 of them are in general position (no 3 on one line within "
+                f"{tol} {unit}); a homography needs 4 such points"
+            )
     homography, _ = cv2.findHomography(image, ground, 0)
     if homography is None or not np.isfinite(homography).all() or abs(np.linalg.det(homography)) < 1e-12:
         raise CalibrationError("calibration points give no homography (degenerate configuration)")
@@ -129,6 +137,20 @@ def fit(points: Sequence[Sequence[float]], max_error_m: float = MAX_ERROR_M) -> 
             f"check it:\n{calib.report()}"
         )
     return calib
+
+
+def _four_in_general_position(pts: FloatArray, tol: float) -> bool:
+    """Whether some 4 of ``pts`` have no 3 on one line (within ``tol``)."""
+    off_line = {trio: _spread(pts[list(trio)]) >= tol for trio in itertools.combinations(range(len(pts)), 3)}
+    return any(
+        all(off_line[trio] for trio in itertools.combinations(four, 3))
+        for four in itertools.combinations(range(len(pts)), 4)
+    )
+
+
+def _distinct(image: FloatArray, ground: FloatArray) -> int:
+    """How many different points (a row given twice counts once: it checks nothing)."""
+    return len({(round(u), round(v), round(x, 2), round(y, 2)) for (u, v), (x, y) in zip(image, ground, strict=True)})
 
 
 def _spread(pts: FloatArray) -> float:

@@ -85,6 +85,9 @@ MAX_YAW_RATE = 0.8
 TURN_STEP_S = 0.1
 #: A pair closing in slower than this (m/s) is no conflict (walking past a parked car).
 MIN_CLOSING_MPS = 0.5
+#: ... nor a pair whose vehicles all stand (slower than this, m/s): a passenger walking up to the
+#: door of a bus that stopped closes in on it, and a standing vehicle never leaves its own area.
+MIN_VEHICLE_MPS = 1.0
 #: Both road users pass a crossing at least this fast (m/s), one of them at least the second, for a PET.
 PET_MIN_SPEED = 0.5
 PET_MIN_MOVER_SPEED = 2.0
@@ -270,7 +273,7 @@ def measure(
     ttc, closing, area_drac = _pair_ttc(users, left, right, th.horizon_s, lanes)
     # footprints that overlap already are a position or size error far more often than a crash, which
     # frames before it show closing in: only pairs that will meet, and are closing in, count
-    approaching = (ttc > 0) & (closing >= MIN_CLOSING_MPS)
+    approaching = (ttc > 0) & (closing >= MIN_CLOSING_MPS) & _a_vehicle_moves(users, left, right)
     dr = np.where(np.isnan(area_drac), drac(closing, ttc), area_drac)
     flagged = np.flatnonzero(approaching & ((ttc - max(lookahead_s, 0.0) <= th.ttc_s) | (dr >= th.drac_mps2)))
     conflicts = [
@@ -302,6 +305,15 @@ def pair_ttc(
         a, b = users[left[i]].track_id, users[right[i]].track_id
         out[(min(a, b), max(a, b))] = float(ttc[i])
     return out
+
+
+def _a_vehicle_moves(
+    users: list[RoadUser], left: npt.NDArray[np.intp], right: npt.NDArray[np.intp]
+) -> npt.NDArray[np.bool_]:
+    """Per pair, whether one of its vehicles moves at MIN_VEHICLE_MPS or more."""
+    moving = np.array([u.kind == "vehicle" and math.hypot(u.vx, u.vy) >= MIN_VEHICLE_MPS for u in users])
+    result: npt.NDArray[np.bool_] = moving[left] | moving[right]
+    return result
 
 
 def interesting_pairs(users: list[RoadUser]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:

@@ -393,3 +393,48 @@ def test_a_measured_alert_on_no_group_awaits_no_verdict() -> None:
     recent, publish = merge_alert([], lone, 60.0, 10)
     assert publish and not pending_measured(recent, UNGROUPED + "1~2", 101_000, 60.0)
     assert pending_measured(merge_alert([], alert("m", "high", 100, "measured"), 60.0, 10)[0], "g", 101_000, 60.0)
+
+
+def test_a_restarted_producers_new_pair_is_not_silenced_by_the_old_runs_pair_of_the_same_ids():
+    from agents.task_policy import Budget, measured_alerts, plan_tasks
+    from streams.records import Conflict, DetectedObject, DetectionResult, TrafficGroup
+
+    budget = Budget(refresh_s=20, per_min=60, burst=10, min_interest=0.3)
+
+    def frame(run: str, seq: int, t: float) -> DetectionResult:
+        objects = [
+            DetectedObject(track_id=1, cls="person", conf=0.9, bbox=[100, 100, 120, 160], speed=0.0),
+            DetectedObject(track_id=2, cls="car", conf=0.9, bbox=[130, 110, 230, 170], speed=0.0),
+        ]
+        group = TrafficGroup(
+            group_id="g1-2",
+            kind="pedestrian_vehicle",
+            members=[0, 1],
+            track_ids=[1, 2],
+            bbox=[100, 100, 230, 170],
+            min_gap=0.1,
+            interest=0.9,
+        )
+        conflict = Conflict(a=1, b=2, pair="pedestrian-vehicle", ttc_s=0.4, level="critical")
+        return DetectionResult(
+            camera_id="cam",
+            frame_seq=seq,
+            captured_at=t * 1000,
+            frame_w=640,
+            frame_h=480,
+            model="m",
+            objects=objects,
+            groups=[group],
+            crops={},
+            run=run,
+            conflicts=[conflict],
+        )
+
+    first = frame("run-a", 10, 1000.0)
+    state, decisions, _ = plan_tasks(None, first, 1000.0, budget)
+    assert len(measured_alerts(state, first, 1000.0, "high", 60)) == 1
+    # 10 s later the producer has restarted: its tracker counts from 1, and 1 and 2 are other road users
+    second = frame("run-b", 0, 1010.0)
+    state, decisions, _ = plan_tasks(state, second, 1010.0, budget)
+    assert [d.reason for d in decisions] == ["conflict"]
+    assert len(measured_alerts(state, second, 1010.0, "high", 60)) == 1

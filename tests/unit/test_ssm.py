@@ -103,6 +103,17 @@ def test_measure_flags_by_threshold_and_names_the_pair() -> None:
         Thresholds(ttc_s=0)
 
 
+def test_walking_up_to_a_standing_vehicle_is_no_conflict_but_a_moving_one_is() -> None:
+    # a passenger walks at 1.2 m/s to the side door of a bus that stopped: closing in, TTC 0.5 s
+    bus = user(1, "bus", 0, 0, 0, 0, heading=0.0)
+    assert measure([bus, user(2, "person", 0, 2.4, 0, -1.2)]) == []
+    # the same bus rolling at 2 m/s towards someone standing in its way is one
+    rolling = user(1, "bus", 0, 0, 2.0, 0)
+    assert [c.pair for c in measure([rolling, user(2, "person", 8.0, 0, 0, 0, heading=0.0)])] == ["pedestrian-vehicle"]
+    # and a car running into a standing one is a rear-end conflict (one vehicle of the pair moves)
+    assert measure([user(1, "car", 0, 0, 10, 0), user(2, "car", 12, 0, 0, 0, heading=0.0)]) != []
+
+
 def test_pet_of_a_crossing_from_the_paths_driven() -> None:
     # the car passes (0, 0) at t = 3 and clears a 0.5 m pedestrian's path 0.25 s later; the pedestrian
     # reaches the car's 1.8 m wide path (0.25 + 0.9) / 1.0 s before (0, 0), at t = 6.85: PET 3.6 s
@@ -177,6 +188,15 @@ def test_four_points_are_said_to_be_unchecked_and_a_fifth_catches_a_mistyped_one
     assert fit([*square, [160, 120, 10, 15]]).checked
     with pytest.raises(CalibrationError, match=r"point \d is off by \d"):
         fit([*typo, [160, 120, 10, 15]])
+
+
+def test_five_points_that_are_four_on_a_line_and_one_are_refused_and_a_repeated_point_checks_nothing() -> None:
+    on_a_line = [[100, 400, 0, 10], [300, 400, 5, 10], [500, 400, 10, 10], [700, 400, 15, 10]]
+    with pytest.raises(CalibrationError, match="no 4 of them are in general position"):
+        fit([*on_a_line, [400, 200, 7, 30]])
+    square = [[100, 100, 0, 0], [500, 100, 10, 0], [500, 500, 10, 10], [100, 500, 0, 10]]
+    assert not fit([*square, square[2]]).checked  # five rows, four points: nothing to catch a typo with
+    assert fit([*square, [300, 300, 5, 5]]).checked
 
 
 def test_sumo_oracle_on_a_small_grid(tmp_path: Path) -> None:
