@@ -18,7 +18,7 @@ import numpy as np
 
 from models.calibration import Calibration, FloatArray
 from models.lanes import FlowMap
-from models.ssm import DEFAULT_EXTENT, GroundTrack, PathHistory, RoadUser, Thresholds, measure
+from models.ssm import DEFAULT_EXTENT, KIND_OF_CLASS, GroundTrack, PathHistory, RoadUser, Thresholds, measure
 from streams.records import Conflict, urgency
 
 #: A track not seen for this long starts a new ground track when it comes back.
@@ -118,6 +118,12 @@ class GroundView:
                 self.tracks.pop(obj.track_id, None)
                 self.meter.paths.forget(obj.track_id)
                 continue
+            heading = state.heading
+            if not track.heading_known and KIND_OF_CLASS.get(obj.cls) == "vehicle":
+                # never seen moving (queued or parked since it came into view): it points down its
+                # lane, not along the ground's x axis, which would lay it across the lane beside
+                lane = self.meter.lanes.lane_heading(state.x, state.y)
+                heading = state.heading if lane is None else lane
             users[obj.track_id] = RoadUser(
                 obj.track_id,
                 obj.cls,
@@ -125,7 +131,7 @@ class GroundView:
                 state.y,
                 state.vx,
                 state.vy,
-                state.heading,
+                heading,
                 length,
                 width,
                 state.yaw_rate,

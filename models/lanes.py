@@ -66,6 +66,17 @@ class FlowMap:
         sector = np.floor(((head + math.pi / SECTORS) % math.tau) / math.tau * SECTORS).astype(np.intp) % SECTORS
         np.add.at(self.sums, (i, j, sector), np.stack([np.ones_like(head), np.cos(head), np.sin(head)], axis=1))
 
+    def lane_heading(self, x: float, y: float) -> float | None:
+        """The heading most vehicles had at ``(x, y)`` (radians), or None where too few passed."""
+        i, j, inside = self._cells(np.array([x, y], dtype=np.float64))
+        if not bool(inside):
+            return None
+        cell = self.sums[int(i), int(j)]
+        best = int(cell[:, 0].argmax())
+        if cell[best, 0] < MIN_PASSAGES:
+            return None
+        return math.atan2(float(cell[best, 2]), float(cell[best, 1]))
+
     @property
     def learned_cells(self) -> int:
         return int(((self.sums[..., 0] >= MIN_PASSAGES).any(axis=2)).sum())

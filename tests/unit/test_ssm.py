@@ -423,3 +423,31 @@ def test_a_ground_track_given_a_time_it_has_passed_starts_over_from_there() -> N
     assert (state.x, state.vx) == (1.0, 0.0) and len(track.samples) == 1
     state = track.update(0.5, 6.0, 0.0)
     assert state.vx == pytest.approx(10.0)
+
+
+def test_a_car_queued_since_it_came_into_view_points_down_its_lane_not_across_the_next() -> None:
+    from models.ground_view import GroundView, Seen
+
+    px = 16.0  # a top-down camera, 16 px a metre
+
+    def box(x: float, y: float, w: float, h: float) -> list[float]:
+        return [px * (x - w / 2), px * (y - h / 2), px * (x + w / 2), px * (y + h / 2)]
+
+    corners = [[0, 0, 0, 0], [1600, 0, 100, 0], [1600, 1600, 100, 100], [0, 1600, 0, 100], [800, 400, 50, 25]]
+    view = GroundView(fit(corners), anchor="centre")
+    t, track = 0.0, 100
+    for _ in range(12):  # traffic north in two lanes, 3 m apart, teaches the camera its lanes
+        for i in range(20):
+            y = 10 + 4.0 * i
+            view.observe(t, [Seen(track, "car", box(48, y, 1.8, 4.5)), Seen(track + 1, "car", box(51, y, 1.8, 4.5))])
+            t += 0.5
+        track, t = track + 2, t + 3.0
+    conflicts = []
+    for i in range(20):  # car 1 stands queued in the left lane; car 2 passes it in the right one at 8 m/s
+        users, found = view.observe(
+            t, [Seen(1, "car", box(48, 50, 1.8, 4.5)), Seen(2, "car", box(51, 20 + 4.0 * i, 1.8, 4.5))]
+        )
+        conflicts += found
+        t += 0.5
+    assert users[1].heading == pytest.approx(math.pi / 2, abs=0.2)  # laid along x it reached into the next lane
+    assert conflicts == []
