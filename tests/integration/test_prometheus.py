@@ -11,12 +11,13 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ops.http import get_json
+from ops.http import get_json, get_text
 from ops.kafka import free_port, port_open
 from sim.records import produce
 from tests.conftest import wait_until
@@ -67,6 +68,8 @@ def test_prometheus_sees_the_dlq_alert_fire(prometheus_bin, kafka, deployment, s
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         wait_until(lambda: port_open(port), 30, "prometheus up")
+        # the port opens before the server is ready: /-/ready (and the API) answer 503 until then
+        wait_until(lambda: _ready(f"http://127.0.0.1:{port}/-/ready"), 60, "prometheus ready")
         wait_until(
             lambda: any(t["health"] == "up" for t in get_json(api + "/targets")["data"]["activeTargets"]),
             30,
@@ -101,3 +104,11 @@ def test_prometheus_sees_the_dlq_alert_fire(prometheus_bin, kafka, deployment, s
         except subprocess.TimeoutExpired:
             prom.kill()
         log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        get_text(url)
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
