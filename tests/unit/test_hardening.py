@@ -30,6 +30,7 @@ from streams.errors import BadImage, ConfigError, ImageMissing, InvalidRecord
 from streams.images import check_image
 from streams.records import RECORD_TYPES, DetectionResult, decode, to_bytes
 from streams.settings import ApiKeyConfig, Settings, parse_keys, redact_url
+from tests.conftest import serve_on_loopback
 
 
 # --- 2: a tiny image that claims to be huge ----------------------------------------------------
@@ -103,11 +104,7 @@ async def throttling_vlm() -> AsyncIterator[tuple[str, list[float]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_on_loopback(app)
     yield f"http://127.0.0.1:{port}/v1", calls
     await runner.cleanup()
 
@@ -496,7 +493,7 @@ def test_a_rebalance_timeout_shorter_than_a_task_is_refused_at_start():
     ],
 )
 def test_a_refused_setting_shows_no_part_of_a_key_or_token(monkeypatch, bad):
-    key = "sk-0123456789abcdefREALSECRET"
+    key = "test-key-0123456789abcdef-not-a-secret"  # a stand-in: long enough to show any slice of it
     monkeypatch.setenv("ROADWATCH_VLM_KEYS", key)
     for name, value in bad.items():
         monkeypatch.setenv(name, value)
