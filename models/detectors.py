@@ -415,9 +415,7 @@ class MotionDetector(Detector):
             return blobs
         out: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
         for contour, (x, y, w, h) in blobs:
-            own = np.zeros((h, w), np.uint8)
-            cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
-            own &= mask[y : y + h, x : x + w]
+            own = _own_pixels(mask, contour, (x, y, w, h))
             lit = _lit_road(image[y : y + h, x : x + w], background[y : y + h, x : x + w]) & (own > 0)
             if int(lit.sum()) < LIT_SHARE * cv2.countNonZero(own):
                 out.append((contour, (x, y, w, h)))
@@ -533,9 +531,7 @@ class MotionDetector(Detector):
             ):
                 out.append((contour, (x, y, w, h)))
                 continue
-            own = np.zeros((h, w), np.uint8)
-            cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
-            own &= mask[y : y + h, x : x + w]
+            own = _own_pixels(mask, contour, (x, y, w, h))
             parts = pair_cut(own)
             if parts is None or any(pw * ph * inv * inv < min_area for _, _, pw, ph in parts):
                 out.append((contour, (x, y, w, h)))
@@ -601,6 +597,16 @@ def pair_cut(own: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int
         (0, int(left_top[c - 1]), c + seam, int(left_bottom[c - 1] - left_top[c - 1] + 1)),
         (c, int(right_top[c + seam]), w - c, int(right_bottom[c + seam] - right_top[c + seam] + 1)),
     )
+
+
+def _own_pixels(mask: np.ndarray, contour: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """The foreground of ``mask`` inside ``contour``, over its bounding rectangle ``rect`` (x, y, w, h):
+    a blob's own pixels, not a neighbour's reaching into its box."""
+    x, y, w, h = rect
+    own = np.zeros((h, w), np.uint8)
+    cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
+    own &= mask[y : y + h, x : x + w]
+    return own
 
 
 def _blob(contour: Any) -> tuple[np.ndarray, tuple[int, int, int, int]]:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,15 @@ def start_worker(deployment: Deployment, tmp_path: Path) -> Callable[..., Proc]:
         return proc
 
     return start
+
+
+async def serve_on_loopback(app: Any) -> tuple[Any, int]:
+    """Start aiohttp ``app`` on a free loopback port: its runner (``await runner.cleanup()`` stops it) and port."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, int(port)

@@ -52,6 +52,7 @@ def test_versions_of_one_alert_reach_the_webhook_in_order_while_other_alerts_go_
     from aiohttp import web
 
     from agents.alerting import WebhookSender
+    from tests.conftest import serve_on_loopback
 
     async def scenario() -> tuple[list[str], dict[object, object]]:
         arrived: list[str] = []
@@ -68,11 +69,7 @@ def test_versions_of_one_alert_reach_the_webhook_in_order_while_other_alerts_go_
 
         server = web.Application()
         server.router.add_post("/hook", receive)
-        runner = web.AppRunner(server)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await serve_on_loopback(server)
         sender = WebhookSender(f"http://127.0.0.1:{port}/hook", retries=2)
         now = time.time() * 1000
 
