@@ -47,6 +47,7 @@ from streams.settings import Settings
 from streams.table_values import CameraState
 from streams.tables import camera_key, camera_state_live
 from streams.topics import assessment_tasks_topic, detection_results_topic, risk_results_topic
+from streams.write_behind import put
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,15 @@ def tasks_for(
 ) -> list[AssessmentTask]:
     """Plan tasks for ``det`` against its camera's state in ``states``, and update that state."""
     key = camera_key(det.camera_id)
+    if now_s - det.captured_at / 1000.0 > s.task_deadline_s:
+        # a backlog (a worker catching up, a producer's clock far behind): a task about a frame
+        # this old would reach its deadline unanswered, and spend the budget live frames need
+        metrics.tasks_skipped_total.labels(reason="stale").inc(len(det.groups))
+        return []
     state, decisions, skipped = plan_tasks(states.get(key), det, now_s, budget_of(s), cap=cap.available(now_s))
     cap.spend(len(decisions))
-    states[key] = state
+    # a frame that spent budget is written at once: a copy without it would spend again
+    put(states, key, state, through=bool(decisions))
     metrics.groups_seen_total.labels(camera_id=det.camera_id).inc(len(det.groups))
     for reason, count in skipped.items():
         metrics.tasks_skipped_total.labels(reason=reason).inc(count)
@@ -116,9 +123,10 @@ def measured_results_for(
     if not det.conflicts or state is None:
         return []
     if now_s - det.captured_at / 1000.0 > s.task_deadline_s:
+        metrics.measured_skipped_total.labels(reason="stale").inc()
         return []  # a worker catching up on a backlog: an alert about minutes ago is not raised as news
     alerts = measured_alerts(state, det, now_s, s.measured_alert_level, s.alert_cooldown_s)
-    states[key] = state
+    put(states, key, state, through=bool(alerts))
     return [measured_result(det, alert, now_s) for alert in alerts]
 
 

@@ -267,7 +267,9 @@ def plan_tasks(
     # refill the camera's token bucket
     tokens = budget.burst if st["tokens"] is None else float(st["tokens"])
     if st["tokens_at"]:
-        tokens = min(budget.burst, tokens + (now_s - float(st["tokens_at"])) * budget.per_min / 60.0)
+        # a clock stepped back (or a state written by a worker whose clock runs ahead) refills nothing
+        elapsed = max(0.0, now_s - float(st["tokens_at"]))
+        tokens = min(budget.burst, tokens + elapsed * budget.per_min / 60.0)
     st["tokens_at"] = now_s
 
     st["groups_seen"] += len(det.groups)
@@ -302,7 +304,8 @@ def plan_tasks(
         candidates.append((group.interest, Decision(group, reason), pairs))
 
     decisions: list[Decision] = []
-    reserve = budget.burst * RESERVE
+    # kept for risky groups, but never the whole bucket: with a small burst the others would starve
+    reserve = min(budget.burst * RESERVE, budget.burst - 1.0)
     for interest, decision, pairs in sorted(candidates, key=lambda c: -c[0]):
         if tokens < 1.0 or (interest < RISK_INTEREST and tokens < 1.0 + reserve):
             skipped["budget"] = skipped.get("budget", 0) + 1
@@ -355,8 +358,10 @@ class GlobalCap:
     rate. ``per_min`` 0 means no cap.
     """
 
-    def __init__(self, per_min: float) -> None:
-        self.per_min, self.share = per_min, 1.0
+    def __init__(self, per_min: float, share: float = 1.0) -> None:
+        #: until the scheduler's first sync sets it, the share of one partition: a worker that
+        #: starts does not take the whole cap's burst beside the workers already running
+        self.per_min, self.share = per_min, share
         self.tokens, self.at = float("inf"), 0.0
 
     @property
@@ -367,7 +372,7 @@ class GlobalCap:
         if self.per_min <= 0:
             return float("inf")
         if self.at:
-            self.tokens += (now_s - self.at) * self.per_min * self.share / 60.0
+            self.tokens += max(0.0, now_s - self.at) * self.per_min * self.share / 60.0
         self.tokens = min(self.burst, self.tokens)  # also when the share shrank
         self.at = now_s
         return float(int(self.tokens))

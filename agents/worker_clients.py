@@ -103,7 +103,7 @@ class WorkerClients:
             known_cameras=(
                 frozenset(c.id for c in load_cameras(settings.cameras_file)) if settings.cameras_file else None
             ),
-            global_cap=GlobalCap(settings.global_budget_per_min),
+            global_cap=GlobalCap(settings.global_budget_per_min, share=1.0 / settings.topic_partitions),
             calls_gate=asyncio.Semaphore(settings.vlm_concurrency),
             spend=SpendLedger(
                 settings.prices(),

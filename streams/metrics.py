@@ -52,6 +52,13 @@ tasks_total = Counter(
 tasks_skipped_total = Counter(
     "roadwatch_tasks_skipped_total", "Groups not made into tasks, by reason.", ["reason"], registry=REGISTRY
 )
+measured_skipped_total = Counter(
+    "roadwatch_measured_skipped_total",
+    "Detections with conflicts not checked for a measured alert, by reason (stale: captured longer ago than the "
+    "task deadline, by the worker's clock: a backlog, or a producer clock behind).",
+    ["reason"],
+    registry=REGISTRY,
+)
 vlm_calls_total = Counter(
     "roadwatch_vlm_calls_total", "VLM calls by outcome and key alias.", ["key_alias", "outcome"], registry=REGISTRY
 )

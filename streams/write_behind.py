@@ -7,10 +7,11 @@ only this worker reads (#13). Held here, a camera's state is decoded once, and w
 table, and so to its changelog, on the first change at least ``every_s`` after its last write.
 
 What that costs: a worker that dies, or hands a camera over in a rebalance, leaves the table (and
-the worker that recovers it) with the camera's state of up to ``every_s`` earlier. For the task
-generator's state that is a few frames of a token bucket and of the groups already assessed: the
-frames after it are planned again against it, which can make a task again, never lose one (task
-ids are deterministic, the aggregator drops a repeated result).
+the worker that recovers it) with the camera's state of up to ``every_s`` earlier. So a change that
+spends money or raises an alert is written at once (:func:`put` with ``through``): the task
+generator writes through every frame that made a task or a measured alert, and holds only the
+frames that changed nothing but a token bucket's clock and the groups' last-seen times. Those the
+next owner plans again against its older copy, which makes no task the held copy would not have.
 
 Writes go through to the table from ``__setitem__``, that is inside the event that changed the
 value, so Faust's changelog record carries that event's partition; a GlobalTable written through
@@ -83,6 +84,13 @@ class WriteBehind(MutableMapping[K, V], Generic[K, V]):
     def __len__(self) -> int:
         return len(set(self._held) | set(self.table))
 
+    def write(self, key: K, value: V) -> None:
+        """Hold ``value`` and write it to the table now, whenever it was last written."""
+        self._held[key] = value
+        self.table[key] = value
+        self._written_at[key] = self.clock()
+        self.dirty.discard(key)
+
     def flush(self, *, due_only: bool = False) -> int:
         """Write the held changes now (``due_only``: those of keys last written ``every_s`` ago or
         more); returns how many. Only for a table that takes writes outside an event (a GlobalTable
@@ -103,3 +111,11 @@ class WriteBehind(MutableMapping[K, V], Generic[K, V]):
         self._written_at.clear()
         self.dirty.clear()
         return lost
+
+
+def put(mapping: MutableMapping[K, V], key: K, value: V, *, through: bool) -> None:
+    """``mapping[key] = value``, written to the table at once when ``through`` and ``mapping`` holds writes back."""
+    if through and isinstance(mapping, WriteBehind):
+        mapping.write(key, value)
+    else:
+        mapping[key] = value

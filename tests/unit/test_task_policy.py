@@ -115,3 +115,33 @@ def test_the_global_cap_splits_the_rate_among_workers():
     _, decisions, skipped = plan_tasks(None, detection("c", 1), 1001.0, BUDGET, cap=0)
     assert decisions == [] and skipped == {"global_cap": 1}
     assert GlobalCap(0).available(0.0) == float("inf")
+
+
+def test_a_small_burst_still_lets_vehicle_clusters_through():
+    budget = Budget(refresh_s=20.0, per_min=6.0, burst=4.0, min_interest=0.3)
+    det = detection("c", 1)
+    cluster = det.groups[0].__class__(
+        group_id="g90-91", kind="vehicle_cluster", members=[], track_ids=[90, 91], bbox=[0, 0, 9, 9], interest=0.4
+    )
+    state = None
+    made = 0
+    for seq in range(5):  # a new vehicle cluster a minute: the bucket is full each time
+        cluster = cluster.__class__(**{**cluster.asdict(), "group_id": f"g{seq}", "track_ids": [1000 + seq]})
+        d = detection("c", seq + 1)
+        d = d.__class__(**{**d.asdict(), "groups": [cluster], "objects": []})
+        state, decisions, _ = plan_tasks(state, d, 100.0 + 60.0 * seq, budget)
+        made += len(decisions)
+    assert made == 5  # the reserve for risky groups is never the whole bucket (it was 3.2 of 4: none ever)
+
+
+def test_a_clock_stepped_back_does_not_drain_the_bucket():
+    state, decisions, _ = plan_tasks(None, detection("c", 1, track_base=10), 1000.0, BUDGET)
+    assert len(decisions) == 1  # 2 tokens left
+    # the next frame is planned by a worker whose clock is ten minutes behind (or NTP stepped back)
+    _, decisions, _ = plan_tasks(state, detection("c", 2, track_base=20), 400.0, BUDGET)
+    assert [d.reason for d in decisions] == ["new"]
+
+
+def test_a_worker_takes_one_partition_s_share_of_the_global_cap_until_its_first_sync():
+    cap = GlobalCap(per_min=600.0, share=1 / 8)  # as worker_clients makes it: 8 partitions
+    assert cap.available(1000.0) == 12  # 600 a minute x 1/8, a burst of 10 s: not the whole cap's 100

@@ -111,3 +111,37 @@ def test_the_global_tables_are_in_memory_so_they_take_writes_outside_events():
 
     assert isinstance(vlm_spend.data, faust.stores.memory.Store)
     assert isinstance(key_pool.data, faust.stores.memory.Store)
+
+
+def test_a_frame_that_spends_budget_is_written_through_and_a_quiet_one_is_held(clock):
+    from agents.task_generator import tasks_for
+    from agents.task_policy import GlobalCap
+    from sim.records import detection
+    from streams.settings import Settings
+    from streams.tables import camera_key
+
+    table = CountingTable()
+    held = WriteBehind(table, 60.0, clock)  # type: ignore[var-annotated]
+    key = camera_key("c")
+    assert len(tasks_for(detection("c", 1, track_base=10), 100.0, held, GlobalCap(0), Settings())) == 1
+    # half a second later a new pair: a task, so its state must reach the table now (a copy
+    # without it, recovered after a rebalance, would make the task again)
+    assert len(tasks_for(detection("c", 2, track_base=20), 100.5, held, GlobalCap(0), Settings())) == 1
+    assert table[key]["tasks_made"] == 2 and not held.dirty
+    # the same pair again: nothing spent, held
+    assert tasks_for(detection("c", 3, track_base=20), 101.0, held, GlobalCap(0), Settings()) == []
+    assert held.dirty == {key} and table[key]["tasks_made"] == 2
+
+
+def test_a_detection_older_than_the_task_deadline_makes_no_task_and_spends_nothing(clock):
+    from agents.task_generator import tasks_for
+    from agents.task_policy import GlobalCap
+    from sim.records import detection
+    from streams.settings import Settings
+
+    det, s = detection("c", 1), Settings()
+    states: dict[bytes, object] = {}
+    late = det.captured_at / 1000.0 + s.task_deadline_s + 1.0  # a backlog being caught up on
+    assert tasks_for(det, late, states, GlobalCap(0), s) == []  # type: ignore[arg-type]
+    assert states == {}
+    assert len(tasks_for(det, late - 2.0, states, GlobalCap(0), s)) == 1  # type: ignore[arg-type]
