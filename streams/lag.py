@@ -125,13 +125,18 @@ async def sample_lag() -> dict[tuple[str, int], int]:
     fetcher never fetched has none, and that is exactly the stall to catch.
     """
     consumer = cast(AtLeastOnceConsumer, app.consumer)
-    assigned = sorted(consumer.assignment())
+    # the tables' changelogs are in the assignment too (recovery, standbys), but nothing acks
+    # them: their heads stay where reading began, and their "lag" would grow with every write
+    changelogs = set(app.tables.changelog_topics)
+    assigned = sorted(tp for tp in consumer.assignment() if tp.topic not in changelogs)
     if not assigned:
+        metrics.consumer_lag.clear()  # no partitions left: no lag of this worker's to report
         return {}
     try:
         ends = await asyncio.wait_for(consumer.highwaters(*assigned), timeout=10.0)
     except TimeoutError:
         logger.warning("end offsets not answered within 10 s; lag not sampled")
+        metrics.consumer_lag.clear()  # an old figure would be summed with the new owners' as current
         return {}
     lags: dict[tuple[str, int], int] = {}
     pending: dict[Any, int] = {}
