@@ -235,7 +235,15 @@ class ResultCache:
             values = await self.client().mget([self.camera_key(c) for c in camera_ids])
         except (RedisError, OSError, TimeoutError):
             return {}
-        return {c: orjson.loads(v) for c, v in zip(camera_ids, values, strict=True) if v}
+        latest: dict[str, Any] = {}
+        for camera_id, value in zip(camera_ids, values, strict=True):
+            if not value:
+                continue
+            try:  # anyone who can write to Redis can leave a value that is not ours
+                latest[camera_id] = orjson.loads(value)
+            except (ValueError, RecursionError):
+                logger.warning("cached result of camera %s is not JSON: left out", camera_id)
+        return latest
 
     async def known_cameras(self) -> list[str]:
         """The cameras with a cached result (every worker's), at most ``CAMERAS_LISTED``."""
@@ -247,7 +255,8 @@ class ResultCache:
             )
         except (RedisError, OSError, TimeoutError):
             return []
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        names = (i.decode(errors="replace") if isinstance(i, bytes) else str(i) for i in ids)
+        return [name for name in names if CAMERA_ID.match(name)]
 
     async def recent_alerts(self) -> list[dict[str, Any]]:
         """Every worker's latest alerts as cached, newest first (an updated alert appears again)."""

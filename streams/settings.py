@@ -8,6 +8,7 @@ so that a stray ``repr`` or log line shows ``**********`` instead of the key.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 from functools import lru_cache
@@ -224,7 +225,9 @@ class Settings(BaseSettings):
         "and written to DATA_DIR/web-token.",
     )
     web_auth: bool = Field(
-        default=True, description="Require the token on every view but /health. `make run` turns it off on loopback."
+        default=True,
+        description="Require the token on every view but /health. `make run` turns it off; off is refused unless "
+        "web_host is a loopback address.",
     )
     web_max_body: int = Field(default=16_384, ge=1024, description="Largest HTTP request body accepted, in bytes.")
 
@@ -381,6 +384,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if not self.web_auth and not _loopback(self.web_host):
+            raise ValueError(
+                f"ROADWATCH_WEB_AUTH=false with ROADWATCH_WEB_HOST={self.web_host}: without auth the views "
+                "(and key pool commands) would be open to every host that reaches it; turn auth off only "
+                "on a loopback address (127.0.0.1, ::1, localhost)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _rebalance_outlasts_a_task(self) -> Settings:
         if self.rebalance_timeout_s <= self.task_deadline_s:
             raise ValueError(
@@ -487,3 +500,12 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

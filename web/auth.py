@@ -100,7 +100,9 @@ class WebAuth:
             return False
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         given = bearer or request.query.get("token", "")
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        # a header aiohttp could not read as UTF-8 arrives with surrogates: its own bytes, compared
+        # (a plain encode raised, a 500 and a traceback for anyone without the token)
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode())
 
 
 def _is_ip(name: str) -> bool:

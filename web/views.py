@@ -269,13 +269,21 @@ class Images(View):
         return self.bytes(jpeg, content_type="image/jpeg")
 
 
+#: Live clients one worker serves at most: each holds a mailbox of up to 200 messages.
+MAX_WS_CLIENTS = 500
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """``/ws``: results and alerts as they are aggregated; ``?cameras=a,b`` to filter."""
     if not auth.allows(request):
         raise web.HTTPUnauthorized(text="token required")
-    ws = web.WebSocketResponse(heartbeat=20)
-    await ws.prepare(request)
+    if len(hub.subscribers) >= MAX_WS_CLIENTS:
+        raise web.HTTPServiceUnavailable(text="too many live clients on this worker")
+    # the server reads nothing from a browser: a small frame limit, and no per-connection zlib state
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
     cams = request.query.get("cameras")
+    # subscribed before the handshake completes: whatever the browser fetches once it is open
+    # (/alerts/) and whatever is raised after reaches it, with nothing in between
     sub = hub.subscribe(frozenset(c for c in cams.split(",") if c) if cams else None)
 
     async def pump() -> None:
@@ -286,13 +294,16 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 return
             await ws.send_str(text)
 
-    sender = asyncio.ensure_future(pump())
+    sender: asyncio.Future[None] | None = None
     try:
+        await ws.prepare(request)
+        sender = asyncio.ensure_future(pump())
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 break
     finally:
-        sender.cancel()
+        if sender is not None:
+            sender.cancel()
         hub.unsubscribe(sub)
     return ws
 

@@ -657,3 +657,45 @@ def test_with_auth_off_only_a_local_host_and_a_same_site_page_get_in():
     assert "not localhost" in auth.cross_site(request("evil.example:6066", "http://evil.example:6066"))
     auth.required = True  # with auth on such a page lacks the token; names behind a proxy are fine
     assert auth.cross_site(request("roadwatch.example.com", "https://roadwatch.example.com")) is None
+
+
+async def test_a_token_header_that_is_not_utf8_is_refused_not_a_server_error():
+    """A header aiohttp decodes with surrogates (bytes \\xff\\xfe) made ``allows`` raise: a 500 and a
+    logged traceback for anyone without the token."""
+    from types import SimpleNamespace
+
+    from web.auth import WebAuth
+
+    auth = WebAuth()
+    auth.required, auth.token = True, "b" * 48
+    bad = b"Bearer \xff\xfe".decode("utf-8", "surrogateescape")
+    assert auth.allows(SimpleNamespace(path="/keys/", headers={"Authorization": bad}, query={})) is False
+    good = SimpleNamespace(path="/keys/", headers={"Authorization": "Bearer " + "b" * 48}, query={})
+    assert auth.allows(good) is True
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::", "roadwatch.example.com"])
+def test_auth_is_turned_off_only_on_a_loopback_address(host):
+    """Auth off on a public bind opened the views and the key commands to every host."""
+    with pytest.raises(ValueError, match="loopback"):
+        Settings(web_auth=False, web_host=host)
+    for local in ("127.0.0.1", "::1", "localhost"):
+        assert Settings(web_auth=False, web_host=local).web_auth is False
+    assert Settings(web_auth=True, web_host=host).web_host == host
+
+
+async def test_a_cached_value_that_is_not_json_is_left_out_not_a_failed_view():
+    """One foreign value in Redis made ``latest()`` raise, and every dashboard's /cameras/ a 500."""
+    from streams.cache import ResultCache
+
+    class Client:
+        async def mget(self, keys):
+            return [b'{"risk_level": "low"}', b"not json", None]
+
+        async def zrangebyscore(self, *a, **k):
+            return [b"cam-1", b"evil:key", b"cam 2"]
+
+    cache = ResultCache("redis://127.0.0.1:1/0", 300, 5.0)
+    cache.client = lambda: Client()  # type: ignore[method-assign,assignment,return-value]
+    assert await cache.latest(["a", "b", "c"]) == {"a": {"risk_level": "low"}}
+    assert await cache.known_cameras() == ["cam-1"]
