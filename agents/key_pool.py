@@ -491,12 +491,18 @@ class KeyPool:
         slot = lease.slot
         if kind == "auth":
             self.disable(slot.alias, reason or "key rejected (401/403)")
-        elif kind == "arrearage":
-            logger.error("key %s: account in arrears; key disabled until re-enabled", slot.alias)
-            self.disable(slot.alias, reason or "account in arrears")
-        elif kind == "quota":
-            until = now + (retry_after if retry_after is not None else 3600.0)
-            self.disable(slot.alias, reason or "quota exhausted", until=until)
+        elif kind in ("arrearage", "quota"):
+            # a balance is the account's: every key of it is refused alike, and learning that one
+            # failed call per key spent a call (and a task's attempt) on each
+            keys = [s.alias for s in self.slots if s.account == slot.account]
+            if kind == "arrearage":
+                logger.error("account %s in arrears: its %d key(s) disabled until re-enabled", lease.account, len(keys))
+                for alias in keys:
+                    self.disable(alias, reason or "account in arrears")
+            else:
+                until = now + (retry_after if retry_after is not None else 3600.0)
+                for alias in keys:
+                    self.disable(alias, reason or "quota exhausted", until=until)
         elif kind in ("rate", "burst"):
             # the provider counts per account and model: every key of it is refused alike. A key's
             # own limits (``key:``, every model) are ours, not the provider's: a refusal of one

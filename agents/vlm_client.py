@@ -113,6 +113,29 @@ def _retry_after(headers: Any, now: float | None = None) -> float | None:
     return min(RETRY_AFTER_MAX_S, max(0.0, seconds))
 
 
+#: Words of a 429 that say it clears by itself: a rate limit, however it is worded.
+TRANSIENT_WORDS = (
+    "token-limit",
+    "token limit",
+    "rate limit",
+    "rate-limit",
+    "ratelimit",
+    "retry",
+    "per minute",
+    "tpm",
+    "rpm",
+)
+
+
+#: Words of a 400 from content moderation (DashScope: DataInspectionFailed, data_inspection_failed).
+MODERATION_WORDS = ("datainspectionfailed", "data_inspection_failed", "inappropriate content")
+
+
+def _transient(text: str, retry_after: float | None) -> bool:
+    """Whether a 429 worded like an empty balance is a rate limit (a wait is given, or named)."""
+    return retry_after is not None or any(word in text for word in TRANSIENT_WORDS)
+
+
 def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
     """Map an HTTP error answer to a VlmError kind (OpenAI and DashScope bodies alike)."""
     code, message = "", body[:300]
@@ -130,7 +153,12 @@ def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
     if status in (401, 403):
         return VlmError("auth", f"{label}: key rejected", status=status)
     if status == 429:
-        if "insufficient_quota" in text or "check your plan and billing" in text:  # OpenAI: no balance left
+        no_balance = "insufficient_quota" in text or "check your plan and billing" in text
+        if no_balance and not _transient(text, retry_after):
+            # OpenAI: no balance left. The same words come from DashScope's compatible mode for its
+            # per-minute token limit (a link to error-code#token-limit) and from Gemini's for a
+            # free tier's ("Please retry in 30s"): those clear within a minute, and taking them for
+            # an empty balance switched every key of the account off for an hour
             return VlmError("quota", f"{label}: quota exhausted", status=status, retry_after=retry_after)
         if "increased too quickly" in text:
             return VlmError("burst", f"{label}: traffic grew too fast", status=status, retry_after=retry_after)
@@ -139,7 +167,7 @@ def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
         return VlmError("rate", f"{label}: rate limited", status=status, retry_after=retry_after)
     if status == 400 and "arrearage" in text:
         return VlmError("arrearage", f"{label}: account in arrears", status=status)
-    if status == 400 and "datainspectionfailed" in text:
+    if status == 400 and any(word in text for word in MODERATION_WORDS):
         return VlmError("content", f"{label}: content moderation blocked the request", status=status)
     if 400 <= status < 500:
         return VlmError("request", f"{label}: {message}", status=status)

@@ -171,6 +171,21 @@ def test_exhausted_quota_disables_until_reset():
     assert p.by_alias["key-1"].state(clock.now) == AVAILABLE
 
 
+@pytest.mark.parametrize("kind", ["quota", "arrearage"])
+def test_an_empty_balance_disables_every_key_of_the_account_at_once(kind: str):
+    """A balance is the account's: learning it one failed call per key spent a call on each."""
+    clock = Clock()
+    keys = [
+        ApiKeyConfig(key=SecretStr(f"secret-{i}"), alias=f"key-{i}", account="a" if i < 3 else "b")
+        for i in range(1, 4)
+    ]
+    p = KeyPool(keys, clock=clock)  # type: ignore[arg-type]
+    lease = _lease(p, "key-1")
+    p.release(lease, ok=False, kind=kind, retry_after=60)
+    states = {alias: slot.state(clock.now) for alias, slot in p.by_alias.items()}
+    assert states == {"key-1": DISABLED, "key-2": DISABLED, "key-3": AVAILABLE}
+
+
 def test_failover_prefers_a_key_not_yet_tried():
     p, _ = pool(3)
     lease = p.try_acquire(exclude=frozenset({"key-1", "key-2"}))

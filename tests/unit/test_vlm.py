@@ -93,6 +93,28 @@ async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
         (429, '{"error": {"code": "Throttling.AllocationQuota", "message": "Allocated quota exceeded"}}', "rate"),
         (429, '{"error": {"code": "Throttling.BurstRate", "message": "Request rate increased too quickly"}}', "burst"),
         (429, '{"error": {"code": "insufficient_quota", "message": "You exceeded your current quota"}}', "quota"),
+        # the same words for a limit that clears within a minute: DashScope's compatible mode on its
+        # per-minute token limit, Gemini's on a free tier's; taken for an empty balance they
+        # switched the account's keys off for an hour
+        (
+            429,
+            '{"error": {"code": "insufficient_quota", "message": "You exceeded your current quota, please check '
+            'your plan and billing details. For details, see: https://help.aliyun.com/zh/model-studio/'
+            'error-code#token-limit"}}',
+            "rate",
+        ),
+        (
+            429,
+            '{"error": {"message": "You exceeded your current quota, please check your plan and billing details. '
+            'Please retry in 30.638054576s."}}',
+            "rate",
+        ),
+        (
+            400,
+            '{"error": {"code": "data_inspection_failed", "message": "Input data may contain inappropriate '
+            'content."}}',
+            "content",
+        ),
         (
             400,
             '{"code": "Arrearage", "message": "Access denied, please make sure your account is in good standing."}',
