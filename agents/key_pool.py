@@ -64,10 +64,12 @@ STATES = (AVAILABLE, IN_USE, COOLING, DISABLED)
 RECENT = 20
 #: A burst refusal without a Retry-After: wait this long; the calls after it ramp up again (budgets.py).
 BURST_COOL_S = 1.0
+#: A model the provider says it does not serve (to an account) is not asked again for this long.
+MODEL_COOL_S = 3600.0
 #: Failover waits this long for a key the task has not tried before it takes one it has.
 FAILOVER_WAIT_S = 1.0
 #: Refusals that spent nothing (the provider refused before counting tokens).
-REFUSED: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage"})
+REFUSED: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage", "model"})
 
 
 @dataclass
@@ -453,7 +455,7 @@ class KeyPool:
                 )
         else:
             slot.failures += 1
-            if kind not in ("rate", "burst"):  # a quota's refusal says nothing about the key's health
+            if kind not in ("rate", "burst", "model"):  # a quota's refusal or a model's absence: not the key's health
                 slot.consecutive_failures += 1
                 slot.recent.append(False)
             self._react(lease, kind, retry_after, reason, now)
@@ -503,6 +505,13 @@ class KeyPool:
                 until = now + (retry_after if retry_after is not None else 3600.0)
                 for alias in keys:
                     self.disable(alias, reason or "quota exhausted", until=until)
+        elif kind == "model":
+            # the account does not serve the model: its every key is refused alike, for the hour
+            # (an operator's fix is a restart; a model enabled meanwhile is tried again after it)
+            for b in lease.budgets:
+                if b.model != "*":
+                    self._cool(b, now + MODEL_COOL_S)
+            logger.error("model %s not served to account %s: %s", lease.model, lease.account, reason)
         elif kind in ("rate", "burst"):
             # the provider counts per account and model: every key of it is refused alike. A key's
             # own limits (``key:``, every model) are ours, not the provider's: a refusal of one

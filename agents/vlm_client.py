@@ -48,10 +48,10 @@ SYSTEM_PROMPT = (
 )
 
 #: Error kinds after which another key may succeed.
-RETRYABLE: frozenset[VlmErrorKind] = frozenset({"server", "rate", "burst", "auth", "quota", "arrearage"})
+RETRYABLE: frozenset[VlmErrorKind] = frozenset({"server", "rate", "burst", "auth", "quota", "arrearage", "model"})
 #: Failures that say nothing about the request, only about the key that carried it: the task moves
 #: to another key at once and keeps its retries for server failures.
-KEY_FAULTS: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage"})
+KEY_FAULTS: frozenset[VlmErrorKind] = frozenset({"rate", "burst", "auth", "quota", "arrearage", "model"})
 #: DashScope's header that queues a burst on the provider's side instead of refusing it.
 QUEUE_HEADER = "X-DashScope-Queue-Enable"
 
@@ -131,6 +131,13 @@ TRANSIENT_WORDS = (
 MODERATION_WORDS = ("datainspectionfailed", "data_inspection_failed", "inappropriate content")
 
 
+def _no_such_model(text: str) -> bool:
+    """Whether an error says the model does not exist or is not available (OpenAI, DashScope, vLLM)."""
+    if "model_not_found" in text or "modelnotfound" in text:
+        return True
+    return "model" in text and any(w in text for w in ("not exist", "does not exist", "not found", "not supported"))
+
+
 def _transient(text: str, retry_after: float | None) -> bool:
     """Whether a 429 worded like an empty balance is a rate limit (a wait is given, or named)."""
     return retry_after is not None or any(word in text for word in TRANSIENT_WORDS)
@@ -165,6 +172,10 @@ def classify_error(status: int, body: str, headers: Any = None) -> VlmError:
         # RateQuota (RPM/RPS) and AllocationQuota (TPM/TPS) are the account's per-model rate limits:
         # both clear within about a minute
         return VlmError("rate", f"{label}: rate limited", status=status, retry_after=retry_after)
+    if status in (400, 404) and _no_such_model(text):
+        # the account does not serve this model (a typo, a model retired, one not enabled for
+        # it): the model chain's next model serves instead of every task failing
+        return VlmError("model", f"{label}: model not served: {message}", status=status)
     if status == 400 and "arrearage" in text:
         return VlmError("arrearage", f"{label}: account in arrears", status=status)
     if status == 400 and any(word in text for word in MODERATION_WORDS):
@@ -254,7 +265,11 @@ def _usage(data: Any) -> tuple[int, int] | None:
     if not isinstance(usage, dict):
         return None
     try:
-        prompt, completion = int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
+        prompt = int(usage["prompt_tokens"])
+        if usage.get("completion_tokens") is not None:
+            completion = int(usage["completion_tokens"])
+        else:  # some servers give only the total; neither: unknown, so the estimate is booked, not 0
+            completion = int(usage["total_tokens"]) - prompt
     except (KeyError, TypeError, ValueError):
         return None
     return (prompt, completion) if prompt >= 0 and completion >= 0 else None

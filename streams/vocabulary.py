@@ -24,7 +24,7 @@ RiskLevel = Literal["none", "low", "medium", "high", "critical"]
 RISK_LEVELS: tuple[RiskLevel, ...] = get_args(RiskLevel)
 #: How a VLM call failed (``agents/vlm_client.py`` maps each provider answer to one; the key pool
 #: reacts by kind).
-VlmErrorKind = Literal["auth", "quota", "arrearage", "rate", "burst", "content", "request", "server", "parse"]
+VlmErrorKind = Literal["auth", "quota", "arrearage", "rate", "burst", "model", "content", "request", "server", "parse"]
 VLM_ERROR_KINDS: tuple[VlmErrorKind, ...] = get_args(VlmErrorKind)
 #: Where an alert's judgement came from: the VLM, or the measured conflict (alerted before any VLM answer).
 AlertSource = Literal["vlm", "measured"]

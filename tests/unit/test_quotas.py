@@ -391,6 +391,40 @@ async def test_a_retry_after_a_server_error_moves_to_a_model_that_has_not_failed
     assert provider.calls == ["m1", "m2"]
 
 
+async def test_a_model_the_account_is_not_served_hands_the_task_to_the_next_model(tmp_path):
+    """A 404 model_not_found (a typo, a retired model) failed every task instead of trying the chain's
+    next model; and the first model is not asked again (every key of the account is refused alike)."""
+    import dataclasses
+
+    from agents.answer_parser import Assessment
+    from agents.llm_scheduler import assess
+    from agents.vlm_client import VlmAnswer, classify_error
+    from agents.worker_clients import WorkerClients
+    from sim.records import assessment_task, detection
+
+    class NoSuchFirstModel:
+        calls: list[str] = []
+
+        async def assess(self, api_key: str, jpeg: bytes, context: str, *, model: str | None = None) -> VlmAnswer:
+            self.calls.append(str(model))
+            if model == "m1":
+                body = '{"error": {"code": "model_not_found", "message": "The model `m1` does not exist."}}'
+                raise classify_error(404, body)
+            return VlmAnswer(Assessment("low", 0.2, "fine"), 5.0, 100, 10, str(model))
+
+        async def close(self) -> None:
+            return None
+
+    settings = Settings(image_store=f"file://{tmp_path}", vlm_keys="sk-aaaa1111", vlm_models="m1,m2")
+    provider = NoSuchFirstModel()
+    clients = dataclasses.replace(WorkerClients.build(settings), vlm=provider)  # type: ignore[arg-type]
+    first = await assess(assessment_task(detection("cam-m", 1), "t-1", deadline_in_ms=10_000), clients)
+    second = await assess(assessment_task(detection("cam-m", 2), "t-2", deadline_in_ms=10_000), clients)
+    await clients.close()
+    assert (first.status, first.model, second.status, second.model) == ("ok", "m2", "ok", "m2")
+    assert provider.calls == ["m1", "m2", "m2"]
+
+
 async def test_a_failed_call_the_provider_billed_is_booked_and_one_it_refused_is_not(tmp_path):
     """An unparseable answer is billed at its usage (the provider's ground truth); a call that timed
     out after it was sent, at its worst case; a 429 costs nothing."""

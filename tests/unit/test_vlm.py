@@ -126,6 +126,9 @@ async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
             "content",
         ),
         (400, '{"code": "InvalidParameter", "message": "bad"}', "request"),
+        (404, '{"error": {"code": "model_not_found", "message": "The model `x` does not exist"}}', "model"),
+        (400, '{"code": "InvalidParameter", "message": "Model not exist."}', "model"),
+        (404, "<html>404 Not Found</html>", "request"),  # a wrong base URL is no model's fault
         (502, "<html><body>Bad Gateway</body></html>", "server"),
         (503, "", "server"),
     ],
@@ -273,7 +276,7 @@ async def test_verify_keys_checks_every_model_and_says_which_keys_share_a_quota(
     assert done.value.code == 1  # the unknown model is unusable
     out = json.loads(capsys.readouterr().out)
     outcomes = {(k["alias"], k["model"]): k["outcome"] for k in out["keys"]}
-    assert outcomes[("a-1", "qwen-vl-max")] == "ok" and outcomes[("a-1", "no-such-model")] == "request"
+    assert outcomes[("a-1", "qwen-vl-max")] == "ok" and outcomes[("a-1", "no-such-model")] == "model"
     assert outcomes[("solo", "qwen-vl-max")] == "auth"  # the simulator knows only its two keys
     groups = {(g["account"], g["model"]): g for g in out["quotas"]}
     assert groups[("acct-a", "qwen-vl-max")]["keys"] == ["a-1", "a-2"] and groups[("acct-a", "qwen-vl-max")]["shared"]
@@ -303,3 +306,13 @@ def test_the_simulator_gives_an_unlisted_key_an_account_of_its_own():
     a, b = sim.account("sk-a-0001"), sim.account("sk-b-0001")  # same last 4 characters
     assert a != b and a == sim.account("sk-a-0001")
     assert "0001" not in a and "sk-" not in a  # no part of the key in the usage report
+
+
+def test_usage_without_completion_tokens_is_derived_from_the_total_or_unknown_never_zero():
+    """A usage with prompt_tokens only was booked as 0 output tokens: the budget undercounted."""
+    from agents.vlm_client import _usage
+
+    assert _usage({"usage": {"prompt_tokens": 900, "completion_tokens": 40}}) == (900, 40)
+    assert _usage({"usage": {"prompt_tokens": 900, "total_tokens": 960}}) == (900, 60)
+    assert _usage({"usage": {"prompt_tokens": 900}}) is None  # unknown: the scheduler books its estimate
+    assert _usage({"usage": {"prompt_tokens": 900, "completion_tokens": -1}}) is None
