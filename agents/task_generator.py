@@ -76,6 +76,13 @@ def tasks_for(
         # this old would reach its deadline unanswered, and spend the budget live frames need
         metrics.tasks_skipped_total.labels(reason="stale").inc(len(det.groups))
         return []
+    cropped = [g for g in det.groups if g.group_id in det.crops]
+    if len(cropped) < len(det.groups):
+        # a group without its crop (the image store was down, or the producer cropped only groups
+        # above min_group_score and a measured conflict picked another) can make no task: planned,
+        # it spent the camera's budget and was marked assessed, and no result ever came
+        metrics.tasks_skipped_total.labels(reason="no_crop").inc(len(det.groups) - len(cropped))
+        det = det.derive(groups=cropped)
     state, decisions, skipped = plan_tasks(states.get(key), det, now_s, budget_of(s), cap=cap.available(now_s))
     cap.spend(len(decisions))
     # a frame that spent budget is written at once: a copy without it would spend again
@@ -87,10 +94,7 @@ def tasks_for(
     now_ms = now_s * 1000.0
     for decision in decisions:
         group = decision.group
-        image = det.crops.get(group.group_id)
-        if image is None:
-            metrics.tasks_skipped_total.labels(reason="no_crop").inc()
-            continue
+        image = det.crops[group.group_id]
         tasks.append(
             AssessmentTask(
                 task_id=make_task_id(det.camera_id, det.frame_seq, group.group_id, det.run),

@@ -438,3 +438,17 @@ def test_a_restarted_producers_new_pair_is_not_silenced_by_the_old_runs_pair_of_
     state, decisions, _ = plan_tasks(state, second, 1010.0, budget)
     assert [d.reason for d in decisions] == ["conflict"]
     assert len(measured_alerts(state, second, 1010.0, "high", 60)) == 1
+
+
+def test_a_conflict_group_without_its_crop_spends_no_budget_and_is_not_marked_assessed() -> None:
+    """The producer crops only groups above min_group_score (or the image store was down): planned,
+    such a group spent a token and was marked assessed, and no task or result ever followed."""
+    states: dict[bytes, object] = {}
+    bare = with_conflict(detection("c", 1, track_base=10))
+    bare.crops = {}
+    assert tasks_for(bare, 100.0, states, GlobalCap(0), Settings()) == []  # type: ignore[arg-type]
+    state = next(iter(states.values()))
+    assert state["tasks_made"] == 0 and not state["conflicts"]  # type: ignore[index]
+    # the same pair's next frame has its crop: the conflict is new to the policy, so a task
+    tasks = tasks_for(with_conflict(detection("c", 2, track_base=10)), 100.5, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
+    assert [t.reason for t in tasks] == ["conflict"]
