@@ -62,6 +62,22 @@ class WriteBehind(MutableMapping[K, V], Generic[K, V]):
                 self._held[key] = value
             return value
 
+    def peek(self, key: K) -> V | None:
+        """The value, without holding what the table gave: for readers outside the events that own
+        the key (the web views). Held, a copy read while its partition was still recovering, or
+        from before a rebalance, would be what the agent's next event changes and writes back."""
+        if key in self._held:
+            return self._held[key]
+        try:
+            return self.table[key]
+        except KeyError:
+            return None
+
+    def peek_items(self) -> Iterator[tuple[K, V | None]]:
+        """Every (key, value), without holding what the table gave (see :meth:`peek`)."""
+        for key in self:
+            yield key, self.peek(key)
+
     def __setitem__(self, key: K, value: V) -> None:
         self._held[key] = value
         now = self.clock()

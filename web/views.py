@@ -106,7 +106,7 @@ class Cameras(View):
         local = {_camera_id(k): v for k, v in camera_view.items()}
         frames = detection_join.frames
         rows = [
-            camera_summary(cid, local.get(cid), camera_state_live.get(camera_key(cid)), frames.get(cid))
+            camera_summary(cid, local.get(cid), camera_state_live.peek(camera_key(cid)), frames.get(cid))
             for cid in sorted(set(local) | set(frames))
         ]
         # the cameras other workers own: those with a cached result, and any asked for (?also=)
@@ -128,9 +128,9 @@ class CameraDetail(View):
         frame = detection_join.frames.get(camera_id)
         if view is None and frame is None:
             return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
-        data = camera_summary(camera_id, view, camera_state_live.get(camera_key(camera_id)), frame)
+        data = camera_summary(camera_id, view, camera_state_live.peek(camera_key(camera_id)), frame)
         data["results"] = view.get("results", []) if view else []
-        data["alerts"] = (alerts_live.get(camera_key(camera_id)) or [])[:20]
+        data["alerts"] = (alerts_live.peek(camera_key(camera_id)) or [])[:20]
         return self.json(data)
 
 
@@ -160,7 +160,7 @@ class Alerts(View):
     async def get(self, request: Request) -> Response:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         cached = await current().cache.recent_alerts()
-        for alert in [*cached, *(a for _, items in alerts_live.items() for a in (items or []))]:
+        for alert in [*cached, *(a for _, items in alerts_live.peek_items() for a in (items or []))]:
             if not _shown(alert):  # what came through Redis is not trusted
                 continue
             key = (str(alert.get("camera_id")), str(alert.get("task_id")))

@@ -145,3 +145,17 @@ def test_a_detection_older_than_the_task_deadline_makes_no_task_and_spends_nothi
     assert tasks_for(det, late, states, GlobalCap(0), s) == []  # type: ignore[arg-type]
     assert states == {}
     assert len(tasks_for(det, late - 2.0, states, GlobalCap(0), s)) == 1  # type: ignore[arg-type]
+
+
+def test_a_view_s_read_is_not_held_so_the_agent_reads_the_table_afresh(clock):
+    """A view read (outside any event) was held: a stale copy (a partition still recovering) was
+    then what the agent's next event changed and wrote back over the table."""
+    table = CountingTable()
+    held = WriteBehind(table, 60.0, clock)
+    table["cam-1"] = {"frames": 1}  # the copy a view sees while the partition recovers
+    assert held.peek("cam-1") == {"frames": 1} and held.peek("cam-2") is None
+    assert list(held.peek_items()) == [("cam-1", {"frames": 1})]
+    table["cam-1"] = {"frames": 7}  # recovery done
+    assert held["cam-1"] == {"frames": 7}  # the agent's read: the table's, not the view's copy
+    held["cam-1"] = {"frames": 8}
+    assert held.peek("cam-1") == {"frames": 8}  # what is held is what a view sees
