@@ -176,8 +176,7 @@ def test_an_empty_balance_disables_every_key_of_the_account_at_once(kind: str):
     """A balance is the account's: learning it one failed call per key spent a call on each."""
     clock = Clock()
     keys = [
-        ApiKeyConfig(key=SecretStr(f"secret-{i}"), alias=f"key-{i}", account="a" if i < 3 else "b")
-        for i in range(1, 4)
+        ApiKeyConfig(key=SecretStr(f"secret-{i}"), alias=f"key-{i}", account="a" if i < 3 else "b") for i in range(1, 4)
     ]
     p = KeyPool(keys, clock=clock)  # type: ignore[arg-type]
     lease = _lease(p, "key-1")

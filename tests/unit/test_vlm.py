@@ -99,7 +99,7 @@ async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
         (
             429,
             '{"error": {"code": "insufficient_quota", "message": "You exceeded your current quota, please check '
-            'your plan and billing details. For details, see: https://help.aliyun.com/zh/model-studio/'
+            "your plan and billing details. For details, see: https://help.aliyun.com/zh/model-studio/"
             'error-code#token-limit"}}',
             "rate",
         ),
@@ -111,8 +111,7 @@ async def test_a_hung_server_is_a_timeout_of_kind_server(sim):
         ),
         (
             400,
-            '{"error": {"code": "data_inspection_failed", "message": "Input data may contain inappropriate '
-            'content."}}',
+            '{"error": {"code": "data_inspection_failed", "message": "Input data may contain inappropriate content."}}',
             "content",
         ),
         (
