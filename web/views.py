@@ -95,7 +95,10 @@ class Dashboard(View):
     """The live dashboard (plain HTML and JS, served by the worker)."""
 
     async def get(self, request: Request) -> Response:
-        return self.html(DASHBOARD.read_text())
+        page = self.html(DASHBOARD.read_text())
+        # the page's requests carry the token in their URLs (images, /ws): never in a Referer
+        page.headers["Referrer-Policy"] = "no-referrer"
+        return page
 
 
 @app.page("/cameras/")
@@ -134,14 +137,34 @@ class CameraDetail(View):
         return self.json(data)
 
 
+#: Results /results/ lists by default, and at most.
+RESULTS_LISTED, RESULTS_LISTED_MAX = 1000, 10_000
+
+
 @app.page("/results/")
 class Results(View):
-    """The aggregator's view of finished tasks on this worker (for checks and tests)."""
+    """The aggregator's view of finished tasks on this worker (for checks and tests).
+
+    The table holds an hour of results, read and decoded on the worker's event loop: at most
+    ``?limit=`` (default RESULTS_LISTED) rows are read, and the event loop is let go between
+    batches, so a request cannot hold the agents and heartbeats for seconds.
+    """
 
     async def get(self, request: Request) -> Response:
         camera = request.query.get("camera_id")
-        rows = {str(k): v for k, v in results.items() if camera is None or v.get("camera_id") == camera}
-        return self.json({"count": len(rows), "results": rows})
+        try:
+            limit = max(1, min(RESULTS_LISTED_MAX, int(request.query.get("limit", RESULTS_LISTED))))
+        except ValueError:
+            return self.json({"error": "limit must be a whole number"}, status=400)
+        rows: dict[str, Any] = {}
+        for n, (k, v) in enumerate(results.items(), start=1):
+            if camera is None or v.get("camera_id") == camera:
+                rows[str(k)] = v
+                if len(rows) >= limit:
+                    break
+            if n % 500 == 0:
+                await asyncio.sleep(0)
+        return self.json({"count": len(rows), "limit": limit, "results": rows})
 
 
 @app.page("/tables/")

@@ -32,6 +32,8 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
     )
     wait_until(lambda: get_json(f"http://127.0.0.1:{worker.port}/cameras/")["count"] == 3, 60, "3 cameras")
     wait_until(lambda: len(get_json(f"http://127.0.0.1:{worker.port}/results/")["results"]) == 9, 60, "9 results")
+    # an hour of results is not read (and decoded on the event loop) for one request
+    assert len(get_json(f"http://127.0.0.1:{worker.port}/results/?limit=2")["results"]) == 2
 
     async def drive() -> float:
         async with playwright.async_playwright() as p:
@@ -47,7 +49,8 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
                 ],
             )
             page = await browser.new_page(viewport={"width": 1366, "height": 820})
-            await page.goto(f"http://127.0.0.1:{worker.port}/?token={os.environ['ROADWATCH_WEB_TOKEN']}")
+            opened = await page.goto(f"http://127.0.0.1:{worker.port}/?token={os.environ['ROADWATCH_WEB_TOKEN']}")
+            assert opened is not None and opened.headers.get("referrer-policy") == "no-referrer"
             await page.wait_for_selector(".tile[data-camera='cam-c'] img", timeout=15_000)
             await page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=15_000)
             # the inline crop decodes with auth on (a token appended to its data URL corrupted it)
