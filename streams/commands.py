@@ -5,7 +5,7 @@ from __future__ import annotations
 from faust.cli import AppCommand
 
 from streams.app import app, settings
-from streams.settings import redact_url
+from streams.settings import redact_url, redact_webhook
 
 
 @app.command()
@@ -15,6 +15,8 @@ async def check_config(self: AppCommand) -> None:
     for name, value in settings.model_dump().items():
         if name in ("vlm_keys", "web_token"):
             value = "<set>" if value else "<unset>"
+        elif name == "alert_webhook_url" and value:
+            value = redact_webhook(str(value))
         elif isinstance(value, str) and "://" in value:
             value = redact_url(value)  # credentials in a Redis, webhook or broker URL
         self.say(f"{name:24s} {value}")

@@ -102,6 +102,13 @@ def secret_problem(value: str, *, min_chars: int = MIN_TOKEN_CHARS) -> str | Non
     return None
 
 
+def redact_webhook(url: str) -> str:
+    """Where a webhook goes, without its path: Slack-style webhooks carry their secret there."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/<path hidden>"
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password (and user) replaced, for logs and check-config."""
     parts = urlsplit(url)
@@ -277,7 +284,9 @@ class Settings(BaseSettings):
     # --- VLM -----------------------------------------------------------------------------
     vlm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL.")
     vlm_model: str = Field(default="qwen-vl-plus", description="Model name sent to the endpoint.")
-    vlm_keys: str = Field(default="", description="API keys: JSON list or comma-separated. Never logged.")
+    vlm_keys: SecretStr = Field(
+        default=SecretStr(""), description="API keys: JSON list or comma-separated. Never logged (nor in a repr)."
+    )
     vlm_keys_file: Path | None = Field(default=None, description="File with keys (same format), e.g. a Secret.")
     vlm_timeout_s: float = Field(default=20.0, gt=0, description="Per-request timeout.")
     vlm_concurrency: int = Field(default=50, ge=1, le=1000, description="Concurrent VLM calls per worker.")
@@ -493,7 +502,7 @@ class Settings(BaseSettings):
         """The configured keys: the file wins over the variable when both are set."""
         if self.vlm_keys_file is not None:
             return parse_keys(self.vlm_keys_file.read_text())
-        return parse_keys(self.vlm_keys)
+        return parse_keys(self.vlm_keys.get_secret_value())
 
 
 @lru_cache(maxsize=1)

@@ -301,6 +301,17 @@ def test_check_config_never_prints_credentials_inside_urls(url, shown):
     assert redact_url(url) == shown
 
 
+def test_a_webhook_s_secret_path_and_the_keys_never_show_in_check_config_or_a_repr():
+    from streams.settings import redact_webhook
+
+    shown = redact_webhook("https://hooks.slack.com/services/T0AAAA/B0BBBB/xYzSecretPart")
+    assert shown == "https://hooks.slack.com/<path hidden>"
+    # a traceback that shows locals, a test's assertion diff, a debug log of the settings
+    s = Settings(vlm_keys="sk-stand-in-0123456789abcdef")
+    assert "0123456789abcdef" not in repr(s) and "0123456789abcdef" not in str(s.model_dump())
+    assert [k.alias for k in s.api_keys()] == ["key-1"]
+
+
 @pytest.mark.parametrize(
     ("answer", "level", "score"),
     [
