@@ -210,6 +210,12 @@ class Budget(Shared):
             recent = self.tokens_since(at - 1.0)
             if recent and recent + tokens > tps * PACE:
                 at = max(at, next(t for t, _ in self.tokens if t > at - 1.0) + 1.0 + 1e-3)
+            if self.tokens:
+                # a call larger than this worker's share of a second spends the seconds after it
+                # too: the one-second window alone let every worker start one such call a second
+                last_t, last_n = self.tokens[-1]
+                if last_n > tps * PACE:
+                    at = max(at, last_t + last_n / (tps * PACE))
         return at
 
     def start(self, now: float, tokens: int, *, start: float = 0.25, growth: float = 1.5) -> list[float]:

@@ -748,3 +748,30 @@ def test_keys_of_their_own_accounts_shared_by_two_workers_are_never_refused():
     accepted, refused = run_workers(keys, [], owned, {"rpm": 60}, seconds=120.0)
     assert refused == 0
     assert accepted >= 0.9 * 10 * 120.0
+
+
+def test_calls_larger_than_a_worker_s_token_share_a_second_are_paced_on_their_tokens():
+    """100,000 tokens a minute (about 1,667 a second) over 8 workers owning a partition each: a
+    worker's share is 208 tokens a second, less than one 1,650-token call. The one-second window
+    let each worker start one such call every second: 8 x 1,650 = 13,200 tokens in a second,
+    which the provider refuses. Together the workers must stay at the quota's rate."""
+    calls_per_worker = []
+    for w in range(8):
+        clock = Clock()
+        pool = KeyPool(account_keys(2), clock=clock, quotas=[QuotaConfig(account="acct", tpm=100_000)])
+        pool.set_partitions(frozenset({w}), 8)
+        starts = []
+        end = clock.now + 60.0
+        while clock.now < end:
+            while (lease := pool.try_acquire(tokens=1650)) is not None:
+                starts.append(clock.now)
+                pool.release(lease, ok=True, tokens=1650)
+            clock.now += 0.05
+        calls_per_worker.append(starts)
+    per_second = 8 * max(max_in_window(s, 1.0) for s in calls_per_worker)
+    total_tokens_in_minute = 1650 * sum(len(s) for s in calls_per_worker)
+    assert total_tokens_in_minute <= 100_000
+    # no second in which all workers' calls could exceed a second's worth of the minute by much:
+    # each worker's calls are at least its share's interval apart
+    gaps = [b - a for s in calls_per_worker for a, b in itertools.pairwise(s)]
+    assert gaps and min(gaps) >= 1650 / (100_000 / 60 / 8) * 0.97 - 0.05, (min(gaps), per_second)
