@@ -99,6 +99,7 @@ def measured_alerts(
     answer to the group's task then confirms, escalates or downgrades that alert.
     """
     seen = st.setdefault("conflicts", {})
+    frame = frame_key(det)
     out = []
     for conflict in det.conflicts or []:
         key = conflict_key(conflict)
@@ -108,8 +109,13 @@ def measured_alerts(
             continue
         recent = now_s - entry["alert_at"] < cooldown_s
         if recent and risk_rank(conflict.level) <= risk_rank(entry["alert_level"]):
+            if entry.get("alert_frame") == frame:
+                # the frame that raised it, read again (its result's send failed, or the worker
+                # died after the state was written): raised again under the same task id, which
+                # the aggregator drops if the first one got through; silenced, it was lost
+                out.append(MeasuredAlert(conflict, group_holding(det, conflict)))
             continue
-        entry["alert_at"], entry["alert_level"] = now_s, conflict.level
+        entry["alert_at"], entry["alert_level"], entry["alert_frame"] = now_s, conflict.level, frame
         out.append(MeasuredAlert(conflict, group_holding(det, conflict)))
     return out
 
@@ -237,7 +243,9 @@ def plan_tasks(
         # reached the changelog while its tasks did not, so the tasks decided for it are made again
         # (same task ids: the aggregator drops what was already done).
         made = set(st["recent"][frame])
-        replayed = [Decision(g, "replay") for g in det.groups if g.group_id in made]
+        # with the frame's measured conflict: the prompt of the task made again carries its measures
+        conflicts = conflicts_by_group(det)
+        replayed = [Decision(g, "replay", conflicts.get(g.group_id)) for g in det.groups if g.group_id in made]
         if len(replayed) < len(det.groups):
             skipped["seen_frame"] = len(det.groups) - len(replayed)
         return st, replayed, skipped

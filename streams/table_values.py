@@ -29,6 +29,9 @@ class SeenConflict(TypedDict):
     #: When a measured alert was last raised for it (0: never), and the level then.
     alert_at: float
     alert_level: str
+    #: The frame (``frame_key``) that raised that alert: read again, it raises it again, under the
+    #: same task id (absent in states written before it was kept).
+    alert_frame: NotRequired[str]
     #: When it was last measured (epoch s); unseen ones are forgotten.
     last: float
 

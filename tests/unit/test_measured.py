@@ -452,3 +452,21 @@ def test_a_conflict_group_without_its_crop_spends_no_budget_and_is_not_marked_as
     # the same pair's next frame has its crop: the conflict is new to the policy, so a task
     tasks = tasks_for(with_conflict(detection("c", 2, track_base=10)), 100.5, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
     assert [t.reason for t in tasks] == ["conflict"]
+
+
+def test_a_frame_read_again_raises_its_measured_alert_again_under_the_same_task_id() -> None:
+    """A frame re-read (its result's send failed, or the worker died after its state was written)
+    found its alert in the cooldown and raised nothing: the alert that needs no VLM was lost."""
+    states: dict[bytes, object] = {}
+    det = with_conflict(detection("c", 1, track_base=2))
+    tasks_for(det, 100.0, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
+    first = measured_results_for(det, 100.0, states, Settings())  # type: ignore[arg-type]
+    tasks = tasks_for(det, 100.5, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
+    again = measured_results_for(det, 100.5, states, Settings())  # type: ignore[arg-type]
+    assert [r.task_id for r in again] == [r.task_id for r in first] and len(first) == 1
+    # the task made again carries the frame's measures into its prompt
+    assert [(t.reason, t.conflict is not None) for t in tasks] == [("replay", True)]
+    # the next frame of the same pair, within the cooldown: no new alert
+    nxt = with_conflict(detection("c", 2, track_base=2))
+    tasks_for(nxt, 101.0, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
+    assert measured_results_for(nxt, 101.0, states, Settings()) == []  # type: ignore[arg-type]
