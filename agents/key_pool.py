@@ -279,6 +279,18 @@ class KeyPool:
             b.rpm_cap, dealt = self._dealt(b.rpm, dealt)
             b.share = self.share
             b.set_slots(self.owned if self.smoothing else None, self.partitions)
+            if self.owned and b.rpm is not None and b.rpm_cap < 1:
+                # whole calls cannot be dealt finer: this worker's cameras get no call of it at all
+                logger.warning(
+                    "quota %s: %d calls a minute over %d partitions leave this worker's %d partition(s) none; "
+                    "its tasks on %s expire unless another model serves. Use at most %d partitions for it",
+                    b.alias,
+                    b.rpm,
+                    self.partitions,
+                    len(self.owned),
+                    b.model,
+                    b.rpm,
+                )
 
     def _key_free_at(self, slot: KeySlot, now: float) -> float:
         state = slot.state(now)

@@ -775,3 +775,15 @@ def test_calls_larger_than_a_worker_s_token_share_a_second_are_paced_on_their_to
     # each worker's calls are at least its share's interval apart
     gaps = [b - a for s in calls_per_worker for a, b in itertools.pairwise(s)]
     assert gaps and min(gaps) >= 1650 / (100_000 / 60 / 8) * 0.97 - 0.05, (min(gaps), per_second)
+
+
+def test_a_worker_dealt_no_whole_call_of_a_quota_says_so(caplog):
+    """4 calls a minute over 8 partitions: the workers owning partitions 4-7 get none, and their
+    tasks expire; that is said at the assignment, not found from expired results."""
+    pool = KeyPool(account_keys(2), clock=Clock(), quotas=[QuotaConfig(account="acct", rpm=4)])
+    with caplog.at_level("WARNING"):
+        pool.set_partitions(frozenset({1}), 8)
+    assert not [r for r in caplog.records if "leave this worker" in r.getMessage()]
+    with caplog.at_level("WARNING"):
+        pool.set_partitions(frozenset({5, 6}), 8)
+    assert any("4 calls a minute over 8 partitions" in r.getMessage() for r in caplog.records)
