@@ -63,6 +63,16 @@ class WorkerClients:
         chain = settings.model_chain()
         keys = settings.api_keys()
         accounts = {k.account_name for k in keys}
+        plain = [k.alias for k in keys if not k.account]
+        if len(plain) > 1 and "dashscope" in settings.vlm_base_url:
+            # DashScope counts every limit per account and model: ten keys of one account are one
+            # quota, and taken for ten, the pool sends ten times what the account may
+            logger.warning(
+                "%d DashScope keys (%s) name no account: each is taken as its own account with its own quota; "
+                "give the keys of one Model Studio account the same `account`",
+                len(plain),
+                ", ".join(plain),
+            )
         unknown = sorted(set(settings.account_budgets()) - accounts)
         if unknown:  # a typo would leave the real account without its cap
             raise ConfigError(

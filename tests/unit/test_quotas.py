@@ -787,3 +787,21 @@ def test_a_worker_dealt_no_whole_call_of_a_quota_says_so(caplog):
     with caplog.at_level("WARNING"):
         pool.set_partitions(frozenset({5, 6}), 8)
     assert any("4 calls a minute over 8 partitions" in r.getMessage() for r in caplog.records)
+
+
+def test_dashscope_keys_without_an_account_are_warned_about(caplog, tmp_path):
+    """DashScope counts per account: ten plain keys taken as ten accounts send ten times the quota."""
+    from agents.worker_clients import WorkerClients
+
+    url = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+    with caplog.at_level("WARNING"):
+        WorkerClients.build(
+            Settings(image_store=f"file://{tmp_path}", vlm_base_url=url, vlm_keys="sk-aaaa1111,sk-bbbb2222")
+        )
+    assert any("name no account" in r.getMessage() for r in caplog.records)
+    assert not any("sk-aaaa1111" in r.getMessage() for r in caplog.records)  # aliases only
+    caplog.clear()
+    keys = '[{"key": "sk-aaaa1111", "account": "a"}, {"key": "sk-bbbb2222", "account": "a"}]'
+    with caplog.at_level("WARNING"):
+        WorkerClients.build(Settings(image_store=f"file://{tmp_path}", vlm_base_url=url, vlm_keys=keys))
+    assert not any("name no account" in r.getMessage() for r in caplog.records)
