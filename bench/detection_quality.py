@@ -35,6 +35,7 @@ import numpy as np
 from bench.pipeline import log, save
 from models.detectors import WARM_UP_S, Detection, Detector, MotionDetector, class_sizes_scale
 from models.geometry import iou
+from models.producer import on_frame
 from models.tracking import Tracker
 from sim.scenarios import HARDER
 from sim.scene import TruthBox
@@ -187,9 +188,12 @@ def run_scenario(url: str, fps: int, seconds: float, detectors: dict[str, Callab
         for name, detector in live.items():
             started = time.process_time()
             found = detector.detect("cam", frame, i, at=t)
-            if name == "roadwatch":
+            if name == "roadwatch":  # as models.producer.analyse: tracked in the steady view, out on the frame
                 found = trackers[name].split_merged(found, t)
                 trackers[name].update(found, t)
+                shift = detector.frame_shift("cam")
+                h, w = frame.shape[:2]
+                found = [Detection(d.cls, d.conf, on_frame(d.bbox, shift, w, h)) for d in found]
             scores[name].cpu_s += time.process_time() - started
             scores[name].frames += 1
             if t - START_S >= WARM_S:

@@ -50,6 +50,16 @@ class Detector(ABC):
     def detect(self, camera_id: str, frame: np.ndarray, frame_seq: int, at: float | None = None) -> list[Detection]:
         """Objects in ``frame`` of ``camera_id``, captured at ``at`` (epoch seconds, when known)."""
 
+    def frame_shift(self, camera_id: str) -> tuple[float, float]:
+        """How far (px) the last frame of ``camera_id`` lay from the camera's steady view.
+
+        A detector that stabilises a shaking camera reports its boxes in the steady view: tracks
+        and ground positions hold still there (the calibration is of that view), and the boxes
+        are moved by this shift onto the frame itself only where they meet its pixels (crops,
+        the drawn boxes). (0, 0) for a detector that works on the frame as it came.
+        """
+        return (0.0, 0.0)
+
 
 #: The background forgets over this many seconds, whatever the frame rate: a pedestrian who
 #: needs 10 s to cross stays foreground at 10 fps as at 2 fps (a model counted in frames
@@ -182,6 +192,8 @@ class _CameraModel:
     ref_level: float = math.inf
     #: the last frame's blobs, rows of (x1, y1, x2, y2): a blob that has not moved may be a ghost
     blobs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    #: how far the last frame lay from the reference (small-image px; see Detector.frame_shift)
+    shift: tuple[float, float] = (0.0, 0.0)
     #: how many times the frames are halved before analysis (see MAX_SIDE)
     halvings: int = 0
     #: the last frame's foreground (MOG2's mask): where the light is not measured
@@ -224,6 +236,13 @@ class MotionDetector(Detector):
         self._models: dict[str, _CameraModel] = {}
         self._kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
         self._lock = threading.Lock()
+
+    def frame_shift(self, camera_id: str) -> tuple[float, float]:
+        model = self._models.get(camera_id)
+        if model is None:
+            return (0.0, 0.0)
+        scale = float(2**model.halvings)
+        return (model.shift[0] * scale, model.shift[1] * scale)
 
     def _model(self, camera_id: str, shape: tuple[int, ...]) -> _CameraModel:
         with self._lock:
@@ -277,9 +296,11 @@ class MotionDetector(Detector):
         if abs(gain - 1.0) > MIN_GAIN_STEP:
             grey = cv2.convertScaleAbs(grey, alpha=gain)
             image = cv2.convertScaleAbs(image, alpha=gain)
+        model.shift = (0.0, 0.0)
         if self.stabilise:
             shift = self._shift(model, grey)
             if shift is not None:
+                model.shift = shift
                 h, w = image.shape[:2]
                 back = np.array([[1, 0, -shift[0]], [0, 1, -shift[1]]], np.float32)
                 image = cv2.warpAffine(image, back, (w, h), borderMode=cv2.BORDER_REPLICATE)

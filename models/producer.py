@@ -74,6 +74,21 @@ class CameraPipeline:
         )
 
 
+def on_frame(
+    box: tuple[float, float, float, float], shift: tuple[float, float], w: int, h: int
+) -> tuple[float, float, float, float]:
+    """``box`` of the steady view moved by the frame's ``shift`` (Detector.frame_shift), inside the frame."""
+    if shift == (0.0, 0.0):
+        return box
+    dx, dy = shift
+    return (
+        min(w - 1.0, max(0.0, box[0] + dx)),
+        min(h - 1.0, max(0.0, box[1] + dy)),
+        min(w - 1.0, max(0.0, box[2] + dx)),
+        min(h - 1.0, max(0.0, box[3] + dy)),
+    )
+
+
 def analyse(
     cam: CameraPipeline, frame: Frame, detector: Detector, store: ImageStore, settings: Settings
 ) -> DetectionResult:
@@ -95,6 +110,10 @@ def analyse(
         else ({}, None)
     )
     objects = []
+    # tracks and ground positions are of the steady view; the boxes go out on the frame itself
+    # (the crops are cut from it, the dashboard draws on them)
+    shift = detector.frame_shift(cam.cfg.id)
+    h, w = frame.image.shape[:2]
     for det, tr in zip(found, tracks, strict=True):
         user = on_ground.get(tr.track_id)
         objects.append(
@@ -102,7 +121,7 @@ def analyse(
                 track_id=tr.track_id,
                 cls=det.cls,
                 conf=det.conf,
-                bbox=[round(v, 1) for v in det.bbox],
+                bbox=[round(v, 1) for v in on_frame(det.bbox, shift, w, h)],
                 speed=round(tr.speed, 1),
                 ground=[round(user.x, 2), round(user.y, 2)] if user else None,
                 velocity=[round(user.vx, 2), round(user.vy, 2)] if user else None,

@@ -631,3 +631,32 @@ def test_pair_cut_keeps_what_the_shared_columns_hold_and_the_motion_detector_its
     cv2.rectangle(frame, (304, 160), (309, 172), (40, 160, 220), -1)
     found = detector.detect("c", frame, 1, at=1.0)
     assert all((d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1]) >= 120.0 for d in found), found
+
+
+def test_a_shaken_frame_s_boxes_are_tracked_steady_and_go_out_on_the_frame_itself():
+    """The detector aligns a shaken frame onto its steady view and found its boxes there: the
+    crops (cut from the frame) and the drawn boxes were off by the shake, up to 4.6 px on the
+    shake scene (issue #16's review). The shift now goes out with them: boxes land on the frame."""
+    from models.detectors import WARM_UP_S
+    from models.producer import on_frame
+
+    rng = np.random.default_rng(3)
+    background = cv2.GaussianBlur(rng.integers(0, 255, (360, 640, 3), np.uint8), (5, 5), 0)
+
+    def frame(x: int, dx: float, dy: float) -> np.ndarray:
+        image = background.copy()
+        cv2.rectangle(image, (x, 200), (x + 40, 230), (255, 255, 255), -1)
+        move = np.float32([[1, 0, dx], [0, 1, dy]])
+        return cv2.warpAffine(image, move, (640, 360), borderMode=cv2.BORDER_REPLICATE)
+
+    detector = MotionDetector()
+    steps = int(WARM_UP_S * 2) + 4
+    for i in range(steps):
+        detector.detect("c", frame(20 + 25 * i, 0, 0), i, at=1000.0 + i / 2)
+    x = 20 + 25 * steps
+    found = detector.detect("c", frame(x, 3, -2), steps, at=1000.0 + steps / 2)
+    shift = detector.frame_shift("c")
+    assert shift == pytest.approx((3.0, -2.0), abs=0.5)
+    box = max(found, key=lambda d: (d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])).bbox
+    assert box[0] == pytest.approx(x, abs=1.5) and box[1] == pytest.approx(200, abs=1.5)  # the steady view
+    assert on_frame(box, shift, 640, 360)[:2] == pytest.approx((x + 3, 198), abs=1.5)  # the frame
