@@ -73,16 +73,25 @@ def _unit_score(score: float, level: str | None, raw: object) -> float:
     Up to 10 a score is read on the 0..10 scale unless the percentage agrees with the level the
     model gave and the tenth does not; above 10 it is a percentage.
     """
-    if 0 <= score <= 1:
+    if 0 <= score < 1:
         return score
+    if score == 1:  # 1 of 1, of 10 or of 100: read on the scale that agrees with the level given
+        return _nearest(level, [1.0, 0.1, 0.01])
     if 1 < score <= 10:
-        tenth, percent = score / 10.0, score / 100.0
-        if level is not None and _level_from_score(percent) == level != _level_from_score(tenth):
-            return percent
-        return tenth
+        return _nearest(level, [score / 10.0, score / 100.0])
     if 10 < score <= 100:
         return score / 100.0
     raise UnparseableAnswer(f"risk_score {raw!r} outside 0..1 (nor on a 0..10 or 0..100 scale)")
+
+
+def _nearest(level: str | None, readings: list[float]) -> float:
+    """Of the readings of one score on different scales, the one whose level is nearest ``level``
+    (the first on a tie, and without a level): {"low", 1} and {"low", 10} were read as a full
+    score, and the graver of score and level made them critical alerts."""
+    if level is None:
+        return readings[0]
+    want = RISK_LEVELS.index(level)
+    return min(readings, key=lambda r: abs(RISK_LEVELS.index(_level_from_score(r)) - want))
 
 
 def parse_answer(text: str) -> Assessment:

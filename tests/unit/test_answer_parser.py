@@ -35,6 +35,15 @@ from streams.errors import UnparseableAnswer
         # further apart: alerts go by the level, so the graver of the two stands
         ('{"risk_level": "none", "risk_score": 0.97}', "critical", 0.97),
         ('{"risk_level": "critical", "risk_score": 0.3}', "critical", 0.95),
+        # a score of 1 or 10 is a full score on one scale and a tenth on another: read on the one the
+        # level agrees with (these were critical alerts: the full score, then the graver of the two)
+        ('{"risk_level": "low", "risk_score": 1}', "low", 0.1),
+        ('{"risk_level": "none", "risk_score": 1}', "none", 0.1),
+        ('{"risk_level": "low", "risk_score": 10}', "low", 0.1),
+        ('{"risk_level": "critical", "risk_score": 1}', "critical", 1.0),
+        ('{"risk_level": "critical", "risk_score": 10}', "critical", 1.0),
+        ('{"risk_score": 1}', "critical", 1.0),
+        ('{"risk_level": "high", "risk_score": 8}', "high", 0.8),
         # assessments that disagree (of parts of the scene): the gravest, the group holds them all
         (
             'Pedestrian and car: {"risk_level": "critical", "risk_score": 0.92}. '
