@@ -277,8 +277,9 @@ class Settings(BaseSettings):
         default=2.0,
         ge=0,
         le=60,
-        description="A camera's task-generator state and alerts are written to their tables (and changelogs) at "
-        "most this often; a crash or rebalance rolls them back by up to this long (0: on every change).",
+        description="A camera's task-generator state is written to its table (and changelog) at most this often "
+        "unless a frame made a task or a measured alert; a crash or rebalance rolls its quiet frames back by up to "
+        "this long (0: on every change). Alerts are written through.",
     )
 
     # --- VLM -----------------------------------------------------------------------------
