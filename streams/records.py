@@ -342,6 +342,10 @@ def validate(record: faust.Record) -> None:
             _check_box(obj.bbox, f"objects[{i}]")
             if not 0 <= obj.conf <= 1:
                 raise InvalidRecord(f"objects[{i}].conf {obj.conf} outside 0..1")
+            for name in ("ground", "velocity"):  # x and y in metres: one number raised on every frame
+                pair = getattr(obj, name)
+                if pair is not None and len(pair) != 2:
+                    raise InvalidRecord(f"objects[{i}].{name} needs 2 numbers, got {len(pair)}")
         for group in record.groups:
             _check_box(group.bbox, f"group {group.group_id}")
             if any(m < 0 or m >= len(record.objects) for m in group.members):
@@ -351,6 +355,11 @@ def validate(record: faust.Record) -> None:
         for group_id, ref in record.crops.items():
             _check_ref(ref, f"crops[{group_id[:40]!r}]")
     elif isinstance(record, RiskAssessment):
+        if isinstance(camera_id, str) and not record.detection_id.startswith(camera_id + ":"):
+            # the join would label this camera's result with another camera's frame
+            raise InvalidRecord(f"detection id {record.detection_id[:80]!r} is not of camera {camera_id!r}")
+        if record.attempts < 0 or record.latency_ms < 0:
+            raise InvalidRecord("attempts and latency must not be negative")
         if record.risk_level not in RISK_LEVELS:
             raise InvalidRecord(f"risk_level {record.risk_level!r} not one of {RISK_LEVELS}")
         if not 0 <= record.risk_score <= 1:
@@ -392,6 +401,8 @@ def _check_conflict(conflict: Conflict) -> None:
         value = getattr(conflict, name)
         if value is not None and not 0 <= value < 1e4:
             raise InvalidRecord(f"conflict {name} {value} must be 0 or more seconds")
+    if len(conflict.speeds_mps or []) > 2:  # the two road users' (it goes into alerts and prompts)
+        raise InvalidRecord(f"conflict speeds: {len(conflict.speeds_mps or [])} numbers, 2 at most")
 
 
 def decode(record_type: type[R], body: bytes | None) -> R:

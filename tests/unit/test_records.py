@@ -175,6 +175,9 @@ def test_the_fast_build_equals_faust_field_for_field():
         ("crop.width", -3),
         ("crop.region", [1.0, 2.0]),
         ("crop.data_b64", None),
+        # one number where x and y belong: the join raised IndexError on it, logged every frame
+        ("objects.ground", [1.0]),
+        ("objects.velocity", [1.0, 2.0, 3.0]),
     ],
 )
 def test_a_field_of_the_wrong_type_or_a_bad_crop_is_refused_before_any_agent_handles_it(where: str, value: object):
@@ -193,3 +196,24 @@ def test_a_field_of_the_wrong_type_or_a_bad_crop_is_refused_before_any_agent_han
         data[head][0][field] = value
     with pytest.raises(InvalidRecord):
         decode(DetectionResult, orjson.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("detection_id", "cam-other:4"),  # the join would label it with another camera's frame
+        ("attempts", -1),
+        ("latency_ms", -5.0),
+        ("conflict", {"a": 1, "b": 2, "pair": "pedestrian-vehicle", "level": "high", "speeds_mps": [1.0] * 10_000}),
+    ],
+)
+def test_a_result_that_cannot_be_what_it_says_is_refused(field: str, value: object) -> None:
+    import orjson
+
+    from sim.records import risk_result
+
+    data = orjson.loads(to_bytes(risk_result("cam-1", "t1", detection_id="cam-1:4", group_id="g1-2")))
+    decode(RiskAssessment, orjson.dumps(data))  # as made: fine
+    data[field] = value
+    with pytest.raises(InvalidRecord):
+        decode(RiskAssessment, orjson.dumps(data))
