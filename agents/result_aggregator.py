@@ -243,8 +243,12 @@ def aggregate(
     put(agg.alerts, key, recent, through=True)
     if not publish:
         return None
-    if recent[0].get("verdict"):  # the VLM judged a measured alert: the alert topic carries that same alert, updated
-        top = recent[0]
+    top = recent[0]
+    if top["task_id"] != alert.task_id:
+        # merged into an alert already raised (the VLM judged a measured alert, or a graver result
+        # escalated it): the alert topic carries that same alert, updated, under its own id; an
+        # escalation under the new result's id left a receiver keyed by id with two alerts, and the
+        # verdict that came later updating the first
         alert = Alert(
             task_id=top["task_id"],
             camera_id=result.camera_id,
@@ -255,8 +259,8 @@ def aggregate(
             detection_id=top["detection_id"],
             raised_at=now * 1000.0,
             captured_at=float(top.get("captured_at", 0.0)),
-            source="measured",
-            verdict=top["verdict"],
+            source=top.get("source", "vlm"),
+            verdict=top.get("verdict", ""),
             conflict=alert.conflict if alert.conflict is not None else _conflict(top.get("conflict")),
         )
     metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()

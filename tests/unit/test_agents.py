@@ -95,7 +95,8 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     assert aggregate(agg, result_for(3, "high", task_id="t2"), now + 2, clients, 0) is None
     # escalated: published
     escalated = aggregate(agg, result_for(3, "critical", task_id="t3"), now + 3, clients, 0)
-    assert escalated is not None and escalated.level == "critical"
+    # the same alert, updated, under its own id (not t3's: a receiver keyed by id had two alerts)
+    assert escalated is not None and escalated.level == "critical" and escalated.task_id == "t1"
     kept = agg.alerts[camera_key("cam-1")]
     assert kept is not None and len(kept) == 1 and kept[0]["count"] == 3
 
