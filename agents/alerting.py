@@ -164,7 +164,8 @@ class WebhookSender:
     async def _post(self, alert: dict[str, Any]) -> str:
         reason, outcome = "", "failed"
         for attempt in range(self.retries + 1):
-            age_s = time.time() - float(alert.get("raised_at", 0)) / 1000.0
+            # the age of what it is about: a backlog drained hours later raises its alerts "now"
+            age_s = time.time() - float(alert.get("captured_at") or alert.get("raised_at") or 0) / 1000.0
             if age_s > self.max_age_s:
                 outcome = "expired"
                 break

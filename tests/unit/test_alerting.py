@@ -91,3 +91,22 @@ def test_versions_of_one_alert_reach_the_webhook_in_order_while_other_alerts_go_
     # the verdict waited for the retried measured alert; the other group's alert did not wait
     assert arrived == ["g2:vlm", "g1:measured", "g1:confirmed"], arrived
     assert not locks  # none left behind
+
+
+def test_an_alert_about_a_frame_long_past_is_not_posted_however_late_it_was_raised():
+    """A results backlog drained an hour later raised its alerts "now": each went out as fresh."""
+    import asyncio
+    import time
+
+    from agents.alerting import WebhookSender
+
+    async def scenario() -> str:
+        sender = WebhookSender("http://127.0.0.1:9/hook", retries=0, max_age_s=300.0)  # nothing listens
+        now = time.time() * 1000
+        old = {"task_id": "t", "camera_id": "c", "group_id": "g", "raised_at": now, "captured_at": now - 3_600_000}
+        try:
+            return await sender.send(old)
+        finally:
+            await sender.close()
+
+    assert asyncio.run(scenario()) == "expired"
