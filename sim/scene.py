@@ -426,7 +426,11 @@ class Scene:
 
     @staticmethod
     def _draw(frame: np.ndarray, actor: Actor, bbox: tuple[float, float, float, float]) -> None:
+        # the label's box ends where the actor does: cv2 draws both end pixels, so the last drawn
+        # pixel is one before it (drawn to x2 itself, every actor was a pixel wider and taller
+        # than its label, and a perfect box on an 8x21 pedestrian scored an IoU of 0.85)
         x1, y1, x2, y2 = (round(v) for v in bbox)
+        x2, y2 = x2 - 1, y2 - 1
         if actor.cls == "person":
             head = max(3, (x2 - x1) // 2)
             cv2.rectangle(frame, (x1, y1 + head * 2), (x2, y2), actor.color, -1)
