@@ -127,6 +127,16 @@ def messages_per_task(bootstrap: str, topic: str) -> Counter[str]:
     return Counter(str(json.loads(v).get("task_id")) for v in asyncio.run(read_all(bootstrap, topic)))
 
 
+def alert_versions(bootstrap: str, topic: str) -> Counter[str]:
+    """How many times each version of each alert is on ``topic``. One alert has versions (a graver
+    result escalates it, the VLM judges a measured one: the same task_id, updated); the same
+    version twice is an alert raised twice."""
+    return Counter(
+        "{task_id}/{level}/{source}/{verdict}".format(**{"source": "vlm", "verdict": "", **json.loads(v)})
+        for v in asyncio.run(read_all(bootstrap, topic))
+    )
+
+
 def aggregated_counts(web_port: int, cameras: list[str]) -> int:
     """Results the aggregator counted over ``cameras`` (a result aggregated twice counts twice)."""
     return sum(sum(get_json(f"http://127.0.0.1:{web_port}/cameras/{c}/").get("counts", {}).values()) for c in cameras)

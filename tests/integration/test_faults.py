@@ -15,7 +15,7 @@ import redis
 from ops.http import get_json, get_text, post_json
 from ops.kafka import KafkaCluster, free_port, port_open
 from ops.stack import redis_command
-from ops.verify import aggregated_counts, messages_per_task, verify_exactly_once
+from ops.verify import aggregated_counts, alert_versions, messages_per_task, verify_exactly_once
 from sim.records import detection, produce_detections
 from tests.conftest import SIM_KEYS, spawn, wait_until
 from tests.integration.test_aggregation import metric
@@ -40,7 +40,7 @@ def results(port: int) -> dict[str, dict[str, object]]:
 def assert_nothing_doubled(kafka, deployment, web_port: int, cameras: list[str], tasks: int) -> None:
     """No result aggregated twice and no alert raised twice, whatever was delivered twice."""
     assert aggregated_counts(web_port, cameras) == tasks, "a result was aggregated (counted) twice"
-    alerts = messages_per_task(kafka.bootstrap, deployment.prefix + "alerts")
+    alerts = alert_versions(kafka.bootstrap, deployment.prefix + "alerts")
     assert max(alerts.values(), default=0) <= 1, f"alerts raised twice: {[t for t, n in alerts.items() if n > 1]}"
     per_task = messages_per_task(kafka.bootstrap, deployment.prefix + "risk-assessment-results")
     print(f"result messages for {len(per_task)} tasks: {sum(per_task.values())} (redeliveries suppressed)")
