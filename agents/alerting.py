@@ -38,10 +38,12 @@ def merge_alert(
             break
         source = alert.get("source", "vlm")
         if awaits_verdict(old) and source == "vlm":
-            if float(alert.get("captured_at", 0.0)) >= float(old.get("captured_at", 0.0)):
+            if about_the_same_moment(old, float(alert.get("captured_at", 0.0))):
                 return [judged(old, alert), *recent[:i], *recent[i + 1 :]][:keep], True
-            # an answer about a frame from before the conflict was measured does not judge it; a
-            # graver one is still news (merged below: the measured alert keeps awaiting its verdict)
+            # an answer about a frame from before the conflict was measured, or from well after it
+            # (its own task failed or expired; a later one saw the scene once the conflict was
+            # over), does not judge it; a graver one is still news (merged below: the measured
+            # alert keeps awaiting its verdict, and the dashboard says none came)
         escalated = risk_rank(alert["level"]) > risk_rank(old["level"])
         merged = {
             **old,
@@ -82,14 +84,26 @@ def pending_measured(
     recent: list[dict[str, Any]], group_id: str, now_ms: float, cooldown_s: float, captured_at: float = math.inf
 ) -> bool:
     """Whether the camera has a measured alert on ``group_id`` within the cooldown still awaiting the VLM, measured
-    on a frame no newer than ``captured_at`` (the answer's frame: an older frame cannot judge it)."""
+    on a frame at most VERDICT_WINDOW_S before ``captured_at`` (the answer's frame: an older frame cannot judge
+    it, nor one long after)."""
     return any(
         a.get("group_id") == group_id
         and awaits_verdict(a)
         and now_ms - float(a.get("last_raised_at", a["raised_at"])) <= cooldown_s * 1000
-        and float(a.get("captured_at", 0.0)) <= captured_at
+        and (captured_at == math.inf or about_the_same_moment(a, captured_at))
         for a in recent
     )
+
+
+#: A VLM answer judges a measured alert only about a frame this close after the measured one:
+#: the conflict's own task is made on the frame it was measured on, or a frame or two later when
+#: the camera's budget held it back.
+VERDICT_WINDOW_S = 5.0
+
+
+def about_the_same_moment(measured: dict[str, Any], captured_at: float) -> bool:
+    """Whether an answer about the frame captured at ``captured_at`` (ms) may judge ``measured``."""
+    return 0.0 <= captured_at - float(measured.get("captured_at", 0.0)) <= VERDICT_WINDOW_S * 1000
 
 
 def judged(measured: dict[str, Any], vlm: dict[str, Any]) -> dict[str, Any]:

@@ -470,3 +470,18 @@ def test_a_frame_read_again_raises_its_measured_alert_again_under_the_same_task_
     nxt = with_conflict(detection("c", 2, track_base=2))
     tasks_for(nxt, 101.0, states, GlobalCap(0), Settings())  # type: ignore[arg-type]
     assert measured_results_for(nxt, 101.0, states, Settings()) == []  # type: ignore[arg-type]
+
+
+def test_an_answer_about_a_frame_long_after_the_measured_one_does_not_judge_it() -> None:
+    """The conflict's own task failed; an answer 30 s later (the scene calm by then) 'downgraded'
+    the measured alert. It judges only about a frame within VERDICT_WINDOW_S after it."""
+    measured = {**alert("m", "high", 100, "measured"), "captured_at": 99_500.0}
+    recent, _ = merge_alert([], measured, 60.0, 10)
+    late = {**alert("v", "none", 130), "captured_at": 129_500.0}
+    assert not pending_measured(recent, "g", 130_000, 60.0, late["captured_at"])
+    recent, publish = merge_alert(recent, late, 60.0, 10)
+    assert not publish and recent[0]["level"] == "high" and not recent[0].get("verdict")
+    soon = {**alert("v2", "low", 102), "captured_at": 101_500.0}  # two seconds after: its verdict
+    assert pending_measured(recent, "g", 102_000, 60.0, soon["captured_at"])
+    recent, publish = merge_alert(recent, soon, 60.0, 10)
+    assert publish and recent[0]["verdict"] == "downgraded"
