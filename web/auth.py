@@ -94,7 +94,11 @@ class WebAuth:
 
     def allows(self, request: Any) -> bool:
         """True for an open path, when auth is off, or when the request carries the token."""
-        if request.path in OPEN_PATHS or not self.required:
+        return request.path in OPEN_PATHS or self.carries_token(request)
+
+    def carries_token(self, request: Any) -> bool:
+        """True when auth is off or the request carries the token (on an open path too)."""
+        if not self.required:
             return True
         if self.token is None:
             return False

@@ -252,14 +252,18 @@ class KeyAction(View):
 
 @app.page("/health")
 class Health(View):
-    """Liveness and a few facts: partitions owned, Redis, keys."""
+    """Liveness for anyone (probes carry no token); with the token, a few facts: partitions owned,
+    Redis, keys, and where other workers reach this one (not for whoever can reach the port)."""
 
     async def get(self, request: Request) -> Response:
+        status = "stalled" if stall_guard.stalled else "ok"
+        if not auth.carries_token(request):
+            return self.json({"status": status})
         assigned = app.assignor.assigned_actives() if app.assignor else set()
         clients = current()
         return self.json(
             {
-                "status": "stalled" if stall_guard.stalled else "ok",
+                "status": status,
                 "stalled_partitions": stall_guard.stalled,
                 "uptime_s": round(time.time() - STARTED, 1),
                 "url": str(app.conf.canonical_url),  # where other workers forward requests for our cameras

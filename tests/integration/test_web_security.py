@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
@@ -36,6 +37,13 @@ def test_every_view_and_the_websocket_need_the_token_but_health(start_worker):
     assert {path: status(base + path) for path in VIEWS} == {path: 401 for path in VIEWS}
     assert {path: status(base + path, token="wrong") for path in VIEWS} == {path: 401 for path in VIEWS}
     assert status(base + "/health") == 200
+    # without the token, liveness only: not the worker's address, partitions, Redis or keys
+    with urllib.request.urlopen(base + "/health", timeout=10) as resp:
+        assert json.loads(resp.read()) == {"status": "ok"}
+    with urllib.request.urlopen(
+        urllib.request.Request(base + "/health", headers={"Authorization": f"Bearer {token}"}), timeout=10
+    ) as resp:
+        assert "partitions" in json.loads(resp.read())
     assert status(base + "/keys/", token) == 200 and status(base + "/?token=" + token) == 200
     assert status(base + "/keys/key-1/disable", data=b"{}") == 401
 
