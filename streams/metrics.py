@@ -52,6 +52,12 @@ tasks_total = Counter(
 tasks_skipped_total = Counter(
     "roadwatch_tasks_skipped_total", "Groups not made into tasks, by reason.", ["reason"], registry=REGISTRY
 )
+records_newer_schema_total = Counter(
+    "roadwatch_records_newer_schema_total",
+    "Records of a newer schema version than this worker's, read for the fields it knows (a rolling upgrade).",
+    ["record"],
+    registry=REGISTRY,
+)
 measured_skipped_total = Counter(
     "roadwatch_measured_skipped_total",
     "Detections with conflicts not checked for a measured alert, by reason (stale: captured longer ago than the "

@@ -22,6 +22,7 @@ import faust
 import orjson
 from faust.models.fields import StringField
 
+from streams import metrics
 from streams.errors import InvalidRecord
 from streams.faust_seam import record_fields
 from streams.vocabulary import ALERT_SOURCES as ALERT_SOURCES
@@ -446,8 +447,13 @@ def _loads_explained(text: str) -> Any:
 
 def _from_data(record_type: type[R], data: dict[str, Any]) -> R:
     version = data.get("v", SCHEMA_VERSION)
-    if version not in SUPPORTED_VERSIONS or type(version) is not int:
+    if type(version) is not int or version < min(SUPPORTED_VERSIONS):
         raise InvalidRecord(f"schema version {version!r} not supported (expected one of {SUPPORTED_VERSIONS})")
+    if version > SCHEMA_VERSION:
+        # a newer writer (a rolling upgrade that starts with the producers): read for the fields
+        # this version knows, when they are all there, and counted; refused, every record of it
+        # went to the dead-letter topic until the readers caught up
+        metrics.records_newer_schema_total.labels(record=record_type.__name__).inc()
     fields, defaults = record_fields(record_type)
     missing = [name for name in fields if name not in defaults and name not in data]
     if missing:

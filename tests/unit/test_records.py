@@ -47,7 +47,7 @@ def _without(field: str) -> bytes:
         (b"[1, 2]", "expected a JSON object"),
         (b"\xff\xfe\x00", "not UTF-8"),
         (b"<html><body>502 Bad Gateway</body></html>", "invalid JSON"),
-        (_body(v=3), "schema version"),
+        (_body(v=0), "schema version"),
         (_body(v=True), "schema version"),
         (_without("objects"), "missing fields"),
         (_body(frame_w="wide"), "frame_w"),
@@ -217,3 +217,18 @@ def test_a_result_that_cannot_be_what_it_says_is_refused(field: str, value: obje
     data[field] = value
     with pytest.raises(InvalidRecord):
         decode(RiskAssessment, orjson.dumps(data))
+
+
+def test_a_newer_schema_version_is_read_for_the_fields_this_version_knows() -> None:
+    """A rolling upgrade that starts with the producers: every v3 record went to the dead-letter
+    topic until the workers were upgraded too."""
+    from streams import metrics
+
+    counted = metrics.records_newer_schema_total.labels(record="DetectionResult")
+    before = counted._value.get()
+    det = decode(DetectionResult, _body(v=3, weather={"rain": True}))
+    assert det.camera_id == "cam-1" and counted._value.get() == before + 1
+    data = json.loads(_body(v=3))
+    del data["objects"]
+    with pytest.raises(InvalidRecord, match="missing fields"):  # what this version needs must be there
+        decode(DetectionResult, json.dumps(data).encode())
