@@ -224,9 +224,12 @@ async def assess(
                 answer = await vlm.assess(lease.secret, jpeg, context, model=lease.model)
         except asyncio.CancelledError:
             keys.abandon(lease)  # the worker is stopping or rebalancing: the call says nothing of the key
-            ledger.settle(
-                reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens
-            )  # sent: may be billed
+            # sent: may be billed; the metric books what the ledger does (it showed less)
+            _count_cost(
+                lease,
+                camera,
+                ledger.settle(reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens),
+            )
             raise
         except TimeoutError:
             # the task's deadline cut the call (the client's own timeout is a VlmError): a backlog,
@@ -279,7 +282,11 @@ async def assess(
             continue
         except Exception:
             keys.abandon(lease)  # a bug, not the key's fault: free its slot; handle_task makes a failed result
-            ledger.settle(reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens)
+            _count_cost(
+                lease,
+                camera,
+                ledger.settle(reservation, lease.model, estimate.prompt_tokens, estimate.max_output_tokens),
+            )
             raise
         finally:
             metrics.vlm_in_flight.dec()

@@ -231,6 +231,8 @@ class VlmClient:
                 text = await resp.text(errors="replace")
                 if resp.status != 200:
                     raise classify_error(resp.status, text, resp.headers)
+        except aiohttp.ConnectionTimeoutError as exc:  # never connected: nothing sent, nothing billed
+            raise VlmError("server", f"connect timeout after {self.timeout.total}s") from exc
         except TimeoutError as exc:  # the provider may have answered (and billed) after we gave up
             raise VlmError("server", f"timeout after {self.timeout.total}s", billed=True) from exc
         except asyncio.CancelledError:

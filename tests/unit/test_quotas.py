@@ -805,3 +805,36 @@ def test_dashscope_keys_without_an_account_are_warned_about(caplog, tmp_path):
     with caplog.at_level("WARNING"):
         WorkerClients.build(Settings(image_store=f"file://{tmp_path}", vlm_base_url=url, vlm_keys=keys))
     assert not any("name no account" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_call_cancelled_mid_flight_is_in_the_cost_metric_as_in_the_ledger(tmp_path):
+    """A call sent and then cancelled (a rebalance) was booked in the ledger at its worst case but
+    not in roadwatch_vlm_cost_total: /metrics showed less than was spent."""
+    import dataclasses
+
+    from agents.llm_scheduler import assess
+    from agents.vlm_client import VlmAnswer
+    from agents.worker_clients import WorkerClients
+    from sim.records import assessment_task, detection
+    from streams import metrics
+
+    class Slow:
+        async def assess(self, api_key: str, jpeg: bytes, context: str, *, model: str | None = None) -> VlmAnswer:
+            await asyncio.sleep(30)
+            raise AssertionError("cancelled before")
+
+        async def close(self) -> None:
+            return None
+
+    prices = '{"qwen-vl-plus": {"input_per_1k": 1.0, "output_per_1k": 2.0}}'
+    settings = Settings(image_store=f"file://{tmp_path}", vlm_keys="sk-aaaa1111", vlm_prices=prices)
+    clients = dataclasses.replace(WorkerClients.build(settings), vlm=Slow())  # type: ignore[arg-type]
+    counted = metrics.vlm_cost_total.labels(account="key-1", model="qwen-vl-plus")
+    before = counted._value.get()
+    call = asyncio.ensure_future(assess(assessment_task(detection("cam-x", 1), "t-x", deadline_in_ms=20_000), clients))
+    await asyncio.sleep(0.2)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await clients.close()
+    assert counted._value.get() - before > 0  # the worst case the ledger booked
