@@ -73,7 +73,7 @@ BAD_INPUTS = [
     ("truncated JSON", b'{"camera_id": "c", "frame_seq": 1, "captured_at": 17', "invalid JSON"),
     ("an HTML error page", b"<html><body><h1>502 Bad Gateway</h1></body></html>", "invalid JSON"),
     ("not an object", b"[1, 2, 3]", "expected a JSON object"),
-    ("wrong schema version", b'{"v": 99, "camera_id": "x"}', "schema version"),
+    ("unknown old schema version", b'{"v": 0, "camera_id": "x"}', "schema version"),
     ("missing fields", b'{"camera_id": "cam-bad"}', "missing fields"),
     ("non-UTF-8", "\udcff".encode("utf-8", "surrogatepass"), "not UTF-8"),
     ("NaN", _detection_json(captured_at=float("nan")), "not a finite number"),
