@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 DEFAULTS = Settings.model_construct()
 LATEST_RESULTS = 12
 ALERTS_KEPT = 100
-#: Alerts kept for a send again until the brokers have them (Aggregation.unsent).
-UNSENT_KEPT = 10_000
 
 
 @dataclass
@@ -60,10 +58,6 @@ class Aggregation:
     camera_view: MutableMapping[bytes, CameraView | None]
     alerts: MutableMapping[bytes, list[dict[str, Any]] | None]
     result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.result_ttl_s))
-    #: task_id -> the alert its result raised, until the brokers have it. The result's record is
-    #: written first (a successor must not raise the alert again), so a re-read of the result (a
-    #: send that failed, then guarded's re-read) found it aggregated and the alert was lost.
-    unsent: dict[str, Alert] = field(default_factory=dict)
 
     def mark_stale(self) -> None:
         """After a rebalance: the worker may own keys it never saw being written."""
@@ -182,12 +176,7 @@ async def handle_result(event: EventT[bytes]) -> None:
         # successor raises the alert again (seen once in the kill -9 test). Alerts are rare;
         # the round trip is paid only for them.
         await app.producer.flush()
-        task_id = result.task_id
-
-        def delivered(_: Any) -> None:  # Faust calls it once the brokers have the record
-            aggregation.unsent.pop(task_id, None)
-
-        await alerts_topic.send(key=alert.camera_id.encode(), value=to_bytes(alert), callback=delivered)
+        await alerts_topic.send(key=alert.camera_id.encode(), value=to_bytes(alert))
 
 
 def aggregate(
@@ -199,8 +188,7 @@ def aggregate(
     """
     if agg.results.get(result.task_id) is not None:
         metrics.duplicates_total.inc()
-        # read again because its alert did not reach the brokers: that alert goes out again
-        return agg.unsent.get(result.task_id)
+        return None
     s = clients.settings
     data = joined_result(result, agg.detections.get(result.detection_id))
     agg.results[result.task_id] = {
@@ -266,7 +254,4 @@ def aggregate(
     metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
     hub.publish("alert", result.camera_id, recent[0])
     clients.cache.put(result.camera_id, result.task_id, recent[0], kind="alert")
-    if len(agg.unsent) >= UNSENT_KEPT:  # brokers away for long: the oldest give way
-        agg.unsent.pop(next(iter(agg.unsent)))
-    agg.unsent[result.task_id] = alert
     return alert  # the caller publishes it on the alerts topic; deliver_alerts POSTs it from there

@@ -82,11 +82,6 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     entry = agg.results["t1"]
     assert entry is not None and entry["joined"] and entry["status"] == "ok"
 
-    # read again before the brokers had its alert (a failed send, then guarded's re-read): that
-    # alert goes out again (it was lost: the result's record said the task was aggregated)
-    again = aggregate(agg, result_for(3, "high"), now + 0.5, clients, 0)
-    assert again is not None and again.task_id == "t1" and again == alert
-    agg.unsent.pop("t1")  # the brokers have it (handle_result's delivery callback)
     assert aggregate(agg, result_for(3, "high"), now + 1, clients, 0) is None  # the same task again
     assert len(agg.camera_view[camera_key("cam-1")]["results"]) == 1  # type: ignore[index]
     assert "latest_detection" not in agg.camera_view[camera_key("cam-1")]  # type: ignore[operator]  # an old view's, dropped
