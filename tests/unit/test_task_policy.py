@@ -63,20 +63,28 @@ def test_a_redelivered_frame_makes_the_same_tasks_again():
     assert [d.reason for d in again] == ["replay"]
 
 
-def test_risk_groups_keep_a_reserve_that_vehicle_clusters_cannot_spend():
-    budget = Budget(refresh_s=20.0, per_min=6.0, burst=10.0, min_interest=0.3)
+def vehicle_clusters_planned(budget: Budget, frames: int, every_s: float):  # type: ignore[no-untyped-def]
+    """Tasks made for a new vehicle cluster (no pedestrian) on each of ``frames`` frames ``every_s`` apart;
+    and the camera's state after them."""
     det = detection("c", 1)
     cluster = det.groups[0].__class__(
         group_id="g90-91", kind="vehicle_cluster", members=[], track_ids=[90, 91], bbox=[0, 0, 9, 9], interest=0.4
     )
     state = None
     made = 0
-    for seq in range(10):  # a new vehicle cluster every frame: it may only use what is above the reserve
+    for seq in range(frames):
         d = detection("c", seq + 1)
         cluster = cluster.__class__(**{**cluster.asdict(), "group_id": f"g{seq}", "track_ids": [1000 + seq]})
         d = d.__class__(**{**d.asdict(), "groups": [cluster], "objects": []})
-        state, decisions, _ = plan_tasks(state, d, 100.0, budget)
+        state, decisions, _ = plan_tasks(state, d, 100.0 + every_s * seq, budget)
         made += len(decisions)
+    return made, state
+
+
+def test_risk_groups_keep_a_reserve_that_vehicle_clusters_cannot_spend():
+    budget = Budget(refresh_s=20.0, per_min=6.0, burst=10.0, min_interest=0.3)
+    # a new vehicle cluster every frame: it may only use what is above the reserve
+    made, state = vehicle_clusters_planned(budget, 10, 0.0)
     assert made == 2  # 10 tokens, 8 kept back for pedestrians near vehicles
     _, decisions, _ = plan_tasks(state, detection("c", 20, track_base=500), 100.0, budget)
     assert [d.reason for d in decisions] == ["new"]
@@ -119,18 +127,7 @@ def test_the_global_cap_splits_the_rate_among_workers():
 
 def test_a_small_burst_still_lets_vehicle_clusters_through():
     budget = Budget(refresh_s=20.0, per_min=6.0, burst=4.0, min_interest=0.3)
-    det = detection("c", 1)
-    cluster = det.groups[0].__class__(
-        group_id="g90-91", kind="vehicle_cluster", members=[], track_ids=[90, 91], bbox=[0, 0, 9, 9], interest=0.4
-    )
-    state = None
-    made = 0
-    for seq in range(5):  # a new vehicle cluster a minute: the bucket is full each time
-        cluster = cluster.__class__(**{**cluster.asdict(), "group_id": f"g{seq}", "track_ids": [1000 + seq]})
-        d = detection("c", seq + 1)
-        d = d.__class__(**{**d.asdict(), "groups": [cluster], "objects": []})
-        state, decisions, _ = plan_tasks(state, d, 100.0 + 60.0 * seq, budget)
-        made += len(decisions)
+    made, _ = vehicle_clusters_planned(budget, 5, 60.0)  # a new vehicle cluster a minute: the bucket is full each time
     assert made == 5  # the reserve for risky groups is never the whole bucket (it was 3.2 of 4: none ever)
 
 
