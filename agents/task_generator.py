@@ -62,6 +62,11 @@ def budget_of(s: Settings) -> Budget:
     )
 
 
+def stale(det: DetectionResult, now_s: float, s: Settings) -> bool:
+    """Whether ``det`` was captured longer ago than a task's deadline (a backlog being caught up on)."""
+    return now_s - det.captured_at / 1000.0 > s.task_deadline_s
+
+
 def tasks_for(
     det: DetectionResult,
     now_s: float,
@@ -71,11 +76,12 @@ def tasks_for(
 ) -> list[AssessmentTask]:
     """Plan tasks for ``det`` against its camera's state in ``states``, and update that state."""
     key = camera_key(det.camera_id)
-    if now_s - det.captured_at / 1000.0 > s.task_deadline_s:
+    if stale(det, now_s, s):
         # a backlog (a worker catching up, a producer's clock far behind): a task about a frame
         # this old would reach its deadline unanswered, and spend the budget live frames need
         metrics.tasks_skipped_total.labels(reason="stale").inc(len(det.groups))
         return []
+    metrics.groups_seen_total.labels(camera_id=det.camera_id).inc(len(det.groups))
     cropped = [g for g in det.groups if g.group_id in det.crops]
     if len(cropped) < len(det.groups):
         # a group without its crop (the image store was down, or the producer cropped only groups
@@ -87,7 +93,6 @@ def tasks_for(
     cap.spend(len(decisions))
     # a frame that spent budget is written at once: a copy without it would spend again
     put(states, key, state, through=bool(decisions))
-    metrics.groups_seen_total.labels(camera_id=det.camera_id).inc(len(det.groups))
     for reason, count in skipped.items():
         metrics.tasks_skipped_total.labels(reason=reason).inc(count)
     tasks = []
@@ -126,7 +131,7 @@ def measured_results_for(
     state = states.get(key)
     if not det.conflicts or state is None:
         return []
-    if now_s - det.captured_at / 1000.0 > s.task_deadline_s:
+    if stale(det, now_s, s):
         metrics.measured_skipped_total.labels(reason="stale").inc()
         return []  # a worker catching up on a backlog: an alert about minutes ago is not raised as news
     alerts = measured_alerts(state, det, now_s, s.measured_alert_level, s.alert_cooldown_s)
