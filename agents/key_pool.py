@@ -509,14 +509,13 @@ class KeyPool:
             # a balance is the account's: every key of it is refused alike, and learning that one
             # failed call per key spent a call (and a task's attempt) on each
             keys = [s.alias for s in self.slots if s.account == slot.account]
-            if kind == "arrearage":
+            if kind == "arrearage":  # until an operator re-enables them
                 logger.error("account %s in arrears: its %d key(s) disabled until re-enabled", lease.account, len(keys))
-                for alias in keys:
-                    self.disable(alias, reason or "account in arrears")
+                why, until = reason or "account in arrears", None
             else:
-                until = now + (retry_after if retry_after is not None else 3600.0)
-                for alias in keys:
-                    self.disable(alias, reason or "quota exhausted", until=until)
+                why, until = reason or "quota exhausted", now + (retry_after if retry_after is not None else 3600.0)
+            for alias in keys:
+                self.disable(alias, why, until=until)
         elif kind == "model":
             # the account does not serve the model: its every key is refused alike, for the hour
             # (an operator's fix is a restart; a model enabled meanwhile is tried again after it)

@@ -79,13 +79,10 @@ class WriteBehind(MutableMapping[K, V], Generic[K, V]):
             yield key, self.peek(key)
 
     def __setitem__(self, key: K, value: V) -> None:
-        self._held[key] = value
-        now = self.clock()
-        if now - self._written_at.get(key, -math.inf) >= self.every_s:
-            self.table[key] = value
-            self._written_at[key] = now
-            self.dirty.discard(key)
+        if self.clock() - self._written_at.get(key, -math.inf) >= self.every_s:
+            self.write(key, value)
         else:
+            self._held[key] = value
             self.dirty.add(key)
 
     def __delitem__(self, key: K) -> None:
