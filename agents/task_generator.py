@@ -102,7 +102,7 @@ def tasks_for(
         image = det.crops[group.group_id]
         tasks.append(
             AssessmentTask(
-                task_id=make_task_id(det.camera_id, det.frame_seq, group.group_id, det.run),
+                task_id=make_task_id(det.camera_id, det.frame_seq, group.group_id, det.run_key),
                 camera_id=det.camera_id,
                 detection_id=det.detection_id,
                 frame_seq=det.frame_seq,
@@ -144,7 +144,7 @@ def measured_result(det: DetectionResult, alert: MeasuredAlert, now_s: float) ->
     c = alert.conflict
     group_id = alert.group_id or UNGROUPED + conflict_key(c)
     return RiskAssessment(
-        task_id=make_task_id(det.camera_id, det.frame_seq, group_id, det.run) + ":measured",
+        task_id=make_task_id(det.camera_id, det.frame_seq, group_id, det.run_key) + ":measured",
         camera_id=det.camera_id,
         detection_id=det.detection_id,
         group_id=group_id,

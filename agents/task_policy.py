@@ -238,6 +238,13 @@ def plan_tasks(
     st["recent"] = dict(st.get("recent", {}))
     skipped: dict[str, int] = {}
     frame = frame_key(det)
+    frame_at = det.captured_at / 1000.0
+    if not det.run and det.frame_seq <= st["last_seq"] and frame_at > st["last_at"]:
+        # a producer without run ids counting again: a frame behind the newest, captured after it,
+        # is a restart, not a redelivery (those were captured before). Its frame 3 is not the old
+        # frame 3, and its tracker's ids are new road users, as for a new run below.
+        st["recent"] = {k: v for k, v in st["recent"].items() if not k.startswith(":")}
+        st["last_seq"], st["groups"], st["pairs"], st["conflicts"] = -1, {}, {}, {}
     if frame in st["recent"]:
         # A frame seen before: a redelivery after a crash or rebalance. Its state change may have
         # reached the changelog while its tasks did not, so the tasks decided for it are made again
@@ -251,7 +258,6 @@ def plan_tasks(
         return st, replayed, skipped
     # A frame never planned, behind newer ones, is a record the consumer read again only after
     # later ones (streams.faust_seam). It is planned like any frame, without moving the clock.
-    frame_at = det.captured_at / 1000.0
     run, earlier_runs = st.get("run", ""), list(st.get("runs", []))
     if det.run != run and det.run not in earlier_runs:
         # a restarted producer: its count starts again (whatever its clock says against the old one's)
@@ -264,8 +270,8 @@ def plan_tasks(
         late = True
     elif det.run:  # with run ids, a frame behind the newest is always a redelivery, never a restart
         late = det.frame_seq <= st["last_seq"]
-    else:  # producers without run ids: a count far behind is a restart
-        late = st["last_seq"] - RECENT_FRAMES < det.frame_seq <= st["last_seq"]
+    else:  # producers without run ids: a restart reset the count above
+        late = det.frame_seq <= st["last_seq"]
     if not late:  # a newer frame, or (without run ids) a restarted count
         if st["last_at"] and frame_at > st["last_at"]:
             inst = 1.0 / (frame_at - st["last_at"])

@@ -155,9 +155,18 @@ class DetectionResult(faust.Record, serializer="json", include_metadata=False):
     v: int = SCHEMA_VERSION
 
     @property
+    def run_key(self) -> str:
+        """The producer run this frame is of: ``run``, or for a producer that sends none, the frame's
+        capture time. Such a producer counts frames from 0 again when it restarts: its frame 3 made
+        the task ids (and detection id) its previous run's frame 3 had, and the aggregator dropped
+        their results as already seen for an hour. A redelivered record keeps its capture time, so
+        its ids stay the same."""
+        return self.run or f"t{float(self.captured_at):.3f}"
+
+    @property
     def detection_id(self) -> str:
-        """Identity of the detection: camera, producer run and frame number."""
-        return f"{self.camera_id}:{self.run}:{self.frame_seq}" if self.run else f"{self.camera_id}:{self.frame_seq}"
+        """Identity of the detection: camera, producer run (:attr:`run_key`) and frame number."""
+        return f"{self.camera_id}:{self.run_key}:{self.frame_seq}"
 
 
 class AssessmentTask(faust.Record, serializer="json", include_metadata=False):

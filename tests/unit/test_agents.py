@@ -18,7 +18,7 @@ from agents.task_generator import tasks_for
 from agents.task_policy import GlobalCap
 from agents.worker_clients import WorkerClients
 from sim.records import detection, risk_result
-from streams.records import RiskAssessment
+from streams.records import DetectionResult, RiskAssessment
 from streams.settings import Settings
 from streams.table_values import CameraState
 from streams.tables import camera_key
@@ -37,8 +37,9 @@ async def clients(tmp_path) -> AsyncIterator[WorkerClients]:
     await built.close()
 
 
-def result_for(det_seq: int, level: str, *, task_id: str = "t1", score: float = 0.9) -> RiskAssessment:
-    det = detection("cam-1", det_seq)
+def result_for(frame: DetectionResult | int, level: str, *, task_id: str = "t1", score: float = 0.9) -> RiskAssessment:
+    """A result for the group of ``frame`` (a detection, or the number of one never recorded)."""
+    det = detection("cam-1", frame) if isinstance(frame, int) else frame
     return risk_result(
         "cam-1", task_id, detection_id=det.detection_id, group_id=det.groups[0].group_id, level=level, score=score
     )
@@ -72,24 +73,25 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
     now = time.time()
     join = DetectionJoin(agg.detections, agg.camera_view)
-    record_detection(join, detection("cam-1", 3), now, 0, joined=True)
+    frame = detection("cam-1", 3)
+    record_detection(join, frame, now, 0, joined=True)
     assert join.frames["cam-1"]["latest_detection"]["frame_seq"] == 3
     assert agg.camera_view == {}  # the latest frame is held by the worker, not written to the table
     agg.camera_view[camera_key("cam-1")] = {"camera_id": "cam-1", "results": [], "counts": {}, "latest_detection": {}}  # type: ignore[typeddict-unknown-key]
 
-    alert = aggregate(agg, result_for(3, "high"), now, clients, 0)
+    alert = aggregate(agg, result_for(frame, "high"), now, clients, 0)
     assert alert is not None and alert.level == "high" and alert.task_id == "t1"
     entry = agg.results["t1"]
     assert entry is not None and entry["joined"] and entry["status"] == "ok"
 
-    assert aggregate(agg, result_for(3, "high"), now + 1, clients, 0) is None  # the same task again
+    assert aggregate(agg, result_for(frame, "high"), now + 1, clients, 0) is None  # the same task again
     assert len(agg.camera_view[camera_key("cam-1")]["results"]) == 1  # type: ignore[index]
     assert "latest_detection" not in agg.camera_view[camera_key("cam-1")]  # type: ignore[operator]  # an old view's, dropped
 
     # the same group judged high again within the cooldown: merged, not published again
-    assert aggregate(agg, result_for(3, "high", task_id="t2"), now + 2, clients, 0) is None
+    assert aggregate(agg, result_for(frame, "high", task_id="t2"), now + 2, clients, 0) is None
     # escalated: published
-    escalated = aggregate(agg, result_for(3, "critical", task_id="t3"), now + 3, clients, 0)
+    escalated = aggregate(agg, result_for(frame, "critical", task_id="t3"), now + 3, clients, 0)
     # the same alert, updated, under its own id (not t3's: a receiver keyed by id had two alerts)
     assert escalated is not None and escalated.level == "critical" and escalated.task_id == "t1"
     kept = agg.alerts[camera_key("cam-1")]

@@ -414,6 +414,39 @@ def test_a_restarted_producer_makes_new_task_ids_and_a_redelivery_keeps_its_own(
     assert make_task_id("c", 2, again[0].group.group_id, "run-b") in ids_b
 
 
+def test_a_restarted_producer_without_run_ids_makes_new_task_ids_too():
+    """A producer that sends no run id (another team's, per the topic contract) counts frames from 0
+    again after a restart: its frames made the task and detection ids of its previous run's frames,
+    and the aggregator dropped their results as already seen for an hour. The capture time tells
+    the runs apart; a redelivered record keeps its ids."""
+    from agents.task_policy import Budget, plan_tasks
+    from streams.records import make_task_id
+
+    budget = Budget(refresh_s=20.0, per_min=600.0, burst=100.0, min_interest=0.3)
+
+    def frames(start_ms: float) -> list[DetectionResult]:
+        dets = [detection("c", seq) for seq in range(3)]
+        for i, det in enumerate(dets):
+            det.captured_at = start_ms + 500.0 * i
+        return [decode(DetectionResult, to_bytes(d)) for d in dets]  # as the worker reads them
+
+    state = None
+    ids: list[list[str]] = [[], []]
+    runs = [frames(1_700_000_000_000.0), frames(1_700_000_002_000.0)]  # restarted 2 s later
+    for r, run in enumerate(runs):
+        for i, det in enumerate(run):
+            state, decisions, _ = plan_tasks(state, det, 100.0 + 10 * r + i, budget)
+            assert decisions and [d.reason for d in decisions] != ["replay"]
+            ids[r] += [make_task_id(det.camera_id, det.frame_seq, d.group.group_id, det.run_key) for d in decisions]
+    assert not set(ids[0]) & set(ids[1])
+    assert {d.detection_id for d in runs[0]}.isdisjoint(d.detection_id for d in runs[1])
+    again = decode(DetectionResult, to_bytes(runs[1][2]))  # a redelivery of the new run's frame
+    _, replayed, _ = plan_tasks(state, again, 140.0, budget)
+    assert [d.reason for d in replayed] == ["replay"]
+    assert make_task_id("c", 2, replayed[0].group.group_id, again.run_key) in ids[1]
+    assert again.detection_id == runs[1][2].detection_id
+
+
 # --- 10: per-key limits across workers ---------------------------------------------------------
 def _workers(keys: list[ApiKeyConfig], partitions: int, workers: int) -> list[KeyPool]:
     pools = []

@@ -18,7 +18,7 @@ def test_detection_round_trip_keeps_nested_records():
     det = detection("cam-1", 3)
     back = decode(DetectionResult, to_bytes(det))
     assert back == det
-    assert back.detection_id == "cam-1:3"
+    assert back.detection_id == f"cam-1:t{det.captured_at:.3f}:3"  # no run id: the capture time tells runs apart
     assert back.groups[0].track_ids == [7, 8]
 
 

@@ -38,10 +38,11 @@ def test_the_token_bucket_bounds_the_spend_and_refills():
 
 def test_a_late_frame_is_planned_once_without_moving_the_clock():
     """A record read again only after newer ones (a fetch hole, streams.faust_seam) still gets its task."""
+    late = detection("c", 4)  # captured before frame 5, read after it
     state, _, _ = plan_tasks(None, detection("c", 5), 100.0, BUDGET)
-    state, decisions, _ = plan_tasks(state, detection("c", 4), 100.5, BUDGET)
+    state, decisions, _ = plan_tasks(state, late, 100.5, BUDGET)
     assert [d.reason for d in decisions] == ["new"] and state["last_seq"] == 5
-    _, again, skipped = plan_tasks(state, detection("c", 4), 101.0, BUDGET)
+    _, again, skipped = plan_tasks(state, late, 101.0, BUDGET)
     assert [d.reason for d in again] == ["replay"] and skipped == {}
 
 
@@ -56,9 +57,10 @@ def test_a_producer_that_restarts_its_frame_count_is_not_ignored():
 
 def test_a_redelivered_frame_makes_the_same_tasks_again():
     """After a crash the state may say 'assessed' while the task never reached Kafka."""
-    state, first, _ = plan_tasks(None, detection("c", 5), 100.0, BUDGET)
+    frame = detection("c", 5)
+    state, first, _ = plan_tasks(None, frame, 100.0, BUDGET)
     state, _, _ = plan_tasks(state, detection("c", 6, track_base=50), 100.5, BUDGET)
-    _, again, _ = plan_tasks(state, detection("c", 5), 101.0, BUDGET)
+    _, again, _ = plan_tasks(state, frame, 101.0, BUDGET)  # the same record, read again
     assert [d.group.group_id for d in again] == [d.group.group_id for d in first]
     assert [d.reason for d in again] == ["replay"]
 
