@@ -19,6 +19,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,13 @@ FloatArray = npt.NDArray[np.float64]
 
 #: A fitted point further than this (metres) from its measured ground position refuses the fit.
 MAX_ERROR_M = 0.5
+#: Points closer than this to the line through others are on it: pixels (a click's precision), metres.
+IMAGE_TOL_PX, GROUND_TOL_M = 2.0, 0.05
+#: A point this close to another (a share of the points' extent in the image) checks nothing.
+SAME_POINT = 0.01
+#: Where one pixel spans more ground than this (metres), a pixel has no ground position: towards the
+#: horizon a pixel spans metres, and a parked car's one-pixel jitter 250 m out read as 5-14 m/s.
+MAX_M_PER_PX = 1.0
 
 
 class CalibrationError(ConfigError):
@@ -53,11 +61,12 @@ class Calibration:
     #: the sign of the homogeneous scale on the ground side of the horizon (that of the fit's own points)
     ground_side: float = 1.0
 
-    @property
+    @cached_property
     def checked(self) -> bool:
         """Whether the points can show a mistake: 4 fit any homography exactly, errors of 0 whatever they
-        are (a point given twice is one point)."""
-        return _distinct(self.image_points, self.ground_points) >= 5
+        are. A point given twice, or again a few pixels off, is one point: with it a mistyped point
+        still fitted within 0.02 m."""
+        return _distinct(self.image_points) >= 5
 
     @property
     def rms_error_m(self) -> float:
@@ -65,12 +74,20 @@ class Calibration:
 
     def to_ground(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:
         """(N, 2) pixels -> (N, 2) metres; NaN for a pixel on or beyond the horizon (it has no ground point:
-        the homography alone would mirror it behind the camera)."""
+        the homography alone would mirror it behind the camera), and for one spanning more than
+        MAX_M_PER_PX of ground."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         out = _apply(self.image_to_ground, pts)
         if len(pts):
             w = np.c_[pts, np.ones(len(pts))] @ self.image_to_ground[2]
             out[w * self.ground_side <= 0] = np.nan
+            # a pixel spanning more than MAX_M_PER_PX: one pixel of jitter reads as metres a second
+            with np.errstate(invalid="ignore", divide="ignore"):
+                step = np.maximum(
+                    np.hypot(*(_apply(self.image_to_ground, pts + np.array([0.0, 1.0])) - out).T),
+                    np.hypot(*(_apply(self.image_to_ground, pts + np.array([1.0, 0.0])) - out).T),
+                )
+                out[~(step <= MAX_M_PER_PX)] = np.nan
         return out
 
     def to_image(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:
@@ -82,8 +99,9 @@ class Calibration:
         lines = [f"homography from {len(self.image_points)} points, RMS error {self.rms_error_m:.3f} m"]
         if not self.checked:
             lines.append(
-                "  4 points fit exactly: their errors are 0 whatever they are, so a mistyped point cannot show"
-                " here; add a fifth point, or check the ground grid (--grid) by eye"
+                "  4 points (or more, some a few pixels from others) fit exactly: their errors are 0 whatever they"
+                " are, so a mistyped point cannot show here; add a point away from the others, or check the"
+                " ground grid (--grid) by eye"
             )
         for (u, v), (x, y), em, ep in zip(
             self.image_points, self.ground_points, self.errors_m, self.errors_px, strict=True
@@ -102,7 +120,7 @@ def fit(points: Sequence[Sequence[float]], max_error_m: float = MAX_ERROR_M) -> 
     if not np.isfinite(arr).all():
         raise CalibrationError("calibration points must be finite numbers")
     image, ground = arr[:, :2].copy(), arr[:, 2:].copy()
-    for name, pts, unit, tol in (("image", image, "px", 2.0), ("ground", ground, "m", 0.05)):
+    for name, pts, unit, tol in (("image", image, "px", IMAGE_TOL_PX), ("ground", ground, "m", GROUND_TOL_M)):
         if _spread(pts) < tol:
             raise CalibrationError(f"calibration {name} points all lie on one line (within {tol} {unit})")
         if len(pts) == 4:
@@ -125,17 +143,30 @@ def fit(points: Sequence[Sequence[float]], max_error_m: float = MAX_ERROR_M) -> 
     w = homography[2] @ np.c_[image, np.ones(len(image))].T
     if not (np.all(w > 0) or np.all(w < 0)):
         raise CalibrationError("calibration points lie on both sides of the horizon the fit puts in the image")
+    side = float(np.sign(w[0]))
     forward: FloatArray = np.asarray(homography, dtype=np.float64)
     inverse: FloatArray = np.asarray(np.linalg.inv(forward), dtype=np.float64)
     errors_m = np.linalg.norm(_apply(forward, image) - ground, axis=1)
     errors_px = np.linalg.norm(_apply(inverse, ground) - image, axis=1)
-    calib = Calibration(forward, inverse, image, ground, errors_m, errors_px, float(np.sign(w[0])))
+    calib = Calibration(forward, inverse, image, ground, errors_m, errors_px, side)
     worst = int(np.argmax(errors_m))
     if errors_m[worst] > max_error_m:
         raise CalibrationError(
             f"calibration point {worst + 1} is off by {errors_m[worst]:.2f} m (limit {max_error_m} m); "
             f"check it:\n{calib.report()}"
         )
+    centre = image.mean(axis=0)
+    down = homography[2, 1]
+    if side * down < 0:
+        # the ground lies below the horizon in an upright image (v grows downwards from the top-left
+        # corner): here it grows upwards from the points, so v is flipped or the image upside down,
+        # and every box's bottom (where it meets the ground) would be its top
+        horizon = -(homography[2, 0] * centre[0] + homography[2, 2]) / down
+        if horizon - image[:, 1].max() < 20 * (np.ptp(image[:, 1]) + 1):  # not a top-down camera's rounding
+            raise CalibrationError(
+                f"calibration puts the horizon below the points (at v = {horizon:.0f} px): image v must count "
+                f"down from the top-left corner of an upright frame, or a point is mistyped:\n{calib.report()}"
+            )
     return calib
 
 
@@ -148,9 +179,15 @@ def _four_in_general_position(pts: FloatArray, tol: float) -> bool:
     )
 
 
-def _distinct(image: FloatArray, ground: FloatArray) -> int:
-    """How many different points (a row given twice counts once: it checks nothing)."""
-    return len({(round(u), round(v), round(x, 2), round(y, 2)) for (u, v), (x, y) in zip(image, ground, strict=True)})
+def _distinct(image: FloatArray) -> int:
+    """How many points stand apart: closer than SAME_POINT of the points' extent (or IMAGE_TOL_PX * 2)
+    to an earlier one, a point is that one again."""
+    near = max(2 * IMAGE_TOL_PX, SAME_POINT * float(np.ptp(image, axis=0).max()))
+    kept: list[FloatArray] = []
+    for point in image:
+        if all(np.hypot(*(point - other)) >= near for other in kept):
+            kept.append(point)
+    return len(kept)
 
 
 def _spread(pts: FloatArray) -> float:
@@ -184,7 +221,8 @@ def draw_grid(frame: npt.NDArray[np.uint8], calib: Calibration, step_m: float = 
         for value in np.arange(lo[axis], hi[axis] + step_m / 2, step_m):
             along = np.linspace(lo[1 - axis], hi[1 - axis], 200)
             ground = np.c_[np.full_like(along, value), along] if axis == 0 else np.c_[along, np.full_like(along, value)]
-            ground = ground[(calib.image_to_ground[2] @ np.c_[calib.to_image(ground), np.ones(len(ground))].T) > 0]
+            on_ground = calib.image_to_ground[2] @ np.c_[calib.to_image(ground), np.ones(len(ground))].T
+            ground = ground[on_ground * calib.ground_side > 0]  # the sign of the ground side is the fit's
             pix = calib.to_image(ground)
             keep = np.isfinite(pix).all(axis=1) & (np.abs(pix) < 4 * max(w, h)).all(axis=1)
             if keep.sum() < 2:

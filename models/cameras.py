@@ -50,11 +50,6 @@ class CalibrationConfig(BaseModel):
             self._fitted = fit(self.points, self.max_error_m)
         except CalibrationError as exc:
             raise ValueError(str(exc)) from exc
-        if not self._fitted.checked:
-            logger.warning(
-                "a calibration of 4 points fits them exactly, so a mistyped one cannot be caught: add a fifth, "
-                "or check the grid of python -m models.calibration by eye"
-            )
         return self
 
     def fitted(self) -> Calibration:
@@ -82,6 +77,17 @@ class CameraConfig(BaseModel):
             raise ValueError(f"camera id {value!r} must be 1-64 of letters, digits, '_', '.', '-'")
         return value
 
+    @model_validator(mode="after")
+    def _unchecked_calibration(self) -> CameraConfig:
+        if self.calibration is not None and not self.calibration.fitted().checked:
+            logger.warning(
+                "camera %s: its calibration points fit exactly (4 points, or more with some a pixel apart), so a "
+                "mistyped one cannot be caught: add a point away from the others, or check the grid of "
+                "python -m models.calibration by eye",
+                self.id,
+            )
+        return self
+
 
 class CamerasFile(BaseModel):
     """The whole file."""
@@ -107,10 +113,21 @@ def load_cameras(path: Path) -> list[CameraConfig]:
         lines = [f"{path}: invalid cameras file:"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}: {err['msg']}")
+            lines.append(f"  {where}{_camera_named(data, err['loc'])}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from exc
     ids = [c.id for c in parsed.cameras]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ConfigError(f"{path}: duplicate camera ids {dupes}")
     return [c for c in parsed.cameras if c.enabled]
+
+
+def _camera_named(data: object, loc: tuple[int | str, ...]) -> str:
+    """ " (camera cam-1)" for an error inside the file's second camera: its position alone is hard to find."""
+    if len(loc) >= 2 and loc[0] == "cameras" and isinstance(loc[1], int) and isinstance(data, dict):
+        cameras = data.get("cameras")
+        if isinstance(cameras, list) and 0 <= loc[1] < len(cameras) and isinstance(cameras[loc[1]], dict):
+            camera_id = cameras[loc[1]].get("id")
+            if isinstance(camera_id, str):
+                return f" (camera {camera_id[:64]})"
+    return ""

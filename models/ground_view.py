@@ -66,8 +66,17 @@ class Seen:
 class GroundView:
     """One calibrated camera's road users on the ground."""
 
-    def __init__(self, calibration: Calibration, anchor: str = "bottom", thresholds: Thresholds | None = None) -> None:
+    def __init__(
+        self,
+        calibration: Calibration,
+        anchor: str = "bottom",
+        thresholds: Thresholds | None = None,
+        frame_interval_s: float = 0.0,
+    ) -> None:
         self.calibration = calibration
+        #: a track not seen for this long starts over; a slow camera's every frame is further apart
+        #: than TRACK_GAP_S (at 0.5 fps no track ever had a speed, and no conflict was measured)
+        self.track_gap_s = max(TRACK_GAP_S, 2.5 * frame_interval_s)
         self.anchor = anchor
         self.thresholds = thresholds or Thresholds()
         self.tracks: dict[int, tuple[float, GroundTrack]] = {}
@@ -108,7 +117,7 @@ class GroundView:
             if not (math.isfinite(gx) and math.isfinite(gy)):
                 continue  # above the horizon of the ground plane: no ground position
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
-            if t - last > TRACK_GAP_S:
+            if t - last > self.track_gap_s:
                 track = GroundTrack()
                 self.meter.paths.forget(obj.track_id)  # a path bridging the gap would cross others
             self.tracks[obj.track_id] = (t, track)
@@ -137,7 +146,7 @@ class GroundView:
                 state.yaw_rate,
                 state.accel,
             )
-        for track_id in [k for k, (at, _) in self.tracks.items() if t - at > TRACK_GAP_S]:
+        for track_id in [k for k, (at, _) in self.tracks.items() if t - at > self.track_gap_s]:
             del self.tracks[track_id]
         # a track takes part once it has three positions (a second at 2 fps): a new box's first positions
         # (an object entering the frame, a blob splitting) give velocities no one drove

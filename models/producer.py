@@ -70,7 +70,9 @@ class CameraPipeline:
         self.frame_seq = 0
         #: calibrated cameras only: speeds and conflicts in metres and seconds
         self.ground = (
-            GroundView(cfg.calibration.fitted(), cfg.calibration.anchor) if cfg.calibration is not None else None
+            GroundView(cfg.calibration.fitted(), cfg.calibration.anchor, frame_interval_s=1.0 / cfg.fps)
+            if cfg.calibration is not None
+            else None
         )
 
 

@@ -893,8 +893,12 @@ class GroundTrack:
         accel = (s1 - s0) / (s1_at - s0_at) if s1_at - s0_at > 0.25 else 0.0
         now_speed = max(0.0, speed - accel * mt)
         heading = self.heading
-        if speed > 0 and self.heading_known:
+        if speed >= HEADING_MIN_SPEED:
             vx, vy = now_speed * math.cos(heading), now_speed * math.sin(heading)
-        else:
+        elif speed > 0:
+            # too slow to move the heading: the fit's own direction. Along the held heading, a
+            # pedestrian who turned back at 0.4 m/s went on walking the old way (TTC with its sign)
+            vx, vy = vx * now_speed / speed, vy * now_speed / speed
+        if not (speed > 0 and self.heading_known):
             self.headings.clear()
         return GroundState(float(bx), float(by), float(vx), float(vy), heading, yaw_rate, float(accel))

@@ -221,7 +221,9 @@ class Tracker:
                     continue
                 joined = union_box([box, other])
                 wide = joined[2] - joined[0] >= joined[3] - joined[1]  # two pedestrians side by side are not a car
-                if wide and _side_by_side([box, other]) and self._cut_known(box, other):
+                # nor two road users each twice as tall as wide, either side of a wide post
+                upright = _upright(box) and _upright(other)
+                if wide and not upright and _side_by_side([box, other]) and self._cut_known(box, other):
                     box = joined
                     used.add(j)
             used.add(i)
@@ -413,3 +415,8 @@ def _area(b: Box) -> float:
 def _clip(b: Box, to: Box) -> Box | None:
     x1, y1, x2, y2 = max(b[0], to[0]), max(b[1], to[1]), min(b[2], to[2]), min(b[3], to[3])
     return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+def _upright(box: Box) -> bool:
+    """A pedestrian's shape: a vehicle's piece cut off by a post is not this tall for its width."""
+    return box[3] - box[1] >= 2.0 * (box[2] - box[0])

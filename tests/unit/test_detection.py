@@ -107,6 +107,27 @@ def test_cameras_file_errors_name_the_field(tmp_path: Path):
     assert "cameras.0.id" in text and "cameras.0.fps" in text and "cameras.0.colour" in text
 
 
+def test_a_bad_calibration_is_refused_naming_the_camera_and_an_unchecked_one_warned_about(tmp_path: Path, caplog):
+    path = tmp_path / "cams.yaml"
+    square = "[[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 40, 22.5], [0, 0, 0, 22.5]"
+    path.write_text(
+        "cameras:\n"
+        f"  - {{id: cam-ok, url: 'sim://scene', calibration: {{points: {square}, [160, 120, 10, 15]]}}}}\n"
+        f"  - {{id: cam-typo, url: 'sim://scene', calibration: {{points: {square}, [160, 120, 10, 25]]}}}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_cameras(path)
+    assert "cameras.1.calibration (camera cam-typo): " in str(err.value) and "point 5 is off by" in str(err.value)
+    # a fifth point a pixel from the first checks nothing: said, naming the camera
+    path.write_text(
+        f"cameras:\n  - {{id: cam-near, url: 'sim://scene', calibration: {{points: {square}, [1, 360, 0, 0]]}}}}\n"
+    )
+    with caplog.at_level("WARNING", logger="models.cameras"):
+        (camera,) = load_cameras(path)
+    assert camera.calibration is not None and not camera.calibration.fitted().checked
+    assert "camera cam-near: its calibration points fit exactly" in caplog.text
+
+
 def test_shipped_simulated_cameras_file_is_valid():
     cams = load_cameras(Path(__file__).resolve().parents[2] / "deploy" / "cameras.sim.yaml")
     assert len(cams) >= 4
@@ -500,6 +521,12 @@ def test_two_pedestrians_side_by_side_at_a_post_are_not_joined_into_a_car():
         Detection("person", 0.8, (304.0, 128.0, 322.0, 200.0)),
     ]
     assert [d.cls for d in tracker().split_merged(pair, 10.0)] == ["person", "person"]
+    # either side of a wider post: together wider than tall, each one upright
+    apart = [
+        Detection("person", 0.8, (270.0, 200.0, 292.0, 260.0)),
+        Detection("person", 0.8, (318.0, 202.0, 340.0, 261.0)),
+    ]
+    assert [d.cls for d in tracker().split_merged(apart, 10.0)] == ["person", "person"]
     # the two halves of a car behind the same post still are
     halves = [
         Detection("person", 0.8, (250.0, 150.0, 290.0, 184.0)),

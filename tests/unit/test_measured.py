@@ -485,3 +485,79 @@ def test_an_answer_about_a_frame_long_after_the_measured_one_does_not_judge_it()
     assert pending_measured(recent, "g", 102_000, 60.0, soon["captured_at"])
     recent, publish = merge_alert(recent, soon, 60.0, 10)
     assert publish and recent[0]["verdict"] == "downgraded"
+
+
+def _oblique() -> tuple[object, list[list[float]]]:
+    """A camera 8 m up over a road, 10 m behind y = 0, looking 50 m ahead; its points out to 60 m."""
+    from sim.sumo import VirtualCamera
+
+    camera = VirtualCamera(target=(0.0, 40.0), height_m=8.0, back_m=50.0, focal_px=1400.0, width=1920, height=1080)
+    ground = np.array([[x, y] for y in (10.0, 25.0, 40.0, 60.0) for x in (-6.0, 6.0)])
+    pix, inside = camera.project(ground)
+    assert inside.all()
+    return camera, [[u, v, x, y] for (u, v), (x, y) in zip(pix.tolist(), ground.tolist(), strict=True)]
+
+
+def test_a_calibration_with_the_image_upside_down_is_refused() -> None:
+    """v counted up from the bottom is a homography too (all errors 0): the horizon then lay below
+    the points, and every box nearer than it had no ground position or a wrong one."""
+    from models.calibration import CalibrationError
+
+    _, points = _oblique()
+    assert fit(points).checked
+    flipped = [[u, 1080 - v, x, y] for u, v, x, y in points]
+    with pytest.raises(CalibrationError, match="horizon below the points"):
+        fit(flipped)
+
+
+def test_far_towards_the_horizon_a_parked_car_gets_no_position_and_no_phantom_speed() -> None:
+    """Where a pixel spans metres, a one-pixel jitter of a parked car's box read as 5-14 m/s."""
+    from models.calibration import MAX_M_PER_PX
+
+    camera, points = _oblique()
+    calib = fit(points)
+    view = GroundView(calib, "bottom")
+    rng = np.random.default_rng(1)
+    for distance, measured in ((30.0, True), (300.0, False)):
+        pix, _ = camera.project(np.array([[2.0, distance]]))
+        u, v = (float(c) for c in pix[0])
+        speeds = []
+        for k in range(12):
+            jitter = float(rng.integers(-1, 2))
+            users, _ = view.observe(k * 0.5, [Seen(int(distance), "car", (u - 5, v - 8, u + 5, v + jitter))])
+            speeds += [users[int(distance)].speed] if int(distance) in users else []
+        if measured:
+            assert len(speeds) == 12 and max(speeds) < 0.5  # near: parked, and measured so
+        else:
+            assert speeds == []  # far: no position rather than a made-up speed
+            step = np.hypot(*(np.diff(calib.to_ground([[u, v], [u, v + 1]]), axis=0)[0]))
+            assert np.isnan(step)
+    near = calib.to_ground([[960.0, 1000.0], [960.0, 1001.0]])
+    assert np.hypot(*(near[1] - near[0])) < MAX_M_PER_PX
+
+
+def test_the_ground_grid_is_drawn_for_an_oblique_camera() -> None:
+    """OpenCV scales the homography to make its last entry 1: the ground side of an oblique camera's
+    horizon can be the negative one, and the grid drew nothing there."""
+    from models.calibration import draw_grid
+
+    _, points = _oblique()
+    calib = fit(points)
+    frame = np.zeros((1080, 1920, 3), np.uint8)
+    drawn = draw_grid(frame, calib)
+    green = (drawn[..., 1] > 0) & (drawn[..., 2] == 0)
+    assert green.sum() > 10_000
+
+
+def test_a_slow_camera_still_measures_speeds() -> None:
+    """At 0.5 fps every frame came more than the track gap (2 s) after the last: no track had a speed."""
+    view = GroundView(
+        fit([[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 40, 22.5], [0, 0, 0, 22.5]]), "centre", frame_interval_s=2.0
+    )
+    state = None
+    for k in range(5):
+        t = k * 2.05  # a little late each time
+        x = 16.0 * (5.0 + 1.5 * t)  # 1.5 m/s along x, 16 px a metre
+        users, _ = view.observe(t, [Seen(1, "person", (x - 4, 100, x + 4, 120))])
+        state = users[1]
+    assert state is not None and state.speed == pytest.approx(1.5, abs=0.05)

@@ -147,6 +147,22 @@ def test_ground_track_velocity_heading_and_turn_rate() -> None:
     assert state.heading == pytest.approx(0.5 * (3.5 - 0.5), abs=0.1)  # the fit's heading: half a window ago
 
 
+def test_a_slow_road_user_turning_back_is_not_given_its_old_heading() -> None:
+    """Below the speed that moves the heading, the velocity was rebuilt along the old one: a
+    pedestrian walking back west at 0.4 m/s still went east, and TTC read the pair's sign wrong."""
+    track = GroundTrack()
+    x = 0.0
+    for k in range(6):  # east at 1.4 m/s
+        x = 1.4 * k * 0.5
+        state = track.update(k * 0.5, x, 0.0)
+    assert state.vx == pytest.approx(1.4, abs=0.05)
+    for k in range(6, 12):  # back west at 0.4 m/s
+        x -= 0.4 * 0.5
+        state = track.update(k * 0.5, x, 0.0)
+    assert state.vx == pytest.approx(-0.4, abs=0.05) and abs(state.vy) < 1e-9
+    assert state.heading == pytest.approx(0.0)  # the orientation held: too slow to tell
+
+
 def test_lanes_straighten_a_car_leaving_a_bend() -> None:
     # eastbound traffic at y = 0 teaches the lane; a car coming out of a bend at 15 degrees is
     # predicted back along the lane, not across the oncoming one at y = 3.2
@@ -196,6 +212,9 @@ def test_five_points_that_are_four_on_a_line_and_one_are_refused_and_a_repeated_
         fit([*on_a_line, [400, 200, 7, 30]])
     square = [[100, 100, 0, 0], [500, 100, 10, 0], [500, 500, 10, 10], [100, 500, 0, 10]]
     assert not fit([*square, square[2]]).checked  # five rows, four points: nothing to catch a typo with
+    # nor a fifth 1-3 px from the first: with it a third point mistyped by 3 m still fitted within 0.02 m
+    typo = [[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 43, 22.5], [0, 0, 0, 22.5]]
+    assert not any(fit([*typo, [d, 360, 0, 0]]).checked for d in (0.6, 1.4, 3.0))
     assert fit([*square, [300, 300, 5, 5]]).checked
 
 
