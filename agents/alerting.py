@@ -140,11 +140,23 @@ class WebhookSender:
     receiver after the verdict and undo it there. Different alerts still go out side by side.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0, retries: int = 3, max_age_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        retries: int = 3,
+        max_age_s: float = 300.0,
+        total_s: float = 15.0,
+    ) -> None:
         self.url = url
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.retries = retries
         self.max_age_s = max_age_s
+        #: one alert's whole send, the wait for its earlier versions included: a hung receiver held
+        #: each for 4 x 5 s + backoff, two versions for 47 s, and a rebalance (which waits for the
+        #: events in flight) past its timeout, the worker out of the group
+        self.total_s = total_s
         self._session: aiohttp.ClientSession | None = None
         #: one lock per alert (camera, group) with sends waiting on it, and how many hold or wait
         self._in_order: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
@@ -166,8 +178,14 @@ class WebhookSender:
         lock, users = self._in_order.get(key, (asyncio.Lock(), 0))
         self._in_order[key] = (lock, users + 1)
         try:
-            async with lock:
+            async with asyncio.timeout(self.total_s), lock:
                 return await self._post(alert)
+        except TimeoutError:
+            metrics.webhook_total.labels(outcome="failed").inc()
+            logger.warning(
+                "alert webhook: task %s failed (no answer within %.0f s)", alert.get("task_id"), self.total_s
+            )
+            return "failed"
         finally:
             lock, users = self._in_order[key]
             if users == 1:

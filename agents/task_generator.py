@@ -26,9 +26,11 @@ from agents.task_policy import (
     Budget,
     GlobalCap,
     MeasuredAlert,
+    alerted_from,
     conflict_key,
     measured_alerts,
     plan_tasks,
+    planned_before,
 )
 from agents.worker_clients import current
 from streams import metrics
@@ -76,9 +78,12 @@ def tasks_for(
 ) -> list[AssessmentTask]:
     """Plan tasks for ``det`` against its camera's state in ``states``, and update that state."""
     key = camera_key(det.camera_id)
-    if stale(det, now_s, s):
+    old = stale(det, now_s, s)
+    if old and not planned_before(states.get(key), det):
         # a backlog (a worker catching up, a producer's clock far behind): a task about a frame
-        # this old would reach its deadline unanswered, and spend the budget live frames need
+        # this old would reach its deadline unanswered, and spend the budget live frames need.
+        # A frame planned before is read again (its tasks' send was lost, the state written): its
+        # tasks are made again, past their deadline, so each gets its 'expired' result, no call
         metrics.tasks_skipped_total.labels(reason="stale").inc(len(det.groups))
         return []
     metrics.groups_seen_total.labels(camera_id=det.camera_id).inc(len(det.groups))
@@ -111,7 +116,7 @@ def tasks_for(
                 image=image,
                 reason=decision.reason,
                 created_at=now_ms,
-                deadline=now_ms + s.task_deadline_s * 1000.0,
+                deadline=(det.captured_at if old else now_ms) + s.task_deadline_s * 1000.0,
                 conflict=decision.conflict,
             )
         )
@@ -131,9 +136,11 @@ def measured_results_for(
     state = states.get(key)
     if not det.conflicts or state is None:
         return []
-    if stale(det, now_s, s):
+    if stale(det, now_s, s) and not alerted_from(state, det):
+        # a worker catching up on a backlog: an alert about minutes ago is not raised as news; the
+        # frame that raised one, read again (its result lost), raises it again under its own id
         metrics.measured_skipped_total.labels(reason="stale").inc()
-        return []  # a worker catching up on a backlog: an alert about minutes ago is not raised as news
+        return []
     alerts = measured_alerts(state, det, now_s, s.measured_alert_level, s.alert_cooldown_s)
     put(states, key, state, through=bool(alerts))
     return [measured_result(det, alert, now_s) for alert in alerts]

@@ -151,6 +151,17 @@ def group_key(group: TrafficGroup) -> str:
     return "-".join(str(t) for t in sorted(group.track_ids))
 
 
+def planned_before(st: CameraState | None, det: DetectionResult) -> bool:
+    """Whether ``det`` is a frame this camera's state remembers planning (a redelivery)."""
+    return st is not None and frame_key(det) in st.get("recent", {})
+
+
+def alerted_from(st: CameraState | None, det: DetectionResult) -> bool:
+    """Whether ``det`` is the frame that raised one of the camera's measured alerts (a redelivery)."""
+    frame = frame_key(det)
+    return st is not None and any(e.get("alert_frame") == frame for e in st.get("conflicts", {}).values())
+
+
 def frame_key(det: DetectionResult) -> str:
     """A frame's identity in the camera's state: the producer run and the frame number."""
     return f"{det.run}:{det.frame_seq}"

@@ -106,7 +106,11 @@ class WorkerClients:
                 settings.redis_url, settings.redis_ttl_s, settings.redis_retry_s, prefix=settings.redis_prefix
             ),
             webhook=(
-                WebhookSender(settings.alert_webhook_url, max_age_s=settings.alert_webhook_max_age_s)
+                WebhookSender(
+                    settings.alert_webhook_url,
+                    max_age_s=settings.alert_webhook_max_age_s,
+                    total_s=min(15.0, settings.rebalance_timeout_s / 3),
+                )
                 if settings.alert_webhook_url
                 else None
             ),

@@ -143,6 +143,27 @@ SEND_FAILURES_GIVE_UP_S = 120.0
 SEND_FAILURES = SendFailureGuard()
 
 
+#: How long a commit waits for the producer's buffer to empty before it is left to the next round.
+COMMIT_DRAIN_S = 5.0
+
+
+async def drained(producer: Any, within_s: float) -> bool:
+    """Whether ``producer``'s buffer empties within ``within_s``, flushing it meanwhile.
+
+    Faust flushes the producer before a commit, but its buffer stops waiting when one record takes
+    over 0.1 s to reach aiokafka (a full batch behind a slow broker): the table records of the events
+    about to be committed could still be in it, and a crash then lost them with their offsets
+    committed. Records buffered after the offsets were taken are drained too; a buffer that never
+    empties (a saturated worker) holds the commit, as the next round will try again.
+    """
+    deadline = time.monotonic() + within_s
+    while producer.buffer.size:
+        if time.monotonic() >= deadline:
+            return False
+        await producer.flush()
+    return True
+
+
 class AtLeastOnceConsumer(aiokafka_driver.Consumer):
     """Faust's aiokafka consumer with a seek and a commit rule that cannot skip an event."""
 
@@ -152,6 +173,9 @@ class AtLeastOnceConsumer(aiokafka_driver.Consumer):
         self.heads: dict[TP, int] = {}
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if not await drained(self.app.producer, COMMIT_DRAIN_S):
+            self.log.warning("commit held back: table records still buffered after %.0f s", COMMIT_DRAIN_S)
+            return False
         # Faust flushed the producer just before: let the delivery callbacks of that flush run first
         for _ in range(3):
             await asyncio.sleep(0)

@@ -110,3 +110,39 @@ def test_an_alert_about_a_frame_long_past_is_not_posted_however_late_it_was_rais
             await sender.close()
 
     assert asyncio.run(scenario()) == "expired"
+
+
+def test_a_hung_receiver_holds_an_alert_and_the_versions_behind_it_only_so_long():
+    """Each POST to a receiver that never answers took 4 x 5 s plus backoff; the verdict behind the
+    measured alert waited for all of it (47 s), past the rebalance timeout the worker must keep."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from agents.alerting import WebhookSender
+    from tests.conftest import serve_on_loopback
+
+    async def scenario() -> tuple[list[str], float]:
+        async def hang(request: web.Request) -> web.Response:
+            await asyncio.sleep(4)
+            return web.Response()
+
+        server = web.Application()
+        server.router.add_post("/hook", hang)
+        runner, port = await serve_on_loopback(server)
+        sender = WebhookSender(f"http://127.0.0.1:{port}/hook", timeout_s=0.5, retries=3, total_s=1.0)
+        now = time.time() * 1000
+        measured = {"task_id": "t", "camera_id": "c", "group_id": "g", "raised_at": now, "source": "measured"}
+        started = time.monotonic()
+        try:
+            outcomes = await asyncio.gather(sender.send(measured), sender.send({**measured, "verdict": "confirmed"}))
+            took = time.monotonic() - started
+        finally:
+            await sender.close()
+            await runner.cleanup()
+        return list(outcomes), took
+
+    outcomes, took = asyncio.run(scenario())
+    assert outcomes == ["failed", "failed"]
+    assert took < 2.5  # each within its total (1 s), the wait for the first included: not 4 x 0.5 s + backoff each

@@ -302,3 +302,29 @@ def test_an_unreachable_dlq_holds_the_event_for_another_try(monkeypatch):
     event = SimpleNamespace(message=SimpleNamespace(topic="t-detections", partition=0, offset=1))
     asyncio.run(dlq.guarded(event, handle))
     assert guard.pending == 1
+
+
+async def test_a_commit_waits_for_the_buffered_table_records_and_holds_when_they_do_not_drain(monkeypatch):
+    """Faust's pre-commit flush gives up on a record slower than 0.1 s to hand over: the commit then
+    went ahead with the committed events' table records still buffered (lost on a crash)."""
+    from types import SimpleNamespace
+
+    from streams import faust_seam
+
+    class Producer:
+        def __init__(self, queued: int, per_flush: int) -> None:
+            self.buffer = SimpleNamespace(size=queued)
+            self.per_flush, self.flushes = per_flush, 0
+
+        async def flush(self) -> None:
+            self.flushes += 1
+            clock[0] += 0.1
+            self.buffer.size = max(0, self.buffer.size - self.per_flush)
+
+    clock = [0.0]
+    monkeypatch.setattr(faust_seam.time, "monotonic", lambda: clock[0])
+    slow = Producer(queued=3, per_flush=1)
+    assert await faust_seam.drained(slow, 5.0) and slow.flushes == 3 and slow.buffer.size == 0
+    stuck = Producer(queued=3, per_flush=0)
+    assert not await faust_seam.drained(stuck, 5.0) and stuck.buffer.size == 3 and 45 <= stuck.flushes <= 51
+    assert await faust_seam.drained(Producer(queued=0, per_flush=0), 5.0)

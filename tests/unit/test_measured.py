@@ -561,3 +561,27 @@ def test_a_slow_camera_still_measures_speeds() -> None:
         users, _ = view.observe(t, [Seen(1, "person", (x - 4, 100, x + 4, 120))])
         state = users[1]
     assert state is not None and state.speed == pytest.approx(1.5, abs=0.05)
+
+
+def test_a_frame_read_again_after_its_deadline_still_gets_its_tasks_and_alert_back() -> None:
+    """A lost send is read again late (a session timeout, recovery, other workers' drain): the stale
+    check came first, so a frame the state marks as planned and alerted on made neither its task
+    (not even an 'expired' result) nor its alert again: both vanished."""
+    s = Settings()  # type: ignore[call-arg]
+    states: dict[bytes, object] = {}
+    det = with_conflict(detection("c", 1, track_base=2))
+    det.captured_at = 1_000_000.0  # 1000 s
+    first_tasks = tasks_for(det, 1000.2, states, GlobalCap(0), s)  # type: ignore[arg-type]
+    first = measured_results_for(det, 1000.2, states, s)  # type: ignore[arg-type]
+    assert len(first_tasks) == 1 and len(first) == 1
+    late = 1000.0 + s.task_deadline_s + 15
+    tasks = tasks_for(det, late, states, GlobalCap(0), s)  # type: ignore[arg-type]
+    assert [(t.task_id, t.reason) for t in tasks] == [(first_tasks[0].task_id, "replay")]
+    assert tasks[0].deadline < late * 1000  # past: the scheduler answers 'expired' without a call
+    again = measured_results_for(det, late, states, s)  # type: ignore[arg-type]
+    assert [r.task_id for r in again] == [first[0].task_id]
+    # a frame never planned, as old: a backlog, skipped
+    backlog = with_conflict(detection("c", 2, track_base=20))
+    backlog.captured_at = 1_000_500.0
+    assert tasks_for(backlog, late, states, GlobalCap(0), s) == []  # type: ignore[arg-type]
+    assert measured_results_for(backlog, late, states, s) == []  # type: ignore[arg-type]
