@@ -353,7 +353,8 @@ def render(folder: Path) -> str:
         out.append(
             "Synthetic detections at N cameras x 2 fps from a plain producer into the real topology "
             f"(`bench/capacity.py`); one worker holds {cap.get('max_cameras_one_worker')} cameras with e2e p95 "
-            "under 2 s on this machine."
+            "under 2 s and a backlog that does not grow through the level, on this machine (measured at "
+            f"{cap.get('one_worker', {}).get('measured', {}).get('commit', 'an earlier commit')})."
         )
         out.append("")
         rows = [
@@ -366,11 +367,22 @@ def render(folder: Path) -> str:
                 lv["lag_end_s"],
                 f"{lv['e2e_ms']['p50']} / {lv['e2e_ms']['p95']} / {lv['e2e_ms']['p99']}",
                 lv["ok_rate"],
+                "saturated" if lv["saturated"] else "held" if lv["e2e_ms"]["p95"] < 2000 else "slow",
             ]
             for key in ("one_worker", "two_workers")
             for lv in cap.get(key, {}).get("levels", [])
         ]
-        head = ["cameras", "workers", "det/s offered / processed", "VLM calls/s", "CPU ms/det", "lag s", "e2e ms", "ok"]
+        head = [
+            "cameras",
+            "workers",
+            "det/s offered / processed",
+            "VLM calls/s",
+            "CPU ms/det",
+            "lag s",
+            "e2e ms",
+            "ok",
+            "level",
+        ]
         out.append(table(rows, head))
         flame = "Where a worker's time goes: [flame graph](capacity_flame.svg)."
         out += ["", "![capacity](capacity.png)", "", flame, ""]

@@ -16,12 +16,28 @@ def test_growth_is_measured_from_the_minute_asked():
         }
         for m in range(1, 21)
     ]
-    samples[-1]["cpu_ms_per_detection"] = 5.0
+    samples[-1]["cpu_ms_per_detection"] = 9.0  # one noisy minute moves nothing: medians of 5 minutes
+    assert settled(samples, 10)["cpu_per_detection_ratio"] == 1.0  # type: ignore[index]
+    for sample in samples[-5:]:
+        sample["cpu_ms_per_detection"] = 5.0
     five, ten = settled(samples), settled(samples, 10)
     assert five is not None and ten is not None
     assert five["minutes"] == 15 and five["rss_growth"] == round(200 / 150 - 1, 4)
     assert ten["minutes"] == 10 and ten["rss_growth"] == 0.0 and ten["cpu_per_detection_ratio"] == 1.25
     assert settled(samples[:10], 10) is None
+
+
+def test_a_backlog_growing_through_the_window_is_told_from_one_held_steady():
+    """One backlog figure at the end passed a worker 3-5% short of its load (1-1.5 s behind after 30 s)."""
+    from bench.capacity import lag_growth
+
+    steady = [(float(t), 400 + (25 if t % 10 else -25)) for t in range(0, 31, 5)]
+    growing = [(float(t), 400 + 8 * t) for t in range(0, 31, 5)]  # 8 a second: 4% of 200 detections/s
+    caught_up = [(float(t), max(0, 2000 - 200 * t)) for t in range(0, 31, 5)]  # a start's backlog worked off
+    assert abs(lag_growth(steady) or 0.0) < 4.0  # type: ignore[arg-type]
+    assert lag_growth(growing) == 8.0  # type: ignore[arg-type]
+    assert lag_growth(caught_up) == 0.0  # type: ignore[arg-type]
+    assert lag_growth([(0.0, 1), (5.0, 2)]) is None
 
 
 def test_the_workers_gauges_and_records_are_read_from_their_exposition_and_a_silent_worker_gives_nulls():
