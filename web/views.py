@@ -183,7 +183,14 @@ class Alerts(View):
     async def get(self, request: Request) -> Response:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         cached = await current().cache.recent_alerts()
-        for alert in [*cached, *(a for _, items in alerts_live.peek_items() for a in (items or []))]:
+        # every camera's list is read and decoded on the event loop (100 each): let it go between
+        # cameras, or a dashboard opening on a thousand cameras held the agents and heartbeats
+        own: list[dict[str, Any]] = []
+        for n, (_, items) in enumerate(alerts_live.peek_items(), start=1):
+            own.extend(items or [])
+            if n % 20 == 0:
+                await asyncio.sleep(0)
+        for alert in [*cached, *own]:
             if not _shown(alert):  # what came through Redis is not trusted
                 continue
             key = (str(alert.get("camera_id")), str(alert.get("task_id")))
