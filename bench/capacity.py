@@ -405,24 +405,35 @@ def start_deployment(
 
 #: The results a level reads from each worker's /results/ view (the view's maximum limit).
 RESULTS_READ = 10_000
-#: Lag that grows by more than this share of the offered rate (over the window's second half) is unbounded.
+#: Lag that grows by more than this share of the offered rate a second (and beyond its noise) is unbounded.
 LAG_GROWTH_SHARE = 0.02
 #: Seconds between the lag samples a level takes.
 LAG_SAMPLE_S = 5.0
 
 
-def lag_growth(samples: list[tuple[float, int]]) -> float | None:
-    """Messages a second the detections' backlog grew by over the second half of ``samples`` (time,
-    backlog), a least-squares slope: one backlog at the end cannot tell a worker holding a steady
-    few seconds behind from one falling further behind every second."""
-    half = samples[len(samples) // 2 :]
-    if len(half) < 3:
+def lag_growth(samples: list[tuple[float, int]]) -> tuple[float, float] | None:
+    """How many messages a second the detections' backlog grew by through ``samples`` (time,
+    backlog), and that slope's standard error (least squares). One backlog at the end cannot tell
+    a worker holding a steady few seconds behind from one falling further behind every second; a
+    backlog read between commits (each second) jitters by a second of input, so a slope counts only
+    beyond twice its error (:func:`growing`)."""
+    n = len(samples)
+    if n < 3:
         return None
-    t = [a for a, _ in half]
-    y = [float(b) for _, b in half]
-    mt, my = sum(t) / len(t), sum(y) / len(y)
+    t = [a for a, _ in samples]
+    y = [float(b) for _, b in samples]
+    mt, my = sum(t) / n, sum(y) / n
     stt = sum((a - mt) ** 2 for a in t)
-    return sum((a - mt) * (b - my) for a, b in zip(t, y, strict=True)) / stt if stt else None
+    if not stt:
+        return None
+    slope = sum((a - mt) * (b - my) for a, b in zip(t, y, strict=True)) / stt
+    residuals = [b - (my + slope * (a - mt)) for a, b in zip(t, y, strict=True)]
+    return slope, (sum(r * r for r in residuals) / (n - 2) / stt) ** 0.5
+
+
+def growing(growth: tuple[float, float] | None, offered_per_s: float) -> bool:
+    """A backlog growing by more than LAG_GROWTH_SHARE of the offered rate, and by more than its noise."""
+    return growth is not None and growth[0] > max(LAG_GROWTH_SHARE * offered_per_s, 2 * growth[1])
 
 
 def latencies(dep: Deployment, window: tuple[float, float]) -> dict[str, Any]:
@@ -549,8 +560,9 @@ def run_level(rig: Rig, n: int, n_workers: int, extra_env: dict[str, str] | None
         "lag_end_messages": {"detections": lags[det], "tasks": lags[tasks_topic], "results": lags[results_topic]},
         "lag_end_s": round(lag_s, 2),
         # the detections' backlog through the window: growing is saturated, whatever it ends at
+        # (lag_growth_per_s: messages a second, and the slope's standard error)
         "lag_samples": [[round(t - s0.at, 1), b] for t, b in backlog],
-        "lag_growth_per_s": round(growth, 2) if growth is not None else None,
+        "lag_growth_per_s": [round(growth[0], 2), round(growth[1], 2)] if growth is not None else None,
         "worker_cpu_ms_per_detection": round(cpu_ms, 3) if cpu_ms is not None else None,
         "worker_cpu_share": round((s1.cpu - s0.cpu) / span, 3),
         "tasks_per_s": round((s1.ends[tasks_topic] - s0.ends[tasks_topic]) / span, 2),
@@ -565,8 +577,8 @@ def run_level(rig: Rig, n: int, n_workers: int, extra_env: dict[str, str] | None
         "messages_sent": sent,
         **lat,
     }
-    growing = growth is not None and growth > LAG_GROWTH_SHARE * offered / span
-    level["saturated"] = bool(processed < 0.95 * offered or level["lag_end_s"] > 5.0 or growing)
+    behind = growing(growth, offered / span)
+    level["saturated"] = bool(processed < 0.95 * offered or level["lag_end_s"] > 5.0 or behind)
     return level
 
 

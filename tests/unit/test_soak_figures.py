@@ -29,15 +29,19 @@ def test_growth_is_measured_from_the_minute_asked():
 
 def test_a_backlog_growing_through_the_window_is_told_from_one_held_steady():
     """One backlog figure at the end passed a worker 3-5% short of its load (1-1.5 s behind after 30 s)."""
-    from bench.capacity import lag_growth
+    from bench.capacity import growing, lag_growth
 
     steady = [(float(t), 400 + (25 if t % 10 else -25)) for t in range(0, 31, 5)]
-    growing = [(float(t), 400 + 8 * t) for t in range(0, 31, 5)]  # 8 a second: 4% of 200 detections/s
-    caught_up = [(float(t), max(0, 2000 - 200 * t)) for t in range(0, 31, 5)]  # a start's backlog worked off
-    assert abs(lag_growth(steady) or 0.0) < 4.0  # type: ignore[arg-type]
-    assert lag_growth(growing) == 8.0  # type: ignore[arg-type]
-    assert lag_growth(caught_up) == 0.0  # type: ignore[arg-type]
+    behind = [(float(t), 400 + 8 * t) for t in range(0, 31, 5)]  # 8 a second: 4% of 200 detections/s
+    caught_up = [(float(t), max(0, 2000 - 60 * t)) for t in range(0, 31, 5)]  # a start's backlog worked off
+    assert not growing(lag_growth(steady), 200.0)  # type: ignore[arg-type]
+    assert growing(lag_growth(behind), 200.0) and lag_growth(behind) == (8.0, 0.0)  # type: ignore[arg-type]
+    assert not growing(lag_growth(caught_up), 200.0)  # type: ignore[arg-type]
     assert lag_growth([(0.0, 1), (5.0, 2)]) is None
+    # measured levels: a backlog read between commits jitters by a second of input; 500 cameras behind
+    assert not growing(lag_growth([(5.0, 27), (10.1, 21), (15.1, 201), (20.1, 184), (25.1, 177), (30.0, 114)]), 200.0)
+    saturated = [(5.0, 4543), (10.1, 5323), (15.1, 5598), (20.2, 8825), (25.2, 9079), (30.0, 8457)]
+    assert growing(lag_growth(saturated), 1000.0)
 
 
 def test_the_workers_gauges_and_records_are_read_from_their_exposition_and_a_silent_worker_gives_nulls():
