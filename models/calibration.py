@@ -170,6 +170,15 @@ def fit(points: Sequence[Sequence[float]], max_error_m: float = MAX_ERROR_M) -> 
     return calib
 
 
+def off_frame(calib: Calibration, width: int, height: int, margin: float = 0.02) -> list[int]:
+    """The calibration points (1-based) outside a ``width`` x ``height`` frame by more than ``margin``
+    of its size: points clicked on another resolution (a 1920x1080 snapshot for a 1280x720 substream)
+    put every ground position elsewhere, and nothing else would say so."""
+    u, v = calib.image_points[:, 0], calib.image_points[:, 1]
+    outside = (u < -margin * width) | (u > (1 + margin) * width) | (v < -margin * height) | (v > (1 + margin) * height)
+    return [int(i) + 1 for i in np.flatnonzero(outside)]
+
+
 def _four_in_general_position(pts: FloatArray, tol: float) -> bool:
     """Whether some 4 of ``pts`` have no 3 on one line (within ``tol``)."""
     off_line = {trio: _spread(pts[list(trio)]) >= tol for trio in itertools.combinations(range(len(pts)), 3)}

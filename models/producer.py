@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, start_http_server
 from redis import RedisError
 
+from models.calibration import off_frame
 from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
 from models.detectors import MAX_SIDE, Detector, DetectorKind, make_detector
@@ -68,6 +69,8 @@ class CameraPipeline:
         )
         self.tracker = Tracker()
         self.frame_seq = 0
+        #: whether the calibration's points were checked against the first frame's size
+        self.frame_checked = False
         #: calibrated cameras only: speeds and conflicts in metres and seconds
         self.ground = (
             GroundView(cfg.calibration.fitted(), cfg.calibration.anchor, frame_interval_s=1.0 / cfg.fps)
@@ -103,6 +106,21 @@ def analyse(
         # so grouping (quadratic) stays bounded and the record far under the consumers' size limit
         metrics.objects_dropped_total.labels(camera_id=cam.cfg.id).inc(len(found) - MAX_OBJECTS)
         found = sorted(found, key=lambda d: (-d.conf, -(d.bbox[2] - d.bbox[0]) * (d.bbox[3] - d.bbox[1])))[:MAX_OBJECTS]
+    if cam.ground is not None and not cam.frame_checked:
+        cam.frame_checked = True
+        h, w = frame.image.shape[:2]
+        outside = off_frame(cam.ground.calibration, w, h)
+        if outside:
+            # a calibration of another resolution: every position, speed and TTC would be wrong
+            logger.error(
+                "camera %s: calibration points %s lie outside its %dx%d frame (clicked on another resolution?): "
+                "no ground positions, speeds or conflicts for it until the calibration is fixed",
+                cam.cfg.id,
+                outside,
+                w,
+                h,
+            )
+            cam.ground = None
     t = frame.motion_time
     found = cam.tracker.split_merged(found, t)
     tracks = cam.tracker.update(found, t)

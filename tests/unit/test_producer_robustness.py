@@ -165,3 +165,26 @@ def test_a_wall_clock_stepped_back_leaves_speeds_alone(tmp_path):
         result = analyse(cam, Frame(image, wall, i, mono=50.0 + 0.5 * i), detector, store, Settings())
         speeds.append(result.objects[0].speed)
     assert speeds[2:] == pytest.approx([20.0, 20.0, 20.0], abs=0.5)
+
+
+def test_a_calibration_clicked_on_another_resolution_is_refused_at_the_first_frame(caplog):
+    """Points clicked on a 1920x1080 snapshot, used on a 640x360 stream: every ground position, speed
+    and TTC was wrong, and nothing said so."""
+    from models.cameras import CalibrationConfig
+
+    big = [[0, 1080, 0, 0], [1920, 1080, 40, 0], [1920, 0, 40, 22.5], [0, 0, 0, 22.5], [480, 360, 10, 15]]
+    small = [[0, 360, 0, 0], [640, 360, 40, 0], [640, 0, 40, 22.5], [0, 0, 0, 22.5], [160, 120, 10, 15]]
+    frame = Frame(np.zeros((360, 640, 3), np.uint8), time.time(), 0)
+    wrong = CameraPipeline(
+        CameraConfig(id="cam-hd", url="sim://scene?seed=1", calibration=CalibrationConfig(points=big, anchor="centre"))
+    )
+    right = CameraPipeline(
+        CameraConfig(
+            id="cam-sd", url="sim://scene?seed=1", calibration=CalibrationConfig(points=small, anchor="centre")
+        )
+    )
+    with caplog.at_level("ERROR", logger="roadwatch.producer"):
+        for cam in (wrong, right):
+            analyse(cam, frame, Storm(), RedisImageStore("redis://127.0.0.1:1/0", 60), Settings())
+    assert wrong.ground is None and "camera cam-hd: calibration points [1, 2, 3] lie outside its 640x360" in caplog.text
+    assert right.ground is not None and "cam-sd" not in caplog.text
