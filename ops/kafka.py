@@ -120,6 +120,16 @@ class KafkaNode:
         return self.data_dir / "broker.log"
 
 
+def _storage_tool(cmd: list[str]) -> str:
+    """Run Kafka's StorageTool; its own words on a failure (an old Java, bad properties), not only an exit status."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()[-20:]
+        hint = " (Kafka 4 needs Java 17+: `java -version`)" if "UnsupportedClassVersion" in (done.stderr or "") else ""
+        raise RuntimeError(f"{' '.join(cmd[-4:])} failed (exit {done.returncode}){hint}:\n" + "\n".join(said))
+    return done.stdout.strip() or uuid.uuid4().hex
+
+
 @dataclass
 class KafkaCluster:
     """``size`` nodes in one quorum on loopback; ``bootstrap`` lists them for clients."""
@@ -197,25 +207,14 @@ class KafkaCluster:
             KafkaNode(i + 1, ports[i], free_port(), self.base_dir / f"node-{i + 1}") for i in range(self.size)
         ]
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        cluster_id = (
-            subprocess.run(
-                [*java, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-            or uuid.uuid4().hex
-        )
+        cluster_id = _storage_tool([*java, "kafka.tools.StorageTool", "random-uuid"]).splitlines()[-1]
         for node in self.nodes:
             if node.data_dir.exists():
                 shutil.rmtree(node.data_dir)
             node.data_dir.mkdir(parents=True)
             props = node.data_dir / "server.properties"
             props.write_text(self._properties(node, voters))
-            subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                check=True,
-                capture_output=True,
-            )
+            _storage_tool([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)])
         try:
             for node in self.nodes:
                 self.start_node(node)

@@ -55,6 +55,36 @@ def alive(pid: int) -> bool:
         return True
 
 
+def started_at(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22), or None if it is gone:
+    with the number, it tells a process from a later one that got the same number."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def pid_record(pid: int) -> str:
+    """What a PID file holds: the number and when that process started."""
+    return f"{pid} {started_at(pid) or ''}".strip()
+
+
+def recorded_pid(text: str) -> int | None:
+    """The process a PID file names, if it is still that one: None when it has ended or its number
+    now belongs to another process (a reboot, a kill -9 and time). A file without a start time
+    (written before they had one) is taken at its word."""
+    number, _, started = text.strip().partition(" ")
+    if not number.isdigit():
+        return None
+    pid = int(number)
+    if started and started_at(pid) != started:
+        return None
+    return pid
+
+
 def stop_group(pid: int, timeout_s: float = 15.0, *, name: str = "", dump_first: bool = False) -> bool:
     """SIGTERM the process group of ``pid``, SIGKILL it after ``timeout_s``; True if it had to be killed.
 

@@ -28,7 +28,7 @@ from typing import Any
 from models import producer
 from ops.http import get_json
 from ops.kafka import libs_dir, port_open
-from ops.procs import Proc, WaitTimeout, alive, spawn, stop_pids, wait_until
+from ops.procs import Proc, WaitTimeout, alive, pid_record, recorded_pid, spawn, stop_pids, wait_until
 from sim import vlm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,14 +124,10 @@ class Stack:
         self.workers = workers
 
     def check_ports(self) -> None:
+        webs = [(f"web (worker-{i + 1})", self.ports.web + i) for i in range(self.workers)]
         busy = [
             f"{name} port {p}"
-            for name, p in (
-                ("kafka", self.ports.kafka),
-                ("redis", self.ports.redis),
-                ("vlm", self.ports.vlm),
-                ("web", self.ports.web),
-            )
+            for name, p in (("kafka", self.ports.kafka), ("redis", self.ports.redis), ("vlm", self.ports.vlm), *webs)
             if port_open(p)
         ]
         if busy:
@@ -142,6 +138,18 @@ class Stack:
     def start(self, *, say: bool = True) -> None:
         """Start every process in order, each ready before the next; a failed start stops what started."""
         self.check_ports()
+        running = []
+        for name, pid in _pid_files():  # drops the files of processes that were replaced
+            if alive(pid):
+                running.append(name)
+            else:
+                (STATE / "pids" / f"{name}.pid").unlink(missing_ok=True)
+        if running:
+            # another stack on other ports shares this state: its data would be deleted under it
+            raise SystemExit(
+                f"a stack is still running from {STATE} ({', '.join(running)}): `make down` first, or set "
+                "ROADWATCH_STATE as well as the ports for a second one"
+            )
         for sub in ("faust", "kafka", "images"):
             shutil.rmtree(STATE / sub, ignore_errors=True)
         (STATE / "pids").mkdir(parents=True, exist_ok=True)
@@ -168,7 +176,7 @@ class Stack:
             Path(env["ROADWATCH_DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # Faust makes no parents
         proc = spawn(name, cmd, env, STATE / "logs")
         self.procs[name] = proc
-        (STATE / "pids" / f"{name}.pid").write_text(str(proc.pid))
+        (STATE / "pids" / f"{name}.pid").write_text(pid_record(proc.pid))
         if say:
             print(f"started {name:9s} pid {proc.pid:<7d} log {proc.log}", flush=True)
         self._ready(proc)
@@ -290,7 +298,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _pid_files() -> list[tuple[str, int]]:
     """The PID files of ``up``, in stop order: the producer, every worker, then what they use."""
     order = ["producer", "worker", "vlm", "redis", "kafka"]
-    found = {p.stem: int(p.read_text()) for p in (STATE / "pids").glob("*.pid")} if (STATE / "pids").exists() else {}
+    found: dict[str, int] = {}
+    for path in sorted((STATE / "pids").glob("*.pid")) if (STATE / "pids").exists() else []:
+        pid = recorded_pid(path.read_text())
+        if pid is None:
+            # its process ended (a reboot, a kill -9): the number may be another process's now,
+            # which `down` would have killed with its whole group
+            print(f"{path.stem}: stale PID file ({path.read_text().strip()}), removed", flush=True)
+            path.unlink(missing_ok=True)
+        else:
+            found[path.stem] = pid
 
     def rank(name: str) -> tuple[int, int]:
         kind, _, index = name.partition("-")

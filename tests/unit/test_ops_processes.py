@@ -139,3 +139,26 @@ def test_a_stack_interrupted_while_starting_stops_what_it_started(monkeypatch, t
         st.start(say=False)
     assert not st.alive()
     assert not list((tmp_path / "pids").glob("*.pid"))  # no stale PID files for `make status`
+
+
+def test_a_pid_file_whose_number_went_to_another_process_is_not_trusted(monkeypatch, tmp_path, capsys):
+    """After a reboot or a kill -9, `make down` signalled the process group of whatever process had
+    got the recorded number since (a shell, another user's job), and `make status` called it running."""
+    import os
+
+    from ops import stack
+    from ops.procs import pid_record, recorded_pid
+
+    me = os.getpid()
+    assert recorded_pid(pid_record(me)) == me
+    assert recorded_pid(f"{me} 1") is None  # the same number, started at another time: not ours
+    assert recorded_pid("12345") == 12345  # a file from before start times: taken at its word
+    monkeypatch.setattr(stack, "STATE", tmp_path)
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "worker-2.pid").write_text(f"{me} 1")
+    (tmp_path / "pids" / "producer.pid").write_text(pid_record(me))
+    assert stack._pid_files() == [("producer", me)]
+    assert not (tmp_path / "pids" / "worker-2.pid").exists() and "worker-2: stale PID file" in capsys.readouterr().out
+    # a stack still running from this state: a second start would delete its data under it
+    with pytest.raises(SystemExit, match="a stack is still running"):
+        stack.Stack(stack.Ports(kafka=1, redis=2, vlm=3, web=4)).start(say=False)
