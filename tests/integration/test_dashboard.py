@@ -52,6 +52,7 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
             opened = await page.goto(f"http://127.0.0.1:{worker.port}/?token={os.environ['ROADWATCH_WEB_TOKEN']}")
             assert opened is not None and opened.headers.get("referrer-policy") == "no-referrer"
             await page.wait_for_selector(".tile[data-camera='cam-c'] img", timeout=15_000)
+            assert "token" not in page.url  # out of the address bar and the history, kept for the tab
             await page.wait_for_function("document.querySelectorAll('.tile').length === 3", timeout=15_000)
             # the inline crop decodes with auth on (a token appended to its data URL corrupted it)
             await page.wait_for_function(
