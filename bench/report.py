@@ -400,9 +400,10 @@ def render(folder: Path) -> str:
             late = soak["after_5_min"]
             out.append(
                 f"Soak, {soak['cameras']} cameras for {soak['minutes']} minutes: RSS {soak['rss_mb_start']} -> "
-                f"{soak['rss_mb_end']} MB, data dir {soak['data_dir_mb_start']} -> {soak['data_dir_mb_end']} MB; "
+                f"{soak['rss_mb_end']} MiB, data dir {soak['data_dir_mb_start']} -> {soak['data_dir_mb_end']} MiB; "
                 f"after minute 5: RSS {late['rss_growth']:+.1%}, data dir {late['data_dir_growth']:+.1%}, "
-                f"CPU per detection x{late['cpu_per_detection_ratio']}."
+                f"CPU per detection x{late['cpu_per_detection_ratio']}; backlog at the end "
+                f"{late['lag_messages_end']} detections."
             )
             out.append("")
     if ssm:
