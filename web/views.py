@@ -124,7 +124,8 @@ class Cameras(View):
         known = asked - set(local) - set(frames) - {""}
         for cid, latest in (await cache.latest(sorted(known))).items():
             rows.append({"camera_id": cid, "latest_result": latest, "source": "redis"})
-        return self.json({"cameras": rows, "count": len(rows)})
+        # the worker's clock: the page ages a camera's last update on it, not on the browser's
+        return self.json({"cameras": rows, "count": len(rows), "now": time.time()})
 
 
 @app.page("/cameras/{camera_id}/")

@@ -95,6 +95,13 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
             assert "critical" in badge
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+            assert await page.locator(".tile.stale").count() == 0  # every camera just sent something
+            # a camera silent for a minute (on the worker's clock) greys out: its last level is not current
+            stale = await page.evaluate(
+                "(() => { serverNow = 1000; render({camera_id: 'cam-gone', updated_at: 940});"
+                " return document.getElementById('cam-cam-gone').className; })()"
+            )
+            assert "stale" in stale
             await browser.close()
             return shown_after
 
