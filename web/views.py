@@ -15,8 +15,9 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import WSMsgType, web
 from faust.web import Request, Response, View
@@ -101,6 +102,18 @@ class Dashboard(View):
         return page
 
 
+T = TypeVar("T")
+
+
+async def paced(items: Iterable[T], every: int) -> AsyncIterator[T]:
+    """``items``, letting the event loop go after each ``every`` of them: a view that reads and decodes
+    a table's values on the loop must not hold the agents and heartbeats for the whole table."""
+    for n, item in enumerate(items, start=1):
+        yield item
+        if n % every == 0:
+            await asyncio.sleep(0)
+
+
 @app.page("/cameras/")
 class Cameras(View):
     """Every camera with its latest result."""
@@ -108,11 +121,7 @@ class Cameras(View):
     async def get(self, request: Request) -> Response:
         # every tab asks every 2 s, and each camera's view (12 joined results) is read and decoded on
         # the event loop: let it go every 50 cameras, as /alerts/ and /results/ do
-        local: dict[str, Any] = {}
-        for n, (k, v) in enumerate(camera_view.items(), start=1):
-            local[_camera_id(k)] = v
-            if n % 50 == 0:
-                await asyncio.sleep(0)
+        local = {_camera_id(k): v async for k, v in paced(camera_view.items(), 50)}
         frames = detection_join.frames
         rows = [
             camera_summary(cid, local.get(cid), camera_state_live.peek(camera_key(cid)), frames.get(cid))
@@ -164,13 +173,11 @@ class Results(View):
         except ValueError:
             return self.json({"error": "limit must be a whole number"}, status=400)
         rows: dict[str, Any] = {}
-        for n, (k, v) in enumerate(results.items(), start=1):
+        async for k, v in paced(results.items(), 500):
             if camera is None or v.get("camera_id") == camera:
                 rows[str(k)] = v
                 if len(rows) >= limit:
                     break
-            if n % 500 == 0:
-                await asyncio.sleep(0)
         return self.json({"count": len(rows), "limit": limit, "results": rows})
 
 
@@ -192,11 +199,7 @@ class Alerts(View):
         cached = await current().cache.recent_alerts()
         # every camera's list is read and decoded on the event loop (100 each): let it go between
         # cameras, or a dashboard opening on a thousand cameras held the agents and heartbeats
-        own: list[dict[str, Any]] = []
-        for n, (_, items) in enumerate(alerts_live.peek_items(), start=1):
-            own.extend(items or [])
-            if n % 20 == 0:
-                await asyncio.sleep(0)
+        own = [a async for _, items in paced(alerts_live.peek_items(), 20) for a in (items or [])]
         for alert in [*cached, *own]:
             if not _shown(alert):  # what came through Redis is not trusted
                 continue
