@@ -18,6 +18,7 @@ from typing import Any
 from faust.types import EventT
 from mode import BaseSignalT
 
+from agents.alert_book import ALERTS_KEPT, AlertBook
 from agents.alerting import merge_alert, pending_measured
 from agents.detection_join import camera_partition, empty_view
 from agents.expiry import ExpiringIndex
@@ -39,14 +40,12 @@ from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection, ResultEntry
 from streams.tables import alerts_live, camera_key, camera_view, detections, results
 from streams.topics import alerts_topic, risk_results_topic
-from streams.write_behind import put
 
 logger = logging.getLogger(__name__)
 
 #: The settings' defaults, for an Aggregation built without the worker's settings (unit tests).
 DEFAULTS = Settings.model_construct()
 LATEST_RESULTS = 12
-ALERTS_KEPT = 100
 
 
 @dataclass
@@ -56,7 +55,7 @@ class Aggregation:
     detections: MutableMapping[str, CompactDetection | None]
     results: MutableMapping[str, ResultEntry | None]
     camera_view: MutableMapping[bytes, CameraView | None]
-    alerts: MutableMapping[bytes, list[dict[str, Any]] | None]
+    alerts: MutableMapping[bytes, list[dict[str, Any]] | dict[str, Any] | None]
     result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.result_ttl_s))
 
     def mark_stale(self) -> None:
@@ -217,21 +216,22 @@ def aggregate(
     hub.publish("result", result.camera_id, data)
 
     alert = alert_for(result, now, s.alert_level, s.measured_alert_level)
-    if alert is None and result.status == "ok":
-        # an answer below the alert level still judges (downgrades) a measured alert on its group
-        recent = agg.alerts.get(key) or []
-        if pending_measured(recent, result.group_id, now * 1000.0, s.alert_cooldown_s, result.captured_at):
-            alert = as_alert(result, now)
-    if alert is None:
+    if alert is None and result.status != "ok":
         return None
+    book = AlertBook(agg.alerts, ALERTS_KEPT)
+    # the alerts merging and judging can act on: this group's, raised within the cooldown
+    on_group = book.on_group(result.camera_id, result.group_id, now * 1000.0, s.alert_cooldown_s)
+    if alert is None:
+        # an answer below the alert level still judges (downgrades) a measured alert on its group
+        if not pending_measured(on_group, result.group_id, now * 1000.0, s.alert_cooldown_s, result.captured_at):
+            return None
+        alert = as_alert(result, now)
     alert_data = {**record_to_dict(alert), "detection": data["detection"]}
-    recent, publish = merge_alert(agg.alerts.get(key) or [], alert_data, s.alert_cooldown_s, ALERTS_KEPT)
-    # written through: held, a rebalance dropped it (nothing flushes alerts later), and the next
-    # owner judged a measured alert again, or never had it
-    put(agg.alerts, key, recent, through=True)
+    merged, publish = merge_alert(on_group, alert_data, s.alert_cooldown_s, ALERTS_KEPT)
+    top = merged[0]  # the new alert, or the one it was merged into
+    book.record(result.camera_id, top)
     if not publish:
         return None
-    top = recent[0]
     if top["task_id"] != alert.task_id:
         # merged into an alert already raised (the VLM judged a measured alert, or a graver result
         # escalated it): the alert topic carries that same alert, updated, under its own id; an
@@ -252,6 +252,6 @@ def aggregate(
             conflict=alert.conflict if alert.conflict is not None else _conflict(top.get("conflict")),
         )
     metrics.alerts_total.labels(camera_id=result.camera_id, level=alert.level).inc()
-    hub.publish("alert", result.camera_id, recent[0])
-    clients.cache.put(result.camera_id, result.task_id, recent[0], kind="alert")
+    hub.publish("alert", result.camera_id, top)
+    clients.cache.put(result.camera_id, result.task_id, top, kind="alert")
     return alert  # the caller publishes it on the alerts topic; deliver_alerts POSTs it from there

@@ -78,17 +78,20 @@ results = _partitioned("results", str)
 #: latest frame is held by the worker: agents/detection_join.py).
 camera_view = _partitioned("camera_view", bytes)
 
-#: camera_id -> the last 100 alerts of the camera (list, newest first).
+#: camera_id -> an index of the camera's last 100 alerts (newest first); camera_id NUL task_id -> one
+#: alert (:mod:`agents.alert_book`).
 alerts = _partitioned("alerts", bytes)
 
 #: The camera-keyed tables rewritten per event, as the agents and the views use them: held decoded,
 #: written back at most once every ``state_write_s`` a camera. Each was a table read and write, of
-#: a value that grows with the camera's history, per event: camera_state per detection, alerts (up
-#: to 100 alerts) per alerting result. Not camera_view: its result counts must survive a crash or a
+#: a value that grows with the camera's history, per event: camera_state per detection, alerts (an
+#: index of up to 100) per alerting result. Not camera_view: its result counts must survive a crash or a
 #: handoff exactly (tests/integration/test_faults.py counts them), and a rolled-back view would
 #: count its redelivered results again or not at all.
 camera_state_live: WriteBehind[bytes, CameraState | None] = WriteBehind(camera_state, settings.state_write_s)
-alerts_live: WriteBehind[bytes, list[dict[str, Any]] | None] = WriteBehind(alerts, settings.state_write_s)
+alerts_live: WriteBehind[bytes, list[dict[str, Any]] | dict[str, Any] | None] = WriteBehind(
+    alerts, settings.state_write_s
+)
 HELD: dict[str, WriteBehind[bytes, Any]] = {"camera_state": camera_state_live, "alerts": alerts_live}
 
 

@@ -24,6 +24,7 @@ from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import generate_latest
 
+from agents.alert_book import AlertBook, alerts_in
 from agents.detection_join import detection_join, empty_view
 from agents.worker_clients import current
 from streams import metrics
@@ -149,7 +150,7 @@ class CameraDetail(View):
             return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
         data = camera_summary(camera_id, view, camera_state_live.peek(camera_key(camera_id)), frame)
         data["results"] = view.get("results", []) if view else []
-        data["alerts"] = (alerts_live.peek(camera_key(camera_id)) or [])[:20]
+        data["alerts"] = AlertBook(alerts_live).latest(camera_id, 20)
         return self.json(data)
 
 
@@ -197,9 +198,10 @@ class Alerts(View):
     async def get(self, request: Request) -> Response:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         cached = await current().cache.recent_alerts()
-        # every camera's list is read and decoded on the event loop (100 each): let it go between
-        # cameras, or a dashboard opening on a thousand cameras held the agents and heartbeats
-        own = [a async for _, items in paced(alerts_live.peek_items(), 20) for a in (items or [])]
+        # every camera's alerts are read and decoded on the event loop (100 each, a record each):
+        # let it go every 2,000 records, or a dashboard opening on a thousand cameras held the
+        # agents and heartbeats
+        own = [a async for _, value in paced(alerts_live.peek_items(), 2000) for a in alerts_in(value)]
         for alert in [*cached, *own]:
             if not _shown(alert):  # what came through Redis is not trusted
                 continue
