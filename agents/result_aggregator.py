@@ -18,7 +18,7 @@ from typing import Any
 from faust.types import EventT
 from mode import BaseSignalT
 
-from agents.alert_book import ALERTS_KEPT, AlertBook
+from agents.alert_book import ALERTS_KEPT, AlertBook, alert_book
 from agents.alerting import merge_alert, pending_measured
 from agents.detection_join import camera_partition, empty_view
 from agents.expiry import ExpiringIndex
@@ -38,7 +38,7 @@ from streams.records import (
 )
 from streams.settings import Settings
 from streams.table_values import CameraView, CompactDetection, ResultEntry
-from streams.tables import alerts_live, camera_key, camera_view, detections, results
+from streams.tables import camera_key, camera_view, detections, results
 from streams.topics import alerts_topic, risk_results_topic
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,13 @@ class Aggregation:
     detections: MutableMapping[str, CompactDetection | None]
     results: MutableMapping[str, ResultEntry | None]
     camera_view: MutableMapping[bytes, CameraView | None]
-    alerts: MutableMapping[bytes, list[dict[str, Any]] | dict[str, Any] | None]
+    alerts: AlertBook = field(default_factory=lambda: AlertBook({}, {}, {}))
     result_expiry: ExpiringIndex = field(default_factory=lambda: ExpiringIndex(DEFAULTS.result_ttl_s))
 
     def mark_stale(self) -> None:
         """After a rebalance: the worker may own keys it never saw being written."""
         self.result_expiry.mark_stale()
+        self.alerts.forget()
 
 
 #: The worker's aggregation, on its Faust tables.
@@ -68,7 +69,7 @@ aggregation = Aggregation(
     detections,
     results,
     camera_view,
-    alerts_live,
+    alert_book,
     result_expiry=ExpiringIndex(settings.result_ttl_s, partition_of=camera_partition),
 )
 
@@ -218,7 +219,7 @@ def aggregate(
     alert = alert_for(result, now, s.alert_level, s.measured_alert_level)
     if alert is None and result.status != "ok":
         return None
-    book = AlertBook(agg.alerts, ALERTS_KEPT)
+    book = agg.alerts
     # the alerts merging and judging can act on: this group's, raised within the cooldown
     on_group = book.on_group(result.camera_id, result.group_id, now * 1000.0, s.alert_cooldown_s)
     if alert is None:

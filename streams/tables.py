@@ -78,21 +78,31 @@ results = _partitioned("results", str)
 #: latest frame is held by the worker: agents/detection_join.py).
 camera_view = _partitioned("camera_view", bytes)
 
-#: camera_id -> an index of the camera's last 100 alerts (newest first); camera_id NUL task_id -> one
-#: alert (:mod:`agents.alert_book`).
+#: camera_id -> the index of the camera's last 100 alerts, newest update first (:mod:`agents.alert_book`).
+alert_index = _partitioned("alert_index", bytes)
+
+#: camera_id NUL task_id -> one alert. Not held decoded (as the index is): each is written once or
+#: twice and read again only to merge a repeat, and held they were most of a worker's alert memory.
+alert_records = _partitioned("alert_records", bytes)
+
+#: camera_id -> the camera's last 100 alerts, whole: the layout before ``alert_index``, read for
+#: what it holds and emptied camera by camera; workers of the code before still use it.
 alerts = _partitioned("alerts", bytes)
 
 #: The camera-keyed tables rewritten per event, as the agents and the views use them: held decoded,
 #: written back at most once every ``state_write_s`` a camera. Each was a table read and write, of
-#: a value that grows with the camera's history, per event: camera_state per detection, alerts (an
-#: index of up to 100) per alerting result. Not camera_view: its result counts must survive a crash or a
+#: a value that grows with the camera's history, per event: camera_state per detection, the alerts
+#: (then 100 a camera, whole) per alerting result. Not camera_view: its result counts must survive a crash or a
 #: handoff exactly (tests/integration/test_faults.py counts them), and a rolled-back view would
 #: count its redelivered results again or not at all.
 camera_state_live: WriteBehind[bytes, CameraState | None] = WriteBehind(camera_state, settings.state_write_s)
-alerts_live: WriteBehind[bytes, list[dict[str, Any]] | dict[str, Any] | None] = WriteBehind(
-    alerts, settings.state_write_s
-)
-HELD: dict[str, WriteBehind[bytes, Any]] = {"camera_state": camera_state_live, "alerts": alerts_live}
+alert_index_live: WriteBehind[bytes, list[list[Any]] | None] = WriteBehind(alert_index, settings.state_write_s)
+alerts_legacy: WriteBehind[bytes, list[dict[str, Any]] | None] = WriteBehind(alerts, settings.state_write_s)
+HELD: dict[str, WriteBehind[bytes, Any]] = {
+    "camera_state": camera_state_live,
+    "alert_index": alert_index_live,
+    "alerts": alerts_legacy,
+}
 
 
 @app.on_partitions_revoked.connect

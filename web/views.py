@@ -24,7 +24,7 @@ from faust.web import Request, Response, View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import generate_latest
 
-from agents.alert_book import AlertBook, alerts_in
+from agents.alert_book import ALERTS_KEPT, alert_book, index_entries, legacy_alerts, newest
 from agents.detection_join import detection_join, empty_view
 from agents.worker_clients import current
 from streams import metrics
@@ -35,7 +35,8 @@ from streams.lag import guard as stall_guard
 from streams.live import CLOSE, hub
 from streams.table_values import CameraFrame, CameraState, CameraView
 from streams.tables import (
-    alerts_live,
+    alert_index_live,
+    alerts_legacy,
     camera_key,
     camera_state,
     camera_state_live,
@@ -150,7 +151,7 @@ class CameraDetail(View):
             return self.json({"error": f"unknown camera {camera_id!r}"}, status=404)
         data = camera_summary(camera_id, view, camera_state_live.peek(camera_key(camera_id)), frame)
         data["results"] = view.get("results", []) if view else []
-        data["alerts"] = AlertBook(alerts_live).latest(camera_id, 20)
+        data["alerts"] = alert_book.latest(camera_id, 20)
         return self.json(data)
 
 
@@ -198,10 +199,16 @@ class Alerts(View):
     async def get(self, request: Request) -> Response:
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         cached = await current().cache.recent_alerts()
-        # every camera's alerts are read and decoded on the event loop (100 each, a record each):
-        # let it go every 2,000 records, or a dashboard opening on a thousand cameras held the
-        # agents and heartbeats
-        own = [a async for _, value in paced(alerts_live.peek_items(), 2000) for a in alerts_in(value)]
+        # every camera's index is read and decoded on the event loop (100 entries each), then the
+        # 100 newest alerts' records: let it go every 50 cameras, or a dashboard opening on a
+        # thousand cameras held the agents and heartbeats; a camera's alerts still in the layout
+        # before (100 whole alerts a value) every 20 cameras
+        indexed = (
+            (key.decode(), entry) for key, value in alert_index_live.peek_items() for entry in index_entries(value)
+        )
+        entries = [item async for item in paced(indexed, 50 * ALERTS_KEPT)]
+        own = [a for camera, entry in newest(entries, 100) if (a := alert_book.alert(camera, entry, peek=True))]
+        own += [a async for _, value in paced(alerts_legacy.peek_items(), 20) for a in legacy_alerts(value)]
         for alert in [*cached, *own]:
             if not _shown(alert):  # what came through Redis is not trusted
                 continue

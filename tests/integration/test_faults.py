@@ -253,7 +253,7 @@ def test_no_key_appears_in_logs_topics_metrics_or_web_views(kafka, deployment, s
 
     for topic in ("detection-results", "assessment-tasks", "risk-assessment-results", "alerts"):
         seen += [v.decode(errors="replace") for v in asyncio.run(read_all(kafka.bootstrap, deployment.prefix + topic))]
-    for table in ("camera_state", "detections", "results", "camera_view", "alerts", "key_pool"):
+    for table in ("camera_state", "detections", "results", "camera_view", "alert_index", "alert_records", "key_pool"):
         values = asyncio.run(read_all(kafka.bootstrap, f"{deployment.app_id}-{table}-changelog"))
         seen += [v.decode(errors="replace") for v in values]
     text = "\n".join(seen)

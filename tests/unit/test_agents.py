@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agents.alert_book import AlertBook, alert_key
+from agents.alert_book import AlertBook, record_key
 from agents.detection_join import DetectionJoin, record_detection
 from agents.result_aggregator import Aggregation, aggregate
 from agents.task_generator import tasks_for
@@ -71,7 +71,7 @@ async def test_a_global_cap_of_zero_tokens_stops_tasks(clients):
 
 
 async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
-    agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
+    agg = Aggregation(detections={}, results={}, camera_view={})
     now = time.time()
     join = DetectionJoin(agg.detections, agg.camera_view)
     frame = detection("cam-1", 3)
@@ -95,7 +95,7 @@ async def test_the_aggregator_joins_dedups_and_alerts_once_per_group(clients):
     escalated = aggregate(agg, result_for(frame, "critical", task_id="t3"), now + 3, clients, 0)
     # the same alert, updated, under its own id (not t3's: a receiver keyed by id had two alerts)
     assert escalated is not None and escalated.level == "critical" and escalated.task_id == "t1"
-    kept = AlertBook(agg.alerts).latest("cam-1", 100)
+    kept = agg.alerts.latest("cam-1", 100)
     assert len(kept) == 1 and kept[0]["count"] == 3
 
 
@@ -120,7 +120,7 @@ def test_only_detections_that_made_a_task_are_kept_and_a_cameras_frame_is_taken_
 
 
 async def test_a_result_without_its_detection_is_kept_unjoined_and_low_risk_raises_no_alert(clients):
-    agg = Aggregation(detections={}, results={}, camera_view={}, alerts={})
+    agg = Aggregation(detections={}, results={}, camera_view={})
     assert aggregate(agg, result_for(9, "low"), time.time(), clients, 0) is None
     entry = agg.results["t1"]
     assert entry is not None and not entry["joined"]
@@ -168,9 +168,10 @@ async def test_an_alert_reaches_the_alerts_table_at_once_not_after_the_write_int
 
     table: dict[bytes, object] = {}
     held = WriteBehind(table, 60.0)  # type: ignore[var-annotated]
-    agg = Aggregation(detections={}, results={}, camera_view={}, alerts=held)
+    records: dict[bytes, object] = {}
+    agg = Aggregation(detections={}, results={}, camera_view={}, alerts=AlertBook(held, records))
     now = time.time()
     assert aggregate(agg, result_for(3, "high"), now, clients, 0) is not None
     assert aggregate(agg, result_for(4, "critical", task_id="t9"), now + 1, clients, 0) is not None
-    assert [e["task_id"] for e in table[camera_key("cam-1")]] == ["t9", "t1"]  # type: ignore[attr-defined]
-    assert {alert_key("cam-1", t) for t in ("t1", "t9")} <= set(table) and not held.dirty
+    assert [row[0] for row in table[camera_key("cam-1")]] == ["t9", "t1"]  # type: ignore[attr-defined]
+    assert set(records) == {record_key("cam-1", t) for t in ("t1", "t9")} and not held.dirty
