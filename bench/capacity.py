@@ -663,9 +663,13 @@ def soak(rig: Rig) -> dict[str, Any]:
         loader = rig.load(dep, n)
         time.sleep(args.warmup_s)
         prev = dep.snapshot()
+        alerts_seen = worker_memory(worker.port)["alerts"]
         for minute in range(1, int(args.soak_minutes) + 1):
             time.sleep(60)
             now = dep.snapshot()
+            gauges = worker_memory(worker.port)
+            alerts = gauges.pop("alerts")
+            rate = None if alerts is None or alerts_seen is None else (alerts - alerts_seen) / (now.at - prev.at)
             det = dep.topics[0]
             processed = now.done[det] - prev.done[det]
             samples.append(
@@ -677,9 +681,11 @@ def soak(rig: Rig) -> dict[str, Any]:
                     "lag_messages": now.ends[det] - now.done[det],
                     # what the worker's own gauges say the growth is: RocksDB's shared budget filling,
                     # and the free C heap it has handed back so far (ROADWATCH_HEAP_TRIM_S)
-                    **worker_memory(worker.port),
+                    **gauges,
+                    "alerts_per_s": None if rate is None else round(rate, 2),
                 }
             )
+            alerts_seen = alerts
             log(f"  soak {json.dumps(samples[-1])}")
             prev = now
         loader.finish()
@@ -707,15 +713,19 @@ def soak(rig: Rig) -> dict[str, Any]:
 
 
 def worker_memory(port: int) -> dict[str, float | None]:
-    """The worker's RocksDB budget in use and the C heap it has trimmed, in MiB (as RSS), from its /metrics."""
+    """The worker's RocksDB budget in use and the C heap it has trimmed, in MiB (as RSS), and the
+    alerts it has raised (what the alerts table's writes scale with), from its /metrics."""
     wanted = {"roadwatch_rocksdb_memory_bytes": "rocksdb_mb", "roadwatch_heap_trimmed_bytes_total": "heap_trimmed_mb"}
-    found: dict[str, float | None] = dict.fromkeys(wanted.values())
+    found: dict[str, float | None] = dict.fromkeys([*wanted.values(), "alerts"])
     try:
-        samples = [sample for sample in worker_samples(port) if sample.name in wanted]
+        samples = [s for s in worker_samples(port) if s.name in wanted or s.name == "roadwatch_alerts_total"]
     except (OSError, http.client.HTTPException, ValueError):
         return found  # a worker too busy to answer this minute: the sample says so with nulls
     for sample in samples:
-        found[wanted[sample.name]] = round(sample.value / 2**20, 1)
+        if sample.name == "roadwatch_alerts_total":
+            found["alerts"] = (found["alerts"] or 0) + sample.value
+        else:
+            found[wanted[sample.name]] = round(sample.value / 2**20, 1)
     return found
 
 

@@ -60,6 +60,9 @@ def test_the_workers_gauges_and_records_are_read_from_their_exposition_and_a_sil
     sent = Counter("roadwatch_faust_topic_messages_sent", "sent", ["topic"], registry=registry)
     sent.labels("topic.rw-t-camera_view-changelog").inc(5)
     sent.labels("topic.t-alerts").inc(7)
+    raised = Counter("roadwatch_alerts", "alerts", ["camera_id", "level"], registry=registry)
+    raised.labels("cam-1", "high").inc(4)
+    raised.labels("cam-2", "critical").inc(2)
 
     class Metrics(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -75,9 +78,9 @@ def test_the_workers_gauges_and_records_are_read_from_their_exposition_and_a_sil
     server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert worker_memory(server.server_port) == {"rocksdb_mb": 64.0, "heap_trimmed_mb": 3.0}
+        assert worker_memory(server.server_port) == {"rocksdb_mb": 64.0, "heap_trimmed_mb": 3.0, "alerts": 6.0}
         two = SimpleNamespace(app_id="rw-t", prefix="t-", workers=[SimpleNamespace(port=server.server_port)] * 2)
         assert messages_sent(two) == {"alerts": 14, "camera_view-changelog": 10}  # type: ignore[arg-type]
     finally:
         server.shutdown()
-    assert worker_memory(free_port()) == {"rocksdb_mb": None, "heap_trimmed_mb": None}
+    assert worker_memory(free_port()) == {"rocksdb_mb": None, "heap_trimmed_mb": None, "alerts": None}
