@@ -204,7 +204,7 @@ class Alerts(View):
         # thousand cameras held the agents and heartbeats; a camera's alerts still in the layout
         # before (100 whole alerts a value) every 20 cameras
         indexed = (
-            (key.decode(), entry) for key, value in alert_index_live.peek_items() for entry in index_entries(value)
+            (_camera_id(key), entry) for key, value in alert_index_live.peek_items() for entry in index_entries(value)
         )
         entries = [item async for item in paced(indexed, 50 * ALERTS_KEPT)]
         own = [a for camera, entry in newest(entries, 100) if (a := alert_book.alert(camera, entry, peek=True))]

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from ops.kafka import free_port, port_open
+from ops.procs import alive, recorded_pid, stop_group
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -37,19 +38,12 @@ def stack_env(tmp_path) -> dict[str, str]:
 def kill_leftovers(tmp_path) -> list[str]:
     """Kill what a failed `down` left of the stack (by its PID files), so a broken stop does not leave
     workers and brokers running through the rest of the suite (it once did, for an hour); returns their names."""
-    import signal
-
     left = []
-    from ops.procs import recorded_pid
-
     for path in (tmp_path / "state" / "pids").glob("*.pid"):
         pid = recorded_pid(path.read_text())  # None once its process is gone (its number may be reused)
-        if pid is not None and os.path.exists(f"/proc/{pid}") and _running(pid):
+        if pid is not None and alive(pid):
             left.append(path.stem)
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_group(pid, timeout_s=0, name=path.stem)
     return left
 
 
@@ -78,11 +72,6 @@ def test_a_failed_start_stops_what_it_had_started(tmp_path):
     assert "started kafka" in up.stdout, up.stdout
     assert not any(port_open(int(env[f"ROADWATCH_{n}_PORT"])) for n in ("KAFKA", "REDIS", "VLM")), up.stdout
     pids = [int(pid) for pid in re.findall(r"^started \S+ +pid (\d+)", up.stdout, re.MULTILINE)]
-    assert pids and not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in pids)
+    assert pids and not any(alive(pid) for pid in pids)
     # and no PID file is left for `make status` to call DEAD (or `make down` to kill a reused PID)
     assert not list((tmp_path / "state" / "pids").glob("*.pid"))
-
-
-def _running(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
