@@ -1,6 +1,6 @@
 """Conflict measures against SUMO's SSM device, through a virtual camera, and on a real intersection.
 
-``python -m bench.ssm [--scenarios grid_tls,grid_priority] [--fps 2]``
+``python -m bench.ssm [--scenarios grid_tls,grid_priority,corridor_reaction] [--fps 2]``
 
 * ``sumo``: each scenario of :data:`sim.sumo.SCENARIOS` runs in SUMO with the SSM device on
   every vehicle; its trajectories (FCD) are replayed through :mod:`models.ssm` at the camera
@@ -11,10 +11,11 @@
   at or below 1.5 s itself). ``precision``: of the pairs roadwatch flags, the share SUMO logs
   as a conflict at all (TTC < 3 s, DRAC > 3 m/s^2 or PET < 2 s) around the same time.
   ``ttc_abs_err_s_p50`` compares the minimum TTC over the window on following conflicts. The
-  disagreements are sorted by reason.
-* ``sumo.via_camera``: the same, seen by a pinhole camera over the central intersection:
+  disagreements are sorted by reason; ``by_type`` splits the recall by SUMO's conflict type.
+* ``sumo.via_camera``: the same, seen by a pinhole camera over a junction (the scenario's):
   projected to pixels, Gaussian pixel noise added, brought back by a calibration fitted from
-  clicked (rounded) points; only conflicts whose two vehicles the camera sees count.
+  clicked (rounded) points; only conflicts whose two vehicles the camera sees together within a
+  second of SUMO's minimum TTC count.
 * ``sumo.ceiling``: what the same comparison gives the engine when told what a camera cannot
   know, to separate its estimation errors from the distance between the two definitions of a
   conflict: ``true_state`` (each vehicle's exact position, heading, speed, acceleration and turn
@@ -324,12 +325,22 @@ def compare(
     traj: Trajectories,
     *,
     ttc_threshold: float = 1.5,
-    visible: set[tuple[str, str]] | None = None,
+    visible: dict[tuple[str, str], list[float]] | None = None,
     warmup_s: float = 0.0,
     lookahead_s: float = 0.0,
 ) -> dict[str, Any]:
     """Recall, precision and TTC error of ``seen`` against SUMO's ``conflicts``, flagging as the engine does
-    (``lookahead_s`` ahead); ``recall_without_lookahead`` counts only a TTC at or below the threshold itself."""
+    (``lookahead_s`` ahead); ``recall_without_lookahead`` counts only a TTC at or below the threshold itself.
+
+    With ``visible`` (a camera's frames of each pair seen together, :func:`visible_pairs`) only the conflicts
+    whose two vehicles the camera sees together around SUMO's minimum TTC count: a pair that drives through
+    the picture once is not one whose queue conflict 100 m upstream the camera could have measured."""
+
+    def in_view(c: SumoConflict) -> bool:
+        if visible is None:
+            return True
+        return any(abs(t - c.min_ttc_time) <= SLACK_S for t in visible.get(c.pair, ()))
+
     by_pair: dict[tuple[str, str], list[SumoConflict]] = defaultdict(list)
     for c in conflicts:
         by_pair[c.pair].append(c)
@@ -341,7 +352,7 @@ def compare(
     for c in conflicts:
         if c.min_ttc_type == COLLISION_TYPE or c.begin < warmup_s:
             continue
-        if c.min_ttc <= ttc_threshold and (visible is None or c.pair in visible):
+        if c.min_ttc <= ttc_threshold and in_view(c):
             key = (*c.pair, round(c.begin))
             if key not in positives or c.min_ttc < positives[key].min_ttc:
                 positives[key] = c
@@ -367,7 +378,7 @@ def compare(
     # car following, where a lane-keeping camera sees all SUMO knows: every following conflict SUMO logs (TTC < 3 s)
     following: dict[tuple[str, str, float], SumoConflict] = {}
     for c in conflicts:
-        if c.min_ttc_type in FOLLOWING_TYPES and c.begin >= warmup_s and (visible is None or c.pair in visible):
+        if c.min_ttc_type in FOLLOWING_TYPES and c.begin >= warmup_s and in_view(c):
             following.setdefault((*c.pair, round(c.begin)), c)
     following_found = 0
     for c in following.values():
@@ -560,14 +571,16 @@ def pet_compare(conflicts: list[SumoConflict], seen: Replay, pet_threshold: floa
     }
 
 
-def visible_pairs(traj: Trajectories, camera: VirtualCamera, fps: float) -> set[tuple[str, str]]:
-    """Pairs the camera sees together in at least one frame."""
-    out: set[tuple[str, str]] = set()
-    for _, rows in traj.frames(fps):
+def visible_pairs(traj: Trajectories, camera: VirtualCamera, fps: float) -> dict[tuple[str, str], list[float]]:
+    """The frames (times) at which the camera sees each pair together."""
+    out: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for when, rows in traj.frames(fps):
         _, inside = camera.project(np.c_[traj.x[rows], traj.y[rows]])
         names = sorted(str(v) for v in traj.vehicle[rows][inside])
-        out.update((a, b) for i, a in enumerate(names) for b in names[i + 1 :])
-    return out
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                out[a, b].append(when)
+    return dict(out)
 
 
 def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[str, Any]:
@@ -583,7 +596,7 @@ def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[
     result["pet"] = pet_compare(conflicts, seen)
     result["sumo_collisions_reported"] = count_collisions(workdir / name)
     result["pairs_per_s"] = round(seen.pairs_evaluated / seen.engine_s) if seen.engine_s else None
-    camera = VirtualCamera(target=(150.0, 150.0))
+    camera = VirtualCamera(target=scenario.camera_target, yaw=scenario.camera_yaw)
     seen_cam = replay(traj, fps, camera=camera, noise_px=noise_px, seed=scenario.seed)
     cam = compare(
         conflicts, seen_cam, traj, visible=visible_pairs(traj, camera, fps), warmup_s=WARMUP_S, lookahead_s=ahead
@@ -623,8 +636,24 @@ def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
         d = total(path, den)
         return round(total(path, num) / d, 3) if d else None
 
+    def by_type(path: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """Recall by SUMO's conflict type over the scenarios: following and crossing are different problems."""
+        sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for res in per_scenario.values():
+            node = res
+            for p in path:
+                node = node[p]
+            for name, counts in node["by_type"].items():
+                sums[name][0] += counts["sumo"]
+                sums[name][1] += counts["missed"]
+        return {
+            name: {"sumo": n, "found": n - missed, "recall": round((n - missed) / n, 3) if n else None}
+            for name, (n, missed) in sorted(sums.items())
+        }
+
     return {
         "sumo_conflicts_ttc_le_threshold": total((), "sumo_conflicts_ttc_le_threshold"),
+        "by_type": by_type(()),
         "sumo_conflicts_from_opposite_approaches": total((), "sumo_conflicts_from_opposite_approaches"),
         "recall": ratio((), "found", "sumo_conflicts_ttc_le_threshold"),
         "recall_without_lookahead": ratio((), "found_without_lookahead", "sumo_conflicts_ttc_le_threshold"),
@@ -639,6 +668,7 @@ def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "via_camera": {
             "recall": ratio(("via_camera",), "found", "sumo_conflicts_ttc_le_threshold"),
             "precision": ratio(("via_camera",), "flagged_pairs_sumo_logs", "flagged_pairs"),
+            "by_type": by_type(("via_camera",)),
         },
         "ceiling": {
             variant: {

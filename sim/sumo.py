@@ -49,6 +49,12 @@ class Scenario:
     period_s: float
     duration_s: float
     seed: int = 1
+    #: SUMO options beyond the SSM device's and the outputs' (the drivers' model)
+    sumo_args: tuple[str, ...] = ()
+    #: the ground point the benchmark's virtual camera looks at (a junction of the network), and the
+    #: direction it looks in (radians from the x axis)
+    camera_target: tuple[float, float] = (150.0, 150.0)
+    camera_yaw: float = math.pi / 2
 
 
 SCENARIOS = {
@@ -75,6 +81,33 @@ SCENARIOS = {
         ),
         period_s=2.5,
         duration_s=600.0,
+    ),
+    # following traffic: a corridor of four signalised junctions 300 m apart, two lanes each way, side
+    # streets, drivers who act once a second (SUMO's action step, its model of a reaction time; the default
+    # driver acts every 0.1 s step and never closes up to a TTC under 1.5 s): queues, late braking, cut-ins
+    "corridor_reaction": Scenario(
+        "corridor_reaction",
+        (
+            "--grid",
+            "--grid.x-number",
+            "4",
+            "--grid.y-number",
+            "1",
+            "--grid.x-length",
+            "300",
+            "--grid.attach-length",
+            "150",
+            "--default.lanenumber",
+            "2",
+            "--tls.guess",
+            "true",
+        ),
+        period_s=1.0,
+        duration_s=600.0,
+        sumo_args=("--default.action-step-length", "1.0"),
+        # down the corridor's eastbound approach to its second junction
+        camera_target=(450.0, 150.0),
+        camera_yaw=0.0,
     ),
 }
 
@@ -219,6 +252,7 @@ def run(scenario: Scenario, workdir: Path, *, step_s: float = 0.1) -> tuple[Path
             str(fcd),
             "--fcd-output.attributes",
             "x,y,angle,speed,lane",
+            *scenario.sumo_args,
         ]
     )
     return fcd, ssm
