@@ -70,7 +70,7 @@ from prometheus_client.samples import Sample
 from bench.pipeline import RESULTS, log, pct
 from ops.http import get_json, get_text
 from ops.kafka import KafkaCluster, free_port, port_open
-from ops.procs import Proc, spawn, wait_until
+from ops.procs import Proc, cpu_s, spawn, wait_until
 from ops.stack import redis_command
 from ops.verify import end_offsets, read_all
 from sim import vlm
@@ -83,7 +83,6 @@ os.environ.setdefault("ROADWATCH_WEB_TOKEN", secrets.token_urlsafe(16))
 PARTITIONS = 8
 FPS = 2.0
 FRAME_W, FRAME_H = 1280, 720
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- the synthetic cameras --------------------------------------------------------------------
@@ -240,13 +239,6 @@ class Loader:
 
 
 # --- measuring the workers ---------------------------------------------------------------------
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (every thread)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -11,7 +11,9 @@ pipeline and writes ``bench/results/pipeline.json``:
   call's own duration, i.e. what roadwatch adds (detection, Kafka hops, queueing, aggregation);
 * ``faust_msgs_per_s`` vs ``raw_aiokafka_msgs_per_s``: forwarding ~1 KB messages with a
   one-agent Faust app and with a bare aiokafka consume->produce loop, on the same broker in the
-  same run, so the ratio holds on a noisy machine.
+  same run, so the ratio holds on a noisy machine; ``faust_cpu_ms_per_msg`` and
+  ``raw_aiokafka_cpu_ms_per_msg``: each one's CPU time a message (the floor under any one-agent
+  Faust stage's cost per event).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from models.producer import command as producer_command
 from ops.http import get_json
 from ops.kafka import KafkaCluster, free_port, port_open
-from ops.procs import Proc, spawn, wait_until
+from ops.procs import Proc, cpu_s, spawn, wait_until
 from ops.verify import end_offsets, read_all
 from sim import vlm
 
@@ -80,8 +82,8 @@ async def fill(bootstrap: str, topic: str, n: int, size: int = 1000) -> None:
         await producer.stop()
 
 
-async def raw_forward(bootstrap: str, src: str, dst: str, n: int) -> float:
-    """A bare consume->produce loop; returns messages per second."""
+async def raw_forward(bootstrap: str, src: str, dst: str, n: int) -> tuple[float, float]:
+    """A bare consume->produce loop; messages per second and CPU milliseconds a message (this process)."""
     consumer = AIOKafkaConsumer(
         src,
         bootstrap_servers=bootstrap,
@@ -92,25 +94,26 @@ async def raw_forward(bootstrap: str, src: str, dst: str, n: int) -> float:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await consumer.start()
     await producer.start()
-    done, started = 0, 0.0
+    done, started, cpu_started = 0, 0.0, 0.0
     try:
         while done < n:
             batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
             for records in batch.values():
                 if not started:
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), time.process_time()
                 for record in records:
                     await producer.send(dst, key=record.key, value=record.value)
                     done += 1
         await producer.flush()
-        return n / (time.perf_counter() - started)
+        return n / (time.perf_counter() - started), (time.process_time() - cpu_started) * 1000 / n
     finally:
         await consumer.stop()
         await producer.stop()
 
 
-def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> float:
-    """The one-agent Faust forwarder; messages per second from its first to its n-th output."""
+def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> tuple[float, float]:
+    """The one-agent Faust forwarder; messages per second from its first to its n-th output, and its
+    process's CPU milliseconds a message over the same span."""
     env = dict(
         os.environ,
         BENCH_KAFKA=f"kafka://{bootstrap}",
@@ -136,6 +139,8 @@ def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> 
     )
     try:
         first = last = 0.0
+        cpu_first = cpu_last = 0.0
+        counted = 0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if not proc.running():
@@ -143,14 +148,14 @@ def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> 
             count = asyncio.run(end_offsets(bootstrap, (dst,)))[dst]
             now = time.perf_counter()
             if count and not first:
-                first = now
+                first, cpu_first, counted = now, cpu_s(proc.pid), count
             if count >= n:
-                last = now
+                last, cpu_last = now, cpu_s(proc.pid)
                 break
             time.sleep(0.2)
         if not last:
             raise TimeoutError("the Faust forwarder did not finish")
-        return n / max(1e-6, last - first)
+        return n / max(1e-6, last - first), (cpu_last - cpu_first) * 1000 / max(1, n - counted)
     finally:
         proc.stop()
 
@@ -158,9 +163,15 @@ def faust_forward(bootstrap: str, src: str, dst: str, n: int, workdir: Path) -> 
 def forwarding(bootstrap: str, n: int, workdir: Path) -> dict[str, float]:
     log(f"forwarding {n} x 1 KB messages: raw aiokafka loop vs one Faust agent")
     asyncio.run(fill(bootstrap, "bench-src", n))
-    raw = asyncio.run(raw_forward(bootstrap, "bench-src", "bench-raw-dst", n))
-    fst = faust_forward(bootstrap, "bench-src", "bench-faust-dst", n, workdir)
-    return {"faust_msgs_per_s": round(fst), "raw_aiokafka_msgs_per_s": round(raw), "faust_vs_raw": round(fst / raw, 3)}
+    raw, raw_cpu = asyncio.run(raw_forward(bootstrap, "bench-src", "bench-raw-dst", n))
+    fst, fst_cpu = faust_forward(bootstrap, "bench-src", "bench-faust-dst", n, workdir)
+    return {
+        "faust_msgs_per_s": round(fst),
+        "raw_aiokafka_msgs_per_s": round(raw),
+        "faust_vs_raw": round(fst / raw, 3),
+        "faust_cpu_ms_per_msg": round(fst_cpu, 3),
+        "raw_aiokafka_cpu_ms_per_msg": round(raw_cpu, 3),
+    }
 
 
 # --- the pipeline scenario --------------------------------------------------------------------

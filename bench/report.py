@@ -217,6 +217,11 @@ def render(folder: Path) -> str:
             f"Forwarding 1 KB messages: one Faust agent {pipe['faust_msgs_per_s']:,} msg/s vs a bare aiokafka "
             f"loop {pipe['raw_aiokafka_msgs_per_s']:,} msg/s (**{pipe['faust_vs_raw']}x**)."
         )
+        if "faust_cpu_ms_per_msg" in pipe:
+            out[-1] += (
+                f" CPU a message: {pipe['faust_cpu_ms_per_msg']} ms for the Faust agent, "
+                f"{pipe['raw_aiokafka_cpu_ms_per_msg']} ms for the loop."
+            )
         out += ["", "![latency CDF](latency_cdf.png)", ""]
     if kp:
         out += ["## Key pool and scheduler", ""]
@@ -434,6 +439,13 @@ def ssm_section(ssm: dict[str, Any]) -> list[str]:
             f"(via a camera {sumo['via_camera']['precision']}); TTC error on SUMO's following conflicts p50 "
             f"{sumo['ttc_abs_err_s_p50']} s."
         )
+        kinds = sumo.get("by_type")
+        if kinds:
+            out[-1] += (
+                " By SUMO's conflict type: "
+                + "; ".join(f"{name} {v['found']} of {v['sumo']} ({v['recall']})" for name, v in kinds.items())
+                + "."
+            )
         sampling = sumo.get("sampling")
         if sampling:
             out[-1] += (

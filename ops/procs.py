@@ -67,6 +67,14 @@ def started_at(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (every thread): a benchmark's cost that holds on a noisy
+    machine, where its wall time does not."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pid_record(pid: int) -> str:
     """What a PID file holds: the number and when that process started."""
     return f"{pid} {started_at(pid) or ''}".strip()
