@@ -102,6 +102,16 @@ def test_dashboard_shows_cameras_and_a_new_alert_within_two_seconds(kafka, deplo
                 " return document.getElementById('cam-cam-gone').className; })()"
             )
             assert "stale" in stale
+            # a measured alert awaits the VLM's verdict on the worker's clock: with this browser's clock an
+            # hour ahead it still awaits, and once the worker's clock passes the wait it says none came
+            waits = """(skew) => { clockSkewMs = skew; const at = Date.now() + clockSkewMs;
+              addAlert({task_id: 'skewed', camera_id: 'cam-a', level: 'high', source: 'measured', group_id: 'g1',
+                        raised_at: at, summary: 'measured'});
+              expireWaits();
+              return document.getElementById('alert-cam-a-skewed').querySelector('.src').textContent; }"""
+            assert "awaiting VLM" in await page.evaluate(waits, -3_600_000)
+            await page.evaluate("clockSkewMs += 2 * verdictWaitMs; expireWaits()")
+            assert "no VLM verdict" in await page.locator("#alert-cam-a-skewed .src").inner_text()
             await browser.close()
             return shown_after
 
