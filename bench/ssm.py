@@ -78,6 +78,8 @@ from sim.sumo import (
 COLLISION_TYPE = 111
 #: Seconds either side of a SUMO conflict's window in which roadwatch may find it.
 SLACK_S = 1.0
+#: A camera is charged with a conflict when it sees both vehicles this close (s) to SUMO's minimum TTC.
+VIEW_SLACK_S = 1.0
 #: The first seconds of a run teach the lanes (models.lanes) and are not scored.
 WARMUP_S = 120.0
 #: The ceiling's variants: (oracle, with each vehicle's braking).
@@ -339,7 +341,10 @@ def compare(
     def in_view(c: SumoConflict) -> bool:
         if visible is None:
             return True
-        return any(abs(t - c.min_ttc_time) <= SLACK_S for t in visible.get(c.pair, ()))
+        times = visible.get(c.pair, ())
+        if math.isnan(c.min_ttc_time):  # no minimum logged: seen at any time in the conflict's window
+            return any(c.begin - VIEW_SLACK_S <= t <= c.end + VIEW_SLACK_S for t in times)
+        return any(abs(t - c.min_ttc_time) <= VIEW_SLACK_S for t in times)
 
     by_pair: dict[tuple[str, str], list[SumoConflict]] = defaultdict(list)
     for c in conflicts:

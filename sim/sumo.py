@@ -84,7 +84,8 @@ SCENARIOS = {
     ),
     # following traffic: a corridor of four signalised junctions 300 m apart, two lanes each way, side
     # streets, drivers who act once a second (SUMO's action step, its model of a reaction time; the default
-    # driver acts every 0.1 s step and never closes up to a TTC under 1.5 s): queues, late braking, cut-ins
+    # driver acts every 0.1 s step and almost never closes up to a following TTC under 1.5 s): queues, late
+    # braking, cut-ins
     "corridor_reaction": Scenario(
         "corridor_reaction",
         (
@@ -105,7 +106,8 @@ SCENARIOS = {
         period_s=1.0,
         duration_s=600.0,
         sumo_args=("--default.action-step-length", "1.0"),
-        # down the corridor's eastbound approach to its second junction
+        # from 30 m west of the corridor's second junction, looking east along it: the junction, the
+        # westbound approach and the eastbound exit, to about 100 m past it
         camera_target=(450.0, 150.0),
         camera_yaw=0.0,
     ),
@@ -254,8 +256,8 @@ def run(scenario: Scenario, workdir: Path, *, step_s: float = 0.1) -> tuple[Path
             "x,y,angle,speed,lane",
             # a lane change over 3 s, as a driver makes one: SUMO's default moves a car 3.2 m sideways in one
             # 0.1 s step, which no camera sees on a road and which the tracker turns into a turn rate that
-            # sweeps the predicted path across the next lanes (on the corridor, 139 of the 753 flagged pairs
-            # SUMO does not log were lane changes, 2 of 493 with this)
+            # sweeps the predicted path across the next lanes. It changes SUMO's traffic too: the run before
+            # is kept in bench/results/ssm.json (sumo_instant_lane_changes)
             "--lanechange.duration",
             "3",
             *scenario.sumo_args,
