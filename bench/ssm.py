@@ -628,14 +628,18 @@ def run_scenario(name: str, workdir: Path, fps: float, noise_px: float) -> dict[
 def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Totals over the scenarios: the acceptance figures."""
 
-    def total(path: tuple[str, ...], key: str) -> int:
-        out = 0
+    def nodes(path: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Each scenario's result at ``path``."""
+        out = []
         for res in per_scenario.values():
             node = res
             for p in path:
                 node = node[p]
-            out += int(node[key])
+            out.append(node)
         return out
+
+    def total(path: tuple[str, ...], key: str) -> int:
+        return sum(int(node[key]) for node in nodes(path))
 
     def ratio(path: tuple[str, ...], num: str, den: str) -> float | None:
         d = total(path, den)
@@ -644,10 +648,7 @@ def summarise(per_scenario: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def by_type(path: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """Recall by SUMO's conflict type over the scenarios: following and crossing are different problems."""
         sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for res in per_scenario.values():
-            node = res
-            for p in path:
-                node = node[p]
+        for node in nodes(path):
             for name, counts in node["by_type"].items():
                 sums[name][0] += counts["sumo"]
                 sums[name][1] += counts["missed"]

@@ -40,6 +40,13 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, every_s:
     raise WaitTimeout(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {str(last)[:300]})")
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (field 3, the state, first); OSError once it is gone.
+    The name, in parentheses, may hold spaces and parentheses: it ends at the last ")"."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie does not count)."""
     try:
@@ -49,8 +56,7 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
+        return _stat(pid)[0] != "Z"
     except OSError:
         return True
 
@@ -59,19 +65,16 @@ def started_at(pid: int) -> str | None:
     """When ``pid`` started (clock ticks after boot, /proc/PID/stat field 22), or None if it is gone:
     with the number, it tells a process from a later one that got the same number."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+        fields = _stat(pid)
     except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
     return fields[19] if len(fields) > 19 else None
 
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (every thread): a benchmark's cost that holds on a noisy
     machine, where its wall time does not."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
