@@ -119,7 +119,13 @@ class TrueRoutes:
         self._frame = {(round(float(x), 4), round(float(y), 4)): int(r) for r, (x, y) in zip(rows, xy, strict=True)}
 
     def predict(
-        self, xy: FloatArray, heading: FloatArray, speed: FloatArray, yaw_rate: FloatArray, steps: FloatArray
+        self,
+        xy: FloatArray,
+        heading: FloatArray,
+        speed: FloatArray,
+        yaw_rate: FloatArray,
+        steps: FloatArray,
+        turn_left: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray]:
         n, k = len(xy), len(steps)
         pos, head = np.empty((n, k, 2)), np.empty((n, k))
@@ -239,15 +245,17 @@ def replay(
     last_seen: dict[str, float] = {}
     for when, rows in traj.frames(fps):
         xy = np.c_[traj.x[rows], traj.y[rows]]
+        noise = np.zeros(len(rows))  # the FCD's positions are exact
         if camera is not None and calib is not None:
             pix, inside = camera.project(xy)
             rows, pix = rows[inside], pix[inside]
             pix = pix + rng.normal(0.0, noise_px, pix.shape)
             xy = calib.to_ground(pix)
+            noise = noise_px * calib.metres_per_pixel(pix)
         if routes is not None:
             routes.frame(rows, xy)
         users = []
-        for row, (x, y) in zip(rows, xy, strict=True):
+        for row, (x, y), noise_m in zip(rows, xy, noise, strict=True):
             name = str(traj.vehicle[row])
             if name not in ids:
                 ids[name] = len(ids) + 1
@@ -255,7 +263,7 @@ def replay(
             if last_seen.get(name, -1e9) < when - 2.0:
                 tracks[name] = GroundTrack()
             last_seen[name] = when
-            state = tracks[name].update(when, float(x), float(y))
+            state = tracks[name].update(when, float(x), float(y), float(noise_m))
             heading = state.heading
             if not tracks[name].heading_known:
                 heading = float(traj.heading[row]) if camera is None else heading
@@ -282,6 +290,7 @@ def replay(
                     CAR_WIDTH_M,
                     state.yaw_rate,
                     state.accel,
+                    state.turned,
                 )
             )
         started = time.process_time()

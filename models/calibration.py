@@ -82,12 +82,21 @@ class Calibration:
             w = np.c_[pts, np.ones(len(pts))] @ self.image_to_ground[2]
             out[w * self.ground_side <= 0] = np.nan
             # a pixel spanning more than MAX_M_PER_PX: one pixel of jitter reads as metres a second
-            with np.errstate(invalid="ignore", divide="ignore"):
-                step = np.maximum(
-                    np.hypot(*(_apply(self.image_to_ground, pts + np.array([0.0, 1.0])) - out).T),
-                    np.hypot(*(_apply(self.image_to_ground, pts + np.array([1.0, 0.0])) - out).T),
-                )
-                out[~(step <= MAX_M_PER_PX)] = np.nan
+            out[~(self._pixel_span(pts, out) <= MAX_M_PER_PX)] = np.nan
+        return out
+
+    def metres_per_pixel(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:
+        """(N,) the ground one pixel spans at each of (N, 2) pixels, along the image axis it spans more of: what
+        a pixel of a box's jitter moves its ground point by (NaN where ``to_ground`` has no ground point)."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        return self._pixel_span(pts, self.to_ground(pts))
+
+    def _pixel_span(self, pts: FloatArray, ground: FloatArray) -> FloatArray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out: FloatArray = np.maximum(
+                np.hypot(*(_apply(self.image_to_ground, pts + np.array([0.0, 1.0])) - ground).T),
+                np.hypot(*(_apply(self.image_to_ground, pts + np.array([1.0, 0.0])) - ground).T),
+            )
         return out
 
     def to_image(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:

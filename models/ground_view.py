@@ -29,6 +29,10 @@ MAX_LANE_SPAN_M = 200.0
 MAX_SPEED_MPS = 70.0
 #: Positions a track needs before it takes part in conflicts.
 MIN_SAMPLES = 3
+#: How far (px) a detector's box edge wanders between frames on a road user that did not move: a turn or
+#: a change of speed is read from a track's curvature only beyond what this much jitter could bend it
+#: (:class:`models.ssm.GroundTrack`), which on the ground is metres far from the camera, centimetres near.
+BOX_JITTER_PX = 2.0
 #: Conflicts kept per frame (most urgent first): a crowded frame does not flood the record.
 MAX_CONFLICTS = 8
 #: The next frame is looked for at most this far ahead (s): a camera that paused is no reason to flag early.
@@ -86,10 +90,12 @@ class GroundView:
         lanes = FlowMap((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
         self.meter = ConflictMeter(lanes, self.thresholds)
 
-    def ground_points(self, boxes: FloatArray) -> FloatArray:
-        """(N, 2) ground points of (N, 4) boxes: bottom centre, or centre for a top-down camera."""
+    def ground_points(self, boxes: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """(N, 2) ground points of (N, 4) boxes: bottom centre, or centre for a top-down camera; and (N,) their
+        noise in metres (``BOX_JITTER_PX`` on the ground there)."""
         v = boxes[:, 3] if self.anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
-        return self.calibration.to_ground(np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1))
+        pixels = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1)
+        return self.calibration.to_ground(pixels), BOX_JITTER_PX * self.calibration.metres_per_pixel(pixels)
 
     def extents(self, boxes: FloatArray, classes: Sequence[str]) -> list[tuple[float, float]]:
         """Length and width (m) of each box: a top-down camera measures them; an oblique one cannot."""
@@ -111,9 +117,9 @@ class GroundView:
         """The frame at ``t`` (seconds): each track's state on the ground, and the conflicts, most urgent first."""
         users: dict[int, RoadUser] = {}
         boxes = np.array([list(obj.bbox[:4]) for obj in seen], dtype=np.float64).reshape(-1, 4)
-        points = self.ground_points(boxes) if len(seen) else np.empty((0, 2))
+        points, noise = self.ground_points(boxes) if len(seen) else (np.empty((0, 2)), np.empty(0))
         sizes = self.extents(boxes, [obj.cls for obj in seen])
-        for obj, (gx, gy), (length, width) in zip(seen, points.tolist(), sizes, strict=True):
+        for obj, (gx, gy), noise_m, (length, width) in zip(seen, points.tolist(), noise.tolist(), sizes, strict=True):
             if not (math.isfinite(gx) and math.isfinite(gy)):
                 continue  # above the horizon of the ground plane: no ground position
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
@@ -121,7 +127,7 @@ class GroundView:
                 track = GroundTrack()
                 self.meter.paths.forget(obj.track_id)  # a path bridging the gap would cross others
             self.tracks[obj.track_id] = (t, track)
-            state = track.update(t, gx, gy)
+            state = track.update(t, gx, gy, noise_m)
             if math.hypot(state.vx, state.vy) > MAX_SPEED_MPS:
                 # a box far from the calibrated area, or a track jumping between objects: no road user does this
                 self.tracks.pop(obj.track_id, None)
@@ -145,6 +151,7 @@ class GroundView:
                 width,
                 state.yaw_rate,
                 state.accel,
+                state.turned,
             )
         for track_id in [k for k, (at, _) in self.tracks.items() if t - at > self.track_gap_s]:
             del self.tracks[track_id]

@@ -82,9 +82,16 @@ class FlowMap:
         return int(((self.sums[..., 0] >= MIN_PASSAGES).any(axis=2)).sum())
 
     def predict(
-        self, xy: FloatArray, heading: FloatArray, speed: FloatArray, yaw_rate: FloatArray, steps: FloatArray
+        self,
+        xy: FloatArray,
+        heading: FloatArray,
+        speed: FloatArray,
+        yaw_rate: FloatArray,
+        steps: FloatArray,
+        turn_left: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray]:
-        """Positions (N, K, 2) and headings (N, K) at the times ``steps`` (evenly spaced from 0), steered by the lanes.
+        """Positions (N, K, 2) and headings (N, K) at the times ``steps`` (evenly spaced from 0), steered by the lanes;
+        where none is learned, on at the road user's own turn rate for at most ``turn_left`` (rad) of turning.
 
         Steered at twice the step and interpolated between: the steering is smooth, the overlap test
         downstream wants the fine step.
@@ -99,6 +106,7 @@ class FlowMap:
         match = math.radians(MATCH_DEG)
         rows = np.arange(n)
         ny = self.shape[1]
+        free_left = np.full(n, np.inf) if turn_left is None else turn_left.astype(np.float64).copy()
         for step in range(1, len(coarse)):
             dt = float(coarse[step] - coarse[step - 1])
             ij = np.floor((p - self.origin) / self.cell_m).astype(np.intp)
@@ -112,7 +120,9 @@ class FlowMap:
             steer = diff[rows, best] <= match
             wanted = np.remainder(lane[rows, best] - h + math.pi, math.tau) - math.pi
             limit = MAX_YAW_RATE * dt
-            turn = np.where(steer, np.minimum(np.maximum(wanted, -limit), limit), yaw_rate * dt)
+            free = np.sign(yaw_rate) * np.minimum(np.abs(yaw_rate) * dt, free_left)
+            turn = np.where(steer, np.minimum(np.maximum(wanted, -limit), limit), free)
+            free_left = np.maximum(free_left - np.abs(turn), 0.0)  # a turn the lanes steered counts as well
             mid = h + turn / 2
             dist = speed * dt
             p = p + np.stack([np.cos(mid) * dist, np.sin(mid) * dist], axis=1)

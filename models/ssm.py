@@ -15,8 +15,9 @@ rectangles overlap at constant velocity (the separating axis test on the four ed
 solved for the interval in which every projection overlaps): exact for two boxes that keep
 their heading and speed, so cars side by side in parallel lanes or queued at a light never
 collide, where centre-distance discs would. A road user already turning follows a
-constant-turn-rate arc, and with a camera's learned lanes (:mod:`models.lanes`) a vehicle is
-steered along them; both are sampled every ``TURN_STEP_S``.
+constant-turn-rate arc until its turn has gone ``MAX_TURN_RAD`` in all, and with a camera's
+learned lanes (:mod:`models.lanes`) a vehicle is steered along them; both are sampled every
+``TURN_STEP_S``.
 The limits: no one's route is known, so a turn not yet begun is extrapolated straight on (a
 left turner's conflict with oncoming traffic is seen only once it turns), braking is extrapolated
 only in a crossing's arrival times, and a lane not yet driven cannot steer anyone
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
@@ -81,6 +83,10 @@ HEADING_MIN_SPEED = 0.5
 MIN_YAW_RATE = 0.1
 #: No road user turns faster than this (rad/s): about a 10 m radius at 15 km/h.
 MAX_YAW_RATE = 0.8
+#: A turn under way is predicted to end once it has turned this far (rad) in all: a junction's turn is a
+#: quarter of a circle, and a car leaving one at its last turn rate otherwise goes on round into the
+#: oncoming lane (the learned lanes steer it straight only where traffic has taught them).
+MAX_TURN_RAD = math.radians(90.0)
 #: Step (s) of the sampled prediction for turning road users.
 TURN_STEP_S = 0.1
 #: A pair closing in slower than this (m/s) is no conflict (walking past a parked car).
@@ -106,9 +112,16 @@ class PathPredictor(Protocol):
     routes a simulator knows."""
 
     def predict(
-        self, xy: FloatArray, heading: FloatArray, speed: FloatArray, yaw_rate: FloatArray, steps: FloatArray
+        self,
+        xy: FloatArray,
+        heading: FloatArray,
+        speed: FloatArray,
+        yaw_rate: FloatArray,
+        steps: FloatArray,
+        turn_left: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray]:
-        """Positions (N, K, 2) and headings (N, K) at the times ``steps``."""
+        """Positions (N, K, 2) and headings (N, K) at the times ``steps``; a road user goes on at its own
+        ``yaw_rate`` for at most ``turn_left`` (rad, N) where nothing else steers it."""
         ...
 
 
@@ -152,6 +165,13 @@ class RoadUser:
     yaw_rate: float = 0.0
     #: m/s^2 along the heading: one braking is expected at a crossing later, or never (conflict_area_ttc)
     accel: float = 0.0
+    #: rad, signed: how far the turn under way has turned so far (its prediction ends at MAX_TURN_RAD)
+    turned: float = 0.0
+
+    @property
+    def turn_left(self) -> float:
+        """How much further (rad) the turn under way is predicted to go."""
+        return max(0.0, MAX_TURN_RAD - max(0.0, math.copysign(self.turned, self.yaw_rate) if self.yaw_rate else 0.0))
 
     @property
     def kind(self) -> Kind | None:
@@ -344,6 +364,7 @@ def _pair_ttc(
     ext = np.array([(u.length, u.width) for u in users], dtype=np.float64)
     yaw = np.array([u.yaw_rate for u in users], dtype=np.float64)
     acc = np.array([u.accel for u in users], dtype=np.float64)
+    turn_left = np.array([u.turn_left for u in users], dtype=np.float64)
     speed = np.hypot(vel[:, 0], vel[:, 1])
     ttc = np.full(len(left), np.inf)
     area_drac = np.full(len(left), np.nan)  # a crossing's own DRAC where its conflict area gave the TTC
@@ -358,10 +379,10 @@ def _pair_ttc(
             involved[left[near]] = True
             involved[right[near]] = True
             vehicle = np.array([u.kind == "vehicle" for u in users]) & involved
-            paths, headings = _arc((pos, speed, head, yaw, ext), steps)
+            paths, headings = _arc((pos, speed, head, yaw, ext), steps, turn_left)
             if vehicle.any():
                 paths[vehicle], headings[vehicle] = lanes.predict(
-                    pos[vehicle], head[vehicle], speed[vehicle], yaw[vehicle], steps
+                    pos[vehicle], head[vehicle], speed[vehicle], yaw[vehicle], steps, turn_left[vehicle]
                 )
             li, ri = left[near], right[near]
             over = _first_overlap(paths[li], headings[li], ext[li], paths[ri], headings[ri], ext[ri], steps)
@@ -377,7 +398,7 @@ def _pair_ttc(
     if near.any():
         # constant-turn-rate arcs, sampled: the bodies' overlap when either turns, and every near pair's crossing
         steps = np.arange(0.0, horizon_s + TURN_STEP_S / 2, TURN_STEP_S)
-        paths, headings = _arc((pos, speed, head, yaw, ext), steps)
+        paths, headings = _arc((pos, speed, head, yaw, ext), steps, turn_left)
         turning = near & ~straight
         li, ri = left[turning], right[turning]
         ttc[turning] = _first_overlap(paths[li], headings[li], ext[li], paths[ri], headings[ri], ext[ri], steps)
@@ -601,23 +622,28 @@ def _first_overlap(
     return out
 
 
-def _arc(m: Motion, steps: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Positions (N, K, 2) and headings (N, K) along constant-turn-rate arcs."""
+def _arc(m: Motion, steps: FloatArray, turn_left: FloatArray | None = None) -> tuple[FloatArray, FloatArray]:
+    """Positions (N, K, 2) and headings (N, K) along constant-turn-rate arcs, straight on once each has turned
+    its ``turn_left`` (rad; no limit without)."""
     pos, speed, head, yaw, _ = m
-    tau = steps[None, :]
-    theta = head[:, None] + yaw[:, None] * tau
     turning = np.abs(yaw) > 1e-6
-    safe = np.where(turning, yaw, 1.0)[:, None]
+    safe = np.where(turning, yaw, 1.0)
+    ends = np.full(len(yaw), np.inf) if turn_left is None else np.where(turning, turn_left / np.abs(safe), np.inf)
+    tau = np.minimum(steps[None, :], ends[:, None])  # (N, K): the time spent turning
+    straight_on = steps[None, :] - tau
+    theta = head[:, None] + yaw[:, None] * tau
     dx = np.where(
         turning[:, None],
-        speed[:, None] / safe * (np.sin(theta) - np.sin(head)[:, None]),
+        speed[:, None] / safe[:, None] * (np.sin(theta) - np.sin(head)[:, None]),
         speed[:, None] * np.cos(head)[:, None] * tau,
     )
     dy = np.where(
         turning[:, None],
-        -speed[:, None] / safe * (np.cos(theta) - np.cos(head)[:, None]),
+        -speed[:, None] / safe[:, None] * (np.cos(theta) - np.cos(head)[:, None]),
         speed[:, None] * np.sin(head)[:, None] * tau,
     )
+    dx = dx + speed[:, None] * straight_on * np.cos(theta)
+    dy = dy + speed[:, None] * straight_on * np.sin(theta)
     return np.stack([pos[:, None, 0] + dx, pos[:, None, 1] + dy], axis=2), theta
 
 
@@ -825,6 +851,58 @@ class GroundState(NamedTuple):
     yaw_rate: float
     #: m/s^2, the speed's change over the last second
     accel: float = 0.0
+    #: rad, signed: the heading's change since it last held steady (how far the turn under way has gone)
+    turned: float = 0.0
+
+
+#: A turn or a change of speed is read from the positions' curvature only when it stands this many standard
+#: deviations of the position noise clear of it (see :class:`GroundTrack`).
+CURVATURE_SIGMAS = 3.0
+
+
+class Kinematics(NamedTuple):
+    """Recent positions fitted at constant acceleration, at the newest time: position, velocity, acceleration."""
+
+    x: float
+    y: float
+    vx: float
+    vy: float
+    ax: float
+    ay: float
+
+
+def quadratic_fit(samples: Sequence[tuple[float, float, float]], t: float, noise_m: float) -> Kinematics | None:
+    """The ``(t, x, y)`` samples' least-squares constant-acceleration fit at ``t``, if its curvature stands out of
+    position noise of ``noise_m`` (1 sigma, metres) by ``CURVATURE_SIGMAS``; None for fewer than three samples
+    or a bend that noise could have made."""
+    n = len(samples)
+    if n < 3:
+        return None
+    mean = sum(s[0] - t for s in samples) / n
+    taus = [s[0] - t - mean for s in samples]  # centred: sum(taus) == 0
+    s2 = sum(u * u for u in taus)
+    s3 = sum(u**3 for u in taus)
+    s4 = sum(u**4 for u in taus)
+    det = n * (s2 * s4 - s3 * s3) - s2**3  # of the normal matrix [[n, 0, s2], [0, s2, s3], [s2, s3, s4]]
+    if det <= 1e-12:
+        return None
+    fitted = []
+    for k in (1, 2):
+        z0 = sum(s[k] for s in samples)
+        z1 = sum(u * s[k] for u, s in zip(taus, samples, strict=True))
+        z2 = sum(u * u * s[k] for u, s in zip(taus, samples, strict=True))
+        d0 = (z0 * (s2 * s4 - s3 * s3) + s2 * (z1 * s3 - s2 * z2)) / det
+        d1 = (n * (z1 * s4 - s3 * z2) + z0 * s2 * s3 - s2 * s2 * z1) / det
+        d2 = (n * (s2 * z2 - z1 * s3) - z0 * s2 * s2) / det
+        fitted.append((d0, d1, d2))
+    (x0, x1, x2), (y0, y1, y2) = fitted
+    d2_sd = noise_m * math.sqrt(n * s2 / det)  # the normal matrix's inverse at (2, 2), times the noise
+    if max(abs(x2), abs(y2)) <= CURVATURE_SIGMAS * d2_sd + 1e-9:
+        return None
+    at = -mean  # the newest time on the centred axis
+    return Kinematics(
+        x0 + x1 * at + x2 * at * at, y0 + y1 * at + y2 * at * at, x1 + 2 * x2 * at, y1 + 2 * y2 * at, 2 * x2, 2 * y2
+    )
 
 
 @dataclass
@@ -840,6 +918,16 @@ class GroundTrack:
     ``turn_window_s`` (the fit's own lag is half its window). The yaw rate is the heading's change over that time,
     kept only past ``MIN_YAW_RATE`` (below it, a straight road's noise) and capped at
     ``MAX_YAW_RATE`` (a tight urban turn).
+
+    The line's heading is half a window old, which in a turn at 2 fps is 15-30 degrees: a car
+    leaving a junction was predicted across the lane beside it. So where the positions bend by more
+    than ``CURVATURE_SIGMAS`` standard deviations of their noise (``noise_m``, which the caller
+    knows: a pixel's ground grows with the distance from the camera), a constant-acceleration fit
+    gives heading, speed, turn rate and acceleration at the newest time instead. With noisy
+    positions far from a camera that test fails and the line stands: its lag is the lesser harm
+    there (told a noise of 0, a camera's 1 px tracks in SUMO's grid flagged more pairs SUMO does not log).
+    ``turned`` is the heading's change since it last held steady: the turn so far, which ends a
+    predicted turn (``MAX_TURN_RAD``).
     """
 
     window_s: float = 1.0
@@ -849,9 +937,11 @@ class GroundTrack:
     speeds: deque[tuple[float, float]] = field(default_factory=deque)
     heading: float = 0.0
     heading_known: bool = False
+    #: the heading when it last held steady (no turn rate): where the turn under way began
+    steady_heading: float | None = None
 
-    def update(self, t: float, x: float, y: float) -> GroundState:
-        """Add a position; return the smoothed state."""
+    def update(self, t: float, x: float, y: float, noise_m: float = 0.0) -> GroundState:
+        """Add a position, measured with ``noise_m`` (1 sigma, metres); return the smoothed state."""
         while self.samples and t <= self.samples[-1][0]:  # a repeated or older time replaces what it follows
             self.samples.pop()
         self.samples.append((t, x, y))
@@ -869,6 +959,9 @@ class GroundTrack:
         vx = sum((s[0] - t - mt) * (s[1] - mx) for s in self.samples) / stt
         vy = sum((s[0] - t - mt) * (s[2] - my) for s in self.samples) / stt
         bx, by = mx - vx * mt, my - vy * mt  # the fitted line at the newest time (t - t = 0)
+        bent = quadratic_fit(self.samples, t, noise_m)
+        if bent is not None and math.hypot(bent.vx, bent.vy) >= HEADING_MIN_SPEED:
+            return self._bent(t, bent)
         yaw_rate = 0.0
         if math.hypot(vx, vy) >= HEADING_MIN_SPEED:
             self.heading = math.atan2(vy, vx)
@@ -901,4 +994,31 @@ class GroundTrack:
             vx, vy = vx * now_speed / speed, vy * now_speed / speed
         if not (speed > 0 and self.heading_known):
             self.headings.clear()
-        return GroundState(float(bx), float(by), float(vx), float(vy), heading, yaw_rate, float(accel))
+        return GroundState(
+            float(bx), float(by), float(vx), float(vy), heading, yaw_rate, float(accel), self._turned(yaw_rate)
+        )
+
+    def _turned(self, yaw_rate: float) -> float:
+        """The turn under way so far (rad), from the heading when it last held steady."""
+        if not self.heading_known:
+            self.steady_heading = None
+            return 0.0
+        if yaw_rate == 0.0 or self.steady_heading is None:
+            self.steady_heading = self.heading
+        return math.remainder(self.heading - self.steady_heading, math.tau)
+
+    def _bent(self, t: float, fit: Kinematics) -> GroundState:
+        """The state from a fit that curves beyond noise: heading, speed, turn rate and acceleration now."""
+        speed = math.hypot(fit.vx, fit.vy)
+        self.heading = math.atan2(fit.vy, fit.vx)
+        self.heading_known = True
+        self.headings.append((t, self.heading))
+        while len(self.headings) > 2 and self.headings[0][0] < t - self.turn_window_s - 1e-9:
+            self.headings.popleft()
+        self.speeds.append((t, speed))
+        while len(self.speeds) > 2 and self.speeds[0][0] < t - self.turn_window_s - 1e-9:
+            self.speeds.popleft()
+        turn = (fit.vx * fit.ay - fit.vy * fit.ax) / speed**2
+        yaw_rate = 0.0 if abs(turn) < MIN_YAW_RATE else max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turn))
+        accel = (fit.ax * fit.vx + fit.ay * fit.vy) / speed
+        return GroundState(fit.x, fit.y, fit.vx, fit.vy, self.heading, yaw_rate, accel, self._turned(yaw_rate))

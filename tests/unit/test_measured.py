@@ -292,6 +292,11 @@ def test_a_pixel_beyond_the_horizon_has_no_ground_point() -> None:
     assert np.isfinite(near).all()
     sky = calib.to_ground([[640, 100]])[0]  # above the horizon: the homography alone mirrors it behind the camera
     assert np.isnan(sky).all()
+    # a pixel's ground grows with the distance: what a box's jitter moves its ground point by
+    step = calib.metres_per_pixel([[640, 600], [640, 360]])
+    assert 0.0 < step[0] < 0.05 < step[1] < 1.0
+    assert step[1] == pytest.approx(np.hypot(*(calib.to_ground([[640, 361]])[0] - calib.to_ground([[640, 360]])[0])))
+    assert np.isnan(calib.metres_per_pixel([[640, 100]])).all()
 
 
 def test_jittery_frame_times_still_give_a_track_its_three_positions() -> None:
