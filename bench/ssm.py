@@ -80,6 +80,8 @@ COLLISION_TYPE = 111
 SLACK_S = 1.0
 #: A camera is charged with a conflict when it sees both vehicles this close (s) to SUMO's minimum TTC.
 VIEW_SLACK_S = 1.0
+#: The FCD's positions are SUMO's rounded to the centimetre: the standard deviation of that rounding (m).
+FCD_NOISE_M = 0.01 / math.sqrt(12)
 #: The first seconds of a run teach the lanes (models.lanes) and are not scored.
 WARMUP_S = 120.0
 #: The ceiling's variants: (oracle, with each vehicle's braking).
@@ -245,7 +247,7 @@ def replay(
     last_seen: dict[str, float] = {}
     for when, rows in traj.frames(fps):
         xy = np.c_[traj.x[rows], traj.y[rows]]
-        noise = np.zeros(len(rows))  # the FCD's positions are exact
+        noise = np.full(len(rows), FCD_NOISE_M)
         if camera is not None and calib is not None:
             pix, inside = camera.project(xy)
             rows, pix = rows[inside], pix[inside]

@@ -122,7 +122,8 @@ class FlowMap:
             limit = MAX_YAW_RATE * dt
             free = np.sign(yaw_rate) * np.minimum(np.abs(yaw_rate) * dt, free_left)
             turn = np.where(steer, np.minimum(np.maximum(wanted, -limit), limit), free)
-            free_left = np.maximum(free_left - np.abs(turn), 0.0)  # a turn the lanes steered counts as well
+            # a turn the lanes steered the same way counts as well; steering back against it does not
+            free_left = np.maximum(free_left - np.maximum(turn * np.sign(yaw_rate), 0.0), 0.0)
             mid = h + turn / 2
             dist = speed * dt
             p = p + np.stack([np.cos(mid) * dist, np.sin(mid) * dist], axis=1)

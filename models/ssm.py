@@ -171,7 +171,9 @@ class RoadUser:
     @property
     def turn_left(self) -> float:
         """How much further (rad) the turn under way is predicted to go."""
-        return max(0.0, MAX_TURN_RAD - max(0.0, math.copysign(self.turned, self.yaw_rate) if self.yaw_rate else 0.0))
+        if self.yaw_rate == 0.0:
+            return MAX_TURN_RAD
+        return max(0.0, MAX_TURN_RAD - max(0.0, self.turned * math.copysign(1.0, self.yaw_rate)))
 
     @property
     def kind(self) -> Kind | None:
@@ -858,6 +860,8 @@ class GroundState(NamedTuple):
 #: A turn or a change of speed is read from the positions' curvature only when it stands this many standard
 #: deviations of the position noise clear of it (see :class:`GroundTrack`).
 CURVATURE_SIGMAS = 3.0
+#: A heading held this long (s) while moving, without a turn rate, is where the next turn starts from.
+STEADY_S = 1.0
 
 
 class Kinematics(NamedTuple):
@@ -869,12 +873,13 @@ class Kinematics(NamedTuple):
     vy: float
     ax: float
     ay: float
+    #: the standard deviation of each acceleration component per metre of position noise
+    accel_sd: float
 
 
-def quadratic_fit(samples: Sequence[tuple[float, float, float]], t: float, noise_m: float) -> Kinematics | None:
-    """The ``(t, x, y)`` samples' least-squares constant-acceleration fit at ``t``, if its curvature stands out of
-    position noise of ``noise_m`` (1 sigma, metres) by ``CURVATURE_SIGMAS``; None for fewer than three samples
-    or a bend that noise could have made."""
+def quadratic_fit(samples: Sequence[tuple[float, float, float]], t: float) -> Kinematics | None:
+    """The ``(t, x, y)`` samples' least-squares constant-acceleration fit, read at ``t``; None for fewer than
+    three samples (or all at one time)."""
     n = len(samples)
     if n < 3:
         return None
@@ -896,12 +901,15 @@ def quadratic_fit(samples: Sequence[tuple[float, float, float]], t: float, noise
         d2 = (n * (s2 * z2 - z1 * s3) - z0 * s2 * s2) / det
         fitted.append((d0, d1, d2))
     (x0, x1, x2), (y0, y1, y2) = fitted
-    d2_sd = noise_m * math.sqrt(n * s2 / det)  # the normal matrix's inverse at (2, 2), times the noise
-    if max(abs(x2), abs(y2)) <= CURVATURE_SIGMAS * d2_sd + 1e-9:
-        return None
     at = -mean  # the newest time on the centred axis
     return Kinematics(
-        x0 + x1 * at + x2 * at * at, y0 + y1 * at + y2 * at * at, x1 + 2 * x2 * at, y1 + 2 * y2 * at, 2 * x2, 2 * y2
+        x0 + x1 * at + x2 * at * at,
+        y0 + y1 * at + y2 * at * at,
+        x1 + 2 * x2 * at,
+        y1 + 2 * y2 * at,
+        2 * x2,
+        2 * y2,
+        2 * math.sqrt(n * s2 / det),  # twice the square root of the normal matrix's inverse at (2, 2)
     )
 
 
@@ -920,13 +928,16 @@ class GroundTrack:
     ``MAX_YAW_RATE`` (a tight urban turn).
 
     The line's heading is half a window old, which in a turn at 2 fps is 15-30 degrees: a car
-    leaving a junction was predicted across the lane beside it. So where the positions bend by more
-    than ``CURVATURE_SIGMAS`` standard deviations of their noise (``noise_m``, which the caller
-    knows: a pixel's ground grows with the distance from the camera), a constant-acceleration fit
-    gives heading, speed, turn rate and acceleration at the newest time instead. With noisy
-    positions far from a camera that test fails and the line stands: its lag is the lesser harm
-    there (told a noise of 0, a camera's 1 px tracks in SUMO's grid flagged more pairs SUMO does not log).
-    ``turned`` is the heading's change since it last held steady: the turn so far, which ends a
+    leaving a junction was predicted across the lane beside it. So a constant-acceleration fit
+    (:func:`quadratic_fit`) is read at the newest time where the positions bend beyond their noise
+    (``noise_m``, which the caller knows: a pixel's ground grows with the distance from the camera),
+    each way on its own, by ``CURVATURE_SIGMAS`` standard deviations: across the line, for the
+    heading and the turn rate now; along it, for the speed and acceleration now. Far from a camera
+    neither test passes and the line stands: its lag is the lesser harm there. A fit whose velocity
+    now points back against the line's has braked through a standstill (the parabola goes on past
+    the stop): the line stands, its speed clamped at zero, not a reversing car.
+    ``turned`` is the heading's change since it last held steady, moving, for ``STEADY_S``: the
+    turn so far, kept while the road user stops in it (a left turner yielding), which ends a
     predicted turn (``MAX_TURN_RAD``).
     """
 
@@ -937,8 +948,10 @@ class GroundTrack:
     speeds: deque[tuple[float, float]] = field(default_factory=deque)
     heading: float = 0.0
     heading_known: bool = False
-    #: the heading when it last held steady (no turn rate): where the turn under way began
+    #: the heading when it last held steady: where the turn under way began
     steady_heading: float | None = None
+    #: since when it has moved without turning (None while turning or never)
+    straight_since: float | None = None
 
     def update(self, t: float, x: float, y: float, noise_m: float = 0.0) -> GroundState:
         """Add a position, measured with ``noise_m`` (1 sigma, metres); return the smoothed state."""
@@ -951,6 +964,13 @@ class GroundTrack:
             self.samples.popleft()
         if len(self.samples) < 2:
             return GroundState(x, y, 0.0, 0.0, self.heading, 0.0)
+        line = self._line(t)
+        moving = math.hypot(line.vx, line.vy) >= HEADING_MIN_SPEED
+        state = self._bent(line, noise_m) if moving else line
+        return state._replace(turned=self._turned(t, state.yaw_rate, moving))
+
+    def _line(self, t: float) -> GroundState:
+        """The state from the line through the window's positions."""
         n = len(self.samples)
         mt = sum(s[0] - t for s in self.samples) / n
         mx = sum(s[1] for s in self.samples) / n
@@ -959,9 +979,6 @@ class GroundTrack:
         vx = sum((s[0] - t - mt) * (s[1] - mx) for s in self.samples) / stt
         vy = sum((s[0] - t - mt) * (s[2] - my) for s in self.samples) / stt
         bx, by = mx - vx * mt, my - vy * mt  # the fitted line at the newest time (t - t = 0)
-        bent = quadratic_fit(self.samples, t, noise_m)
-        if bent is not None and math.hypot(bent.vx, bent.vy) >= HEADING_MIN_SPEED:
-            return self._bent(t, bent)
         yaw_rate = 0.0
         if math.hypot(vx, vy) >= HEADING_MIN_SPEED:
             self.heading = math.atan2(vy, vx)
@@ -994,31 +1011,54 @@ class GroundTrack:
             vx, vy = vx * now_speed / speed, vy * now_speed / speed
         if not (speed > 0 and self.heading_known):
             self.headings.clear()
+        return GroundState(float(bx), float(by), float(vx), float(vy), heading, yaw_rate, float(accel))
+
+    def _bent(self, line: GroundState, noise_m: float) -> GroundState:
+        """The line's state, with what the constant-acceleration fit shows beyond noise read at the newest time."""
+        fit = quadratic_fit(self.samples, self.samples[-1][0])
+        if fit is None or not math.isfinite(noise_m):
+            return line
+        ux, uy = math.cos(line.heading), math.sin(line.heading)
+        if fit.vx * ux + fit.vy * uy <= HEADING_MIN_SPEED:
+            return line  # braked through a standstill, or too slow now to read a heading from
+        limit = CURVATURE_SIGMAS * noise_m * fit.accel_sd + 1e-9
+        across = ux * fit.ay - uy * fit.ax
+        along = ux * fit.ax + uy * fit.ay
+        turning, changing = abs(across) > limit, abs(along) > limit
+        if not (turning or changing):
+            return line
+        speed_now = math.hypot(fit.vx, fit.vy)
+        heading, yaw_rate = line.heading, line.yaw_rate
+        if turning:
+            heading = math.atan2(fit.vy, fit.vx)
+            turn = (fit.vx * fit.ay - fit.vy * fit.ax) / speed_now**2
+            yaw_rate = 0.0 if abs(turn) < MIN_YAW_RATE else max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turn))
+            self.heading = heading
+        speed, accel = math.hypot(line.vx, line.vy), line.accel
+        if changing:
+            speed, accel = speed_now, (fit.ax * fit.vx + fit.ay * fit.vy) / speed_now
         return GroundState(
-            float(bx), float(by), float(vx), float(vy), heading, yaw_rate, float(accel), self._turned(yaw_rate)
+            fit.x,
+            fit.y,
+            speed * math.cos(heading),
+            speed * math.sin(heading),
+            heading,
+            yaw_rate,
+            accel,
         )
 
-    def _turned(self, yaw_rate: float) -> float:
-        """The turn under way so far (rad), from the heading when it last held steady."""
+    def _turned(self, t: float, yaw_rate: float, moving: bool) -> float:
+        """The turn under way so far (rad), from the heading when it last held steady while moving."""
         if not self.heading_known:
-            self.steady_heading = None
+            self.steady_heading, self.straight_since = None, None
             return 0.0
-        if yaw_rate == 0.0 or self.steady_heading is None:
+        if self.steady_heading is None:
             self.steady_heading = self.heading
+        if yaw_rate != 0.0:
+            self.straight_since = None
+        elif moving:
+            if self.straight_since is None:
+                self.straight_since = t
+            if t - self.straight_since >= STEADY_S - 1e-9:
+                self.steady_heading = self.heading
         return math.remainder(self.heading - self.steady_heading, math.tau)
-
-    def _bent(self, t: float, fit: Kinematics) -> GroundState:
-        """The state from a fit that curves beyond noise: heading, speed, turn rate and acceleration now."""
-        speed = math.hypot(fit.vx, fit.vy)
-        self.heading = math.atan2(fit.vy, fit.vx)
-        self.heading_known = True
-        self.headings.append((t, self.heading))
-        while len(self.headings) > 2 and self.headings[0][0] < t - self.turn_window_s - 1e-9:
-            self.headings.popleft()
-        self.speeds.append((t, speed))
-        while len(self.speeds) > 2 and self.speeds[0][0] < t - self.turn_window_s - 1e-9:
-            self.speeds.popleft()
-        turn = (fit.vx * fit.ay - fit.vy * fit.ax) / speed**2
-        yaw_rate = 0.0 if abs(turn) < MIN_YAW_RATE else max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turn))
-        accel = (fit.ax * fit.vx + fit.ay * fit.vy) / speed
-        return GroundState(fit.x, fit.y, fit.vx, fit.vy, self.heading, yaw_rate, accel, self._turned(yaw_rate))
