@@ -29,10 +29,10 @@ MAX_LANE_SPAN_M = 200.0
 MAX_SPEED_MPS = 70.0
 #: Positions a track needs before it takes part in conflicts.
 MIN_SAMPLES = 3
-#: The standard deviation (px) of a detector's box bottom edge from frame to frame about where the road user
-#: really is: a turn or a change of speed is read from a track's curvature only beyond what this much noise
-#: could bend it (:class:`models.ssm.GroundTrack`), which on the ground is metres far from the camera,
-#: centimetres near.
+#: The standard deviation (px) taken for a detector's box bottom edge about where the road user really is (a
+#: chosen value, not measured per detector): a turn or a change of speed is read from a track's curvature
+#: only beyond what this much noise could bend it (:class:`models.ssm.GroundTrack`), which on the ground is
+#: metres far from the camera, centimetres near.
 BOX_JITTER_PX = 2.0
 #: Conflicts kept per frame (most urgent first): a crowded frame does not flood the record.
 MAX_CONFLICTS = 8

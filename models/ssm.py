@@ -860,8 +860,10 @@ class GroundState(NamedTuple):
 #: A turn or a change of speed is read from the positions' curvature only when it stands this many standard
 #: deviations of the position noise clear of it (see :class:`GroundTrack`).
 CURVATURE_SIGMAS = 3.0
-#: A heading held this long (s) while moving, without a turn rate, is where the next turn starts from.
-STEADY_S = 1.0
+#: A heading that turned less than STEADY_RAD over the last STEADY_M metres driven is where the next turn starts
+#: from: by distance, not time, since a car creeping on through a turn turns little in a second.
+STEADY_M = 5.0
+STEADY_RAD = 0.1
 
 
 class Kinematics(NamedTuple):
@@ -936,9 +938,9 @@ class GroundTrack:
     neither test passes and the line stands: its lag is the lesser harm there. A fit whose velocity
     now points back against the line's has braked through a standstill (the parabola goes on past
     the stop): the line stands, its speed clamped at zero, not a reversing car.
-    ``turned`` is the heading's change since it last held steady, moving, for ``STEADY_S``: the
-    turn so far, kept while the road user stops in it (a left turner yielding), which ends a
-    predicted turn (``MAX_TURN_RAD``).
+    ``turned`` is the heading's change since it last held steady (within ``STEADY_RAD`` over the
+    last ``STEADY_M`` driven): the turn so far, kept while the road user stops or creeps in it (a
+    left turner yielding), which ends a predicted turn (``MAX_TURN_RAD``).
     """
 
     window_s: float = 1.0
@@ -950,8 +952,10 @@ class GroundTrack:
     heading_known: bool = False
     #: the heading when it last held steady: where the turn under way began
     steady_heading: float | None = None
-    #: since when it has moved without turning (None while turning or never)
-    straight_since: float | None = None
+    #: metres driven while moving, and (metres driven, heading) over about the last STEADY_M of them
+    travel: float = 0.0
+    driven: deque[tuple[float, float]] = field(default_factory=deque)
+    last_xy: tuple[float, float] | None = None
 
     def update(self, t: float, x: float, y: float, noise_m: float = 0.0) -> GroundState:
         """Add a position, measured with ``noise_m`` (1 sigma, metres); return the smoothed state."""
@@ -967,7 +971,7 @@ class GroundTrack:
         line = self._line(t)
         moving = math.hypot(line.vx, line.vy) >= HEADING_MIN_SPEED
         state = self._bent(line, noise_m) if moving else line
-        return state._replace(turned=self._turned(t, state.yaw_rate, moving))
+        return state._replace(turned=self._turned(state.x, state.y, moving))
 
     def _line(self, t: float) -> GroundState:
         """The state from the line through the window's positions."""
@@ -1032,7 +1036,8 @@ class GroundTrack:
         if turning:
             heading = math.atan2(fit.vy, fit.vx)
             turn = (fit.vx * fit.ay - fit.vy * fit.ax) / speed_now**2
-            yaw_rate = 0.0 if abs(turn) < MIN_YAW_RATE else max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turn))
+            if abs(turn) >= MIN_YAW_RATE:  # below it, the line's own rate (a slow car's turn is a small rate)
+                yaw_rate = max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turn))
             self.heading = heading
         speed, accel = math.hypot(line.vx, line.vy), line.accel
         if changing:
@@ -1047,18 +1052,22 @@ class GroundTrack:
             accel,
         )
 
-    def _turned(self, t: float, yaw_rate: float, moving: bool) -> float:
-        """The turn under way so far (rad), from the heading when it last held steady while moving."""
+    def _turned(self, x: float, y: float, moving: bool) -> float:
+        """The turn under way so far (rad), from the heading when it last held steady over STEADY_M driven."""
         if not self.heading_known:
-            self.steady_heading, self.straight_since = None, None
+            self.steady_heading, self.last_xy = None, None
+            self.driven.clear()
             return 0.0
         if self.steady_heading is None:
             self.steady_heading = self.heading
-        if yaw_rate != 0.0:
-            self.straight_since = None
-        elif moving:
-            if self.straight_since is None:
-                self.straight_since = t
-            if t - self.straight_since >= STEADY_S - 1e-9:
+        if moving:  # standing (a left turner yielding) neither ends the turn nor starts a new one
+            if self.last_xy is not None:
+                self.travel += math.hypot(x - self.last_xy[0], y - self.last_xy[1])
+            self.driven.append((self.travel, self.heading))
+            while len(self.driven) > 2 and self.driven[1][0] <= self.travel - STEADY_M:
+                self.driven.popleft()
+            covered = self.travel - self.driven[0][0] >= STEADY_M
+            if covered and all(abs(math.remainder(h - self.heading, math.tau)) < STEADY_RAD for _, h in self.driven):
                 self.steady_heading = self.heading
+        self.last_xy = (x, y)
         return math.remainder(self.heading - self.steady_heading, math.tau)

@@ -12,6 +12,7 @@ from models.calibration import CalibrationError, fit
 from models.lanes import FlowMap
 from models.ssm import (
     DEFAULT_EXTENT,
+    MAX_TURN_RAD,
     GroundTrack,
     PathHistory,
     RoadUser,
@@ -178,8 +179,8 @@ def test_a_turn_is_read_from_the_positions_only_where_noise_could_not_have_bent_
     every straight or braking car a turn, so each way (across, along) stands only past CURVATURE_SIGMAS."""
 
     def turns(noise_m: float, brake: float = 0.0) -> int:
-        """Of 200 cars going straight on (braking at ``brake`` from 10 m/s), seen with 0.3 m of noise, at 2 fps:
-        how many frames give a turn rate."""
+        """Of 200 cars going straight on (braking at ``brake`` from 10 m/s), seen with 0.3 m of noise (0.05 m when
+        braking), at 2 fps: how many frames give a turn rate."""
         rng = np.random.default_rng(3)
         count = 0
         for _ in range(200):
@@ -187,14 +188,15 @@ def test_a_turn_is_read_from_the_positions_only_where_noise_could_not_have_bent_
             for k in range(6):
                 t = k * 0.5
                 x = 10 * t - brake * t * t / 2
-                state = track.update(t, x + rng.normal(0, 0.3), rng.normal(0, 0.3), noise_m=noise_m)
+                sigma = 0.05 if brake else 0.3
+                state = track.update(t, x + rng.normal(0, sigma), rng.normal(0, sigma), noise_m=noise_m)
                 count += state.yaw_rate != 0.0
         return count
 
     # told the noise, no more than the line fit alone gives (its heading's change over a second); not told, the
     # fit reads the noise as turns; a car braking hard is no more turning than one going on
     assert turns(0.3) <= turns(math.inf) < turns(0.0) / 2
-    assert turns(0.3, brake=3.0) <= turns(math.inf, brake=3.0)
+    assert turns(0.05, brake=3.0) <= turns(math.inf, brake=3.0) + 5 < turns(0.0, brake=3.0) / 4
     # told the noise, a real turn is still read now where the camera sees it well (10 fps, 5 cm): a quarter
     # circle of radius 10 m at 5 m/s, whose heading the line gives a quarter of a radian late
     for noise_m, late in ((0.05, 0.1), (math.inf, 0.2)):
@@ -222,22 +224,38 @@ def test_a_car_braking_to_a_stop_is_not_read_as_reversing() -> None:
 
 
 def test_a_turn_stopped_in_is_still_the_same_turn() -> None:
-    """A left turner yielding half way stands with no turn rate; the turn it has made so far is kept, so once
-    it moves on the prediction still ends its turn at MAX_TURN_RAD rather than starting a new one."""
-    track = GroundTrack()
-    t, heading, x, y = 0.0, 0.0, 0.0, 0.0
-    speed_at = [5.0] * 6 + [5.0] * 6 + [0.0] * 6 + [5.0] * 6  # straight, turn 60 degrees, stop 3 s, turn on
-    rate_at = [0.0] * 6 + [math.radians(60) / 3.0] * 6 + [0.0] * 6 + [math.radians(60) / 3.0] * 6
-    for speed, rate in zip(speed_at, rate_at, strict=True):
-        for _ in range(5):  # integrate at 0.1 s, observe at 2 fps
-            heading += rate * 0.1
-            x += speed * math.cos(heading) * 0.1
-            y += speed * math.sin(heading) * 0.1
-        t += 0.5
-        state = track.update(t, x, y)
-    assert math.degrees(state.turned) > 90.0  # 120 degrees turned in all, counted from before the turn
-    user = RoadUser(1, "car", state.x, state.y, state.vx, state.vy, state.heading, 4.5, 1.8, state.yaw_rate)
-    assert RoadUser(**{**user.__dict__, "turned": state.turned}).turn_left == 0.0
+    """A left turner yielding half way stands, then creeps on: the turn it has made so far is kept, so the
+    prediction still ends its turn at MAX_TURN_RAD rather than starting a new one; once it has driven
+    straight on, the next turn counts from there."""
+    for fps in (2.0, 10.0):
+        track = GroundTrack()
+        t, heading, x, y, speed = 0.0, 0.0, 0.0, 0.0, 5.0
+        radius, readings = 12.0, []
+        for step in range(400):  # 0.05 s steps
+            dt = 0.05
+            if step < 60 or heading >= math.pi / 2:  # straight, and straight again after a quarter turn
+                rate = 0.0
+            else:
+                rate = speed / radius
+            if heading >= math.radians(60) and step < 200:  # brake to a stop 60 degrees in, stand
+                speed = max(0.0, speed - 4.0 * dt)
+            elif step >= 200:  # then pull away gently, 1.5 m/s^2
+                speed = min(5.0, speed + 1.5 * dt)
+            heading = min(heading + rate * dt, math.pi / 2)
+            x += speed * math.cos(heading) * dt
+            y += speed * math.sin(heading) * dt
+            t += dt
+            if step % round(1 / (fps * dt)) == 0:
+                state = track.update(t, x, y, noise_m=0.003)
+                readings.append((heading, state.turned))
+        in_turn = [turned for true, turned in readings if math.radians(70) < true < math.radians(89)]
+        assert in_turn and min(in_turn) > math.radians(50), fps  # not restarted by the stop or the creep
+        assert abs(readings[-1][1]) < math.radians(5), fps  # straight on for metres: the next turn starts here
+    user = RoadUser(1, "car", 0.0, 0.0, 5.0, 0.0, 0.0, 4.5, 1.8, yaw_rate=0.3, turned=math.radians(95))
+    assert user.turn_left == 0.0
+    assert RoadUser(1, "car", 0.0, 0.0, 5.0, 0.0, 0.0, 4.5, 1.8, yaw_rate=-0.3, turned=-0.5).turn_left == (
+        pytest.approx(MAX_TURN_RAD - 0.5)
+    )
 
 
 def test_a_car_leaving_a_turn_is_not_predicted_round_into_the_oncoming_lane() -> None:
@@ -617,3 +635,17 @@ def test_a_car_queued_since_it_came_into_view_points_down_its_lane_not_across_th
         t += 0.5
     assert users[1].heading == pytest.approx(math.pi / 2, abs=0.2)  # laid along x it reached into the next lane
     assert conflicts == []
+
+
+def test_a_turn_budget_is_spent_only_turning_the_turn_s_way() -> None:
+    """Where no lane is learned a turning car goes on at its own rate for at most ``turn_left``; a learned lane
+    that steered it the other way first has spent none of it."""
+    flow = FlowMap((-10.0, -20.0, 60.0, 20.0))
+    for _ in range(5):  # a lane bearing 0.2 rad right, learned only over the first 4 m
+        flow.learn(np.array([[-1.0, 0.0], [1.0, 0.0]]), np.full(2, -0.2), np.full(2, 5.0))
+    steps = np.arange(0.0, 3.05, 0.1)
+    _, headings = flow.predict(
+        np.array([[0.0, 0.0]]), np.array([0.0]), np.array([5.0]), np.array([0.5]), steps, np.array([0.5])
+    )
+    assert headings[0].min() < -0.1  # steered right by the lane first
+    assert headings[0, -1] == pytest.approx(headings[0].min() + 0.5, abs=1e-6)  # then the whole 0.5 rad left
