@@ -252,8 +252,8 @@ def replay(
             pix, inside = camera.project(xy)
             rows, pix = rows[inside], pix[inside]
             pix = pix + rng.normal(0.0, noise_px, pix.shape)
-            xy = calib.to_ground(pix)
-            noise = noise_px * calib.metres_per_pixel(pix)
+            xy, span = calib.ground_and_span(pix)
+            noise = noise_px * span
         if routes is not None:
             routes.frame(rows, xy)
         users = []

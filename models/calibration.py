@@ -76,20 +76,26 @@ class Calibration:
         """(N, 2) pixels -> (N, 2) metres; NaN for a pixel on or beyond the horizon (it has no ground point:
         the homography alone would mirror it behind the camera), and for one spanning more than
         MAX_M_PER_PX of ground."""
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        out = _apply(self.image_to_ground, pts)
-        if len(pts):
-            w = np.c_[pts, np.ones(len(pts))] @ self.image_to_ground[2]
-            out[w * self.ground_side <= 0] = np.nan
-            # a pixel spanning more than MAX_M_PER_PX: one pixel of jitter reads as metres a second
-            out[~(self._pixel_span(pts, out) <= MAX_M_PER_PX)] = np.nan
-        return out
+        return self.ground_and_span(points)[0]
 
     def metres_per_pixel(self, points: FloatArray | Sequence[Sequence[float]]) -> FloatArray:
         """(N,) the ground one pixel spans at each of (N, 2) pixels, along the image axis it spans more of: what
         a pixel of a box's jitter moves its ground point by (NaN where ``to_ground`` has no ground point)."""
+        return self.ground_and_span(points)[1]
+
+    def ground_and_span(self, points: FloatArray | Sequence[Sequence[float]]) -> tuple[FloatArray, FloatArray]:
+        """``to_ground`` and ``metres_per_pixel`` of the same pixels at once (the span is what refuses a point)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        return self._pixel_span(pts, self.to_ground(pts))
+        out = _apply(self.image_to_ground, pts)
+        span = np.empty(len(pts))
+        if len(pts):
+            w = np.c_[pts, np.ones(len(pts))] @ self.image_to_ground[2]
+            out[w * self.ground_side <= 0] = np.nan
+            # a pixel spanning more than MAX_M_PER_PX: one pixel of jitter reads as metres a second
+            span = self._pixel_span(pts, out)
+            out[~(span <= MAX_M_PER_PX)] = np.nan
+            span[np.isnan(out[:, 0])] = np.nan
+        return out, span
 
     def _pixel_span(self, pts: FloatArray, ground: FloatArray) -> FloatArray:
         with np.errstate(invalid="ignore", divide="ignore"):

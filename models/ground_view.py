@@ -96,7 +96,8 @@ class GroundView:
         noise in metres (``BOX_JITTER_PX`` on the ground there)."""
         v = boxes[:, 3] if self.anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
         pixels = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1)
-        return self.calibration.to_ground(pixels), BOX_JITTER_PX * self.calibration.metres_per_pixel(pixels)
+        ground, span = self.calibration.ground_and_span(pixels)
+        return ground, BOX_JITTER_PX * span
 
     def extents(self, boxes: FloatArray, classes: Sequence[str]) -> list[tuple[float, float]]:
         """Length and width (m) of each box: a top-down camera measures them; an oblique one cannot."""
