@@ -38,6 +38,8 @@ BOX_JITTER_PX = 2.0
 MAX_CONFLICTS = 8
 #: The next frame is looked for at most this far ahead (s): a camera that paused is no reason to flag early.
 MAX_LOOKAHEAD_S = 1.0
+#: A box edge within this many pixels of the frame's edge runs off it (detectors clip their boxes to the frame).
+EDGE_PX = 2.0
 
 
 def conflict_level(
@@ -66,6 +68,26 @@ class Seen:
     track_id: int
     cls: str
     bbox: Sequence[float]
+    #: the box runs off the frame where its ground point is (:func:`cut_at_edge`): where the road user is, is unknown
+    cut: bool = False
+
+
+def cut_at_edge(
+    box: Sequence[float], width: int, height: int, anchor: str = "bottom", shift: tuple[float, float] = (0.0, 0.0)
+) -> bool:
+    """Whether ``box`` (of the steady view, ``shift`` from the frame: ``Detector.frame_shift``) runs off the
+    ``width`` x ``height`` frame on a side that moves its ground point.
+
+    A detector clips a box to the frame: a car leaving at the bottom keeps its box's bottom edge on the
+    frame's while it drives on, so its bottom centre stands still on the ground, its speed falls to nothing
+    and the car behind closes in on a car that stopped (a false conflict, alerted at once). Its road contact
+    is below the frame; one cut at the left or right has its centre off. For the bottom-centre anchor the
+    bottom, left and right edges count; for a top-down camera's centre, every edge.
+    """
+    dx, dy = shift
+    x1, y1, x2, y2 = box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
+    sides = x1 <= EDGE_PX or x2 >= width - 1 - EDGE_PX or y2 >= height - 1 - EDGE_PX
+    return sides or (anchor != "bottom" and y1 <= EDGE_PX)
 
 
 class GroundView:
@@ -122,8 +144,10 @@ class GroundView:
         points, noise = self.ground_points(boxes) if len(seen) else (np.empty((0, 2)), np.empty(0))
         sizes = self.extents(boxes, [obj.cls for obj in seen])
         for obj, (gx, gy), noise_m, (length, width) in zip(seen, points.tolist(), noise.tolist(), sizes, strict=True):
-            if not (math.isfinite(gx) and math.isfinite(gy)):
-                continue  # above the horizon of the ground plane: no ground position
+            if obj.cut or not (math.isfinite(gx) and math.isfinite(gy)):
+                # off the frame where it touches the ground, or above the ground plane's horizon: no ground
+                # position; the track keeps what it had and goes on when the box is whole again
+                continue
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
             if t - last > self.track_gap_s:
                 track = GroundTrack()

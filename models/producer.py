@@ -32,14 +32,15 @@ from models.calibration import off_frame
 from models.cameras import CameraConfig, load_cameras
 from models.crops import crop_group
 from models.detectors import MAX_SIDE, Detector, DetectorKind, make_detector
-from models.ground_view import GroundView, Seen
+from models.ground_view import GroundView, Seen, cut_at_edge
 from models.grouping import cluster, conflict_groups
 from models.sources import Frame, Grabber, OnDemandGrabber, open_source
+from models.ssm import RoadUser
 from models.tracking import Tracker
 from streams import metrics
 from streams.child_metrics import ChildrenCollector
 from streams.images import ImageStore, make_ref, open_store
-from streams.records import MAX_MESSAGE_BYTES, DetectedObject, DetectionResult, ImageRef, to_bytes
+from streams.records import MAX_MESSAGE_BYTES, Conflict, DetectedObject, DetectionResult, ImageRef, to_bytes
 from streams.settings import Settings, get_settings
 from streams.topic_names import TopicNames
 
@@ -124,16 +125,20 @@ def analyse(
     t = frame.motion_time
     found = cam.tracker.split_merged(found, t)
     tracks = cam.tracker.update(found, t)
-    on_ground, conflicts = (
-        cam.ground.observe(t, [Seen(tr.track_id, det.cls, det.bbox) for det, tr in zip(found, tracks, strict=True)])
-        if cam.ground is not None
-        else ({}, None)
-    )
-    objects = []
     # tracks and ground positions are of the steady view; the boxes go out on the frame itself
     # (the crops are cut from it, the dashboard draws on them)
     shift = detector.frame_shift(cam.cfg.id)
     h, w = frame.image.shape[:2]
+    on_ground: dict[int, RoadUser] = {}
+    conflicts: list[Conflict] | None = None
+    if cam.ground is not None:
+        anchor = cam.ground.anchor
+        seen = [
+            Seen(tr.track_id, det.cls, det.bbox, cut_at_edge(det.bbox, w, h, anchor, shift))
+            for det, tr in zip(found, tracks, strict=True)
+        ]
+        on_ground, conflicts = cam.ground.observe(t, seen)
+    objects = []
     for det, tr in zip(found, tracks, strict=True):
         user = on_ground.get(tr.track_id)
         objects.append(

@@ -541,6 +541,54 @@ def test_far_towards_the_horizon_a_parked_car_gets_no_position_and_no_phantom_sp
     assert np.hypot(*(near[1] - near[0])) < MAX_M_PER_PX
 
 
+def _clipped_box(camera: object, x: float, y: float, heading: float) -> list[float] | None:
+    """A car's image box as a detector gives it: clipped to the frame; None once wholly out of it."""
+    from sim.sumo import VirtualCamera
+
+    assert isinstance(camera, VirtualCamera)
+    c, s = math.cos(heading), math.sin(heading)
+    corners = [
+        (x + c * dl - s * dw, y + s * dl + c * dw, z) for dl in (-2.25, 2.25) for dw in (-0.9, 0.9) for z in (0.0, 1.5)
+    ]
+    homog = np.c_[np.array(corners), np.ones(8)] @ camera.projection().T
+    pix = homog[:, :2] / homog[:, 2:3]
+    x1, y1 = np.maximum(pix.min(axis=0), 0.0)
+    x2, y2 = np.minimum(pix.max(axis=0), [camera.width - 1.0, camera.height - 1.0])
+    return [float(x1), float(y1), float(x2), float(y2)] if x2 > x1 and y2 > y1 else None
+
+
+def test_a_car_leaving_at_the_bottom_of_the_frame_is_not_read_as_stopping() -> None:
+    """A box clipped at the frame's bottom kept its bottom centre on one ground line while the car drove
+    on: its speed fell towards nothing and the car 12 m behind it, at the same 10 m/s, got a TTC of about
+    a second to a car that had not slowed at all."""
+    from models.ground_view import cut_at_edge
+
+    camera, points = _oblique()
+    view = GroundView(fit(points), "bottom")
+    heading = -math.pi / 2  # towards the camera, out at the bottom of the frame
+    cut_seen, measured = 0, []
+    for k in range(24):  # 5 fps: the leader from 40 m to 0 m ahead of the camera's footprint
+        t = k * 0.2
+        seen = []
+        for track, start in ((1, 40.0), (2, 52.0)):
+            box = _clipped_box(camera, 0.0, start - 10.0 * t, heading)
+            if box is not None:
+                cut = cut_at_edge(box, 1920, 1080, "bottom")
+                cut_seen += cut
+                seen.append(Seen(track, "car", box, cut))
+        users, conflicts = view.observe(t, seen)
+        assert not conflicts, f"t={t:.1f}: {conflicts}"
+        if 1 in users and len(view.tracks[1][1].samples) >= 3:
+            measured.append(users[1].speed)
+    assert cut_seen >= 3  # the leader left through the bottom edge, clipped for several frames
+    assert measured and min(measured) == pytest.approx(10.0, abs=0.5)
+    # the steady view is shifted from the frame: the edges are the frame's
+    assert cut_at_edge([10, 10, 50, 1070], 1920, 1080, "bottom", (0.0, 8.0))
+    assert not cut_at_edge([10, 10, 50, 1070], 1920, 1080, "bottom")
+    assert not cut_at_edge([10, 0, 50, 500], 1920, 1080, "bottom")  # a cut top moves no bottom centre
+    assert cut_at_edge([10, 0, 50, 500], 1920, 1080, "centre")
+
+
 def test_the_ground_grid_is_drawn_for_an_oblique_camera() -> None:
     """OpenCV scales the homography to make its last entry 1: the ground side of an oblique camera's
     horizon can be the negative one, and the grid drew nothing there."""
