@@ -61,6 +61,18 @@ def test_a_plain_small_jpeg_still_passes():
     check_image(buf.tobytes())
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.9, -10])
+def test_a_cut_jpeg_is_refused_though_decoded_at_an_eighth(keep: float) -> None:
+    """The check decodes a JPEG at an eighth of its size: every coefficient is still read, so a stream cut
+    short (a half-written file, a dropped tail) is refused as before, not sent to the VLM."""
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8), (9, 9), 3)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    check_image(data)
+    cut = data[: int(len(data) * keep)] if keep > 0 else data[: int(keep)]
+    with pytest.raises(BadImage, match="do not decode"):
+        check_image(cut)
+
+
 # --- 3: any payload on the Redis results channel ----------------------------------------------
 @pytest.mark.parametrize(
     "payload",
