@@ -30,6 +30,7 @@ from ops.http import get_json
 from ops.kafka import libs_dir, port_open
 from ops.procs import Proc, WaitTimeout, alive, pid_record, recorded_pid, spawn, stop_pids, wait_until
 from sim import vlm
+from streams.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("ROADWATCH_STATE", ROOT / ".state"))
@@ -425,7 +426,12 @@ def main(argv: list[str] | None = None) -> None:
         "topics": cmd_topics,
         "e2e": cmd_e2e,
     }[args.cmd]
-    sys.exit(handler(args))
+    try:
+        code = handler(args)
+    except ConfigError as exc:  # a setting the cluster cannot hold: the message says which, no traceback
+        print(f"roadwatch: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":

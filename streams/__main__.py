@@ -14,8 +14,12 @@ def main() -> None:
 
     if "worker" in sys.argv[1:]:
         from streams.admin import ensure_topics
+        from streams.errors import ConfigError
 
-        ensure_topics()
+        try:
+            ensure_topics()
+        except ConfigError as exc:  # topics the cluster refused or holds otherwise: said once, no traceback
+            sys.exit(f"roadwatch: {exc}")
     app.main()
 
 

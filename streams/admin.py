@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from streams.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +34,14 @@ def planned_topics(partitions: int | None = None, replicas: int | None = None) -
     topics = [NewTopic(t, parts, rf, topic_configs=isr) for t in names.flow]
     topics += [NewTopic(names.dlq(t), 1, rf, topic_configs=isr) for t in names.flow]
     for table in app.tables.values():
+        # a table keyed like the flow topics has their partitions, also when ``partitions`` overrides the
+        # setting its declaration took (`make topics --partitions 6` made 6-partition topics and 8-partition
+        # changelogs); one declared apart (the global tables' one) keeps its own
+        keyed = table.partitions in (None, settings.topic_partitions)
         topics.append(
             NewTopic(
                 table.changelog_topic.get_topic_name(),
-                table.partitions or parts,
+                parts if keyed else table.partitions,
                 rf,
                 topic_configs={**isr, "cleanup.policy": "compact"},
             )
@@ -42,17 +50,28 @@ def planned_topics(partitions: int | None = None, replicas: int | None = None) -
 
 
 async def create_topics(bootstrap: str, partitions: int | None = None, replicas: int | None = None) -> list[str]:
-    """Create the missing topics; returns the names created."""
+    """Create the missing topics; returns the names created.
+
+    Raises :class:`ConfigError` naming each topic the broker refused (a replication factor over the
+    brokers there are, a policy) and each existing topic whose partitions differ from the plan: a
+    table's changelog must have as many partitions as the topic it is keyed by, and a worker that
+    plans 8 partitions of a 4-partition topic reads a quarter of its keys from the wrong changelog
+    partition. Both were silent: the worker started, and Faust failed or created the topics itself.
+    """
+    planned = planned_topics(partitions, replicas)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in planned_topics(partitions, replicas) if t.name not in existing]
+        kept = [t for t in planned if t.name in existing]
+        if kept:
+            described = await admin.describe_topics([t.name for t in kept])
+            counts = {d["topic"]: len(d["partitions"]) for d in described if not d["error_code"]}
+            refuse(partition_mismatches(kept, counts))
+        wanted = [t for t in planned if t.name not in existing]
         if wanted:
-            try:
-                await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
+            response = await admin.create_topics(wanted)
+            refuse(creation_errors(response.topic_errors))
         for _ in range(50):  # wait until the metadata shows them
             if {t.name for t in wanted} <= set(await admin.list_topics()):
                 break
@@ -60,6 +79,37 @@ async def create_topics(bootstrap: str, partitions: int | None = None, replicas:
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+def creation_errors(topic_errors: Sequence[tuple[Any, ...]]) -> list[str]:
+    """What a CreateTopics response refused, one line a topic (one created meanwhile by another worker is no
+    error)."""
+    out = []
+    for topic, code, *message in topic_errors:
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        reason = message[0] if message and message[0] else "no message"
+        out.append(f"{topic}: {for_code(code).__name__} ({reason})")
+    return out
+
+
+def partition_mismatches(kept: Sequence[NewTopic], counts: dict[str, int]) -> list[str]:
+    """The existing topics whose partition count is not the planned one, one line each."""
+    return [
+        f"{t.name}: {counts[t.name]} partitions in the cluster, {t.num_partitions} planned"
+        for t in kept
+        if t.name in counts and counts[t.name] != t.num_partitions
+    ]
+
+
+def refuse(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(
+            "topics: "
+            + "; ".join(problems)
+            + " (set ROADWATCH_TOPIC_PARTITIONS / ROADWATCH_TOPIC_REPLICAS to what the cluster can hold,"
+            " or delete the topics of this ROADWATCH_TOPIC_PREFIX to create them anew)"
+        )
 
 
 def ensure_topics() -> None:

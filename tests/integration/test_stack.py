@@ -75,3 +75,23 @@ def test_a_failed_start_stops_what_it_had_started(tmp_path):
     assert pids and not any(alive(pid) for pid in pids)
     # and no PID file is left for `make status` to call DEAD (or `make down` to kill a reused PID)
     assert not list((tmp_path / "state" / "pids").glob("*.pid"))
+
+
+def test_topics_the_cluster_refuses_or_holds_otherwise_stop_with_the_topic_named(kafka, tmp_path):
+    """The broker's per-topic refusals (a replication factor over its one broker) were dropped: `make topics`
+    said it created them and the worker started without them. A topic kept with other partitions than the
+    plan (ROADWATCH_TOPIC_PARTITIONS changed) was used as it was, its tables' changelogs keyed otherwise."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADWATCH_")}
+    tag = f"t{os.getpid()}{tmp_path.name[-6:]}"
+    env.update({"ROADWATCH_TOPIC_PREFIX": f"{tag}-", "ROADWATCH_APP_ID": f"rw-{tag}"})  # changelogs: app id
+    refused = stack("topics", env, "--bootstrap", kafka.bootstrap, "--replicas", "3", timeout_s=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert re.search(r"roadwatch: topics: t\S+: InvalidReplicationFactorError", refused.stderr), refused.stderr
+    assert "Traceback" not in refused.stderr
+    made = stack("topics", env, "--bootstrap", kafka.bootstrap, "--partitions", "2", timeout_s=120)
+    assert made.returncode == 0 and "created: " in made.stdout and "nothing" not in made.stdout, made.stderr
+    again = stack("topics", env, "--bootstrap", kafka.bootstrap, "--partitions", "2", timeout_s=120)
+    assert again.returncode == 0 and "nothing (all topics exist)" in again.stdout, again.stderr
+    other = stack("topics", env, "--bootstrap", kafka.bootstrap, "--partitions", "3", timeout_s=120)
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert re.search(r"t\S+: 2 partitions in the cluster, 3 planned", other.stderr), other.stderr
