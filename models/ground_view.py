@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.box_jitter import BoxJitter
 from models.calibration import Calibration, FloatArray
 from models.lanes import FlowMap
 from models.ssm import DEFAULT_EXTENT, KIND_OF_CLASS, GroundTrack, PathHistory, RoadUser, Thresholds, measure
@@ -29,17 +30,19 @@ MAX_LANE_SPAN_M = 200.0
 MAX_SPEED_MPS = 70.0
 #: Positions a track needs before it takes part in conflicts.
 MIN_SAMPLES = 3
-#: The standard deviation (px) taken for a detector's box bottom edge about where the road user really is (a
-#: chosen value, not measured per detector): a turn or a change of speed is read from a track's curvature
-#: only beyond what this much noise could bend it (:class:`models.ssm.GroundTrack`), which on the ground is
-#: metres far from the camera, centimetres near.
+#: The standard deviation (px) taken for a box's ground point about where the road user really is until the
+#: camera's still road users have measured it (:class:`models.box_jitter.BoxJitter`): a turn or a change of
+#: speed is read from a track's curvature only beyond what this much noise could bend it
+#: (:class:`models.ssm.GroundTrack`), which on the ground is metres far from the camera, centimetres near.
 BOX_JITTER_PX = 2.0
 #: Conflicts kept per frame (most urgent first): a crowded frame does not flood the record.
 MAX_CONFLICTS = 8
 #: The next frame is looked for at most this far ahead (s): a camera that paused is no reason to flag early.
 MAX_LOOKAHEAD_S = 1.0
-#: A box edge within this many pixels of the frame's edge runs off it (detectors clip their boxes to the frame).
+#: A box edge within this many pixels of the frame's edge runs off it (detectors clip their boxes to the frame),
+#: or this fraction of the frame's longer side: YOLO at 640 px on a 1920 px frame boxes in 3 px steps.
 EDGE_PX = 2.0
+EDGE_FRACTION = 0.005
 
 
 def conflict_level(
@@ -76,7 +79,7 @@ def cut_at_edge(
     box: Sequence[float], width: int, height: int, anchor: str = "bottom", shift: tuple[float, float] = (0.0, 0.0)
 ) -> bool:
     """Whether ``box`` (of the steady view, ``shift`` from the frame: ``Detector.frame_shift``) runs off the
-    ``width`` x ``height`` frame on a side that moves its ground point.
+    ``width`` x ``height`` steady view or frame on a side that moves its ground point.
 
     A detector clips a box to the frame: a car leaving at the bottom keeps its box's bottom edge on the
     frame's while it drives on, so its bottom centre stands still on the ground, its speed falls to nothing
@@ -85,9 +88,13 @@ def cut_at_edge(
     bottom, left and right edges count; for a top-down camera's centre, every edge.
     """
     dx, dy = shift
-    x1, y1, x2, y2 = box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
-    sides = x1 <= EDGE_PX or x2 >= width - 1 - EDGE_PX or y2 >= height - 1 - EDGE_PX
-    return sides or (anchor != "bottom" and y1 <= EDGE_PX)
+    margin = max(EDGE_PX, EDGE_FRACTION * max(width, height))
+    # the detector saw the steady view (the frame moved by -shift) and clipped the box to its edges; the frame's
+    # own edges cut what lies beyond them: whichever is nearer
+    x1, y1 = min(box[0], box[0] + dx), min(box[1], box[1] + dy)
+    x2, y2 = max(box[2], box[2] + dx), max(box[3], box[3] + dy)
+    sides = x1 <= margin or x2 >= width - 1 - margin or y2 >= height - 1 - margin
+    return sides or (anchor != "bottom" and y1 <= margin)
 
 
 class GroundView:
@@ -112,14 +119,18 @@ class GroundView:
         half = min(MAX_LANE_SPAN_M, spread) / 2
         lanes = FlowMap((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half))
         self.meter = ConflictMeter(lanes, self.thresholds)
+        self.jitter = BoxJitter(BOX_JITTER_PX)
+
+    def anchors(self, boxes: FloatArray) -> FloatArray:
+        """(N, 2) pixels where (N, 4) boxes meet the ground: bottom centre, or centre for a top-down camera."""
+        v = boxes[:, 3] if self.anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
+        return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1)
 
     def ground_points(self, boxes: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """(N, 2) ground points of (N, 4) boxes: bottom centre, or centre for a top-down camera; and (N,) their
-        noise in metres (``BOX_JITTER_PX`` on the ground there)."""
-        v = boxes[:, 3] if self.anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
-        pixels = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1)
-        ground, span = self.calibration.ground_and_span(pixels)
-        return ground, BOX_JITTER_PX * span
+        """(N, 2) ground points of (N, 4) boxes (:meth:`anchors` through the homography) and (N,) their noise in
+        metres (the camera's box noise, :class:`models.box_jitter.BoxJitter`, on the ground there)."""
+        ground, span = self.calibration.ground_and_span(self.anchors(boxes))
+        return ground, self.jitter.sigma_px * span
 
     def extents(self, boxes: FloatArray, classes: Sequence[str]) -> list[tuple[float, float]]:
         """Length and width (m) of each box: a top-down camera measures them; an oblique one cannot."""
@@ -142,23 +153,32 @@ class GroundView:
         users: dict[int, RoadUser] = {}
         boxes = np.array([list(obj.bbox[:4]) for obj in seen], dtype=np.float64).reshape(-1, 4)
         points, noise = self.ground_points(boxes) if len(seen) else (np.empty((0, 2)), np.empty(0))
+        pixels = self.anchors(boxes).tolist()
         sizes = self.extents(boxes, [obj.cls for obj in seen])
-        for obj, (gx, gy), noise_m, (length, width) in zip(seen, points.tolist(), noise.tolist(), sizes, strict=True):
+        for obj, (gx, gy), noise_m, (u, v), (length, width) in zip(
+            seen, points.tolist(), noise.tolist(), pixels, sizes, strict=True
+        ):
             if obj.cut or not (math.isfinite(gx) and math.isfinite(gy)):
                 # off the frame where it touches the ground, or above the ground plane's horizon: no ground
                 # position; the track keeps what it had and goes on when the box is whole again
+                self.jitter.forget(obj.track_id)
                 continue
             last, track = self.tracks.get(obj.track_id, (-math.inf, GroundTrack()))
             if t - last > self.track_gap_s:
                 track = GroundTrack()
                 self.meter.paths.forget(obj.track_id)  # a path bridging the gap would cross others
+                self.jitter.forget(obj.track_id)
             self.tracks[obj.track_id] = (t, track)
             state = track.update(t, gx, gy, noise_m)
-            if math.hypot(state.vx, state.vy) > MAX_SPEED_MPS:
+            speed = math.hypot(state.vx, state.vy)
+            if speed > MAX_SPEED_MPS:
                 # a box far from the calibrated area, or a track jumping between objects: no road user does this
                 self.tracks.pop(obj.track_id, None)
                 self.meter.paths.forget(obj.track_id)
+                self.jitter.forget(obj.track_id)
                 continue
+            if len(track.samples) >= MIN_SAMPLES:  # a speed from one or two positions is not yet one
+                self.jitter.add(obj.track_id, t, u, v, speed)
             heading = state.heading
             if not track.heading_known and KIND_OF_CLASS.get(obj.cls) == "vehicle":
                 # never seen moving (queued or parked since it came into view): it points down its
@@ -181,6 +201,7 @@ class GroundView:
             )
         for track_id in [k for k, (at, _) in self.tracks.items() if t - at > self.track_gap_s]:
             del self.tracks[track_id]
+            self.jitter.forget(track_id)
         # a track takes part once it has three positions (a second at 2 fps): a new box's first positions
         # (an object entering the frame, a blob splitting) give velocities no one drove
         members = [

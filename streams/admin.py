@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import RequestTimedOutError, TopicAlreadyExistsError, for_code
 
 from streams.errors import ConfigError
 
@@ -36,12 +36,11 @@ def planned_topics(partitions: int | None = None, replicas: int | None = None) -
     for table in app.tables.values():
         # a table keyed like the flow topics has their partitions, also when ``partitions`` overrides the
         # setting its declaration took (`make topics --partitions 6` made 6-partition topics and 8-partition
-        # changelogs); one declared apart (the global tables' one) keeps its own
-        keyed = table.partitions in (None, settings.topic_partitions)
+        # changelogs); a global table keeps its own (one)
         topics.append(
             NewTopic(
                 table.changelog_topic.get_topic_name(),
-                parts if keyed else table.partitions,
+                (table.partitions or 1) if table.is_global else parts,
                 rf,
                 topic_configs={**isr, "cleanup.policy": "compact"},
             )
@@ -72,10 +71,14 @@ async def create_topics(bootstrap: str, partitions: int | None = None, replicas:
         if wanted:
             response = await admin.create_topics(wanted)
             refuse(creation_errors(response.topic_errors))
+        missing = {t.name for t in wanted}
         for _ in range(50):  # wait until the metadata shows them
-            if {t.name for t in wanted} <= set(await admin.list_topics()):
+            missing -= set(await admin.list_topics())
+            if not missing:
                 break
             await asyncio.sleep(0.1)
+        if missing:  # a slow controller (its request timed out): the worker's own metadata wait may still see them
+            logger.warning("topics not yet in the cluster's metadata after 5 s: %s", ", ".join(sorted(missing)))
         return [t.name for t in wanted]
     finally:
         await admin.close()
@@ -86,8 +89,8 @@ def creation_errors(topic_errors: Sequence[tuple[Any, ...]]) -> list[str]:
     error)."""
     out = []
     for topic, code, *message in topic_errors:
-        if code in (0, TopicAlreadyExistsError.errno):
-            continue
+        if code in (0, TopicAlreadyExistsError.errno, RequestTimedOutError.errno):
+            continue  # timed out: the controller may still create it; the metadata wait below tells
         reason = message[0] if message and message[0] else "no message"
         out.append(f"{topic}: {for_code(code).__name__} ({reason})")
     return out
@@ -107,8 +110,9 @@ def refuse(problems: list[str]) -> None:
         raise ConfigError(
             "topics: "
             + "; ".join(problems)
-            + " (set ROADWATCH_TOPIC_PARTITIONS / ROADWATCH_TOPIC_REPLICAS to what the cluster can hold,"
-            " or delete the topics of this ROADWATCH_TOPIC_PREFIX to create them anew)"
+            + " (the workers' ROADWATCH_TOPIC_PARTITIONS / ROADWATCH_TOPIC_REPLICAS, or `python -m ops.stack"
+            " topics --partitions/--replicas`, must be what the cluster holds or can hold; or delete the topics"
+            " named here to have them created anew)"
         )
 
 

@@ -234,8 +234,9 @@ def check_image(data: bytes) -> None:
     if width <= 0 or height <= 0 or max(width, height) > MAX_IMAGE_SIDE:
         raise BadImage(f"image header claims {width}x{height}: over {MAX_IMAGE_SIDE} px a side or empty")
     # a JPEG is decoded at an eighth of its size, in grey: the decoder still reads every coefficient of the
-    # entropy-coded data (a truncated or garbled stream fails as at full size) but skips most of the inverse
-    # DCT and all colour conversion: about 40% of the CPU time of a full decode of a 320x240 or 640x480 crop
+    # entropy-coded data (a truncated stream fails as at full size; a garbled middle decodes, with a warning,
+    # as it did) but skips most of the inverse DCT and all colour conversion: 30-45% of the CPU time of a full
+    # decode of a 320x240 or 640x480 crop
     jpeg = data.startswith(b"\xff\xd8")
     flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 if jpeg else cv2.IMREAD_UNCHANGED
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)

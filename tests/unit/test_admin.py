@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka.admin import NewTopic
 
 from streams.admin import creation_errors, partition_mismatches, planned_topics
@@ -14,6 +15,7 @@ def test_a_topic_another_worker_created_meanwhile_is_no_error_and_a_refusal_is_n
             ("b", 36, "Topic 'b' already exists."),  # two workers starting at once
             ("c", 38, "Replication factor: 3 larger than available brokers: 1."),
             ("d", 44, ""),  # a v0 response carries no message
+            ("e", 7, "Timed out."),  # the controller may still create it: the metadata wait tells
         ]
     )
     assert errors == [
@@ -35,3 +37,19 @@ def test_every_table_changelog_is_planned_with_its_source_topics_partitions() ->
     keyed = [t for t in changelogs if t.num_partitions == 6]
     assert len(keyed) >= 5 and all(t.num_partitions == 1 for t in changelogs if t not in keyed)  # global: 1
     assert all(t.topic_configs["cleanup.policy"] == "compact" for t in changelogs)
+
+
+def test_a_global_tables_changelog_keeps_one_partition_when_the_topics_have_one_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ROADWATCH_TOPIC_PARTITIONS=1, a global table's one partition read as 'keyed like the flow topics':
+    `make topics --partitions 6` planned its changelog with 6, and every worker then refused it."""
+    import importlib
+
+    module = importlib.import_module("streams.app")  # `streams.app` the attribute is the Faust app
+    monkeypatch.setattr(module, "settings", module.settings.model_copy(update={"topic_partitions": 1}))
+    topics = planned_topics(partitions=6, replicas=1)
+    global_tables = [t for t in module.app.tables.values() if t.is_global]
+    assert global_tables
+    by_name = {t.name: t.num_partitions for t in topics}
+    assert all(by_name[t.changelog_topic.get_topic_name()] == 1 for t in global_tables)

@@ -582,11 +582,54 @@ def test_a_car_leaving_at_the_bottom_of_the_frame_is_not_read_as_stopping() -> N
             measured.append(users[1].speed)
     assert cut_seen >= 3  # the leader left through the bottom edge, clipped for several frames
     assert measured and min(measured) == pytest.approx(10.0, abs=0.5)
-    # the steady view is shifted from the frame: the edges are the frame's
-    assert cut_at_edge([10, 10, 50, 1070], 1920, 1080, "bottom", (0.0, 8.0))
-    assert not cut_at_edge([10, 10, 50, 1070], 1920, 1080, "bottom")
-    assert not cut_at_edge([10, 0, 50, 500], 1920, 1080, "bottom")  # a cut top moves no bottom centre
-    assert cut_at_edge([10, 0, 50, 500], 1920, 1080, "centre")
+    # the steady view the detector saw is the frame shifted: a box is cut by the nearer of their edges
+    assert not cut_at_edge([30, 10, 80, 1065], 1920, 1080, "bottom")
+    assert cut_at_edge([30, 10, 80, 1065], 1920, 1080, "bottom", (0.0, 8.0))  # the frame's bottom, 8 px lower
+    assert cut_at_edge([30, 10, 80, 1079], 1920, 1080, "bottom", (0.0, -8.0))  # the steady view's bottom
+    assert cut_at_edge([0, 10, 80, 500], 1920, 1080, "bottom", (8.0, 0.0))  # the steady view's left
+    assert cut_at_edge([1880, 10, 1919, 500], 1920, 1080, "bottom", (-8.0, 0.0))
+    assert cut_at_edge([30, 10, 80, 1075], 1920, 1080, "bottom")  # YOLO at 640 px boxes a 1920 frame in 3 px steps
+    assert not cut_at_edge([30, 0, 80, 500], 1920, 1080, "bottom")  # a cut top moves no bottom centre
+    assert cut_at_edge([30, 0, 80, 500], 1920, 1080, "centre")
+
+
+def _speed_errors(measure_jitter: bool, box_sd: float = 6.0, fps: float = 5.0) -> tuple[float, list[float]]:
+    """A shaky detector (``box_sd`` px on every box edge) over parked cars and a car driving away at 10 m/s, lap
+    after lap: the camera's jitter estimate, and the driving car's speed error frame by frame."""
+    camera, points = _oblique()
+    view = GroundView(fit(points), "bottom")
+    if not measure_jitter:
+        view.jitter.add = lambda *args: None  # type: ignore[method-assign]
+    rng = np.random.default_rng(0)
+    parked = [(x, y) for x in (-8.0, 8.0) for y in (15.0, 25.0, 35.0, 45.0)]
+    errors = []
+    for k in range(int(40 * fps)):
+        t = k / fps
+        lap = int(t // 4.0)
+        cars = [(100 + i, x, y) for i, (x, y) in enumerate(parked)] + [(1000 + lap, 2.0, 12.0 + 10.0 * (t - 4.0 * lap))]
+        seen = []
+        for track, x, y in cars:
+            box = _clipped_box(camera, x, y, math.pi / 2)
+            assert box is not None
+            seen.append(Seen(track, "car", [c + float(rng.normal(0.0, box_sd)) for c in box]))
+        users, _ = view.observe(t, seen)
+        mover = users.get(1000 + lap)
+        if mover is not None and len(view.tracks[1000 + lap][1].samples) >= 5 and t > 10:
+            errors.append(abs(mover.speed - 10.0))
+    return view.jitter.sigma_px, errors
+
+
+def test_a_shaky_detector_is_measured_on_parked_cars_and_not_read_as_speed_changes() -> None:
+    """The box noise was a constant 2 px: a detector shaking its boxes by 6 px had its noise read as braking
+    and speeding up (the constant-acceleration fit passed a noise test three times too tight)."""
+    sigma, measured = _speed_errors(True)
+    # the anchor: the bottom edge (6 px) and the centre of two edges (6 / sqrt(2) px)
+    assert 6.0 / math.sqrt(2) - 0.3 <= sigma <= 6.0
+    fixed_sigma, fixed = _speed_errors(False)
+    assert fixed_sigma == 2.0
+    assert len(measured) == len(fixed) > 100
+    assert np.percentile(measured, 90) < 0.75 * np.percentile(fixed, 90)
+    assert np.median(measured) < np.median(fixed)
 
 
 def test_the_ground_grid_is_drawn_for_an_oblique_camera() -> None:
