@@ -130,7 +130,7 @@ class GroundView:
         """(N, 2) ground points of (N, 4) boxes (:meth:`anchors` through the homography) and (N,) their noise in
         metres (the camera's box noise, :class:`models.box_jitter.BoxJitter`, on the ground there)."""
         ground, span = self.calibration.ground_and_span(self.anchors(boxes))
-        return ground, self.jitter.sigma_px * span
+        return ground, self.jitter.estimate() * span
 
     def extents(self, boxes: FloatArray, classes: Sequence[str]) -> list[tuple[float, float]]:
         """Length and width (m) of each box: a top-down camera measures them; an oblique one cannot."""
@@ -177,8 +177,7 @@ class GroundView:
                 self.meter.paths.forget(obj.track_id)
                 self.jitter.forget(obj.track_id)
                 continue
-            if len(track.samples) >= MIN_SAMPLES:  # a speed from one or two positions is not yet one
-                self.jitter.add(obj.track_id, t, u, v, speed)
+            self.jitter.add(obj.track_id, t, u, v)
             heading = state.heading
             if not track.heading_known and KIND_OF_CLASS.get(obj.cls) == "vehicle":
                 # never seen moving (queued or parked since it came into view): it points down its
