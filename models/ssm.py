@@ -968,13 +968,14 @@ class GroundTrack:
             self.samples.popleft()
         if len(self.samples) < 2:
             return GroundState(x, y, 0.0, 0.0, self.heading, 0.0)
-        line = self._line(t)
+        line = self._line(t, noise_m)
         moving = math.hypot(line.vx, line.vy) >= HEADING_MIN_SPEED
         state = self._bent(line, noise_m) if moving else line
         return state._replace(turned=self._turned(state.x, state.y, moving))
 
-    def _line(self, t: float) -> GroundState:
-        """The state from the line through the window's positions."""
+    def _line(self, t: float, noise_m: float = 0.0) -> GroundState:
+        """The state from the line through the window's positions; its turn rate only where the heading turned
+        beyond what ``noise_m`` on the positions could turn it."""
         n = len(self.samples)
         mt = sum(s[0] - t for s in self.samples) / n
         mx = sum(s[1] for s in self.samples) / n
@@ -992,8 +993,12 @@ class GroundTrack:
                 self.headings.popleft()
             t0, h0 = self.headings[0]
             if t - t0 > 0.25:
-                turned = math.remainder(self.heading - h0, math.tau) / (t - t0)
-                if abs(turned) >= MIN_YAW_RATE:
+                change = math.remainder(self.heading - h0, math.tau)
+                turned = change / (t - t0)
+                # each heading is a line's, uncertain by noise / (speed * sqrt(stt)) radians: a shaky box's
+                # straight drive turned by more than 0.1 rad/s in one frame of ten at 6 px and 10 fps
+                noise_rad = math.sqrt(2.0) * noise_m / (math.hypot(vx, vy) * math.sqrt(stt))
+                if abs(turned) >= MIN_YAW_RATE and abs(change) > CURVATURE_SIGMAS * noise_rad:
                     yaw_rate = max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turned))
         # the fitted line's slope is the velocity at the samples' mean time, -mt seconds ago: braking,
         # the speed now differs by the acceleration over that time. (Turning the heading on by the turn
