@@ -126,10 +126,10 @@ class GroundView:
         v = boxes[:, 3] if self.anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
         return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, v], axis=1)
 
-    def ground_points(self, boxes: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """(N, 2) ground points of (N, 4) boxes (:meth:`anchors` through the homography) and (N,) their noise in
-        metres (the camera's box noise, :class:`models.box_jitter.BoxJitter`, on the ground there)."""
-        ground, span = self.calibration.ground_and_span(self.anchors(boxes))
+    def ground_points(self, pixels: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """(N, 2) ground points of (N, 2) anchor pixels (:meth:`anchors`) through the homography, and (N,) their
+        noise in metres (the camera's box noise, :class:`models.box_jitter.BoxJitter`, on the ground there)."""
+        ground, span = self.calibration.ground_and_span(pixels)
         return ground, self.jitter.estimate() * span
 
     def extents(self, boxes: FloatArray, classes: Sequence[str]) -> list[tuple[float, float]]:
@@ -152,11 +152,11 @@ class GroundView:
         """The frame at ``t`` (seconds): each track's state on the ground, and the conflicts, most urgent first."""
         users: dict[int, RoadUser] = {}
         boxes = np.array([list(obj.bbox[:4]) for obj in seen], dtype=np.float64).reshape(-1, 4)
-        points, noise = self.ground_points(boxes) if len(seen) else (np.empty((0, 2)), np.empty(0))
-        pixels = self.anchors(boxes).tolist()
+        pixels = self.anchors(boxes)
+        points, noise = self.ground_points(pixels) if len(seen) else (np.empty((0, 2)), np.empty(0))
         sizes = self.extents(boxes, [obj.cls for obj in seen])
         for obj, (gx, gy), noise_m, (u, v), (length, width) in zip(
-            seen, points.tolist(), noise.tolist(), pixels, sizes, strict=True
+            seen, points.tolist(), noise.tolist(), pixels.tolist(), sizes, strict=True
         ):
             if obj.cut or not (math.isfinite(gx) and math.isfinite(gy)):
                 # off the frame where it touches the ground, or above the ground plane's horizon: no ground
@@ -170,8 +170,7 @@ class GroundView:
                 self.jitter.forget(obj.track_id)
             self.tracks[obj.track_id] = (t, track)
             state = track.update(t, gx, gy, noise_m)
-            speed = math.hypot(state.vx, state.vy)
-            if speed > MAX_SPEED_MPS:
+            if math.hypot(state.vx, state.vy) > MAX_SPEED_MPS:
                 # a box far from the calibrated area, or a track jumping between objects: no road user does this
                 self.tracks.pop(obj.track_id, None)
                 self.meter.paths.forget(obj.track_id)

@@ -985,7 +985,8 @@ class GroundTrack:
         vy = sum((s[0] - t - mt) * (s[2] - my) for s in self.samples) / stt
         bx, by = mx - vx * mt, my - vy * mt  # the fitted line at the newest time (t - t = 0)
         yaw_rate = 0.0
-        if math.hypot(vx, vy) >= HEADING_MIN_SPEED:
+        speed = math.hypot(vx, vy)
+        if speed >= HEADING_MIN_SPEED:
             self.heading = math.atan2(vy, vx)
             self.heading_known = True
             self.headings.append((t, self.heading))
@@ -997,14 +998,13 @@ class GroundTrack:
                 turned = change / (t - t0)
                 # each heading is a line's, uncertain by noise / (speed * sqrt(stt)) radians: a shaky box's
                 # straight drive turned by more than 0.1 rad/s in one frame of ten at 6 px and 10 fps
-                noise_rad = math.sqrt(2.0) * noise_m / (math.hypot(vx, vy) * math.sqrt(stt))
+                noise_rad = math.sqrt(2.0) * noise_m / (speed * math.sqrt(stt))
                 if abs(turned) >= MIN_YAW_RATE and abs(change) > CURVATURE_SIGMAS * noise_rad:
                     yaw_rate = max(-MAX_YAW_RATE, min(MAX_YAW_RATE, turned))
         # the fitted line's slope is the velocity at the samples' mean time, -mt seconds ago: braking,
         # the speed now differs by the acceleration over that time. (Turning the heading on by the turn
         # rate the same way overshoots every turn's end, the rate being a second old: in SUMO's grid it
         # quintupled the phantom conflicts with oncoming cars. The arcs use the rate; the heading is the fit's.)
-        speed = math.hypot(vx, vy)
         self.speeds.append((t + mt, speed))
         while len(self.speeds) > 2 and self.speeds[0][0] < t + mt - self.turn_window_s - 1e-9:
             self.speeds.popleft()
